@@ -1,0 +1,43 @@
+// Small whole-tensor kernels: layout changes, ReLU, softmax and the mixture merge.
+
+// [A][B][inner] -> [B][A][inner]: NCHW <-> CNHW (A, B = N, C or C, N).
+__kernel void swap_outer(__global const float *restrict x, __global float *restrict y,
+                         const int A, const int B, const int inner)
+{
+    const int i = get_global_id(0), b = get_global_id(1), a = get_global_id(2);
+    if (i >= inner) return;
+    y[((size_t)b * A + a) * inner + i] = x[((size_t)a * B + b) * inner + i];
+}
+
+__kernel void relu(__global const float *restrict x, __global float *restrict y, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[i] = fmax(x[i], 0.0f);
+}
+
+// Softmax over each row of a [rows][F] matrix; one work-item per row (rows = batch).
+__kernel void softmax(__global const float *restrict x, __global float *restrict y, const int F)
+{
+    const int r = get_global_id(0);
+    __global const float *xr = x + (size_t)r * F;
+    __global float *yr = y + (size_t)r * F;
+    float m = -FLT_MAX;
+    for (int i = 0; i < F; ++i) m = fmax(m, xr[i]);
+    float s = 0.0f;
+    for (int i = 0; i < F; ++i) { const float e = exp(xr[i] - m); yr[i] = e; s += e; }
+    const float inv = 1.0f / s;
+    for (int i = 0; i < F; ++i) yr[i] *= inv;
+}
+
+// Mixture combine: y[n][f] = sum_j gates[n][j] * outputs[idx[n][j]][f], j < TOPK.
+__kernel void merge(__global const float *restrict outputs, __global const int *restrict idx,
+                    __global const float *restrict gates, __global float *restrict y,
+                    const int F, const int topk)
+{
+    const int f = get_global_id(0), n = get_global_id(1);
+    if (f >= F) return;
+    float acc = 0.0f;
+    for (int j = 0; j < topk; ++j)
+        acc += gates[n * topk + j] * outputs[(size_t)idx[n * topk + j] * F + f];
+    y[(size_t)n * F + f] = acc;
+}

@@ -1,0 +1,24 @@
+"""One launcher per operation. A launcher is built once per layer (it compiles its
+kernel and packs its weights then) and enqueued per batch on preallocated buffers.
+
+4-D activations are channel-major, [C][N][H][W] (see docs/ARCHITECTURE.md); fully
+connected layers take and give [N][features].
+"""
+
+from kernels.ops.conv import Conv2d
+from kernels.ops.elementwise import Merge, Relu, Softmax, SwapOuter
+from kernels.ops.linear import Linear
+from kernels.ops.lrn import LRN
+from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "Conv2d",
+    "LRN",
+    "Linear",
+    "Merge",
+    "Pool2d",
+    "Relu",
+    "Softmax",
+    "SwapOuter",
+]

@@ -1,0 +1,70 @@
+"""Max/average pooling and adaptive average pooling (kernels/cl/pool.cl)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.geometry import pool_out
+from kernels.runtime import Device
+
+I32 = np.int32
+
+
+class Pool2d:
+    """Pooling over planes: works on [C][N][H][W] and [N][C][H][W] alike."""
+
+    def __init__(
+        self,
+        device: Device,
+        in_shape: tuple[int, int, int],
+        mode: str,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int] = (0, 0),
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+    ) -> None:
+        if mode not in ("max", "avg"):
+            raise ValueError(f"pool mode must be max or avg, got {mode!r}")
+        self.device = device
+        self.c, self.h, self.w = in_shape
+        self.kh, self.kw = kernel
+        self.sh, self.sw = stride
+        self.ph, self.pw = padding
+        self.oh = pool_out(self.h, self.kh, self.sh, self.ph, ceil_mode)
+        self.ow = pool_out(self.w, self.kw, self.sw, self.pw, ceil_mode)
+        defines = {"MODE": int(mode == "avg"), "COUNT_PAD": count_include_pad}
+        self.kernel = device.kernel("pool.cl", "pool2d", defines)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.c, self.oh, self.ow)
+
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+        self.device.launch(
+            self.kernel, (self.ow, self.oh, self.c * n), None, x, y,
+            I32(self.h), I32(self.w), I32(self.oh), I32(self.ow), I32(self.kh), I32(self.kw),
+            I32(self.sh), I32(self.sw), I32(self.ph), I32(self.pw),
+        )  # fmt: skip
+
+
+class AdaptiveAvgPool2d:
+    def __init__(
+        self, device: Device, in_shape: tuple[int, int, int], output_size: tuple[int, int]
+    ) -> None:
+        self.device = device
+        self.c, self.h, self.w = in_shape
+        self.oh, self.ow = output_size
+        self.kernel = device.kernel("pool.cl", "adaptive_avgpool2d")
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.c, self.oh, self.ow)
+
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+        self.device.launch(
+            self.kernel, (self.ow, self.oh, self.c * n), None, x, y,
+            I32(self.h), I32(self.w), I32(self.oh), I32(self.ow),
+        )  # fmt: skip

@@ -1,0 +1,160 @@
+"""Numpy twins of every OpenCL operation: the oracle the kernels are tested against.
+
+All functions take and return NCHW (or N x features) float32 arrays and follow
+PyTorch/ONNX semantics. They favour clarity over speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.geometry import conv_out, pool_out
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
+    """View of shape (N, C, oh, ow, kh, kw) over an already padded x."""
+    n, c, _, _ = x.shape
+    s = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]), writeable=False
+    )
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+    m, cg, kh, kw = weight.shape
+    assert cg * groups == c and m % groups == 0
+    oh, ow = conv_out(h, kh, sh, ph), conv_out(w, kw, sw, pw)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.empty((n, m, oh, ow))
+    mg = m // groups
+    for g in range(groups):
+        win = _windows(xp[:, g * cg : (g + 1) * cg], kh, kw, sh, sw, oh, ow)
+        wg = weight[g * mg : (g + 1) * mg].astype(np.float64)
+        out[:, g * mg : (g + 1) * mg] = np.einsum("ncyxij,mcij->nmyx", win, wg, optimize=True)
+    if bias is not None:
+        out += bias.reshape(1, m, 1, 1)
+    if relu:
+        out = np.maximum(out, 0)
+    return out.astype(np.float32)
+
+
+def _pool(x, kernel, stride, padding, ceil_mode, fill):
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+    oh, ow = pool_out(h, kh, sh, ph, ceil_mode), pool_out(w, kw, sw, pw, ceil_mode)
+    # pad right/bottom enough for the last (ceil-mode) window
+    eh = max(0, (oh - 1) * sh + kh - h - ph)
+    ew = max(0, (ow - 1) * sw + kw - w - pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, eh), (pw, ew)), constant_values=fill)
+    return _windows(xp, kh, kw, sh, sw, oh, ow), (h, w, ph, pw, kh, kw, sh, sw, oh, ow)
+
+
+def maxpool2d(
+    x: np.ndarray,
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+) -> np.ndarray:
+    win, _ = _pool(x, kernel, kernel if stride is None else stride, padding, ceil_mode, -np.inf)
+    return win.max(axis=(4, 5)).astype(np.float32)
+
+
+def avgpool2d(
+    x: np.ndarray,
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """Average pooling; like torch, a ceil-mode window never counts the overhang."""
+    stride = kernel if stride is None else stride
+    win, geo = _pool(x.astype(np.float64), kernel, stride, padding, ceil_mode, 0.0)
+    h, w, ph, pw, kh, kw, sh, sw, oh, ow = geo
+    total = win.sum(axis=(4, 5))
+    ys = np.arange(oh) * sh - ph
+    xs = np.arange(ow) * sw - pw
+    if count_include_pad:
+        ch = np.minimum(ys + kh, h + ph) - ys
+        cw = np.minimum(xs + kw, w + pw) - xs
+    else:
+        ch = np.minimum(ys + kh, h) - np.maximum(ys, 0)
+        cw = np.minimum(xs + kw, w) - np.maximum(xs, 0)
+    count = ch[:, None] * cw[None, :]
+    return (total / count).astype(np.float32)
+
+
+def adaptive_avgpool2d(x: np.ndarray, output_size: int | tuple[int, int]) -> np.ndarray:
+    """Output cell i of O over an input of length L spans [floor(i*L/O), ceil((i+1)*L/O))."""
+    oh, ow = _pair(output_size)
+    n, c, h, w = x.shape
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        for j in range(ow):
+            x0, x1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+            out[:, :, i, j] = x[:, :, y0:y1, x0:x1].astype(np.float64).mean(axis=(2, 3))
+    return out.astype(np.float32)
+
+
+def lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """Local response normalisation across channels (Caffe/AlexNet, as in torch and ONNX):
+    b_c = a_c / (k + alpha/size * sum_{c' in [c - (size-1)//2, c + size//2]} a_c'^2)^beta."""
+    n, c, h, w = x.shape
+    sq = np.pad(x.astype(np.float64) ** 2, ((0, 0), ((size - 1) // 2, size // 2), (0, 0), (0, 0)))
+    acc = np.zeros((n, c, h, w))
+    for i in range(size):
+        acc += sq[:, i : i + c]
+    return (x / (k + alpha / size * acc) ** beta).astype(np.float32)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0).astype(np.float32)
+
+
+def linear(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+) -> np.ndarray:
+    """Fully connected: weight stored out x in, y = x W^T + b."""
+    out = x.astype(np.float64) @ weight.astype(np.float64).T
+    if bias is not None:
+        out += bias
+    if relu:
+        out = np.maximum(out, 0)
+    return out.astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable against large logits."""
+    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def merge(outputs: np.ndarray, indices: np.ndarray, gates: np.ndarray) -> np.ndarray:
+    """Gate-weighted sum of expert outputs, the combine step of the mixture.
+
+    outputs: (R, F) rows produced by the experts; indices: (N, k) row of `outputs` for
+    each image's j-th chosen expert; gates: (N, k) renormalised gate weights.
+    Returns (N, F) with y[n] = sum_j gates[n, j] * outputs[indices[n, j]].
+    """
+    picked = outputs.astype(np.float64)[indices]  # (N, k, F)
+    return (picked * gates.astype(np.float64)[:, :, None]).sum(axis=1).astype(np.float32)

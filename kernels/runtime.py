@@ -1,0 +1,260 @@
+"""The OpenCL device runtime: device choice, program cache, buffers, readable errors.
+
+One `Device` per OpenCL device. Programs are built once per (source, defines) and
+memoised here; pyopencl keeps its own binary cache on disk underneath.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+try:
+    import pyopencl as cl
+except ImportError as exc:  # pragma: no cover - pyopencl is a hard dependency
+    raise ImportError("pyopencl is not installed: pip install pyopencl") from exc
+
+# Flags that matter for speed on PoCL: without -cl-mad-enable it emits separate
+# multiplies and adds; -cl-fast-relaxed-math lets it contract and vectorise freely.
+BUILD_OPTIONS = ("-cl-mad-enable", "-cl-fast-relaxed-math", "-cl-std=CL1.2")
+
+
+class DeviceError(RuntimeError):
+    """No usable OpenCL device, or a device selector that matches nothing."""
+
+
+class KernelError(RuntimeError):
+    """An OpenCL call or program build that failed, with the kernel named."""
+
+
+def _error_name(code: int) -> str:
+    for name in dir(cl.status_code):
+        if not name.startswith("_") and getattr(cl.status_code, name) == code:
+            return f"CL_{name}"
+    return "CL_UNKNOWN_ERROR"
+
+
+def describe_cl_error(exc: Exception, what: str) -> str:
+    """`what`: the kernel or source being built or run, named in the message."""
+    code = getattr(exc, "code", None)
+    if code is None and exc.args and hasattr(exc.args[0], "code"):
+        code = exc.args[0].code()
+    name = f"OpenCL error {code} ({_error_name(code)})" if isinstance(code, int) else "OpenCL error"
+    detail = str(exc).strip().splitlines()
+    return f"{name} in {what}: {detail[0] if detail else type(exc).__name__}"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: str  # "platform:device", e.g. "0:0"
+    platform: str
+    name: str
+    kind: str  # CPU, GPU, ACCELERATOR
+    compute_units: int
+    global_mem_bytes: int
+    max_alloc_bytes: int
+    fp16: bool
+    opencl_c: str
+
+
+def _kind(device: Any) -> str:
+    t = device.type
+    if t & cl.device_type.GPU:
+        return "GPU"
+    if t & cl.device_type.CPU:
+        return "CPU"
+    return "ACCELERATOR"
+
+
+def list_devices() -> list[tuple[DeviceInfo, Any]]:
+    """Every OpenCL device on every platform, in platform order."""
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:  # the ICD loader found no platform at all
+        return []
+    found = []
+    for pi, platform in enumerate(platforms):
+        try:
+            devices = platform.get_devices()
+        except cl.Error:
+            continue
+        for di, device in enumerate(devices):
+            info = DeviceInfo(
+                index=f"{pi}:{di}",
+                platform=platform.name.strip(),
+                name=device.name.strip(),
+                kind=_kind(device),
+                compute_units=device.max_compute_units,
+                global_mem_bytes=device.global_mem_size,
+                max_alloc_bytes=device.max_mem_alloc_size,
+                fp16="cl_khr_fp16" in device.extensions,
+                opencl_c=device.opencl_c_version.strip(),
+            )
+            found.append((info, device))
+    return found
+
+
+def _is_pocl(info: DeviceInfo) -> bool:
+    return "portable computing language" in info.platform.lower() or "pocl" in info.platform.lower()
+
+
+def default_index(devices: list[tuple[DeviceInfo, Any]]) -> int:
+    """The embedded default: the first PoCL CPU device, else the first GPU, else the first."""
+    for i, (info, _) in enumerate(devices):
+        if _is_pocl(info) and info.kind == "CPU":
+            return i
+    for i, (info, _) in enumerate(devices):
+        if info.kind == "GPU":
+            return i
+    return 0
+
+
+def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
+    """Resolve a device selector.
+
+    `selector` (default: env MOE_DEVICE): empty for the default; "P:D" platform and
+    device index; "vendor:N" (pocl, nvidia, amd, intel, ... matched against the
+    platform name) for the N-th device of that platform; or any substring of the
+    device or platform name, case-insensitive.
+    """
+    if selector is None:
+        selector = os.environ.get("MOE_DEVICE", "")
+    devices = list_devices()
+    if not devices:
+        raise DeviceError(
+            "no OpenCL device found: install an OpenCL driver (e.g. apt-get install "
+            "pocl-opencl-icd, or pip install pocl-binary-distribution)"
+        )
+    sel = selector.strip().lower()
+    if not sel:
+        return devices[default_index(devices)]
+    if ":" in sel:
+        left, _, right = sel.rpartition(":")
+        if right.isdigit():
+            n = int(right)
+            if left.isdigit():
+                for info, dev in devices:
+                    if info.index == f"{int(left)}:{n}":
+                        return info, dev
+            else:
+                matches = [(i, d) for i, d in devices if left in i.platform.lower()]
+                if n < len(matches):
+                    return matches[n]
+    for info, dev in devices:
+        if sel in info.name.lower() or sel in info.platform.lower():
+            return info, dev
+    known = "; ".join(f"{i.index} {i.platform} / {i.name}" for i, _ in devices)
+    raise DeviceError(f"no OpenCL device matches {selector!r}; devices: {known}")
+
+
+def read_source(name: str) -> str:
+    """The text of kernels/cl/<name>."""
+    return resources.files("kernels").joinpath("cl", name).read_text(encoding="utf-8")
+
+
+def _define(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        value = int(value)
+    return f"-D{key}={value}"
+
+
+class Device:
+    """An OpenCL device with its context, one in-order queue and a program memo.
+
+    Kernel objects are not thread-safe: a Device is used by one thread at a time
+    (the server serialises batches per device).
+    """
+
+    def __init__(self, selector: str | None = None) -> None:
+        self.info, self.cl_device = select(selector)
+        try:
+            self.context = cl.Context([self.cl_device])
+            self.queue = cl.CommandQueue(self.context)
+        except cl.Error as exc:
+            raise DeviceError(describe_cl_error(exc, f"opening {self.info.name}")) from exc
+        self._programs: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.info.kind == "CPU"
+
+    def __repr__(self) -> str:
+        return f"Device({self.info.index} {self.info.platform} / {self.info.name})"
+
+    def program(self, source: str, defines: dict[str, Any] | None = None) -> Any:
+        """Build kernels/cl/<source> with -D defines, once per (source, defines)."""
+        options = tuple(sorted(_define(k, v) for k, v in (defines or {}).items()))
+        key = (source, options)
+        with self._lock:
+            prog = self._programs.get(key)
+            if prog is None:
+                prog = self._build(source, options)
+                self._programs[key] = prog
+        return prog
+
+    def _build(self, source: str, options: tuple[str, ...]) -> Any:
+        text = read_source(source)
+        try:
+            return cl.Program(self.context, text).build(options=[*BUILD_OPTIONS, *options])
+        except cl.RuntimeError as exc:
+            log = str(exc).strip()
+            raise KernelError(
+                f"building {source} {' '.join(options)} for {self.info.name} failed:\n{log}"
+            ) from exc
+
+    def kernel(self, source: str, name: str, defines: dict[str, Any] | None = None) -> Any:
+        """A new kernel object (own argument state) from a memoised program."""
+        try:
+            return cl.Kernel(self.program(source, defines), name)
+        except cl.Error as exc:
+            raise KernelError(describe_cl_error(exc, f"kernel {name} in {source}")) from exc
+
+    def alloc(self, nbytes: int) -> Any:
+        """A device buffer of at least `nbytes` (never zero-sized)."""
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=max(int(nbytes), 4))
+
+    def upload(self, array: np.ndarray) -> Any:
+        """A read-only device buffer holding a copy of `array` (C order)."""
+        host = np.ascontiguousarray(array)
+        if host.nbytes == 0:
+            return self.alloc(4)
+        return cl.Buffer(
+            self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=host
+        )
+
+    def write(self, buffer: Any, array: np.ndarray) -> None:
+        cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array), is_blocking=False)
+
+    def read(self, buffer: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        cl.enqueue_copy(self.queue, out, buffer, is_blocking=True)
+        return out
+
+    def launch(
+        self,
+        kernel: Any,
+        global_size: tuple[int, ...],
+        local_size: tuple[int, ...] | None,
+        *args: Any,
+    ) -> None:
+        """Enqueue `kernel(*args)`; errors name the kernel."""
+        try:
+            kernel.set_args(*args)
+            cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+        except cl.Error as exc:
+            raise KernelError(
+                describe_cl_error(exc, f"kernel {kernel.function_name} global={global_size}")
+            ) from exc
+
+    def finish(self) -> None:
+        self.queue.finish()

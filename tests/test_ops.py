@@ -1,0 +1,159 @@
+"""Every OpenCL operation against its numpy twin (kernels/reference.py) on awkward
+shapes: odd sizes that are no multiple of any tile, batch 1 and 7, groups, padding,
+ceil-mode pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import ops
+from kernels import reference as ref
+from tests.conftest import nmse
+
+FP32_NMSE = 1e-10  # float32 with a different summation order
+
+
+def to_cnhw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+
+def run4d(device, op, x: np.ndarray, scratch_bytes: int = 0) -> np.ndarray:
+    """Run a 4-D op on NCHW `x` through the device's CNHW layout; NCHW back."""
+    n = x.shape[0]
+    c, oh, ow = op.out_shape
+    y = device.alloc(4 * n * c * oh * ow)
+    scratch = device.alloc(scratch_bytes) if scratch_bytes else None
+    op(n, device.upload(to_cnhw(x)), y, scratch)
+    return device.read(y, (c, n, oh, ow)).transpose(1, 0, 2, 3)
+
+
+CONV_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu)
+    (1, 3, 17, 19, 5, 3, 1, 1, 1, True),
+    (7, 4, 13, 11, 6, 3, 2, 0, 2, False),
+    (2, 3, 31, 29, 9, 11, 4, 2, 1, True),
+    (3, 6, 9, 9, 10, (5, 3), (1, 2), (2, 1), 2, True),
+    (1, 16, 7, 7, 50, 1, 1, 0, 1, False),
+    (7, 12, 6, 5, 20, 3, 1, 1, 4, True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(device, rng, case):
+    n, c, h, w, m, k, stride, pad, groups, relu = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    op = ops.Conv2d(device, (c, h, w), wt, b, stride, pad, groups, relu)
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want = ref.conv2d(x, wt, b, stride, pad, groups, relu)
+    assert got.shape == want.shape
+    assert nmse(got, want) < FP32_NMSE
+
+
+def test_conv2d_without_bias(device, rng):
+    x = rng.standard_normal((2, 3, 8, 8), np.float32)
+    wt = rng.standard_normal((4, 3, 3, 3), np.float32)
+    op = ops.Conv2d(device, (3, 8, 8), wt, None, (1, 1), (1, 1))
+    assert nmse(run4d(device, op, x, op.scratch_bytes(2)), ref.conv2d(x, wt, padding=1)) < FP32_NMSE
+
+
+POOL_CASES = [
+    # (n, c, h, w, k, s, p, ceil)
+    (1, 3, 13, 13, 3, 2, 0, False),
+    (7, 5, 13, 13, 3, 2, 0, True),
+    (2, 3, 12, 11, 3, 2, 1, True),
+    (3, 2, 10, 7, (2, 3), (2, 1), (1, 0), False),
+    (1, 4, 55, 55, 3, 2, 0, True),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool(device, rng, case):
+    n, c, h, w, k, s, p, ceil = case
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    op = ops.Pool2d(device, (c, h, w), "max", pair(k), pair(s), pair(p), ceil)
+    want = ref.maxpool2d(x, k, s, p, ceil)
+    np.testing.assert_array_equal(run4d(device, op, x), want)
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("count_pad", [True, False])
+def test_avgpool(device, rng, case, count_pad):
+    n, c, h, w, k, s, p, ceil = case
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    op = ops.Pool2d(device, (c, h, w), "avg", pair(k), pair(s), pair(p), ceil, count_pad)
+    want = ref.avgpool2d(x, k, s, p, ceil, count_pad)
+    assert nmse(run4d(device, op, x), want) < FP32_NMSE
+
+
+@pytest.mark.parametrize("shape,out", [((7, 5, 13, 13), (6, 6)), ((1, 3, 5, 7), (3, 2)),
+                                       ((2, 4, 6, 6), (6, 6)), ((3, 2, 4, 9), (1, 1))])
+def test_adaptive_avgpool(device, rng, shape, out):
+    x = rng.standard_normal(shape, np.float32)
+    op = ops.AdaptiveAvgPool2d(device, shape[1:], out)
+    assert nmse(run4d(device, op, x), ref.adaptive_avgpool2d(x, out)) < FP32_NMSE
+
+
+@pytest.mark.parametrize("n,c,size", [(1, 7, 5), (7, 13, 5), (2, 4, 4), (3, 3, 1), (2, 96, 5)])
+def test_lrn(device, rng, n, c, size):
+    x = rng.standard_normal((n, c, 5, 3), np.float32) * 3
+    op = ops.LRN(device, (c, 5, 3), size, 1e-2, 0.75, 2.0)
+    assert nmse(run4d(device, op, x), ref.lrn(x, size, 1e-2, 0.75, 2.0)) < FP32_NMSE
+
+
+@pytest.mark.parametrize("n,i,o,relu", [(1, 37, 5, True), (7, 300, 33, False), (8, 1024, 17, True),
+                                        (3, 16, 1, False), (13, 129, 10, True), (2, 9216, 40, True)])
+def test_linear(device, rng, n, i, o, relu):
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    b = rng.standard_normal(o, np.float32)
+    op = ops.Linear(device, wt, b, relu)
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y)
+    assert nmse(device.read(y, (n, o)), ref.linear(x, wt, b, relu)) < FP32_NMSE
+
+
+@pytest.mark.parametrize("n,f", [(1, 10), (7, 1000), (3, 1)])
+def test_softmax(device, rng, n, f):
+    x = rng.standard_normal((n, f), np.float32) * 20
+    op = ops.Softmax(device, f)
+    y = device.alloc(4 * n * f)
+    op(n, device.upload(x), y)
+    got = device.read(y, (n, f))
+    assert nmse(got, ref.softmax(x)) < 1e-10
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_relu(device, rng):
+    x = rng.standard_normal((7, 33), np.float32)
+    op = ops.Relu(device, 33)
+    y = device.alloc(x.nbytes)
+    op(7, device.upload(x), y)
+    np.testing.assert_array_equal(device.read(y, x.shape), ref.relu(x))
+
+
+@pytest.mark.parametrize("n,k,rows,f", [(5, 1, 5, 7), (7, 2, 14, 10), (1, 4, 4, 33), (3, 3, 9, 1)])
+def test_merge(device, rng, n, k, rows, f):
+    outputs = rng.standard_normal((rows, f), np.float32)
+    idx = rng.permutation(rows)[: n * k].reshape(n, k).astype(np.int32)
+    gates = rng.random((n, k), np.float32)
+    gates /= gates.sum(axis=1, keepdims=True)
+    op = ops.Merge(device, f)
+    y = device.alloc(4 * n * f)
+    op(n, k, device.upload(outputs), device.upload(idx), device.upload(gates), y)
+    assert nmse(device.read(y, (n, f)), ref.merge(outputs, idx, gates)) < FP32_NMSE
+
+
+def test_swap_outer(device, rng):
+    x = rng.standard_normal((7, 3, 5, 4), np.float32)
+    op = ops.SwapOuter(device, 20)
+    y = device.alloc(x.nbytes)
+    op(7, 3, device.upload(x), y)
+    np.testing.assert_array_equal(device.read(y, (3, 7, 5, 4)), to_cnhw(x))
