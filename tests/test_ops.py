@@ -9,6 +9,7 @@ import pytest
 
 from kernels import ops
 from kernels import reference as ref
+from kernels.ops.winograd import WinogradConv2d
 from tests.conftest import nmse
 
 FP32_NMSE = 1e-10  # float32 with a different summation order
@@ -93,8 +94,15 @@ def test_avgpool(device, rng, case, count_pad):
     assert nmse(run4d(device, op, x), want) < FP32_NMSE
 
 
-@pytest.mark.parametrize("shape,out", [((7, 5, 13, 13), (6, 6)), ((1, 3, 5, 7), (3, 2)),
-                                       ((2, 4, 6, 6), (6, 6)), ((3, 2, 4, 9), (1, 1))])
+@pytest.mark.parametrize(
+    "shape,out",
+    [
+        ((7, 5, 13, 13), (6, 6)),
+        ((1, 3, 5, 7), (3, 2)),
+        ((2, 4, 6, 6), (6, 6)),
+        ((3, 2, 4, 9), (1, 1)),
+    ],
+)
 def test_adaptive_avgpool(device, rng, shape, out):
     x = rng.standard_normal(shape, np.float32)
     op = ops.AdaptiveAvgPool2d(device, shape[1:], out)
@@ -108,8 +116,17 @@ def test_lrn(device, rng, n, c, size):
     assert nmse(run4d(device, op, x), ref.lrn(x, size, 1e-2, 0.75, 2.0)) < FP32_NMSE
 
 
-@pytest.mark.parametrize("n,i,o,relu", [(1, 37, 5, True), (7, 300, 33, False), (8, 1024, 17, True),
-                                        (3, 16, 1, False), (13, 129, 10, True), (2, 9216, 40, True)])
+@pytest.mark.parametrize(
+    "n,i,o,relu",
+    [
+        (1, 37, 5, True),
+        (7, 300, 33, False),
+        (8, 1024, 17, True),
+        (3, 16, 1, False),
+        (13, 129, 10, True),
+        (2, 9216, 40, True),
+    ],
+)
 def test_linear(device, rng, n, i, o, relu):
     x = rng.standard_normal((n, i), np.float32)
     wt = rng.standard_normal((o, i), np.float32)
@@ -157,3 +174,32 @@ def test_swap_outer(device, rng):
     y = device.alloc(x.nbytes)
     op(7, 3, device.upload(x), y)
     np.testing.assert_array_equal(device.read(y, (3, 7, 5, 4)), to_cnhw(x))
+
+
+@pytest.mark.parametrize(
+    "n,c,h,w,m,pad,relu",
+    [
+        (1, 5, 13, 13, 9, 1, True),
+        (7, 3, 8, 11, 17, 1, False),
+        (2, 16, 6, 7, 8, 0, True),
+        (3, 4, 5, 5, 50, (1, 0), True),
+    ],
+)
+def test_winograd_conv2d(device, rng, n, c, h, w, m, pad, relu):
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c, 3, 3), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    op = WinogradConv2d(device, (c, h, w), wt, b, pad, relu)
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    assert nmse(got, ref.conv2d(x, wt, b, 1, pad, 1, relu)) < FP32_NMSE
+
+
+def test_conv2d_im2col_fallback(device, rng):
+    """The path taken where a B panel does not fit the device's local memory (GPUs)."""
+    x = rng.standard_normal((3, 6, 9, 10), np.float32)
+    wt = rng.standard_normal((10, 3, 3, 5), np.float32)
+    b = rng.standard_normal(10, np.float32)
+    op = ops.Conv2d(device, (6, 9, 10), wt, b, (2, 1), (1, 2), 2, True, implicit=False)
+    got = run4d(device, op, x, op.scratch_bytes(3))
+    assert nmse(got, ref.conv2d(x, wt, b, (2, 1), (1, 2), 2, True)) < FP32_NMSE

@@ -1,9 +1,13 @@
 // Convolution input columns for gemm_packed, written straight into its B panel
 // layout [N/NB][K][NB]. The input is channel-major [C][N][H][W]; column n of the
 // GEMM is image b, output pixel (oy, ox): n = (b * OH + oy) * OW + ox. Row k is
-// (c, i, j) in the weight's [Cg][KH][KW] order. Padding and the columns past the
-// batch read as zero. One work-item fills one row of one panel.
-// Defines: NB.
+// (c, i, j) in the weight's [Cg][KH][KW] order. Padding reads as zero.
+//
+// One work-item copies one output row (b, oy) of one k: OW values, contiguous in the
+// destination except where a panel ends, so the inner loop is a plain strided copy.
+// Columns past the batch in the last panel are zeroed by im2col_tail.
+// Defines: NB (im2col kernels only).
+#ifdef NB
 __kernel void im2col_packed(__global const float *restrict x, __global float *restrict cols,
                             const int N, const int H, const int W, const int c0,
                             const int KH, const int KW, const int SH, const int SW,
@@ -11,24 +15,47 @@ __kernel void im2col_packed(__global const float *restrict x, __global float *re
                             const int K)
 {
     const int k = get_global_id(0);
-    const int panel = get_global_id(1);
+    const int row = get_global_id(1);  // b * OH + oy
+    if (k >= K) return;  // the global size is rounded up to whole work-groups
+    const int b = row / OH, oy = row % OH;
     const int c = k / (KH * KW), r = k % (KH * KW);
     const int i = r / KW, j = r % KW;
-    __global const float *xc = x + (size_t)(c0 + c) * N * H * W;
-    __global float *dst = cols + ((size_t)panel * K + k) * NB;
-    const int n = panel * NB;
-    int b = n / (OH * OW);
-    const int rem = n % (OH * OW);
-    int oy = rem / OW, ox = rem % OW;
-    for (int t = 0; t < NB; ++t) {
-        float v = 0.0f;
-        const int iy = oy * SH - PH + i, ix = ox * SW - PW + j;
-        if (b < N && iy >= 0 && iy < H && ix >= 0 && ix < W)
-            v = xc[((size_t)b * H + iy) * W + ix];
-        dst[t] = v;
-        if (++ox == OW) {
-            ox = 0;
-            if (++oy == OH) { oy = 0; ++b; }
+    const int iy = oy * SH - PH + i;
+    const bool row_in = iy >= 0 && iy < H;
+    __global const float *src = x + (((size_t)(c0 + c) * N + b) * H + (row_in ? iy : 0)) * W;
+    int n = row * OW;
+    for (int ox = 0; ox < OW;) {
+        const int t = n % NB;
+        const int run = min(NB - t, OW - ox);
+        __global float *dst = cols + ((size_t)(n / NB) * K + k) * NB + t;
+        for (int q = 0; q < run; ++q) {
+            const int ix = (ox + q) * SW - PW + j;
+            dst[q] = (row_in && ix >= 0 && ix < W) ? src[ix] : 0.0f;
         }
+        ox += run;
+        n += run;
     }
+}
+
+// Zero the columns of the last panel that lie past the batch (n >= ncols).
+__kernel void im2col_tail(__global float *restrict cols, const int K, const int ncols)
+{
+    const int k = get_global_id(0);
+    const int panel = ncols / NB, t0 = ncols % NB;
+    __global float *dst = cols + ((size_t)panel * K + k) * NB;
+    for (int t = t0; t < NB; ++t) dst[t] = 0.0f;
+}
+#endif
+
+// Zero-pad each [H][W] plane into [H + 2*PH][W + 2*PW] (planes = C*N), so that the
+// implicit-GEMM convolution gathers without bounds checks.
+__kernel void pad2d(__global const float *restrict x, __global float *restrict y,
+                    const int H, const int W, const int PH, const int PW)
+{
+    const int ox = get_global_id(0), oy = get_global_id(1), p = get_global_id(2);
+    const int HP = H + 2 * PH, WP = W + 2 * PW;
+    const int iy = oy - PH, ix = ox - PW;
+    float v = 0.0f;
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = x[((size_t)p * H + iy) * W + ix];
+    y[((size_t)p * HP + oy) * WP + ox] = v;
 }

@@ -34,7 +34,7 @@ __kernel void linear(const int B, const int I, const int O,
         for (int r = 0; r < RO; ++r) {
             const float16 wv = vload16(0, w[r] + i);
 #pragma unroll
-            for (int q = 0; q < RB; ++q) acc[r][q] = mad(wv, xv[q], acc[r][q]);
+            for (int q = 0; q < RB; ++q) acc[r][q] = MAD(wv, xv[q], acc[r][q]);
         }
     }
 #pragma unroll

@@ -10,6 +10,7 @@ from kernels.ops.elementwise import Merge, Relu, Softmax, SwapOuter
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
+from kernels.ops.winograd import WinogradConv2d, conv2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -21,4 +22,6 @@ __all__ = [
     "Relu",
     "Softmax",
     "SwapOuter",
+    "WinogradConv2d",
+    "conv2d",
 ]

@@ -1,0 +1,102 @@
+"""Built-in architectures and seeded random weights (no pretrained weights can be
+downloaded here: benchmarks and tests run on random weights, real models are trained
+here or imported from ONNX)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from experts.spec import expected_params, normalise_layers
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _conv(name: str, out: int, k: int, s: int = 1, p: int = 0, g: int = 1) -> dict[str, Any]:
+    return {"name": name, "op": "conv", "out_channels": out, "kernel": k, "stride": s,
+            "padding": p, "groups": g, "relu": True}  # fmt: skip
+
+
+def _fc(name: str, out: int, relu: bool = True) -> dict[str, Any]:
+    return {"name": name, "op": "linear", "out_features": out, "relu": relu}
+
+
+def _pool(name: str, ceil_mode: bool = False) -> dict[str, Any]:
+    return {"name": name, "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": ceil_mode}
+
+
+def _lrn(name: str) -> dict[str, Any]:
+    return {"name": name, "op": "lrn", "size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
+
+
+def alexnet(num_classes: int = 1000) -> dict[str, Any]:
+    """torchvision's AlexNet (61.1 M parameters at 1000 classes)."""
+    layers = [
+        _conv("conv1", 64, 11, 4, 2), _pool("pool1"),
+        _conv("conv2", 192, 5, 1, 2), _pool("pool2"),
+        _conv("conv3", 384, 3, 1, 1), _conv("conv4", 256, 3, 1, 1), _conv("conv5", 256, 3, 1, 1),
+        _pool("pool5"),
+        {"name": "avgpool", "op": "adaptive_avgpool", "output_size": 6},
+        {"name": "flatten", "op": "flatten"},
+        {"name": "drop6", "op": "dropout"}, _fc("fc6", 4096),
+        {"name": "drop7", "op": "dropout"}, _fc("fc7", 4096),
+        _fc("fc8", num_classes, relu=False),
+    ]  # fmt: skip
+    return _meta("alexnet", "AlexNet, torchvision geometry", [3, 224, 224], 256, layers)
+
+
+def caffenet(num_classes: int = 1000) -> dict[str, Any]:
+    """The BVLC CaffeNet variant of Krizhevsky's AlexNet: LRN, grouped convolutions
+    (the two-GPU split), ceil-mode pooling, 227 x 227 input."""
+    layers = [
+        _conv("conv1", 96, 11, 4), _pool("pool1", True), _lrn("norm1"),
+        _conv("conv2", 256, 5, 1, 2, g=2), _pool("pool2", True), _lrn("norm2"),
+        _conv("conv3", 384, 3, 1, 1), _conv("conv4", 384, 3, 1, 1, g=2),
+        _conv("conv5", 256, 3, 1, 1, g=2), _pool("pool5", True),
+        {"name": "flatten", "op": "flatten"},
+        _fc("fc6", 4096), {"name": "drop6", "op": "dropout"},
+        _fc("fc7", 4096), {"name": "drop7", "op": "dropout"},
+        _fc("fc8", num_classes, relu=False), {"name": "prob", "op": "softmax"},
+    ]  # fmt: skip
+    return _meta("caffenet", "CaffeNet (AlexNet with LRN and groups)", [3, 227, 227], 256, layers)
+
+
+def _meta(
+    name: str, description: str, shape: list[int], resize: int, layers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "name": name,
+        "version": "1",
+        "description": description,
+        "input": {
+            "shape": shape,
+            "layout": "NCHW",
+            "color": "RGB",
+            "resize": resize,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+        },  # fmt: skip
+        "layers": layers,
+    }
+
+
+ARCHITECTURES = {"alexnet": alexnet, "caffenet": caffenet}
+
+
+def random_weights(meta: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """He-normal weights and small biases, so activations keep their scale through
+    the network and the logits are neither all zero nor overflowing."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    params = expected_params(normalise_layers(meta["layers"]), meta["input"]["shape"])
+    for key, shape in params.items():
+        if key.endswith(".bias"):
+            weights[key] = (0.01 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            w = rng.standard_normal(shape, dtype=np.float32)
+            weights[key] = w * np.float32(np.sqrt(2.0 / fan_in))
+    return weights

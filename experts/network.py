@@ -1,0 +1,167 @@
+"""A sequential network compiled for one OpenCL device.
+
+Layers become kernel launches once, at load time (weights packed and uploaded then);
+buffers are planned per batch size and reused between calls: two activation buffers
+used in turn (no layer needs more than its input and its output alive) and one
+scratch buffer for the convolutions' im2col panels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from experts.spec import SpecError, normalise_layers, output_shape
+from kernels import ops
+from kernels.runtime import Device
+
+
+@dataclass
+class Step:
+    name: str
+    op: Any  # a launcher: op(n, x, y, scratch)
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    """The device buffers for one batch size."""
+
+    batch: int
+    input: Any
+    ping: Any
+    pong: Any
+    scratch: Any
+    activation_bytes: int
+
+
+def fuse_relu(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold a relu layer into the conv/linear before it; drop dropout (identity)."""
+    out: list[dict[str, Any]] = []
+    for layer in layers:
+        if layer["op"] == "dropout":
+            continue
+        prev = out[-1] if out else None
+        if layer["op"] == "relu" and prev and prev["op"] in ("conv", "linear"):
+            out[-1] = {**prev, "relu": True}
+            continue
+        out.append(layer)
+    return out
+
+
+class Network:
+    """Run a list of layers on NCHW float32 batches; returns [N][features]."""
+
+    MAX_PLANS = 4  # batch sizes whose buffers stay allocated
+
+    def __init__(
+        self,
+        device: Device,
+        layers: list[dict[str, Any]],
+        input_shape: tuple[int, ...],
+        weights: dict[str, np.ndarray],
+    ) -> None:
+        self.device = device
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.steps: list[Step] = []
+        shape = self.input_shape
+        for layer in fuse_relu(normalise_layers(layers)):
+            out = output_shape(layer, shape)
+            self.steps.append(
+                Step(layer["name"], self._launcher(layer, shape, weights), shape, out)
+            )
+            shape = out
+        self.output_shape = shape
+        self.to_cnhw = ops.SwapOuter(device, int(np.prod(self.input_shape[1:])))
+        self.weight_bytes = sum(getattr(s.op, "weight_bytes", 0) for s in self.steps)
+        self._plans: OrderedDict[int, Plan] = OrderedDict()
+
+    def _launcher(self, layer: dict[str, Any], shape: tuple[int, ...], weights: dict) -> Any:
+        d, op, name = self.device, layer["op"], layer["name"]
+        w = weights.get(f"{name}.weight")
+        b = weights.get(f"{name}.bias")
+        if op == "conv":
+            return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
+                              layer["groups"], layer["relu"])  # fmt: skip
+        if op in ("maxpool", "avgpool"):
+            return ops.Pool2d(d, shape, op[:3], layer["kernel"], layer["stride"],
+                              layer["padding"], layer["ceil_mode"],
+                              layer.get("count_include_pad", True))  # fmt: skip
+        if op == "adaptive_avgpool":
+            return ops.AdaptiveAvgPool2d(d, shape, layer["output_size"])
+        if op == "lrn":
+            return ops.LRN(d, shape, layer["size"], layer["alpha"], layer["beta"], layer["k"])
+        if op == "linear":
+            return ops.Linear(d, w, b, layer["relu"])
+        if op == "relu":
+            return ops.Relu(d, int(np.prod(shape)))
+        if op == "softmax":
+            if len(shape) != 1:
+                raise SpecError(f"{name}: softmax needs a flat input, got {shape}")
+            return ops.Softmax(d, shape[0])
+        if op == "flatten":
+            if len(shape) == 1:
+                return None  # already flat
+            return _Flatten(d, shape)
+        raise SpecError(f"{name}: op {op!r} has no OpenCL launcher")
+
+    def plan(self, n: int) -> Plan:
+        """Buffers for batch size n, made once and kept (a few sizes at a time)."""
+        plan = self._plans.get(n)
+        if plan is not None:
+            self._plans.move_to_end(n)
+            return plan
+        sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
+        act = 4 * n * max(sizes)
+        scratch = max((s.op.scratch_bytes(n) for s in self.steps if hasattr(s.op, "scratch_bytes")),
+                      default=0)  # fmt: skip
+        d = self.device
+        plan = Plan(n, d.alloc(4 * n * sizes[-1]), d.alloc(act), d.alloc(act), d.alloc(scratch),
+                    2 * act + scratch + 4 * n * sizes[-1])  # fmt: skip
+        self._plans[n] = plan
+        while len(self._plans) > self.MAX_PLANS:
+            self._plans.popitem(last=False)
+        return plan
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Forward a batch: x is (N, C, H, W) float32; returns (N, features) float32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"expected input (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")  # fmt: skip
+        n = x.shape[0]
+        p = self.plan(n)
+        self.device.write(p.input, x)
+        cur, spare = p.ping, p.pong
+        if len(self.input_shape) == 3:
+            self.to_cnhw(n, self.input_shape[0], p.input, cur)
+        else:
+            cur, spare = p.input, p.ping
+        for step in self.steps:
+            if step.op is None:
+                continue
+            step.op(n, cur, spare, p.scratch)
+            cur, spare = spare, cur
+            if cur is p.input:  # never write into the input buffer again
+                cur, spare = p.ping, p.pong
+        out_shape = self.output_shape
+        if len(out_shape) == 3:  # ends in CNHW: back to NCHW, flattened per image
+            c, h, w = out_shape
+            y = self.device.read(cur, (c, n, h, w)).transpose(1, 0, 2, 3)
+            return np.ascontiguousarray(y.reshape(n, -1))
+        return self.device.read(cur, (n, *out_shape))
+
+
+class _Flatten:
+    """[C][N][H][W] -> [N][C*H*W] (PyTorch's flatten order for the fc layers)."""
+
+    def __init__(self, device: Device, shape: tuple[int, ...]) -> None:
+        self.c, self.inner = shape[0], int(np.prod(shape[1:]))
+        self.swap = ops.SwapOuter(device, self.inner)
+
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+        self.swap(self.c, n, x, y)
