@@ -1,0 +1,106 @@
+"""Whole networks on OpenCL against onnxruntime (an independent runtime) and against
+the numpy twins, on the same weights and inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experts.architectures import alexnet, caffenet, random_weights
+from experts.network import Network, fuse_relu
+from experts.reference_network import forward
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
+pytest.importorskip("onnx", reason="onnx (test extra) is not installed")
+
+
+def run_onnxruntime(meta: dict, weights: dict, x: np.ndarray) -> np.ndarray:
+    from experts.onnx_export import to_onnx
+
+    session = ort.InferenceSession(
+        to_onnx(meta, weights).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="module", params=["alexnet", "caffenet"])
+def built(request, device):
+    meta = {"alexnet": alexnet, "caffenet": caffenet}[request.param]()
+    weights = random_weights(meta, seed=7)
+    return meta, weights, Network(device, meta["layers"], meta["input"]["shape"], weights)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_matches_onnxruntime(built, batch):
+    meta, weights, net = built
+    x = np.random.default_rng(batch).standard_normal((batch, *meta["input"]["shape"]), np.float32)
+    ours = net.run(x)
+    theirs = run_onnxruntime(meta, weights, x)
+    assert ours.shape == theirs.shape == (batch, 1000)
+    # Max error relative to the largest logit (or probability) of the batch.
+    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert rel <= 1e-4, rel
+    for o, t in zip(ours, theirs, strict=True):
+        assert set(np.argsort(-o)[:5]) == set(np.argsort(-t)[:5])
+
+
+def test_batches_are_independent(built):
+    """An image gives the same scores alone and inside a batch (no cross-talk through
+    reused buffers, tiles or padding columns)."""
+    meta, _, net = built
+    x = np.random.default_rng(0).standard_normal((7, *meta["input"]["shape"]), np.float32)
+    together = net.run(x)
+    alone = np.concatenate([net.run(x[i : i + 1]) for i in range(7)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+
+
+def test_small_network_matches_numpy_twins(device):
+    """Every op the spec knows, in one small network, against the numpy reference."""
+    layers = [
+        {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1},
+        {"name": "r1", "op": "relu"},
+        {"name": "p1", "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True},
+        {"name": "n1", "op": "lrn", "size": 3, "alpha": 1e-2, "beta": 0.75, "k": 2.0},
+        {"name": "c2", "op": "conv", "out_channels": 8, "kernel": 3, "groups": 2, "relu": True},
+        {"name": "a1", "op": "avgpool", "kernel": 2, "stride": 1, "padding": 1},
+        {"name": "g1", "op": "adaptive_avgpool", "output_size": [3, 2]},
+        {"name": "f", "op": "flatten"},
+        {"name": "d", "op": "dropout"},
+        {"name": "fc1", "op": "linear", "out_features": 11},
+        {"name": "r2", "op": "relu"},
+        {"name": "fc2", "op": "linear", "out_features": 5, "bias": False},
+        {"name": "sm", "op": "softmax"},
+    ]
+    meta = {"input": {"shape": [4, 15, 13]}, "layers": layers}
+    weights = random_weights(meta, seed=3)
+    net = Network(device, layers, (4, 15, 13), weights)
+    x = np.random.default_rng(1).standard_normal((5, 4, 15, 13), np.float32)
+    np.testing.assert_allclose(net.run(x), forward(layers, weights, x), rtol=1e-4, atol=1e-6)
+
+
+def test_fuse_relu_folds_into_conv_and_drops_dropout():
+    layers = [
+        {"name": "c", "op": "conv", "relu": False},
+        {"name": "r", "op": "relu"},
+        {"name": "d", "op": "dropout"},
+        {"name": "p", "op": "maxpool"},
+        {"name": "r2", "op": "relu"},
+    ]
+    fused = fuse_relu(layers)
+    assert [layer["name"] for layer in fused] == ["c", "p", "r2"]
+    assert fused[0]["relu"] is True
+
+
+def test_wrong_input_shape_is_refused(built):
+    meta, _, net = built
+    with pytest.raises(ValueError, match="expected input"):
+        net.run(np.zeros((1, 3, 10, 10), np.float32))
+
+
+def test_buffers_are_reused_per_batch_size(built):
+    meta, _, net = built
+    x = np.zeros((2, *meta["input"]["shape"]), np.float32)
+    net.run(x)
+    plan = net.plan(2)
+    net.run(x)
+    assert net.plan(2) is plan
