@@ -1,12 +1,14 @@
 // Small whole-tensor kernels: layout changes, ReLU, softmax and the mixture merge.
 
-// [A][B][inner] -> [B][A][inner]: NCHW <-> CNHW (A, B = N, C or C, N).
+// [A][B][inner] -> [B][A][inner]: NCHW <-> CNHW (A, B = N, C or C, N). One
+// work-item copies one contiguous run of `inner` floats.
 __kernel void swap_outer(__global const float *restrict x, __global float *restrict y,
                          const int A, const int B, const int inner)
 {
-    const int i = get_global_id(0), b = get_global_id(1), a = get_global_id(2);
-    if (i >= inner) return;
-    y[((size_t)b * A + a) * inner + i] = x[((size_t)a * B + b) * inner + i];
+    const int b = get_global_id(0), a = get_global_id(1);
+    __global const float *src = x + ((size_t)a * B + b) * inner;
+    __global float *dst = y + ((size_t)b * A + a) * inner;
+    for (int i = 0; i < inner; ++i) dst[i] = src[i];
 }
 
 __kernel void relu(__global const float *restrict x, __global float *restrict y, const int n)

@@ -48,14 +48,21 @@ __kernel void im2col_tail(__global float *restrict cols, const int K, const int 
 #endif
 
 // Zero-pad each [H][W] plane into [H + 2*PH][W + 2*PW] (planes = C*N), so that the
-// implicit-GEMM convolution gathers without bounds checks.
+// implicit-GEMM convolution gathers without bounds checks. One work-item per output
+// row: per-element work-items cost PoCL more than the copy itself.
 __kernel void pad2d(__global const float *restrict x, __global float *restrict y,
                     const int H, const int W, const int PH, const int PW)
 {
-    const int ox = get_global_id(0), oy = get_global_id(1), p = get_global_id(2);
+    const int oy = get_global_id(0), p = get_global_id(1);
     const int HP = H + 2 * PH, WP = W + 2 * PW;
-    const int iy = oy - PH, ix = ox - PW;
-    float v = 0.0f;
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = x[((size_t)p * H + iy) * W + ix];
-    y[((size_t)p * HP + oy) * WP + ox] = v;
+    const int iy = oy - PH;
+    __global float *dst = y + ((size_t)p * HP + oy) * WP;
+    if (iy < 0 || iy >= H) {
+        for (int i = 0; i < WP; ++i) dst[i] = 0.0f;
+        return;
+    }
+    __global const float *src = x + ((size_t)p * H + iy) * W;
+    for (int i = 0; i < PW; ++i) dst[i] = 0.0f;
+    for (int i = 0; i < W; ++i) dst[PW + i] = src[i];
+    for (int i = PW + W; i < WP; ++i) dst[i] = 0.0f;
 }

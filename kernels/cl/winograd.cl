@@ -27,16 +27,20 @@ __kernel void winograd_input(__global const float *restrict x, __global float *r
                              const int TH, const int TW, const int C, const int T,
                              const int es)
 {
-    const int t = get_global_id(0), c = get_global_id(1);
-    if (t >= T) return;
-    const int b = t / (TH * TW), r = t % (TH * TW);
-    const int y0 = 2 * (r / TW) - PH, x0 = 2 * (r % TW) - PW;
+    // One work-item transforms one row of tiles of one channel, left to right.
+    const int row = get_global_id(0), c = get_global_id(1);
+    const int b = row / TH;
+    const int y0 = 2 * (row % TH) - PH;
     __global const float *xc = x + ((size_t)c * N + b) * H * W;
     ROWPTR(0) ROWPTR(1) ROWPTR(2) ROWPTR(3)
-    COLOK(0) COLOK(1) COLOK(2) COLOK(3)
-    COLT(0) COLT(1) COLT(2) COLT(3)
-    __global float *v = V + ((size_t)(t / NB) * C + c) * NB + t % NB;
-    ROWT(0) ROWT(1) ROWT(2) ROWT(3)
+    for (int tx = 0; tx < TW; ++tx) {
+        const int t = row * TW + tx;
+        const int x0 = 2 * tx - PW;
+        COLOK(0) COLOK(1) COLOK(2) COLOK(3)
+        COLT(0) COLT(1) COLT(2) COLT(3)
+        __global float *v = V + ((size_t)(t / NB) * C + c) * NB + t % NB;
+        ROWT(0) ROWT(1) ROWT(2) ROWT(3)
+    }
 }
 
 // Mt (from float m_off on): 16 x [M][T] at MT floats apart -> y: [M][N][OH][OW], bias and optional ReLU.

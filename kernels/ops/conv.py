@@ -14,6 +14,13 @@ I32 = np.int32
 MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
 
 
+def choose_nv(columns: int) -> int:
+    """Panel width (16 * NV columns) for a GEMM with `columns` columns: 48 is fastest,
+    but 32 where it pads less (49 Winograd tiles at batch 1: 64 columns, not 96)."""
+    padded = {nv: -(-columns // (16 * nv)) * 16 * nv for nv in (3, 2)}
+    return 2 if padded[2] < padded[3] else 3
+
+
 def pack_rows(a: np.ndarray, block: int = 8) -> np.ndarray:
     """[M][K] -> [ceil(M/block)][K][block], zero rows appended: the GEMM's A panels."""
     m, k = a.shape
@@ -55,39 +62,44 @@ class Conv2d:
         self.k = self.cg * self.kh * self.kw
         self.mg = self.m // groups
         self.blocks = -(-self.mg // 8)
-        self.nv = 3  # 8 x 48 blocks: the fastest shape measured on PoCL's CPU device
-        self.nb = 16 * self.nv
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.a = [device.upload(pack_rows(wg[g])) for g in range(groups)]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         self.weight_bytes = sum(a.size for a in self.a) + 4 * self.m
-        self.panel_bytes = 4 * self.k * self.nb
-        local_mem = device.cl_device.local_mem_size
-        if implicit is None:
-            implicit = device.is_cpu and self.panel_bytes <= local_mem
+        self.relu = relu
+        if implicit is None:  # the widest panel must fit
+            implicit = device.is_cpu and 4 * self.k * 48 <= device.cl_device.local_mem_size
         self.implicit = implicit
-        defines = {"NV": self.nv, "RELU": relu}
-        if self.implicit:
-            self.conv = device.kernel("gemm.cl", "conv_packed", defines)
-            self.pad = device.kernel("im2col.cl", "pad2d") if self.ph or self.pw else None
-        else:
-            self.gemm = device.kernel("gemm.cl", "gemm_packed", defines)
-            self.im2col = device.kernel("im2col.cl", "im2col_packed", {"NB": self.nb})
-            self.im2col_tail = device.kernel("im2col.cl", "im2col_tail", {"NB": self.nb})
+        padded = implicit and (self.ph or self.pw)
+        self.pad = device.kernel("im2col.cl", "pad2d") if padded else None
+        self._kernels: dict[int, dict[str, Any]] = {}
+
+    def kernels(self, nv: int) -> dict[str, Any]:
+        """The kernels for panels of 16 * nv columns, built on first use."""
+        found = self._kernels.get(nv)
+        if found is None:
+            d, defines, nb = self.device, {"NV": nv, "RELU": self.relu}, {"NB": 16 * nv}
+            if self.implicit:
+                found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
+            else:
+                found = {"gemm": d.kernel("gemm.cl", "gemm_packed", defines),
+                         "im2col": d.kernel("im2col.cl", "im2col_packed", nb),
+                         "tail": d.kernel("im2col.cl", "im2col_tail", nb)}  # fmt: skip
+            self._kernels[nv] = found
+        return found
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
         return (self.m, self.oh, self.ow)
 
-    def panels(self, n: int) -> int:
-        return -(-n * self.oh * self.ow // self.nb)
-
     def scratch_bytes(self, n: int) -> int:
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
             return 4 * self.c * n * padded if self.pad is not None else 0
-        return self.panels(n) * self.k * self.nb * 4
+        cols = n * self.oh * self.ow
+        nb = 16 * choose_nv(cols)
+        return -(-cols // nb) * self.k * nb * 4
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         if self.implicit:
@@ -99,20 +111,23 @@ class Conv2d:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         if self.pad is not None:
             self.device.launch(
-                self.pad, (wp, hp, self.c * n), None, x, scratch,
+                self.pad, (hp, self.c * n), None, x, scratch,
                 I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
             )  # fmt: skip
             x = scratch
-        panels, cols = self.panels(n), n * self.oh * self.ow
+        cols = n * self.oh * self.ow
+        nv = choose_nv(cols)
+        panels = -(-cols // (16 * nv))
         # Few panels (small batch, small images): split the row blocks too, so every
         # core gets work; each part gathers its own copy of the panel.
         parts = min(self.blocks, -(-MIN_ITEMS // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
-        local = cl.LocalMemory(self.panel_bytes)
+        local = cl.LocalMemory(4 * self.k * 16 * nv)
+        conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
             self.device.launch(
-                self.conv, (panels, parts), (1, 1),
+                conv, (panels, parts), (1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], x, self.bias[g],
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
@@ -120,20 +135,20 @@ class Conv2d:
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
-        panels, cols = self.panels(n), n * self.oh * self.ow
+        cols = n * self.oh * self.ow
+        nv = choose_nv(cols)
+        nb, panels, kern = 16 * nv, -(-cols // (16 * nv)), self.kernels(nv)
         for g in range(self.groups):
             self.device.launch(
-                self.im2col, (-(-self.k // 16) * 16, n * self.oh), (16, 1), x, scratch,
+                kern["im2col"], (-(-self.k // 16) * 16, n * self.oh), (16, 1), x, scratch,
                 I32(n), I32(self.h), I32(self.w), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
                 I32(self.ph), I32(self.pw), I32(self.oh), I32(self.ow), I32(self.k),
             )  # fmt: skip
-            if cols % self.nb:
-                self.device.launch(
-                    self.im2col_tail, (self.k,), None, scratch, I32(self.k), I32(cols)
-                )
+            if cols % nb:
+                self.device.launch(kern["tail"], (self.k,), None, scratch, I32(self.k), I32(cols))
             self.device.launch(
-                self.gemm, (self.blocks, panels, 1), (1, 1, 1),
+                kern["gemm"], (self.blocks, panels, 1), (1, 1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],
                 y, I32(cols), I32(g * self.mg), I32(0), I32(0), I32(0),
             )  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.ops.conv import Conv2d, pack_rows
+from kernels.ops.conv import Conv2d, choose_nv, pack_rows
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -28,8 +28,6 @@ def transform_weights(weight: np.ndarray) -> np.ndarray:
 class WinogradConv2d:
     """Same contract as Conv2d: [C][N][H][W] in, [M][N][OH][OW] out, bias + ReLU."""
 
-    NV = 3
-
     def __init__(
         self,
         device: Device,
@@ -45,7 +43,6 @@ class WinogradConv2d:
         self.ph, self.pw = padding
         self.oh, self.ow = self.h + 2 * self.ph - 2, self.w + 2 * self.pw - 2
         self.th, self.tw = -(-self.oh // 2), -(-self.ow // 2)
-        self.nb = 16 * self.NV
         self.blocks = -(-self.m // 8)
         u = transform_weights(weight)
         packed = np.stack([pack_rows(u[e]) for e in range(16)])
@@ -55,10 +52,19 @@ class WinogradConv2d:
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
-        defines = {"NB": self.nb, "RELU": relu}
-        self.input_kernel = device.kernel("winograd.cl", "winograd_input", defines)
-        self.output_kernel = device.kernel("winograd.cl", "winograd_output", defines)
-        self.gemm = device.kernel("gemm.cl", "gemm_packed", {"NV": self.NV, "RELU": 0})
+        self.relu = relu
+        self._kernels: dict[int, dict[str, Any]] = {}
+
+    def kernels(self, nv: int) -> dict[str, Any]:
+        """The kernels for tile panels of 16 * nv columns, built on first use."""
+        found = self._kernels.get(nv)
+        if found is None:
+            d, defines = self.device, {"NB": 16 * nv, "RELU": self.relu}
+            found = {"input": d.kernel("winograd.cl", "winograd_input", defines),
+                     "output": d.kernel("winograd.cl", "winograd_output", defines),
+                     "gemm": d.kernel("gemm.cl", "gemm_packed", {"NV": nv, "RELU": 0})}  # fmt: skip
+            self._kernels[nv] = found
+        return found
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -72,11 +78,12 @@ class WinogradConv2d:
         alias in the L1 cache, which made the transforms several times slower.
         """
         tiles = n * self.th * self.tw
-        panels = -(-tiles // self.nb)
-        v_es = panels * self.c * self.nb + 16
+        nb = 16 * choose_nv(tiles)
+        panels = -(-tiles // nb)
+        v_es = panels * self.c * nb + 16
         m_off = -(-16 * v_es // tiles) * tiles  # M starts on a whole row of tiles
         m_es = self.m * tiles + 16
-        return {"tiles": tiles, "panels": panels, "v_es": v_es, "m_off": m_off,
+        return {"tiles": tiles, "nv": nb // 16, "panels": panels, "v_es": v_es, "m_off": m_off,
                 "m_es": m_es, "floats": m_off + 16 * m_es}  # fmt: skip
 
     def scratch_bytes(self, n: int) -> int:
@@ -84,23 +91,23 @@ class WinogradConv2d:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         z = self._sizes(n)
-        tiles, panels = z["tiles"], z["panels"]
+        tiles, panels, kern = z["tiles"], z["panels"], self.kernels(z["nv"])
         d = self.device
         d.launch(
-            self.input_kernel, (tiles, self.c), None, x, scratch,
+            kern["input"], (n * self.th, self.c), None, x, scratch,
             I32(n), I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
             I32(self.th), I32(self.tw), I32(self.c), I32(tiles), I32(z["v_es"]),
         )  # fmt: skip
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
         d.launch(
-            self.gemm, (self.blocks, panels, 16), (1, 1, 1),
+            kern["gemm"], (self.blocks, panels, 16), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
             scratch, I32(tiles), I32(z["m_off"] // tiles),
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]),
         )  # fmt: skip
         d.launch(
-            self.output_kernel, (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
+            kern["output"], (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
             I32(self.m), I32(tiles), I32(n), I32(self.oh), I32(self.ow),
             I32(self.th), I32(self.tw), I32(z["m_es"]),
         )  # fmt: skip
