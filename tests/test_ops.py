@@ -177,18 +177,20 @@ def test_swap_outer(device, rng):
 
 
 @pytest.mark.parametrize(
-    "n,c,h,w,m,pad,relu",
+    "n,c,h,w,m,r,pad,relu",
     [
-        (1, 5, 13, 13, 9, 1, True),
-        (7, 3, 8, 11, 17, 1, False),
-        (2, 16, 6, 7, 8, 0, True),
-        (3, 4, 5, 5, 50, (1, 0), True),
+        (1, 5, 13, 13, 9, 3, 1, True),
+        (7, 3, 8, 11, 17, 3, 1, False),
+        (2, 16, 6, 7, 8, 3, 0, True),
+        (3, 4, 5, 5, 50, 3, (1, 0), True),
+        (1, 6, 27, 27, 12, 5, 2, True),
+        (7, 3, 9, 8, 5, 5, (2, 1), False),
     ],
 )
-def test_winograd_conv2d(device, rng, n, c, h, w, m, pad, relu):
+def test_winograd_conv2d(device, rng, n, c, h, w, m, r, pad, relu):
     pad = (pad, pad) if isinstance(pad, int) else pad
     x = rng.standard_normal((n, c, h, w), np.float32)
-    wt = rng.standard_normal((m, c, 3, 3), np.float32)
+    wt = rng.standard_normal((m, c, r, r), np.float32)
     b = rng.standard_normal(m, np.float32)
     op = WinogradConv2d(device, (c, h, w), wt, b, pad, relu)
     got = run4d(device, op, x, op.scratch_bytes(n))

@@ -1,8 +1,11 @@
-"""3x3 stride-1 convolution by Winograd F(2x2, 3x3) (kernels/cl/winograd.cl).
+"""Stride-1 convolution by Winograd's minimal filtering, F(m x m, r x r)
+(kernels/cl/winograd.cl).
 
-2.25x fewer multiplies than direct convolution; AlexNet's conv3-conv5 (55% of its
-convolution work) are this shape. The error stays at float32 rounding level: the
-transforms only add and subtract (and halve, in the weight transform).
+F(2x2, 3x3) does 2.25x fewer multiplies than direct convolution (F(2x2, 5x5) 2.78x);
+AlexNet's conv3-conv5 (3x3) are 55% of its convolution work.
+The transforms come from Toom-Cook interpolation at the points 0, 1, -1, 2, -2 and
+infinity; with m = 2 their coefficients stay small, so the error stays near float32
+rounding (checked against the numpy twin in tests/test_ops.py).
 """
 
 from __future__ import annotations
@@ -15,14 +18,44 @@ from kernels.ops.conv import Conv2d, choose_nv, pack_rows
 from kernels.runtime import Device
 
 I32 = np.int32
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+TILE = 2  # output tile m: larger tiles save more multiplies but lose accuracy
 
 
-def transform_weights(weight: np.ndarray) -> np.ndarray:
-    """[M][C][3][3] -> U: [16][M][C], U = G g G^T per channel pair."""
-    u = np.einsum("ij,mcjk,lk->mcil", G, weight.astype(np.float64), G)
-    m, c = weight.shape[:2]
-    return u.reshape(m, c, 16).transpose(2, 0, 1).astype(np.float32)
+def transforms(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, G, B^T) for F(m, r): y = A^T [(G g) * (B^T d)] for a 1-D correlation.
+
+    Toom-Cook multiplies a filter polynomial (r coefficients) by a signal polynomial
+    (m coefficients) by evaluating both at alpha = m + r - 1 points (alpha - 1 finite
+    ones and infinity) and interpolating the product; a correlation is the transpose
+    of that linear map. So G and A^T evaluate, and B^T is the transposed inverse of
+    the alpha-coefficient evaluation matrix.
+    """
+    alpha = m + r - 1
+
+    def evaluation(degree: int) -> np.ndarray:
+        """Rows: a polynomial with `degree` coefficients evaluated at each point; at
+        infinity, its leading coefficient."""
+        e = np.zeros((alpha, degree))
+        for j, p in enumerate(POINTS[: alpha - 1]):
+            e[j] = [p**k for k in range(degree)]
+        e[alpha - 1, degree - 1] = 1.0
+        return e
+
+    return evaluation(m).T, evaluation(r), np.linalg.inv(evaluation(alpha)).T
+
+
+def transform_weights(weight: np.ndarray, m: int = TILE) -> np.ndarray:
+    """[M][C][r][r] -> U: [alpha^2][M][C], U = G g G^T per channel pair."""
+    r = weight.shape[2]
+    _, g, _ = transforms(m, r)
+    u = np.einsum("ij,mcjk,lk->mcil", g, weight.astype(np.float64), g)
+    mm, c, alpha = weight.shape[0], weight.shape[1], g.shape[0]
+    return u.reshape(mm, c, alpha * alpha).transpose(2, 0, 1).astype(np.float32)
+
+
+def _values(matrix: np.ndarray) -> str:
+    return ",".join(f"{float(v)!r}f" for v in matrix.ravel())
 
 
 class WinogradConv2d:
@@ -34,32 +67,36 @@ class WinogradConv2d:
         in_shape: tuple[int, int, int],
         weight: np.ndarray,
         bias: np.ndarray | None,
-        padding: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
         relu: bool = False,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
-        self.m = weight.shape[0]
+        self.m, _, r, _ = weight.shape
         self.ph, self.pw = padding
-        self.oh, self.ow = self.h + 2 * self.ph - 2, self.w + 2 * self.pw - 2
-        self.th, self.tw = -(-self.oh // 2), -(-self.ow // 2)
+        self.oh, self.ow = self.h + 2 * self.ph - r + 1, self.w + 2 * self.pw - r + 1
+        self.tile = TILE
+        self.alpha = TILE + r - 1
+        self.th, self.tw = -(-self.oh // TILE), -(-self.ow // TILE)
         self.blocks = -(-self.m // 8)
         u = transform_weights(weight)
-        packed = np.stack([pack_rows(u[e]) for e in range(16)])
+        packed = np.stack([pack_rows(ue) for ue in u])
         self.a_stride = packed[0].size
         self.u = device.upload(packed)
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
-        self.relu = relu
+        at, _, bt = transforms(TILE, r)
+        self.defines = {"ALPHA": self.alpha, "MT": TILE, "RELU": relu,
+                        "BT_VALUES": _values(bt), "AT_VALUES": _values(at)}  # fmt: skip
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def kernels(self, nv: int) -> dict[str, Any]:
         """The kernels for tile panels of 16 * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
-            d, defines = self.device, {"NB": 16 * nv, "RELU": self.relu}
+            d, defines = self.device, {**self.defines, "NB": 16 * nv}
             found = {"input": d.kernel("winograd.cl", "winograd_input", defines),
                      "output": d.kernel("winograd.cl", "winograd_output", defines),
                      "gemm": d.kernel("gemm.cl", "gemm_packed", {"NV": nv, "RELU": 0})}  # fmt: skip
@@ -71,28 +108,28 @@ class WinogradConv2d:
         return (self.m, self.oh, self.ow)
 
     def _sizes(self, n: int) -> dict[str, int]:
-        """Tiles and panels of tiles; where V (16 matrices `v_es` apart) and the 16
+        """Tiles and panels of tiles; where V (alpha^2 matrices `v_es` apart) and the
         products M (`m_es` apart, from float `m_off`) lie in the scratch buffer.
 
-        The strides are padded off multiples of 4 KiB: 16 streams that far apart
-        alias in the L1 cache, which made the transforms several times slower.
+        The strides are padded off multiples of 4 KiB: streams that far apart alias
+        in the L1 cache, which made the transforms several times slower.
         """
         tiles = n * self.th * self.tw
-        nb = 16 * choose_nv(tiles)
-        panels = -(-tiles // nb)
-        v_es = panels * self.c * nb + 16
-        m_off = -(-16 * v_es // tiles) * tiles  # M starts on a whole row of tiles
+        nv = choose_nv(tiles)
+        panels = -(-tiles // (16 * nv))
+        e = self.alpha * self.alpha
+        v_es = panels * self.c * 16 * nv + 16
+        m_off = -(-e * v_es // tiles) * tiles  # M starts on a whole row of tiles
         m_es = self.m * tiles + 16
-        return {"tiles": tiles, "nv": nb // 16, "panels": panels, "v_es": v_es, "m_off": m_off,
-                "m_es": m_es, "floats": m_off + 16 * m_es}  # fmt: skip
+        return {"tiles": tiles, "nv": nv, "panels": panels, "v_es": v_es, "m_off": m_off,
+                "m_es": m_es, "floats": m_off + e * m_es}  # fmt: skip
 
     def scratch_bytes(self, n: int) -> int:
         return 4 * self._sizes(n)["floats"]
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         z = self._sizes(n)
-        tiles, panels, kern = z["tiles"], z["panels"], self.kernels(z["nv"])
-        d = self.device
+        tiles, kern, d = z["tiles"], self.kernels(z["nv"]), self.device
         d.launch(
             kern["input"], (n * self.th, self.c), None, x, scratch,
             I32(n), I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
@@ -101,7 +138,7 @@ class WinogradConv2d:
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
         d.launch(
-            kern["gemm"], (self.blocks, panels, 16), (1, 1, 1),
+            kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
             scratch, I32(tiles), I32(z["m_off"] // tiles),
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]),
@@ -123,8 +160,11 @@ def conv2d(
     groups: int = 1,
     relu: bool = False,
 ) -> Conv2d | WinogradConv2d:
-    """The fastest convolution launcher for a layer: Winograd for 3x3 stride-1
-    ungrouped layers (measured 1.3-2x faster on AlexNet's conv3-5), else Conv2d."""
+    """The fastest convolution launcher for a layer: Winograd F(2x2, 3x3) for 3x3
+    stride-1 ungrouped layers (1.3-2x faster than direct on AlexNet's conv3-conv5),
+    direct implicit GEMM otherwise. F(2x2, 5x5) is correct too but measured no faster
+    on AlexNet's conv2: with 64 input channels its 36 GEMMs are too short (K = 64)
+    to pay for the transforms."""
     if weight.shape[2:] == (3, 3) and tuple(stride) == (1, 1) and groups == 1:
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu)
     return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu)
