@@ -4,6 +4,7 @@ here or imported from ONNX)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,20 @@ def caffenet(num_classes: int = 1000) -> dict[str, Any]:
     return _meta("caffenet", "CaffeNet (AlexNet with LRN and groups)", [3, 227, 227], 256, layers)
 
 
+def imagenet_labels() -> list[str]:
+    """The 1000 ILSVRC-2012 class names (first WordNet lemma of each synset, in the
+    usual class-index order; taken from timm's data files, Apache-2.0)."""
+    text = resources.files("experts").joinpath("data", "imagenet_classes.txt").read_text()
+    return text.splitlines()
+
+
 def _meta(
     name: str, description: str, shape: list[int], resize: int, layers: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    num_classes = layers[-1]["out_features"] if layers[-1]["op"] == "linear" else None
+    if num_classes is None:
+        num_classes = layers[-2]["out_features"]
+    labels = imagenet_labels() if num_classes == 1000 else None
     return {
         "format": 1,
         "name": name,
@@ -80,6 +92,7 @@ def _meta(
             "std": IMAGENET_STD,
         },  # fmt: skip
         "layers": layers,
+        **({"labels": labels} if labels else {}),
     }
 
 

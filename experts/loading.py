@@ -1,0 +1,37 @@
+"""From a model name to a runnable network: the repository first, then the built-in
+architectures (seeded random weights, for benchmarks and smoke tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experts.architectures import ARCHITECTURES, random_weights
+from experts.network import Network
+from experts.repository import Model, ModelError, Repository, validate
+from kernels.runtime import Device
+
+
+def resolve_model(name: str, root: Path, random: bool = False, seed: int = 0) -> Model:
+    """The repository's `name`; with `random`, a built-in architecture of that name with
+    seeded random weights (a repository entry of the same name wins without `random`)."""
+    repo = Repository(root)
+    if random:
+        if name not in ARCHITECTURES:
+            raise ModelError(
+                f"--random-weights needs a built-in architecture ({', '.join(ARCHITECTURES)}), "
+                f"got {name!r}"
+            )
+        meta = ARCHITECTURES[name]()
+        weights = random_weights(meta, seed)
+        return Model(validate(meta, weights, f"built-in {name}"), weights, None)
+    if name not in repo.names() and name in ARCHITECTURES:
+        raise ModelError(
+            f"model {name!r} is not in the repository {root}; it is a built-in architecture: "
+            f"pass --random-weights to run it with seeded random weights, or bring trained "
+            f"weights with `moe-alexnet import-onnx FILE --name {name}`"
+        )
+    return repo.load(name)
+
+
+def build_network(model: Model, device: Device) -> Network:
+    return Network(device, model.layers, model.input_shape, model.weights)

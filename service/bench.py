@@ -1,0 +1,116 @@
+"""`moe-alexnet bench`: latency, throughput and memory per (model, precision, batch),
+optionally beside onnxruntime on the same network and weights, in the same process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from service.settings import Settings
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_runs(run: Callable[[], Any], warmup: int, iterations: int, label: str) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in tqdm(range(iterations), desc=label, unit="run", leave=False, file=sys.stderr,
+                  disable=None):  # fmt: skip
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: list[float], batch: int) -> dict[str, float]:
+    """Median and p90 latency; throughput from the median (robust to a noisy machine)."""
+    p50, p90 = np.percentile(times, [50, 90])
+    return {
+        "images_per_s": round(batch / p50, 2),
+        "latency_ms_p50": round(p50 * 1e3, 3),
+        "latency_ms_p90": round(p90 * 1e3, 3),
+    }
+
+
+def onnxruntime_session(model: Any) -> Any:
+    import onnxruntime as ort
+
+    from experts.onnx_export import to_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    proto = to_onnx(model.meta, model.weights)
+    return ort.InferenceSession(proto.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from experts.loading import build_network, resolve_model
+    from kernels.runtime import Device
+
+    names = args.model or [settings.default_model]
+    precisions = args.precision or [settings.default_precision]
+    device = Device(settings.device)
+    rng = np.random.default_rng(args.seed)
+    for name in names:
+        model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
+        session = onnxruntime_session(model) if args.compare else None
+        for precision in precisions:
+            network = build_network(model, device)
+            for batch in args.batch:
+                x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
+                times = time_runs(partial(network.run, x), args.warmup, args.iterations,
+                                  f"{name} {precision} b{batch}")  # fmt: skip
+                row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
+                       "batch": batch, **summarise(times, batch),
+                       "weight_bytes": network.weight_bytes,
+                       "activation_bytes": network.plan(batch).activation_bytes,
+                       "peak_rss_bytes": peak_rss_bytes(), "device": device.name}  # fmt: skip
+                _emit(row, args.json)
+                if session is not None:
+                    _emit(_onnxruntime_row(session, model, x, row, args), args.json)
+    return 0
+
+
+def _onnxruntime_row(
+    session: Any, model: Any, x: np.ndarray, ours: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    feed = {session.get_inputs()[0].name: x}
+    batch = x.shape[0]
+    times = time_runs(partial(session.run, None, feed), args.warmup, args.iterations,
+                      f"onnxruntime b{batch}")  # fmt: skip
+    row = {"runtime": "onnxruntime", "model": ours["model"], "precision": "fp32",
+           "batch": batch, **summarise(times, batch),
+           "weight_bytes": sum(w.nbytes for w in model.weights.values()),
+           "peak_rss_bytes": peak_rss_bytes(), "device": "CPUExecutionProvider"}  # fmt: skip
+    row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
+    return row
+
+
+def _emit(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row), flush=True)
+        return
+    line = (
+        f"{row['runtime']:12s} {row['model']:14s} {row['precision']:5s} b={row['batch']:<3d} "
+        f"{row['images_per_s']:9.1f} img/s  p50 {row['latency_ms_p50']:8.2f} ms  "
+        f"p90 {row['latency_ms_p90']:8.2f} ms  weights {row['weight_bytes'] / 2**20:7.1f} MiB  "
+        f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
+    )
+    if "ratio" in row:
+        line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
+    print(line, flush=True)

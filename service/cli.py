@@ -1,0 +1,277 @@
+"""The `moe-alexnet` command: devices, classify, bench, import-onnx.
+
+Every expected failure (bad input, unknown model, no device, ...) ends as one line on
+stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.settings import Settings
+
+PRECISIONS = ("fp32",)
+
+
+class CliError(Exception):
+    """A failure to report in one line."""
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"not a comma list of {kind.__name__}: {text!r}"
+            ) from exc
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return values
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _precisions(text: str) -> list[str]:
+    values = _csv(str)(text)
+    unknown = [p for p in values if p not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown precision {', '.join(unknown)}; supported: {', '.join(PRECISIONS)}"
+        )
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-alexnet",
+        description="Mixture-of-experts AlexNet inference on OpenCL devices.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+        p.add_argument("--model", type=_csv(str) if many else str, default=None,
+                       help="model name%s (default: setting MOE_DEFAULT_MODEL)"
+                       % (" or comma list" if many else ""))  # fmt: skip
+        p.add_argument("--precision", type=_precisions, default=None,
+                       help="fp32 (default: setting MOE_DEFAULT_PRECISION)")  # fmt: skip
+        p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
+        p.add_argument("--models-dir", type=Path, default=None,
+                       help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
+        p.add_argument("--random-weights", action="store_true",
+                       help="run a built-in architecture (alexnet, caffenet) on seeded "
+                       "random weights")  # fmt: skip
+        p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+
+    p = sub.add_parser("devices", help="list OpenCL platforms and devices")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("classify", help="classify images or preprocessed .npy tensors")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or .npy tensor")
+    model_args(p)
+    p.add_argument("--top-k", type=_positive, default=5, help="predictions per input")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("bench", help="latency, throughput and memory per model/batch")
+    model_args(p, many=True)
+    p.add_argument("--batch", type=_csv(_positive), default=[1, 8], help="batch sizes")
+    p.add_argument("--iterations", type=_positive, default=20, help="timed runs per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--compare", choices=["onnxruntime"], default=None,
+                   help="also run the same network and weights in onnxruntime")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+
+    p = sub.add_parser("import-onnx", help="add an ONNX AlexNet-family model to the repository")
+    p.add_argument("file", type=Path, help="the .onnx file")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--labels", type=Path, default=None, help="text file, one label per line")
+    p.add_argument("--models-dir", type=Path, default=None, help="model repository")
+    p.add_argument("--force", action="store_true", help="replace an existing model")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if getattr(args, "device", None) is not None:
+        settings.device = args.device
+    if getattr(args, "models_dir", None) is not None:
+        settings.model_repository = args.models_dir
+    return settings
+
+
+def _open_device(settings: Settings) -> Any:
+    from kernels.runtime import Device
+
+    return Device(settings.device)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from kernels.runtime import default_index, list_devices
+
+    devices = list_devices()
+    if not devices:
+        raise CliError("no OpenCL device found: install pocl-opencl-icd or an OpenCL driver")
+    default = default_index(devices)
+    rows = []
+    for i, (info, _) in enumerate(devices):
+        rows.append({**info.__dict__, "default": i == default})
+    if args.json:
+        print(json.dumps({"devices": rows}, indent=2))
+        return 0
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        print(
+            f"{mark} {row['index']:5s} {row['platform']} / {row['name']}\n"
+            f"        {row['kind']}, {row['compute_units']} compute units, "
+            f"{row['global_mem_bytes'] / 2**30:.1f} GiB, max alloc "
+            f"{row['max_alloc_bytes'] / 2**30:.1f} GiB, fp16 {'yes' if row['fp16'] else 'no'}, "
+            f"{row['opencl_c']}"
+        )
+    print("* default (select another with --device or MOE_DEVICE: 'P:D', 'pocl:0', a name)")
+    return 0
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def probabilities(model: Any, outputs: np.ndarray) -> np.ndarray:
+    """Class probabilities: the network's own softmax, or one applied to its logits."""
+    if model.layers[-1]["op"] == "softmax":
+        return outputs
+    return _softmax(outputs.astype(np.float64)).astype(np.float32)
+
+
+def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i], "score": float(probs[i])} for i in order]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from experts.loading import build_network, resolve_model
+    from service.images import load_input
+
+    settings = _settings(args)
+    precision = (args.precision or [settings.default_precision])[0]
+    name = args.model or settings.default_model
+    model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
+    batches = [(path, load_input(path, model.meta["input"])) for path in args.inputs]
+    device = _open_device(settings)
+    network = build_network(model, device)
+    results = []
+    for path, x in batches:
+        probs = probabilities(model, network.run(x))
+        for j, row in enumerate(probs):
+            label = path if len(probs) == 1 else f"{path}[{j}]"
+            preds = top_predictions(row, model.labels, min(args.top_k, len(row)))
+            results.append({"input": label, "predictions": preds})
+    doc = {"model": model.name, "version": model.version, "precision": precision,
+           "device": device.name, "results": results}  # fmt: skip
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"model {model.name} v{model.version}, {precision}, on {device.name}")
+    for result in results:
+        print(result["input"])
+        for p in result["predictions"]:
+            print(f"  {p['score']:8.4f}  {p['index']:5d}  {p['label']}")
+    return 0
+
+
+def cmd_import_onnx(args: argparse.Namespace) -> int:
+    from experts.onnx_import import import_onnx
+    from experts.repository import Repository
+
+    settings = _settings(args)
+    if not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    labels = None
+    if args.labels is not None:
+        try:
+            text = args.labels.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{args.labels}: cannot read labels: {exc.strerror}") from exc
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    meta, weights = import_onnx(args.file, args.name, labels)
+    path = Repository(settings.model_repository).save(
+        args.name, meta, weights, overwrite=args.force
+    )
+    n_params = sum(w.size for w in weights.values())
+    print(f"imported {args.file} as {args.name}: {len(meta['layers'])} layers, "
+          f"{n_params / 1e6:.1f} M parameters -> {path}")  # fmt: skip
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench import run_bench
+
+    settings = _settings(args)
+    return run_bench(args, settings)
+
+
+COMMANDS = {
+    "devices": cmd_devices,
+    "classify": cmd_classify,
+    "bench": cmd_bench,
+    "import-onnx": cmd_import_onnx,
+}
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the user's input or environment, reported in one line."""
+    from experts.repository import ModelError
+    from experts.spec import SpecError
+    from kernels.runtime import DeviceError, KernelError
+    from service.images import InputError
+
+    errors: list[type[BaseException]] = [
+        CliError, ModelError, SpecError, DeviceError, KernelError, InputError, OSError,
+    ]  # fmt: skip
+    try:
+        from experts.onnx_import import OnnxImportError
+
+        errors.append(OnnxImportError)
+    except ImportError:  # onnx not installed: import-onnx reports that itself
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("moe-alexnet: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        print(f"moe-alexnet: error: {exc} (pip install 'moe-alexnet[onnx]')", file=sys.stderr)
+        return 1
+    except expected_errors() as exc:
+        message = " ".join(str(exc).split()) if not isinstance(exc, OSError) else _os_error(exc)
+        print(f"moe-alexnet: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The moe-alexnet command end to end, in-process through service.cli.main: every
+expected failure is one line on stderr and a non-zero exit, and leaves nothing
+half-written in the model repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experts.architectures import random_weights
+from experts.repository import Repository
+from service.cli import main
+
+TINY = {
+    "format": 1,
+    "name": "tiny",
+    "version": "1",
+    "input": {
+        "shape": [3, 16, 16],
+        "layout": "NCHW",
+        "color": "RGB",
+        "resize": None,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    },  # fmt: skip
+    "labels": ["cat", "dog", "fish"],
+    "layers": [
+        {
+            "name": "conv1",
+            "op": "conv",
+            "out_channels": 8,
+            "kernel": 3,
+            "padding": 1,
+            "relu": True,
+        },  # fmt: skip
+        {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 2},
+        {"name": "flat", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out_features": 3},
+    ],
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch) -> Path:
+    root = tmp_path / "models"
+    root.mkdir()
+    Repository(root).save("tiny", TINY, random_weights(TINY, seed=1))
+    monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(root))
+    return root
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is not installed")
+    from PIL import Image
+
+    path = tmp_path / "astronaut.jpg"
+    Image.fromarray(skimage_data.astronaut()).save(path)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("moe-alexnet: error: ")
+    return lines[0]
+
+
+def test_devices_lists_the_default(capsys):
+    code, out, _ = run(capsys, "devices", "--json")
+    assert code == 0
+    devices = json.loads(out)["devices"]
+    assert sum(d["default"] for d in devices) == 1
+    assert all({"platform", "name", "compute_units", "fp16"} <= set(d) for d in devices)
+
+
+def test_classify_photo_json(capsys, repo, photo):
+    code, out, err = run(
+        capsys, "classify", str(photo), "--model", "tiny", "--json", "--top-k", "2"
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["model"] == "tiny" and doc["precision"] == "fp32" and doc["device"]
+    (result,) = doc["results"]
+    assert result["input"] == str(photo)
+    preds = result["predictions"]
+    assert len(preds) == 2 and preds[0]["score"] >= preds[1]["score"]
+    assert {p["label"] for p in preds} <= {"cat", "dog", "fish"}
+
+
+def test_classify_npy_batch_matches_reference(capsys, repo, tmp_path):
+    from experts.reference_network import forward
+    from kernels.reference import softmax
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    path = tmp_path / "batch.npy"
+    np.save(path, x)
+    code, out, err = run(capsys, "classify", str(path), "--model", "tiny", "--json")
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert [r["input"] for r in results] == [f"{path}[{i}]" for i in range(3)]
+    want = softmax(forward(TINY["layers"], Repository(repo).load("tiny").weights, x))
+    for r, probs in zip(results, want, strict=True):
+        top = r["predictions"][0]
+        assert top["index"] == int(np.argmax(probs))
+        assert top["score"] == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_classify_builtin_with_random_weights(capsys, photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
+    code, out, err = run(capsys, "classify", str(photo), "--model", "alexnet", "--random-weights")
+    assert code == 0, err
+    assert "model alexnet" in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["classify", "missing.jpg", "--model", "tiny"], "missing.jpg"),
+        (["classify", "{garbage}", "--model", "tiny"], "not a readable image"),
+        (["classify", "{badnpy}", "--model", "tiny"], "shape"),
+        (["classify", "{garbage}", "--model", "nope"], "nope"),
+        (["classify", "{garbage}", "--model", "alexnet"], "--random-weights"),
+        (
+            ["classify", "{garbage}", "--model", "tiny", "--device", "no-such-device"],
+            "no-such-device",
+        ),
+        (["import-onnx", "missing.onnx", "--name", "x"], "missing.onnx"),
+        (["import-onnx", "{garbage}", "--name", "x"], "garbage"),
+    ],
+)
+def test_errors_are_one_line(capsys, repo, tmp_path, argv, needle):
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not an image")
+    badnpy = tmp_path / "bad.npy"
+    np.save(badnpy, np.zeros((2, 5, 5), np.float32))
+    argv = [a.format(garbage=garbage, badnpy=badnpy) for a in argv]
+    if argv[-1] == "no-such-device":  # the input must be fine for the device to matter
+        argv[1] = str(badnpy.with_name("ok.npy"))
+        np.save(argv[1], np.zeros((1, 3, 16, 16), np.float32))
+    code, _, err = run(capsys, *argv)
+    assert needle in one_line_error(code, err)
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny"]
+
+
+def test_unknown_precision_is_a_usage_error(capsys, repo):
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", "x.jpg", "--precision", "fp64"])
+    assert exc.value.code == 2
+    assert "unknown precision fp64" in capsys.readouterr().err
+
+
+def test_corrupt_weights_are_reported(capsys, repo, photo):
+    weights = repo / "tiny" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(capsys, "classify", str(photo), "--model", "tiny")
+    assert "weights" in one_line_error(code, err)
+
+
+def test_import_onnx_round_trip(capsys, repo, tmp_path, photo):
+    pytest.importorskip("onnx", reason="onnx (test extra) is not installed")
+    from experts.onnx_export import to_onnx
+
+    meta = {**TINY, "name": "exported"}
+    weights = random_weights(meta, seed=5)
+    onnx_path = tmp_path / "exported.onnx"
+    onnx_path.write_bytes(to_onnx(meta, weights).SerializeToString())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nfish\n")
+    code, out, err = run(capsys, "import-onnx", str(onnx_path), "--name", "imported",
+                         "--labels", str(labels))  # fmt: skip
+    assert code == 0, err
+    model = Repository(repo).load("imported")
+    assert model.labels == ["cat", "dog", "fish"]
+    for key, value in weights.items():
+        np.testing.assert_array_equal(model.weights[key], value)
+    # importing again without --force must not touch the existing entry
+    code, _, err = run(capsys, "import-onnx", str(onnx_path), "--name", "imported")
+    assert "imported" in one_line_error(code, err)
+    code, out, err = run(capsys, "classify", str(photo), "--model", "imported", "--json")
+    assert code == 0, err
+
+
+def test_bench_json_rows_with_onnxruntime(capsys, repo):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
+    code, out, err = run(capsys, "bench", "--model", "tiny", "--batch", "1,3", "--iterations", "3",
+                         "--warmup", "1", "--compare", "onnxruntime", "--json")  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [
+        ("moe-alexnet", 1), ("onnxruntime", 1), ("moe-alexnet", 3), ("onnxruntime", 3)
+    ]  # fmt: skip
+    keys = {"runtime", "model", "precision", "batch", "images_per_s", "latency_ms_p50",
+            "latency_ms_p90", "weight_bytes", "peak_rss_bytes", "device"}  # fmt: skip
+    for row in rows:
+        assert keys <= set(row)
+        assert row["images_per_s"] > 0 and row["latency_ms_p90"] >= row["latency_ms_p50"]
+    assert rows[0]["weight_bytes"] >= 4 * sum(v.size for v in random_weights(TINY, 0).values())
+    want = rows[0]["images_per_s"] / rows[1]["images_per_s"]
+    assert rows[1]["ratio"] == pytest.approx(want, abs=1e-3)  # rounded to 3 decimals
