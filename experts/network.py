@@ -37,6 +37,8 @@ class Plan:
     pong: Any
     scratch: Any
     activation_bytes: int
+    output: Any = None  # the buffer the last step writes
+    tape: Any = None  # the recorded launches (kernels.runtime.Tape)
 
 
 def fuse_relu(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,7 +112,8 @@ class Network:
         raise SpecError(f"{name}: op {op!r} has no OpenCL launcher")
 
     def plan(self, n: int) -> Plan:
-        """Buffers for batch size n, made once and kept (a few sizes at a time)."""
+        """Buffers and the recorded launches for batch size n, made once and kept (a
+        few sizes at a time)."""
         plan = self._plans.get(n)
         if plan is not None:
             self._plans.move_to_end(n)
@@ -122,10 +125,28 @@ class Network:
         d = self.device
         plan = Plan(n, d.alloc(4 * n * sizes[-1]), d.alloc(act), d.alloc(act), d.alloc(scratch),
                     2 * act + scratch + 4 * n * sizes[-1])  # fmt: skip
+        with d.record() as launches:
+            plan.output = self._enqueue(plan)
+        plan.tape = d.tape(launches)
         self._plans[n] = plan
         while len(self._plans) > self.MAX_PLANS:
             self._plans.popitem(last=False)
         return plan
+
+    def _enqueue(self, p: Plan) -> Any:
+        """Launch every step on the plan's buffers; returns the buffer holding the output."""
+        n = p.batch
+        if len(self.input_shape) == 3:
+            self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
+            cur, spare = p.ping, p.pong
+        else:
+            cur, spare = p.input, p.ping
+        for step in self.steps:
+            if step.op is None:
+                continue
+            step.op(n, cur, spare, p.scratch)
+            cur, spare = spare, (p.pong if spare is p.ping else p.ping)
+        return cur
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Forward a batch: x is (N, C, H, W) float32; returns (N, features) float32."""
@@ -136,24 +157,12 @@ class Network:
         n = x.shape[0]
         p = self.plan(n)
         self.device.write(p.input, x)
-        cur, spare = p.ping, p.pong
-        if len(self.input_shape) == 3:
-            self.to_cnhw(n, self.input_shape[0], p.input, cur)
-        else:
-            cur, spare = p.input, p.ping
-        for step in self.steps:
-            if step.op is None:
-                continue
-            step.op(n, cur, spare, p.scratch)
-            cur, spare = spare, cur
-            if cur is p.input:  # never write into the input buffer again
-                cur, spare = p.ping, p.pong
-        out_shape = self.output_shape
-        if len(out_shape) == 3:  # ends in CNHW: back to NCHW, flattened per image
-            c, h, w = out_shape
-            y = self.device.read(cur, (c, n, h, w)).transpose(1, 0, 2, 3)
+        p.tape.replay()
+        if len(self.output_shape) == 3:  # ends in CNHW: back to NCHW, flattened per image
+            c, h, w = self.output_shape
+            y = self.device.read(p.output, (c, n, h, w)).transpose(1, 0, 2, 3)
             return np.ascontiguousarray(y.reshape(n, -1))
-        return self.device.read(cur, (n, *out_shape))
+        return self.device.read(p.output, (n, *self.output_shape))
 
 
 class _Flatten:
