@@ -177,22 +177,24 @@ def test_swap_outer(device, rng):
 
 
 @pytest.mark.parametrize(
-    "n,c,h,w,m,r,pad,relu",
+    "n,c,h,w,m,r,pad,relu,tile",
     [
-        (1, 5, 13, 13, 9, 3, 1, True),
-        (7, 3, 8, 11, 17, 3, 1, False),
-        (2, 16, 6, 7, 8, 3, 0, True),
-        (3, 4, 5, 5, 50, 3, (1, 0), True),
-        (1, 6, 27, 27, 12, 5, 2, True),
-        (7, 3, 9, 8, 5, 5, (2, 1), False),
+        (1, 5, 13, 13, 9, 3, 1, True, 4),
+        (7, 3, 8, 11, 17, 3, 1, False, 4),
+        (2, 16, 6, 7, 8, 3, 0, True, 4),
+        (3, 4, 5, 5, 50, 3, (1, 0), True, 4),
+        (2, 7, 13, 13, 9, 3, 1, True, 2),
+        (3, 5, 6, 9, 11, 3, 1, False, 3),
+        (1, 6, 27, 27, 12, 5, 2, True, 2),
+        (7, 3, 9, 8, 5, 5, (2, 1), False, 2),
     ],
 )
-def test_winograd_conv2d(device, rng, n, c, h, w, m, r, pad, relu):
+def test_winograd_conv2d(device, rng, n, c, h, w, m, r, pad, relu, tile):
     pad = (pad, pad) if isinstance(pad, int) else pad
     x = rng.standard_normal((n, c, h, w), np.float32)
     wt = rng.standard_normal((m, c, r, r), np.float32)
     b = rng.standard_normal(m, np.float32)
-    op = WinogradConv2d(device, (c, h, w), wt, b, pad, relu)
+    op = WinogradConv2d(device, (c, h, w), wt, b, pad, relu, tile)
     got = run4d(device, op, x, op.scratch_bytes(n))
     assert nmse(got, ref.conv2d(x, wt, b, 1, pad, 1, relu)) < FP32_NMSE
 

@@ -14,7 +14,7 @@
 //  - gemm_packed: B already packed in global memory (the im2col fallback for devices
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
-// Defines: NV (2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py).
+// Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py).
 #define NB (16 * NV)
 
 #if NV == 3
@@ -23,6 +23,11 @@
     c##r##1 = MAD(t, b1, c##r##1); c##r##2 = MAD(t, b2, c##r##2); }
 #define LOADB(p) float16 b0 = vload16(0, p), b1 = vload16(1, p), b2 = vload16(2, p);
 #define VECS(r) float16 v[3] = {c##r##0, c##r##1, c##r##2};
+#elif NV == 1
+#define ACC(r) float16 c##r##0 = 0.0f;
+#define FMA(r, s) { c##r##0 = MAD((float16)(a8.s), b0, c##r##0); }
+#define LOADB(p) float16 b0 = vload16(0, p);
+#define VECS(r) float16 v[1] = {c##r##0};
 #else
 #define ACC(r) float16 c##r##0 = 0.0f, c##r##1 = 0.0f;
 #define FMA(r, s) { float16 t = (float16)(a8.s); c##r##0 = MAD(t, b0, c##r##0); \

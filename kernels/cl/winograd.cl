@@ -1,6 +1,6 @@
 // Winograd convolution F(m x m, r x r) for stride-1 convolutions: an m x m output
 // tile costs ALPHA^2 multiplies per (input, output) channel pair instead of m^2 r^2
-// (F(2,3): 16 vs 36; F(2,5): 36 vs 100). The ALPHA^2 products become ALPHA^2 GEMMs
+// (F(4,3): 36 vs 144; F(2,3): 16 vs 36). The ALPHA^2 products become ALPHA^2 GEMMs
 // (gemm_packed, dimension 2) between the transformed weights U (made once at load
 // time) and the transformed input tiles V:
 //   V = B^T d B (d: an ALPHA x ALPHA input patch),  M_e = U_e x V_e,  y = A^T M A.

@@ -15,10 +15,11 @@ MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
 
 
 def choose_nv(columns: int) -> int:
-    """Panel width (16 * NV columns) for a GEMM with `columns` columns: 48 is fastest,
-    but 32 where it pads less (49 Winograd tiles at batch 1: 64 columns, not 96)."""
-    padded = {nv: -(-columns // (16 * nv)) * 16 * nv for nv in (3, 2)}
-    return 2 if padded[2] < padded[3] else 3
+    """Panel width (16 * NV columns) for a GEMM with `columns` columns: the widest
+    that pads least (48 is fastest; 49 Winograd tiles at batch 1 take 64 columns,
+    not 96)."""
+    padded = {nv: -(-columns // (16 * nv)) * 16 * nv for nv in (3, 2, 1)}
+    return min(padded, key=lambda nv: (padded[nv], -nv))
 
 
 def pack_rows(a: np.ndarray, block: int = 8) -> np.ndarray:

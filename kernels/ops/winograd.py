@@ -1,11 +1,12 @@
 """Stride-1 convolution by Winograd's minimal filtering, F(m x m, r x r)
 (kernels/cl/winograd.cl).
 
-F(2x2, 3x3) does 2.25x fewer multiplies than direct convolution (F(2x2, 5x5) 2.78x);
-AlexNet's conv3-conv5 (3x3) are 55% of its convolution work.
-The transforms come from Toom-Cook interpolation at the points 0, 1, -1, 2, -2 and
-infinity; with m = 2 their coefficients stay small, so the error stays near float32
-rounding (checked against the numpy twin in tests/test_ops.py).
+F(4x4, 3x3) does 4x fewer multiplies than direct convolution (F(2x2, 3x3) 2.25x);
+AlexNet's conv3-conv5 (3x3) are 55% of its convolution work, and 4x4 tiles cover
+their 13x13 outputs in 16 tiles an image (a whole GEMM panel at batch 1). The
+transforms come from Toom-Cook interpolation at 0, 1, -1, 1/2, -1/2 and infinity;
+the extra rounding of F(4x4, 3x3) measured ~1e-5 of a layer's largest output and
+~1e-6 on AlexNet's logits (tests/test_ops.py, tests/test_network.py bound both).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from kernels.ops.conv import Conv2d, choose_nv, pack_rows
 from kernels.runtime import Device
 
 I32 = np.int32
-POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
-TILE = 2  # output tile m: larger tiles save more multiplies but lose accuracy
+POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
+TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
 
 
 def transforms(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,17 +70,18 @@ class WinogradConv2d:
         bias: np.ndarray | None,
         padding: tuple[int, int] = (0, 0),
         relu: bool = False,
+        tile: int = TILE,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
         self.m, _, r, _ = weight.shape
         self.ph, self.pw = padding
         self.oh, self.ow = self.h + 2 * self.ph - r + 1, self.w + 2 * self.pw - r + 1
-        self.tile = TILE
-        self.alpha = TILE + r - 1
-        self.th, self.tw = -(-self.oh // TILE), -(-self.ow // TILE)
+        self.tile = tile
+        self.alpha = tile + r - 1
+        self.th, self.tw = -(-self.oh // tile), -(-self.ow // tile)
         self.blocks = -(-self.m // 8)
-        u = transform_weights(weight)
+        u = transform_weights(weight, tile)
         packed = np.stack([pack_rows(ue) for ue in u])
         self.a_stride = packed[0].size
         self.u = device.upload(packed)
@@ -87,8 +89,8 @@ class WinogradConv2d:
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
-        at, _, bt = transforms(TILE, r)
-        self.defines = {"ALPHA": self.alpha, "MT": TILE, "RELU": relu,
+        at, _, bt = transforms(tile, r)
+        self.defines = {"ALPHA": self.alpha, "MT": tile, "RELU": relu,
                         "BT_VALUES": _values(bt), "AT_VALUES": _values(at)}  # fmt: skip
         self._kernels: dict[int, dict[str, Any]] = {}
 
@@ -160,8 +162,8 @@ def conv2d(
     groups: int = 1,
     relu: bool = False,
 ) -> Conv2d | WinogradConv2d:
-    """The fastest convolution launcher for a layer: Winograd F(2x2, 3x3) for 3x3
-    stride-1 ungrouped layers (1.3-2x faster than direct on AlexNet's conv3-conv5),
+    """The fastest convolution launcher for a layer: Winograd F(4x4, 3x3) for 3x3
+    stride-1 ungrouped layers (1.5-2.5x faster than direct on AlexNet's conv3-conv5),
     direct implicit GEMM otherwise. F(2x2, 5x5) is correct too but measured no faster
     on AlexNet's conv2: with 64 input channels its 36 GEMMs are too short (K = 64)
     to pay for the transforms."""
