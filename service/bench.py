@@ -73,32 +73,45 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             network = build_network(model, device)
             for batch in args.batch:
                 x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
-                times = time_runs(partial(network.run, x), args.warmup, args.iterations,
-                                  f"{name} {precision} b{batch}")  # fmt: skip
+                runners = {"moe-alexnet": partial(network.run, x)}
+                if session is not None:
+                    feed = {session.get_inputs()[0].name: x}
+                    runners["onnxruntime"] = partial(session.run, None, feed)
+                times = time_rounds(runners, args, f"{name} {precision} b{batch}")
                 row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
-                       "batch": batch, **summarise(times, batch),
+                       "batch": batch, **summarise(times["moe-alexnet"], batch),
                        "weight_bytes": network.weight_bytes,
                        "activation_bytes": network.plan(batch).activation_bytes,
                        "peak_rss_bytes": peak_rss_bytes(), "device": device.name}  # fmt: skip
                 _emit(row, args.json)
                 if session is not None:
-                    _emit(_onnxruntime_row(session, model, x, row, args), args.json)
+                    ort_row = {"runtime": "onnxruntime", "model": name, "precision": "fp32",
+                               "batch": batch, **summarise(times["onnxruntime"], batch),
+                               "weight_bytes": sum(w.nbytes for w in model.weights.values()),
+                               "peak_rss_bytes": peak_rss_bytes(),
+                               "device": "CPUExecutionProvider"}  # fmt: skip
+                    ort_row["ratio"] = round(row["images_per_s"] / ort_row["images_per_s"], 3)
+                    _emit(ort_row, args.json)
     return 0
 
 
-def _onnxruntime_row(
-    session: Any, model: Any, x: np.ndarray, ours: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
-    feed = {session.get_inputs()[0].name: x}
-    batch = x.shape[0]
-    times = time_runs(partial(session.run, None, feed), args.warmup, args.iterations,
-                      f"onnxruntime b{batch}")  # fmt: skip
-    row = {"runtime": "onnxruntime", "model": ours["model"], "precision": "fp32",
-           "batch": batch, **summarise(times, batch),
-           "weight_bytes": sum(w.nbytes for w in model.weights.values()),
-           "peak_rss_bytes": peak_rss_bytes(), "device": "CPUExecutionProvider"}  # fmt: skip
-    row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
-    return row
+def time_rounds(
+    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, label: str
+) -> dict[str, list[float]]:
+    """Time each runner in turn, in `args.rounds` rounds of blocks.
+
+    Runtimes take turns by blocks, not by single runs: onnxruntime's threads keep
+    spinning for a while after a run and would slow whatever runs next. Several
+    rounds spread the machine's slow drifts (other tenants) over both runtimes. Each
+    block starts with untimed warm-up runs (all of them in the first round, one after).
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    per_round = -(-args.iterations // args.rounds)
+    for r in range(args.rounds):
+        for name, run in runners.items():
+            warmup = args.warmup if r == 0 else 1
+            times[name] += time_runs(run, warmup, per_round, f"{label} {name}")
+    return times
 
 
 def _emit(row: dict[str, Any], as_json: bool) -> None:

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_csv(_positive), default=[1, 8], help="batch sizes")
     p.add_argument("--iterations", type=_positive, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--rounds", type=_positive, default=3,
+                   help="alternate the runtimes in this many rounds (with --compare)")  # fmt: skip
     p.add_argument("--compare", choices=["onnxruntime"], default=None,
                    help="also run the same network and weights in onnxruntime")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per row")
