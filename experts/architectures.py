@@ -96,15 +96,92 @@ def _meta(
     }
 
 
-ARCHITECTURES = {"alexnet": alexnet, "caffenet": caffenet}
+FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+FASHION_INPUT = {"shape": [1, 28, 28], "layout": "NCHW", "color": "L", "resize": None,
+                 "mean": [0.2860], "std": [0.3530]}  # fmt: skip
+
+
+def _fashion_stem() -> list[dict[str, Any]]:
+    """conv1, relu, pool, LRN on 28 x 28 grey: 32 x 13 x 13 features."""
+    return [_conv("conv1", 32, 5, 1, 2), _pool("pool1"), _lrn("norm1")]
+
+
+def _fashion_tail(widths: tuple[int, ...]) -> list[dict[str, Any]]:
+    """conv2 .. fc7 of the AlexNet pattern on the 13 x 13 stem output."""
+    c2, c3, c4, c5, f6, f7 = widths
+    return [
+        _conv("conv2", c2, 3, 1, 1), _pool("pool2"),
+        _conv("conv3", c3, 3, 1, 1), _conv("conv4", c4, 3, 1, 1), _conv("conv5", c5, 3, 1, 1),
+        _pool("pool5"), {"name": "flatten", "op": "flatten"},
+        {"name": "drop6", "op": "dropout"}, _fc("fc6", f6),
+        {"name": "drop7", "op": "dropout"}, _fc("fc7", f7),
+    ]  # fmt: skip
+
+
+def fashion_alexnet() -> dict[str, Any]:
+    """The monolithic baseline for Fashion-MNIST: the AlexNet pattern at full width."""
+    layers = [*_fashion_stem(), *_fashion_tail((96, 160, 160, 96, 512, 512)),
+              _fc("fc8", 10, relu=False)]  # fmt: skip
+    return {"format": 1, "name": "fashion-alexnet", "version": "1",
+            "description": "AlexNet pattern sized for Fashion-MNIST (monolithic baseline)",
+            "input": dict(FASHION_INPUT), "labels": list(FASHION_LABELS),
+            "layers": layers}  # fmt: skip
+
+
+def fashion_moe(experts: int = 4, k: int = 1) -> dict[str, Any]:
+    """The mixture for Fashion-MNIST: the same stem, E narrow experts, top-k routing."""
+    gate = [_conv("gconv", 16, 3, 2, 1), {"name": "gpool", "op": "adaptive_avgpool",
+            "output_size": 2}, {"name": "gflat", "op": "flatten"},
+            _fc("gfc", experts, relu=False)]  # fmt: skip
+    return {"format": 1, "name": "fashion-moe", "version": "1", "kind": "mixture",
+            "description": f"{experts} narrow AlexNet experts, top-{k} routing, Fashion-MNIST",
+            "input": dict(FASHION_INPUT), "labels": list(FASHION_LABELS),
+            "stem": _fashion_stem(), "gate": gate,
+            "expert": _fashion_tail((40, 64, 64, 40, 256, 256)),
+            "experts": experts, "k": k, "head": [_fc("fc8", 10, relu=False)]}  # fmt: skip
+
+
+def alexnet_moe(k: int = 1) -> dict[str, Any]:
+    """Tschopp's ImageNet-scale mixture: conv1 48 filters; 16 experts with conv2 64,
+    conv3 96, conv4 96, conv5 64, fc6 1024, fc7 2048; a shared fc8 (he routed top-4)."""
+    stem = [_conv("conv1", 48, 11, 4, 2), _pool("pool1"), _lrn("norm1")]
+    gate = [_conv("gconv", 32, 3, 2, 1), _pool("gpool"), {"name": "gflat", "op": "flatten"},
+            _fc("gfc", 16, relu=False)]  # fmt: skip
+    expert = [
+        _conv("conv2", 64, 5, 1, 2), _pool("pool2"),
+        _conv("conv3", 96, 3, 1, 1), _conv("conv4", 96, 3, 1, 1), _conv("conv5", 64, 3, 1, 1),
+        _pool("pool5"), {"name": "flatten", "op": "flatten"},
+        {"name": "drop6", "op": "dropout"}, _fc("fc6", 1024),
+        {"name": "drop7", "op": "dropout"}, _fc("fc7", 2048),
+    ]  # fmt: skip
+    meta = _meta("alexnet-moe", "Tschopp's mixture-of-experts AlexNet (16 experts)",
+                 [3, 224, 224], 256, [_fc("fc8", 1000, relu=False)])  # fmt: skip
+    del meta["layers"]
+    return {**meta, "kind": "mixture", "stem": stem, "gate": gate, "expert": expert,
+            "experts": 16, "k": k, "head": [_fc("fc8", 1000, relu=False)]}  # fmt: skip
+
+
+ARCHITECTURES = {
+    "alexnet": alexnet,
+    "caffenet": caffenet,
+    "alexnet-moe": alexnet_moe,
+    "fashion-alexnet": fashion_alexnet,
+    "fashion-moe": fashion_moe,
+}
 
 
 def random_weights(meta: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     """He-normal weights and small biases, so activations keep their scale through
     the network and the logits are neither all zero nor overflowing."""
+    from experts.mixture import is_mixture, mixture_params
+
     rng = np.random.default_rng(seed)
     weights = {}
-    params = expected_params(normalise_layers(meta["layers"]), meta["input"]["shape"])
+    if is_mixture(meta):
+        params = mixture_params(meta)
+    else:
+        params = expected_params(normalise_layers(meta["layers"]), meta["input"]["shape"])
     for key, shape in params.items():
         if key.endswith(".bias"):
             weights[key] = (0.01 * rng.standard_normal(shape)).astype(np.float32)

@@ -58,16 +58,16 @@ def fuse_relu(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Network:
     """Run a list of layers on NCHW float32 batches; returns [N][features]."""
 
-    MAX_PLANS = 4  # batch sizes whose buffers stay allocated
-
     def __init__(
         self,
         device: Device,
         layers: list[dict[str, Any]],
         input_shape: tuple[int, ...],
         weights: dict[str, np.ndarray],
+        max_plans: int = 4,
     ) -> None:
         self.device = device
+        self.max_plans = max_plans  # batch sizes whose buffers stay allocated
         self.input_shape = tuple(int(s) for s in input_shape)
         self.steps: list[Step] = []
         shape = self.input_shape
@@ -129,9 +129,13 @@ class Network:
             plan.output = self._enqueue(plan)
         plan.tape = d.tape(launches)
         self._plans[n] = plan
-        while len(self._plans) > self.MAX_PLANS:
+        while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan
+
+    def planned_bytes(self) -> int:
+        """Device bytes held by the buffers of every batch size planned so far."""
+        return sum(p.activation_bytes for p in self._plans.values())
 
     def _enqueue(self, p: Plan) -> Any:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""

@@ -27,6 +27,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from experts.mixture import MixtureSpec, is_mixture, mixture_params, mixture_spec
 from experts.spec import SpecError, expected_params, infer_shapes, normalise_layers
 
 FORMAT = 1
@@ -68,13 +69,29 @@ class Model:
         c, h, w = (int(s) for s in self.meta["input"]["shape"])
         return (c, h, w)
 
+    @property
+    def is_mixture(self) -> bool:
+        return is_mixture(self.meta)
+
+    @cached_property
+    def mixture(self) -> MixtureSpec:
+        """The checked parts of a mixture of experts (a ModelError for other models)."""
+        if not self.is_mixture:
+            raise ModelError(f"model {self.name!r} is not a mixture of experts")
+        return mixture_spec(self.meta)
+
     @cached_property
     def layers(self) -> list[dict[str, Any]]:
-        """Layers with defaults filled in (what the networks consume)."""
+        """Layers with defaults filled in (what the networks consume); for a mixture,
+        the head's (whose last layer decides whether scores are probabilities)."""
+        if self.is_mixture:
+            return self.mixture.head
         return normalise_layers(self.meta["layers"])
 
     @cached_property
     def num_classes(self) -> int:
+        if self.is_mixture:
+            return self.mixture.num_classes
         return math.prod(infer_shapes(self.layers, self.input_shape)[-1])
 
     @property
@@ -165,7 +182,8 @@ def _check_meta(meta: Any, where: str) -> dict[str, Any]:
         raise ModelError(
             f"{where}: unsupported format {meta['format']!r}; this version reads format {FORMAT}"
         )
-    for key in ("name", "input", "layers"):
+    required = ("name", "input") + (() if is_mixture(meta) else ("layers",))
+    for key in required:
         if key not in meta:
             raise ModelError(f"{where}: missing required key {key!r}")
     out = copy.deepcopy(meta)
@@ -180,6 +198,14 @@ def _check_meta(meta: Any, where: str) -> dict[str, Any]:
 
 def _check_layers(meta: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
     """Layers must shape-check to a flat class vector; returns the expected tensors."""
+    if is_mixture(meta):
+        try:
+            spec = mixture_spec(meta)
+            params = mixture_params(meta)
+        except SpecError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+        _check_labels(meta, spec.num_classes, where)
+        return params
     try:
         layers = normalise_layers(meta["layers"])
         shapes = infer_shapes(layers, meta["input"]["shape"])
@@ -191,16 +217,19 @@ def _check_layers(meta: dict[str, Any], where: str) -> dict[str, tuple[int, ...]
             f"{where}: layers: the network must end in a flat class vector, but the last "
             f"layer ({layers[-1]['name']}) outputs {shapes[-1]}; add flatten/linear layers"
         )
+    _check_labels(meta, shapes[-1][0], where)
+    return params
+
+
+def _check_labels(meta: dict[str, Any], classes: int, where: str) -> None:
     labels = meta.get("labels")
     if labels is not None:
         if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where}: labels must be a list of strings")
-        if len(labels) != shapes[-1][0]:
+        if len(labels) != classes:
             raise ModelError(
-                f"{where}: labels has {len(labels)} entries but the network has "
-                f"{shapes[-1][0]} classes"
+                f"{where}: labels has {len(labels)} entries but the network has {classes} classes"
             )
-    return params
 
 
 def _check_tensor(key: str, value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:

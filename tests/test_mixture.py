@@ -1,0 +1,131 @@
+"""The mixture of experts: sparse execution on OpenCL against the dense numpy
+reference (every expert on every image), routing, and the model.json checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experts.architectures import alexnet_moe, fashion_moe, random_weights
+from experts.mixture import mixture_params, mixture_spec, reference_forward, route
+from experts.mixture_network import MixtureNetwork
+from experts.repository import ModelError, validate
+from experts.spec import SpecError
+
+SMALL = {
+    "format": 1, "name": "small-moe", "kind": "mixture",
+    "input": {"shape": [3, 12, 12], "mean": [0.5] * 3, "std": [0.5] * 3},
+    "stem": [{"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "relu": True},
+             {"name": "p1", "op": "maxpool", "kernel": 2, "stride": 2}],
+    "gate": [{"name": "gf", "op": "flatten"}, {"name": "g", "op": "linear", "out_features": 5}],
+    "expert": [{"name": "c2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1,
+                "relu": True},
+               {"name": "f", "op": "flatten"}, {"name": "fc", "op": "linear", "out_features": 7,
+                                               "relu": True}],
+    "experts": 5, "k": 2,
+    "head": [{"name": "out", "op": "linear", "out_features": 3}, {"name": "sm", "op": "softmax"}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small(device):
+    weights = random_weights(SMALL, seed=4)
+    return weights, MixtureNetwork(device, SMALL, weights)
+
+
+def images(n: int, shape=(3, 12, 12), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_sparse_matches_dense_reference(small, n, k):
+    weights, net = small
+    x = images(n, seed=n * 10 + k)
+    scores, routing = net.run(x, k)
+    want, indices, gates = reference_forward(SMALL, weights, x, k)
+    np.testing.assert_array_equal(routing.indices, indices)
+    np.testing.assert_allclose(routing.gates, gates, rtol=1e-5)
+    np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+
+
+def test_one_expert_gets_every_image(device):
+    """A gate biased towards one expert: the others never run, results still match."""
+    weights = random_weights(SMALL, seed=4)
+    weights["gate.g.weight"] = np.zeros_like(weights["gate.g.weight"])
+    weights["gate.g.bias"] = np.array([0, 0, 9, 0, 0], np.float32)
+    net = MixtureNetwork(device, SMALL, weights)
+    x = images(6)
+    scores, routing = net.run(x, 1)
+    assert (routing.indices == 2).all()
+    assert routing.counts(5).tolist() == [0, 0, 6, 0, 0]
+    assert all(not e._plans for i, e in enumerate(net.experts) if i != 2)  # never ran
+    np.testing.assert_allclose(scores, reference_forward(SMALL, weights, x, 1)[0], rtol=1e-4)
+
+
+def test_default_k_and_k_range(small):
+    _, net = small
+    x = images(3)
+    _, routing = net.run(x)
+    assert routing.indices.shape == (3, 2)  # the model's own k
+    for bad in (0, 6, -1):
+        with pytest.raises(SpecError, match="between 1 and 5"):
+            net.run(x, bad)
+
+
+def test_route_ties_and_renormalisation():
+    logits = np.array([[1.0, 3.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    indices, gates = route(logits, 2)
+    assert indices.tolist() == [[1, 2], [0, 1]]  # ties go to the lower index
+    np.testing.assert_allclose(gates, [[0.5, 0.5], [0.5, 0.5]])
+    indices, gates = route(np.array([[0.0, np.log(3.0)]], np.float32), 2)
+    np.testing.assert_allclose(gates, [[0.75, 0.25]], rtol=1e-6)
+    assert indices.tolist() == [[1, 0]]
+
+
+@pytest.mark.parametrize("arch", [fashion_moe, alexnet_moe])
+def test_shipped_geometries_check(arch):
+    meta = arch()
+    spec = mixture_spec(meta)
+    assert spec.k == 1
+    params = mixture_params(meta)
+    assert sum(key.startswith("experts.") for key in params) == spec.experts * sum(
+        key.startswith("experts.0.") for key in params
+    )
+
+
+def test_alexnet_moe_is_tschopps_geometry():
+    spec = mixture_spec(alexnet_moe())
+    assert spec.experts == 16 and spec.stem[0]["out_channels"] == 48
+    widths = [layer.get("out_channels", layer.get("out_features")) for layer in spec.expert
+              if layer["op"] in ("conv", "linear")]  # fmt: skip
+    assert widths == [64, 96, 96, 64, 1024, 2048]
+    assert spec.num_classes == 1000
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda m: m.update(experts=0), "experts must be a positive integer"),
+        (lambda m: m.update(k=6), "between 1 and 5"),
+        (lambda m: m.update(k=0), "between 1 and 5"),
+        (lambda m: m["gate"][-1].update(out_features=4), "gate: must end in 5 logits"),
+        (lambda m: m.update(expert=m["expert"][:1]), "expert: must end in a flat feature vector"),
+        (lambda m: m["head"][0].update(op="conv"), "head"),
+        (lambda m: m.pop("stem"), "missing 'stem'"),
+    ],
+)
+def test_bad_mixtures_name_the_part(change, needle):
+    import copy
+
+    meta = copy.deepcopy(SMALL)
+    change(meta)
+    with pytest.raises((SpecError, ModelError, KeyError), match=needle):
+        validate(meta, random_weights(SMALL, seed=0), "model 'small-moe'")
+
+
+def test_missing_expert_weights_named():
+    weights = random_weights(SMALL, seed=0)
+    del weights["experts.3.c2.weight"]
+    with pytest.raises(ModelError, match=r"experts\.3\.c2\.weight"):
+        validate(SMALL, weights, "model 'small-moe'")
