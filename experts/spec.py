@@ -175,9 +175,7 @@ def normalise_layers(layers: Any) -> list[dict[str, Any]]:
     return out
 
 
-def infer_shapes(
-    layers: list[dict[str, Any]], input_shape: Sequence[int]
-) -> list[tuple[int, ...]]:
+def infer_shapes(layers: list[dict[str, Any]], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """Per-image output shape of every layer, in order; raises SpecError on a mismatch."""
     shape = tuple(int(s) for s in input_shape)
     shapes = []
