@@ -4,6 +4,11 @@ The stem and the gate run on the whole batch; the batch is then split by chosen
 expert and each expert runs once, on its own images only (an expert no image chose
 costs nothing); the chosen experts' features are merged back in image order, weighted
 by the renormalised gate weights, and the shared head runs on the merged batch.
+
+Everything stays on the device except the gate's logits: the host reads them to
+route (one wait), then enqueues the gathers, the experts, the merge and the head
+without waiting, and reads the scores (the second and last wait). Each wait costs
+PoCL's threads a sleep and a wake-up, which at this network size is the main cost.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import numpy as np
 
 from experts.mixture import MixtureSpec, mixture_spec, part_weights, route
 from experts.network import Network
+from experts.spec import SpecError
+from kernels import ops
 from kernels.runtime import Device
 
 
@@ -34,14 +41,23 @@ class MixtureNetwork:
     """Run a mixture on NCHW float32 batches; `run` returns (scores, routing)."""
 
     def __init__(self, device: Device, meta: dict[str, Any], weights: dict[str, np.ndarray]):
+        self.device = device
         self.spec: MixtureSpec = mixture_spec(meta)
         s = self.spec
         self.stem = Network(device, s.stem, s.input_shape, part_weights(weights, "stem"))
-        self.gate = Network(device, s.gate, s.stem_shape, part_weights(weights, "gate"))
+        if len(s.stem_shape) != 3:
+            raise SpecError(f"mixture stem: must end in C x H x W features, gives {s.stem_shape}")
+        self.gate = Network(device, s.gate, s.stem_shape, part_weights(weights, "gate"),
+                            input_layout="cnhw")  # fmt: skip
         # An expert sees every sub-batch size from 1 to the batch: keep all their plans.
         self.experts = [
             Network(
-                device, s.expert, s.stem_shape, part_weights(weights, f"experts.{i}"), max_plans=64
+                device,
+                s.expert,
+                s.stem_shape,
+                part_weights(weights, f"experts.{i}"),
+                max_plans=64,
+                input_layout="cnhw",
             )  # fmt: skip
             for i in range(s.experts)
         ]
@@ -49,6 +65,10 @@ class MixtureNetwork:
         parts = [self.stem, self.gate, *self.experts, self.head]
         self.weight_bytes = sum(p.weight_bytes for p in parts)
         self.input_shape = s.input_shape
+        c, h, w = s.stem_shape
+        self.gather = ops.GatherImages(device, c, h * w)
+        self.merge = ops.Merge(device, s.features)
+        self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""
@@ -56,16 +76,56 @@ class MixtureNetwork:
         total = sum(p.plan(n).activation_bytes for p in parts)
         return total + sum(p.planned_bytes() for p in self.experts)
 
+    def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
+        """Per (batch, k): image lists, expert output rows, merge indices and gates."""
+        found = self._scratch.get((n, k))
+        if found is None:
+            d = self.device
+            found = (d.alloc(4 * n * k), d.alloc(4 * n * k * self.spec.features),
+                     d.alloc(4 * n * k), d.alloc(4 * n * k))  # fmt: skip
+            self._scratch[(n, k)] = found
+        return found
+
     def run(self, x: np.ndarray, k: int | None = None) -> tuple[np.ndarray, Routing]:
         """Forward a batch with each image sent to its top-k experts (default: the
         model's own k). Scores are the head's output, (N, classes)."""
         k = self.spec.check_k(k)
-        n = len(x)
-        stem = self.stem.run(x).reshape(n, *self.spec.stem_shape)
-        indices, gates = route(self.gate.run(stem), k)
-        merged = np.zeros((n, self.spec.features), np.float32)
-        for e in np.unique(indices):
-            rows, slot = np.nonzero(indices == e)
-            features = self.experts[e].run(stem[rows])
-            merged[rows] += gates[rows, slot][:, None] * features
-        return self.head.run(merged), Routing(indices, gates)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"expected input (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")  # fmt: skip
+        d, n = self.device, len(x)
+        stem = self.stem.plan(n)
+        d.write(stem.input, x)
+        stem.tape.replay()
+        gate = self.gate.plan(n)
+        d.copy(gate.input, stem.output, 4 * n * int(np.prod(self.spec.stem_shape)))
+        gate.tape.replay()
+        indices, gates = route(d.read(gate.output, (n, self.spec.experts)), k)
+
+        # Images sorted by expert: expert e's images are order[start[e]:start[e+1]], and
+        # row r of `rows` holds the features of pair order[r] (image, slot).
+        pairs = indices.ravel()
+        order = np.argsort(pairs, kind="stable").astype(np.int32)
+        start = np.searchsorted(pairs[order], np.arange(self.spec.experts + 1))
+        row_of_pair = np.empty(n * k, np.int32)
+        row_of_pair[order] = np.arange(n * k, dtype=np.int32)
+        images = (order // k).astype(np.int32)
+        image_buf, rows, row_buf, gate_buf = self._buffers(n, k)
+        d.write(image_buf, images)
+        d.write(row_buf, row_of_pair)
+        d.write(gate_buf, gates)
+        width = 4 * self.spec.features
+        for e in range(self.spec.experts):
+            m = int(start[e + 1] - start[e])
+            if m == 0:
+                continue
+            expert = self.experts[e].plan(m)
+            self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
+            expert.tape.replay()
+            d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
+        head = self.head.plan(n)
+        self.merge(n, k, rows, row_buf, gate_buf, head.input)
+        head.tape.replay()
+        scores = d.read(head.output, (n, self.spec.num_classes))
+        return scores, Routing(indices, gates)

@@ -65,8 +65,12 @@ class Network:
         input_shape: tuple[int, ...],
         weights: dict[str, np.ndarray],
         max_plans: int = 4,
+        input_layout: str = "nchw",
     ) -> None:
         self.device = device
+        # "cnhw": the plan's input buffer is filled on the device in the internal layout
+        # (by the mixture), so no layout change runs first.
+        self.input_layout = input_layout
         self.max_plans = max_plans  # batch sizes whose buffers stay allocated
         self.input_shape = tuple(int(s) for s in input_shape)
         self.steps: list[Step] = []
@@ -140,7 +144,7 @@ class Network:
     def _enqueue(self, p: Plan) -> Any:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""
         n = p.batch
-        if len(self.input_shape) == 3:
+        if len(self.input_shape) == 3 and self.input_layout == "nchw":
             self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
             cur, spare = p.ping, p.pong
         else:
@@ -153,7 +157,10 @@ class Network:
         return cur
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Forward a batch: x is (N, C, H, W) float32; returns (N, features) float32."""
+        """Forward a batch: x is (N, C, H, W) float32; returns (N, features) float32.
+
+        Blocks until the result is back. `plan(n)` gives the buffers and the recorded
+        launches for callers that chain networks on the device (the mixture)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
             raise ValueError(f"expected input (N, {', '.join(map(str, self.input_shape))}), "

@@ -255,6 +255,10 @@ class Device:
     def write(self, buffer: Any, array: np.ndarray) -> None:
         cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array), is_blocking=False)
 
+    def copy(self, dst: Any, src: Any, nbytes: int, dst_offset: int = 0) -> None:
+        """Device-to-device copy of `nbytes` from the start of `src`."""
+        cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes, dst_offset=dst_offset)
+
     def read(self, buffer: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)
         cl.enqueue_copy(self.queue, out, buffer, is_blocking=True)

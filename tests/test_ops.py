@@ -207,3 +207,12 @@ def test_conv2d_im2col_fallback(device, rng):
     op = ops.Conv2d(device, (6, 9, 10), wt, b, (2, 1), (1, 2), 2, True, implicit=False)
     got = run4d(device, op, x, op.scratch_bytes(3))
     assert nmse(got, ref.conv2d(x, wt, b, (2, 1), (1, 2), 2, True)) < FP32_NMSE
+
+
+def test_gather_images(device, rng):
+    x = rng.standard_normal((4, 9, 6), np.float32)  # [C][N][inner]
+    idx = np.array([8, 0, 3, 3], np.int32)
+    op = ops.GatherImages(device, 4, 6)
+    y = device.alloc(4 * 4 * 4 * 6)
+    op(9, 4, device.upload(x), device.upload(idx), y)
+    np.testing.assert_array_equal(device.read(y, (4, 4, 6)), x[:, idx])

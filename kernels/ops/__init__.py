@@ -6,7 +6,7 @@ connected layers take and give [N][features].
 """
 
 from kernels.ops.conv import Conv2d
-from kernels.ops.elementwise import Merge, Relu, Softmax, SwapOuter
+from kernels.ops.elementwise import GatherImages, Merge, Relu, Softmax, SwapOuter
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
@@ -15,6 +15,7 @@ from kernels.ops.winograd import WinogradConv2d, conv2d
 __all__ = [
     "AdaptiveAvgPool2d",
     "Conv2d",
+    "GatherImages",
     "LRN",
     "Linear",
     "Merge",

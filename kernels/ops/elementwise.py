@@ -55,3 +55,17 @@ class Merge:
             self.kernel, (self.features, n), None, outputs, idx, gates, y,
             I32(self.features), I32(topk),
         )  # fmt: skip
+
+
+class GatherImages:
+    """[C][N][inner] -> [C][M][inner], keeping the images idx[first:first + M] (int32)."""
+
+    def __init__(self, device: Device, channels: int, inner: int) -> None:
+        self.device, self.channels, self.inner = device, channels, inner
+        self.kernel = device.kernel("elementwise.cl", "gather_images")
+
+    def __call__(self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0) -> None:
+        self.device.launch(
+            self.kernel, (m, self.channels), None,
+            x, y, idx, I32(first), I32(n), I32(m), I32(self.inner),
+        )  # fmt: skip
