@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from experts.architectures import ARCHITECTURES, random_weights
+from experts.mixture_network import MixtureNetwork, Routing
 from experts.network import Network
 from experts.repository import Model, ModelError, Repository, validate
 from kernels.runtime import Device
@@ -33,5 +36,23 @@ def resolve_model(name: str, root: Path, random: bool = False, seed: int = 0) ->
     return repo.load(name)
 
 
-def build_network(model: Model, device: Device) -> Network:
+def build_network(model: Model, device: Device) -> Network | MixtureNetwork:
+    """The model compiled for `device`: a sequential network or a mixture of experts."""
+    if model.is_mixture:
+        return MixtureNetwork(device, model.meta, model.weights)
     return Network(device, model.layers, model.input_shape, model.weights)
+
+
+def forward(
+    network: Network | MixtureNetwork, x: np.ndarray, k: int | None = None
+) -> tuple[np.ndarray, Routing | None]:
+    """Scores for a batch, and for a mixture which experts each image went to.
+
+    `k` (experts per image) only means something for a mixture: asking it of a plain
+    network is an error rather than silently ignored.
+    """
+    if isinstance(network, MixtureNetwork):
+        return network.run(x, k)
+    if k is not None:
+        raise ModelError("k (experts per image) applies only to mixture-of-experts models")
+    return network.run(x), None

@@ -35,7 +35,7 @@ class LRN:
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         inner = n * self.h * self.w  # one channel's plane across the batch (CNHW)
         self.device.launch(
-            self.kernel, (-(-inner // 16) * 16, 1), (16, 1), x, y,
+            self.kernel, (-(-inner // 8), 1), None, x, y,
             I32(self.c), I32(inner), I64(inner), I32(self.size),
             F32(self.alpha / self.size), F32(self.beta), F32(self.k),
         )  # fmt: skip
