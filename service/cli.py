@@ -97,12 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the same network and weights in onnxruntime")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per row")
 
+    p = sub.add_parser("serve", help="serve the models over HTTP (v1 JSON and KServe v2 APIs)")
+    p.add_argument("--host", default=None, help="bind address (default: MOE_HOST or 0.0.0.0)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: MOE_PORT or 8000)")
+    p.add_argument("--models", type=_csv(str), default=None,
+                   help="comma list of models (default: MOE_MODELS, else every model in the "
+                   "repository)")  # fmt: skip
+    p.add_argument("--precisions", type=_csv(str), default=None,
+                   help="comma list of precisions (default: MOE_PRECISIONS or fp32)")  # fmt: skip
+    p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
+    p.add_argument("--random-weights", action="store_true", default=None,
+                   help="serve built-in architectures (alexnet, caffenet) on seeded random "
+                   "weights (default models: MOE_DEFAULT_MODEL)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None, help="seed for --random-weights")
+    p.add_argument("--log-level", default=None, help="default: MOE_LOG_LEVEL or info")
+
     p = sub.add_parser("import-onnx", help="add an ONNX AlexNet-family model to the repository")
     p.add_argument("file", type=Path, help="the .onnx file")
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--labels", type=Path, default=None, help="text file, one label per line")
     p.add_argument("--models-dir", type=Path, default=None, help="model repository")
     p.add_argument("--force", action="store_true", help="replace an existing model")
+
+    p = sub.add_parser("train", help="train a Fashion-MNIST model with PyTorch on the CPU")
+    p.add_argument("--arch", required=True, choices=["fashion-moe", "fashion-alexnet"],
+                   help="architecture (experts/architectures.py)")  # fmt: skip
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="epochs (default: the recommended count for --arch)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of every random generator")
+    p.add_argument("--out", type=Path, default=None,
+                   help="model repository to save in (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
+    p.add_argument("--limit", type=_positive, default=None,
+                   help="use only the first N images of each split (quick trials)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive, default=128, help="images per step")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
+                   "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     return parser
 
 
@@ -227,11 +259,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, settings)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import ServeError, serve
+
+    try:
+        return serve(args)
+    except ServeError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from experts.datasets import DatasetError
+    from experts.training import TrainingError, summary_line, train
+
+    out = args.out if args.out is not None else _settings(args).model_repository
+    try:
+        summary = train(args.arch, args.epochs, args.seed, out, args.batch_size,
+                        data_dir=args.data_dir, limit=args.limit)  # fmt: skip
+    except (TrainingError, DatasetError) as exc:
+        raise CliError(str(exc)) from exc
+    print(summary_line(summary))
+    return 0
+
+
 COMMANDS = {
     "devices": cmd_devices,
     "classify": cmd_classify,
     "bench": cmd_bench,
     "import-onnx": cmd_import_onnx,
+    "serve": cmd_serve,
+    "train": cmd_train,
 }
 
 

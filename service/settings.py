@@ -1,14 +1,29 @@
 """Settings, read from the environment (prefix MOE_) by pydantic-settings; command-line
-flags override them."""
+flags override them.
+
+The server's settings live here too (`moe-alexnet serve`): one place names every knob,
+its default and its bounds, so a bad value (MOE_MAX_BATCH_SIZE=0) is refused when the
+process starts instead of surfacing later as a stuck queue.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from experts.repository import default_root
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _comma_list(value: Any) -> Any:
+    """MOE_MODELS=alexnet,caffenet: a comma list rather than pydantic's JSON lists."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -18,3 +33,50 @@ class Settings(BaseSettings):
     model_repository: Path = Field(default_factory=default_root, description="model folder root")
     default_model: str = Field("alexnet", description="model used when none is named")
     default_precision: str = Field("fp32", description="precision used when none is named")
+
+    # -- the HTTP server (moe-alexnet serve) ------------------------------------------
+    host: str = Field("0.0.0.0", description="address the server binds")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="models to serve, comma list (empty: every model in the repository; "
+        "with random_weights: the built-in architectures)",
+    )
+    precisions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["fp32"], description="precisions loaded for every model"
+    )
+    random_weights: bool = Field(
+        False,
+        description="serve built-in architectures (alexnet, caffenet) on seeded random "
+        "weights, for development and benchmarks",
+    )
+    seed: int = Field(0, description="seed of the random weights")
+    max_batch_size: int = Field(8, ge=1, le=256, description="images run together, at most")
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, le=10_000, description="longest wait for a batch to fill, milliseconds"
+    )
+    max_queue_size: int = Field(64, ge=1, description="requests waiting, at most (then 503)")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="per-request deadline, seconds (then 504)"
+    )
+    max_body_bytes: int = Field(10 * 2**20, ge=1, description="largest request body (then 413)")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="largest image, in pixels, checked before decoding"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+    log_level: str = Field("info", description="critical, error, warning, info or debug")
+
+    @field_validator("models", "precisions", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value

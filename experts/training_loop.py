@@ -1,0 +1,172 @@
+"""The training loop behind `experts.training.train`: augmentation, optimiser and
+schedule, per-epoch progress and test evaluation, and the parity check against our
+numpy references. Imports torch (the `train` extra)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from experts.mixture import reference_forward
+from experts.reference_network import forward as reference_network_forward
+from experts.training_nets import MixtureNet, build_model, export_weights, predict
+
+PAD = 2  # random-crop padding, in pixels
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the zero-padded image (up to PAD pixels each way) and a random
+    horizontal flip, both in one gather on uint8 (N, H, W); clothes are left/right
+    symmetric and slightly off-centre in the wild, so both keep the label."""
+    n, h, w = images.shape
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
+    flip = torch.rand((n, 1), generator=generator) < 0.5
+    rows = dy + torch.arange(h)
+    cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W), the float32 operations of
+    experts.datasets.to_model_input (and so of service.images.preprocess)."""
+    x = images.to(torch.float32)[:, None] / 255.0
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+class Trainer:
+    """One model, its optimiser and schedule, stepped one epoch at a time."""
+
+    def __init__(self, meta: dict[str, Any], config: Any, train_images: int) -> None:
+        self.meta, self.config = meta, config
+        self.model = build_model(meta).to(memory_format=torch.channels_last)
+        self.mixture = isinstance(self.model, MixtureNet)
+        self.steps = -(-train_images // config.batch_size)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=config.epochs * self.steps,
+            pct_start=0.15, div_factor=20.0, final_div_factor=200.0,
+        )  # fmt: skip
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.mean = float(meta["input"]["mean"][0])
+        self.std = float(meta["input"]["std"][0])
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on weight matrices and kernels only, not on biases."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() > 1]
+        rest = [p for p in params if p.dim() <= 1]
+        return [{"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": rest, "weight_decay": 0.0}]  # fmt: skip
+
+    def run_epoch(self, epoch: int, data: dict[str, np.ndarray], progress: bool) -> dict:
+        """Train one epoch, then evaluate on the test images; returns the epoch record."""
+        start = time.perf_counter()
+        stats = _Stats(self.model.num_experts if self.mixture else 0)
+        x_all, y_all = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
+        order = torch.randperm(len(y_all), generator=self.generator)
+        bar = tqdm(total=self.steps, desc=f"{self.config.arch} {epoch + 1}/{self.config.epochs}",
+                   unit="batch", disable=not progress, leave=True)  # fmt: skip
+        self.model.train()
+        for step in range(self.steps):
+            rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
+            self._step(x_all[rows], y_all[rows], stats)
+            bar.update()
+            if step % 20 == 0 or step == self.steps - 1:
+                bar.set_postfix_str(stats.postfix())
+        test = self.evaluate(data["test_x"], data["test_y"])
+        record = {"epoch": epoch + 1, **stats.record(), "test_accuracy": test["accuracy"],
+                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        bar.set_postfix_str(f"{stats.postfix()} test={test['accuracy']:.4f}")
+        bar.close()
+        return record
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, stats: _Stats) -> None:
+        x = normalise(augment(images, self.generator), self.mean, self.std)
+        out = self.model(x, logits=True)
+        scores = out.scores if self.mixture else out
+        loss = F.cross_entropy(scores, labels, label_smoothing=self.config.label_smoothing)
+        total = loss + self.config.balance_weight * out.balance_loss if self.mixture else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        stats.add(loss, scores, labels, out if self.mixture else None)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Eval-mode top-1 accuracy on preprocessed images; for a mixture also the
+        routing histogram (images per expert, share, and the largest share over k/E)."""
+        scores, indices = predict(self.model, x)
+        result: dict[str, Any] = {"accuracy": round(float((scores.argmax(1) == y).mean()), 4)}
+        if indices is not None:
+            result["routing"] = routing_histogram(indices, self.model.num_experts)
+        return result
+
+    def parity(self, x: np.ndarray) -> dict[str, Any]:
+        """The exported weights run by our numpy reference against torch: proof that
+        the saved model computes what was trained."""
+        weights = export_weights(self.model)
+        scores, indices = predict(self.model, x)
+        if self.mixture:
+            want, want_indices, _ = reference_forward(self.meta, weights, x)
+        else:
+            want, want_indices = reference_network_forward(self.meta["layers"], weights, x), None
+        return {
+            "images": len(x),
+            "max_abs_diff": float(np.abs(scores - want).max()),
+            "same_top1": bool((scores.argmax(1) == want.argmax(1)).all()),
+            **({"same_routing": bool((indices == want_indices).all())} if self.mixture else {}),
+        }
+
+
+def routing_histogram(indices: np.ndarray, num_experts: int) -> dict[str, Any]:
+    """Images per expert (every routing slot counted), their shares, and the largest
+    share divided by the fair share k/E (the product caps it at 3)."""
+    counts = np.bincount(indices.reshape(-1), minlength=num_experts)
+    share = counts / max(int(counts.sum()), 1)
+    return {"counts": counts.tolist(), "share": [round(float(s), 4) for s in share],
+            "max_over_fair": round(float(share.max() * num_experts), 3)}  # fmt: skip
+
+
+class _Stats:
+    """Running loss, accuracy, balance loss and routing counts of one epoch."""
+
+    def __init__(self, num_experts: int) -> None:
+        self.loss = self.balance = 0.0
+        self.correct = self.seen = self.steps = 0
+        self.counts = np.zeros(num_experts, np.int64)
+
+    def add(self, loss: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, out: Any) -> None:
+        self.steps += 1
+        self.loss += float(loss.detach())
+        self.correct += int((scores.argmax(1) == labels).sum())
+        self.seen += len(labels)
+        if out is not None:
+            self.balance += float(out.balance_loss.detach())
+            self.counts += np.bincount(out.indices.reshape(-1).numpy(), minlength=len(self.counts))
+
+    def shares(self) -> list[float]:
+        return (self.counts / max(int(self.counts.sum()), 1)).round(4).tolist()
+
+    def postfix(self) -> str:
+        text = (
+            f"loss={self.loss / max(self.steps, 1):.4f} acc={self.correct / max(self.seen, 1):.4f}"
+        )
+        if len(self.counts):
+            share = "/".join(f"{100 * s:.0f}" for s in self.shares())
+            text += f" bal={self.balance / max(self.steps, 1):.3f} share%={share}"
+        return text
+
+    def record(self) -> dict[str, Any]:
+        out = {"loss": round(self.loss / max(self.steps, 1), 4),
+               "train_accuracy": round(self.correct / max(self.seen, 1), 4)}  # fmt: skip
+        if len(self.counts):
+            out["balance_loss"] = round(self.balance / max(self.steps, 1), 4)
+            out["train_share"] = self.shares()
+        return out

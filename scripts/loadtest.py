@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""A bounded load test of a moe-alexnet server, on the loopback interface only.
+
+N requests (default 2000) from C concurrent clients (default 16) post real photos
+(scikit-image's astronaut, coffee, chelsea, rocket, as JPEG) to /v1/classify, then it
+stops by itself (also after --max-seconds). It reports throughput, p50/p99 latency,
+errors by status, the mean batch size the server ran (from its /metrics), and the
+server's resident memory (VmRSS) during the first and the last 500 requests, which
+shows whether memory grows under load.
+
+Either point it at a running server and give its pid (for the memory figures):
+
+    python scripts/loadtest.py --url http://127.0.0.1:8000 --server-pid 1234
+
+or let it start one (on a free port) and stop it afterwards:
+
+    python scripts/loadtest.py --start -- --models alexnet --random-weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+WINDOW = 500  # requests in the "first" and "last" memory windows
+
+
+def loopback_url(url: str) -> str:
+    """Refuse any target but this machine's loopback interface."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SystemExit(f"loadtest: {url}: only loopback targets (127.0.0.0/8, ::1, localhost)")
+    return url.rstrip("/")
+
+
+def photos() -> list[tuple[str, bytes]]:
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise SystemExit(
+            "loadtest: scikit-image is needed for the photos (pip install scikit-image)"
+        ) from exc
+    from PIL import Image
+
+    out = []
+    for name in PHOTOS:
+        buf = io.BytesIO()
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(buf, "JPEG", quality=90)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def batch_totals(metrics_text: str, model: str | None) -> tuple[float, float]:
+    """(sum, count) of moe_batch_size over the model's series (all models if None)."""
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind in totals:
+        for labels, value in re.findall(
+            rf"^moe_batch_size_{kind}\{{([^}}]*)\}} (\S+)$", metrics_text, re.M
+        ):
+            if model is None or f'model="{model}"' in labels:
+                totals[kind] += float(value)
+    return totals["sum"], totals["count"]
+
+
+@dataclass
+class Run:
+    total: int
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+    rss_first: list[int] = field(default_factory=list)
+    rss_last: list[int] = field(default_factory=list)
+
+
+async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
+    images = photos()
+    run = Run(args.requests)
+    params = {"model": args.model} if args.model else {}
+    limits = httpx.Limits(max_connections=args.concurrency)
+    stop_at = time.monotonic() + args.max_seconds
+    next_index = iter(range(args.requests))
+
+    def sample_rss() -> None:
+        if pid is None:
+            return
+        rss = rss_bytes(pid)
+        if rss is None:
+            return
+        if run.done <= WINDOW:
+            run.rss_first.append(rss)
+        if run.done >= run.total - WINDOW:
+            run.rss_last.append(rss)
+
+    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+        before = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
+
+        async def worker() -> None:
+            for i in next_index:
+                if time.monotonic() > stop_at:
+                    return
+                name, data = images[i % len(images)]
+                start = time.perf_counter()
+                try:
+                    r = await client.post(
+                        f"{url}/v1/classify",
+                        content=data,
+                        params=params,
+                        headers={"content-type": "image/jpeg"},
+                    )
+                    status = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                elapsed = time.perf_counter() - start
+                run.done += 1
+                if status == "200":
+                    run.latencies.append(elapsed)
+                else:
+                    run.errors[status] = run.errors.get(status, 0) + 1
+                if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
+                    sample_rss()
+                if args.progress and run.done % 100 == 0:
+                    print(f"  {run.done}/{run.total}", file=sys.stderr, flush=True)
+
+        started = time.perf_counter()
+        sample_rss()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        wall = time.perf_counter() - started
+        sample_rss()
+        after = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
+
+    lat = np.array(run.latencies) * 1e3
+    batches = after[1] - before[1]
+    mib = 2**20
+    return {
+        "url": url,
+        "model": args.model,
+        "requests": run.done,
+        "concurrency": args.concurrency,
+        "ok": len(run.latencies),
+        "errors": sum(run.errors.values()),
+        "errors_by_status": run.errors,
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(len(run.latencies) / wall, 2) if wall else 0.0,
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+        "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        "mean_batch_size": round((after[0] - before[0]) / batches, 3) if batches else None,
+        "server_pid": pid,
+        "rss_mib_first_500": round(max(run.rss_first) / mib, 1) if run.rss_first else None,
+        "rss_mib_last_500": round(max(run.rss_last) / mib, 1) if run.rss_last else None,
+        "stopped_early": run.done < run.total,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *serve_args,
+    ]
+    log = open(os.devnull, "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.PIPE)
+    tail: list[bytes] = []
+    threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = b"".join(tail[-5:]).decode(errors="replace")
+            raise SystemExit(f"loadtest: the server exited ({proc.returncode}):\n{msg}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"loadtest: the server was not ready after {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    serve_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, serve_args = argv[:cut], argv[cut + 1 :]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="a loopback server URL")
+    p.add_argument("--server-pid", type=int, default=None, help="its pid, for VmRSS")
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="start `moe-alexnet serve` (args after --) on a free port, stop it afterwards",
+    )
+    p.add_argument("--requests", "-n", type=int, default=2000)
+    p.add_argument("--concurrency", "-c", type=int, default=16)
+    p.add_argument("--model", default=None, help="model to ask for (default: the server's)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long")
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="with --start")
+    p.add_argument("--progress", action="store_true", help="print progress on stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1:
+        p.error("--requests and --concurrency must be >= 1")
+
+    proc = None
+    if args.start:
+        proc, url = start_server(serve_args, args.ready_timeout)
+        pid = proc.pid
+    else:
+        url, pid = loopback_url(args.url), args.server_pid
+    try:
+        report = asyncio.run(load(args, url, pid))
+    finally:
+        if proc is not None:
+            stop_server(proc)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(
+        f"{report['requests']} requests, {args.concurrency} clients, {report['wall_s']} s: "
+        f"{report['throughput_rps']} req/s, p50 {report['latency_ms_p50']} ms, "
+        f"p99 {report['latency_ms_p99']} ms"
+    )
+    print(f"errors: {report['errors']} {report['errors_by_status'] or ''}".rstrip())
+    print(f"mean batch size: {report['mean_batch_size']}")
+    if pid is not None:
+        print(
+            f"server RSS (pid {pid}): first {WINDOW} requests {report['rss_mib_first_500']} "
+            f"MiB, last {WINDOW} {report['rss_mib_last_500']} MiB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Dynamic batching: requests for the same (model, precision, k) run together.
+
+Requests are queued per key; the device's single worker thread takes the key whose
+oldest request has waited longest, waits until that key has `max_batch_size` images
+or its oldest request has waited `max_queue_delay`, and runs them as one batch. Under
+load the device is busy while requests pile up, so batches fill without waiting;
+alone, a request waits at most the delay.
+
+The queue is bounded (`QueueFull`, answered 503 with Retry-After) so overload turns
+into fast refusals instead of unbounded latency and memory; a request past its
+deadline is dropped before it costs device time (`DeadlineExceeded`, answered 504).
+The asyncio side waits on a `concurrent.futures.Future`, which is thread-safe and
+cancellable: a client that gives up cancels its queued job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine import ExpertChoice, InferResult
+
+log = logging.getLogger("moe_alexnet.batching")
+
+BatchKey = tuple[str, str, int | None]  # (model, precision, k)
+
+
+class QueueFull(Exception):
+    """The batch queue holds max_queue_size requests already."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its batch could run."""
+
+
+class BatcherClosed(Exception):
+    """The server is shutting down and takes no more work."""
+
+
+@dataclass
+class JobResult:
+    """One request's share of a batch, with where its time went."""
+
+    probs: np.ndarray
+    routing: list[list[ExpertChoice]] | None
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+@dataclass
+class Job:
+    key: BatchKey
+    inputs: np.ndarray  # (n, C, H, W) float32
+    deadline: float  # time.monotonic()
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+
+RunBatch = Callable[[BatchKey, np.ndarray], InferResult]
+OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
+
+
+class Batcher:
+    """Queues per key and the batch loop (`run`, on the device thread)."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        on_batch: OnBatch | None = None,
+        on_depth: Callable[[BatchKey, int], None] | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.on_batch = on_batch
+        self.on_depth = on_depth
+        self._queues: dict[BatchKey, deque[Job]] = {}
+        self._pending = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    # -- the asyncio side ----------------------------------------------------------------
+
+    def submit(self, key: BatchKey, inputs: np.ndarray, deadline: float) -> Future:
+        """Queue a request's images (at most max_batch_size); its future gets a JobResult."""
+        n = len(inputs)
+        if not 1 <= n <= self.max_batch_size:
+            raise ValueError(f"a request holds 1 to {self.max_batch_size} images, got {n}")
+        job = Job(key, inputs, deadline)
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the server is shutting down")
+            if self._pending >= self.max_queue_size:
+                raise QueueFull(f"the queue is full ({self.max_queue_size} requests waiting)")
+            queue = self._queues.setdefault(key, deque())
+            queue.append(job)
+            self._pending += 1
+            if self.on_depth:  # under the lock, so gauge updates keep their order
+                self.on_depth(key, self._depth(key))
+            self._cond.notify()
+        return job.future
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def close(self) -> None:
+        """Take no more jobs; the loop runs what is queued (without waiting for batches
+        to fill) and returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """Fail every queued job (the device could not be opened, or shutdown timed out)."""
+        with self._cond:
+            jobs = [job for queue in self._queues.values() for job in queue]
+            for queue in self._queues.values():
+                queue.clear()
+            self._pending = 0
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(exc)
+
+    # -- the device thread ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """The batch loop: returns once closed and empty."""
+        while True:
+            taken = self._next_batch()
+            if taken is None:
+                return
+            key, jobs = taken
+            if jobs:
+                self._execute(key, jobs)
+
+    def _next_batch(self) -> tuple[BatchKey, list[Job]] | None:
+        with self._cond:
+            while True:
+                heads = [(q[0].enqueued, key) for key, q in self._queues.items() if q]
+                if not heads:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                oldest, key = min(heads, key=lambda item: item[0])
+                queue = self._queues[key]
+                images = sum(len(job.inputs) for job in queue)
+                wait = oldest + self.max_delay - time.monotonic()
+                if images >= self.max_batch_size or wait <= 0 or self._closed:
+                    return key, self._take(key, queue)
+                self._cond.wait(wait)
+
+    def _take(self, key: BatchKey, queue: deque[Job]) -> list[Job]:
+        """Pop up to max_batch_size images; drop cancelled and expired jobs."""
+        jobs: list[Job] = []
+        images = 0
+        now = time.monotonic()
+        while queue and images + len(queue[0].inputs) <= self.max_batch_size:
+            job = queue.popleft()
+            self._pending -= 1
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the client gave up
+            if job.deadline <= now:
+                job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            jobs.append(job)
+            images += len(job.inputs)
+        if self.on_depth:
+            self.on_depth(key, self._depth(key))
+        return jobs
+
+    def _depth(self, key: BatchKey) -> int:
+        """Requests queued for this model and precision (any k); called under the lock."""
+        return sum(len(q) for other, q in self._queues.items() if other[:2] == key[:2])
+
+    def _execute(self, key: BatchKey, jobs: list[Job]) -> None:
+        batch = np.concatenate([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
+        start = time.monotonic()
+        try:
+            result = self.run_batch(key, batch)
+        except Exception as exc:  # one bad batch must not stop the loop
+            log.exception("batch of %d for %s failed", len(batch), key[0])
+            for job in jobs:
+                job.future.set_exception(exc)
+            self._report(key, jobs, None, time.monotonic() - start)
+            return
+        compute = time.monotonic() - start
+        offset = 0
+        for job in jobs:
+            n = len(job.inputs)
+            routing = None if result.routing is None else result.routing[offset : offset + n]
+            job.future.set_result(
+                JobResult(
+                    result.probs[offset : offset + n],
+                    routing,
+                    start - job.enqueued,
+                    compute,
+                    len(batch),
+                )
+            )
+            offset += n
+        self._report(key, jobs, result, compute)
+
+    def _report(
+        self, key: BatchKey, jobs: list[Job], result: InferResult | None, compute: float
+    ) -> None:
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(key, jobs, result, compute)
+        except Exception:  # metrics must never break serving
+            log.exception("batch report failed")

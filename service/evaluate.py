@@ -1,0 +1,112 @@
+"""`moe-alexnet eval`: accuracy on real labelled images (the 10,000 Fashion-MNIST test
+images), per precision, with the routing of a mixture of experts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from service.settings import Settings
+
+
+def evaluate(
+    network: Any, x: np.ndarray, labels: np.ndarray, k: int | None, batch: int, label: str
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy and images/s of one network over a labelled set; for a
+    mixture also the routing histogram, per-expert accuracy and mean gate weight."""
+    from experts.loading import forward
+
+    top1, top5, chosen, weight = [], [], [], []
+    elapsed = 0.0
+    for start in tqdm(range(0, len(x), batch), desc=label, unit="batch", leave=False,
+                      file=sys.stderr, disable=None):  # fmt: skip
+        xb, yb = x[start : start + batch], labels[start : start + batch]
+        t0 = time.perf_counter()
+        scores, routing = forward(network, xb, k)
+        elapsed += time.perf_counter() - t0
+        order = np.argsort(-scores, axis=1, kind="stable")
+        top1.append(order[:, 0])
+        top5.append((order[:, :5] == yb[:, None]).any(axis=1))
+        if routing is not None:
+            chosen.append(routing.indices[:, 0])
+            weight.append(routing.gates[:, 0])
+    pred = np.concatenate(top1)
+    result: dict[str, Any] = {
+        "images": len(x),
+        "top1": round(float((pred == labels).mean()), 5),
+        "top5": round(float(np.concatenate(top5).mean()), 5),
+        "images_per_s": round(len(x) / elapsed, 1),
+        "predictions": pred,
+    }
+    if chosen:
+        result.update(routing_report(np.concatenate(chosen), np.concatenate(weight),
+                                     pred == labels, network.spec.experts))  # fmt: skip
+    return result
+
+
+def routing_report(
+    expert: np.ndarray, gate: np.ndarray, correct: np.ndarray, experts: int
+) -> dict[str, Any]:
+    """Share of images whose first choice is each expert, accuracy on those images,
+    and the mean gate weight given to the first choice."""
+    counts = np.bincount(expert, minlength=experts)
+    accuracy = [
+        round(float(correct[expert == e].mean()), 5) if counts[e] else None for e in range(experts)
+    ]
+    return {
+        "routing_share": [round(float(c) / len(expert), 5) for c in counts],
+        "expert_top1": accuracy,
+        "mean_gate_weight": round(float(gate.mean()), 5),
+        "max_share_over_fair": round(float(counts.max()) * experts / len(expert), 3),
+    }
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from experts.datasets import load_fashion_mnist, to_model_input
+    from experts.loading import build_network, resolve_model
+    from kernels.runtime import Device
+
+    name = args.model or settings.default_model
+    model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
+    images, labels = load_fashion_mnist("test", args.data_dir)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    x = to_model_input(images, model.meta["input"])
+    device = Device(settings.device)
+    reference = None
+    for precision in args.precision or [settings.default_precision]:
+        network = build_network(model, device)
+        result = evaluate(network, x, labels, args.experts, args.batch, f"{name} {precision}")
+        pred = result.pop("predictions")
+        if reference is None:
+            reference = pred
+        result = {"model": name, "precision": precision, "dataset": "fashion-mnist",
+                  **({"experts_per_image": args.experts or model.mixture.k}
+                     if model.is_mixture else {}),
+                  **result, "agreement_with_first": round(float((pred == reference).mean()), 5),
+                  "device": device.name}  # fmt: skip
+        _emit(result, args.json)
+    return 0
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    print(
+        f"{result['model']} {result['precision']}: top-1 {100 * result['top1']:.2f}%  "
+        f"top-5 {100 * result['top5']:.2f}%  on {result['images']} images  "
+        f"{result['images_per_s']:.0f} img/s  agreement {100 * result['agreement_with_first']:.2f}%"
+    )
+    if "routing_share" in result:
+        shares = " ".join(f"{100 * s:.1f}%" for s in result["routing_share"])
+        accs = " ".join("-" if a is None else f"{100 * a:.1f}%" for a in result["expert_top1"])
+        print(f"  routing share per expert: {shares}")
+        print(f"  top-1 per expert:         {accs}")
+        print(f"  mean gate weight of the chosen expert: {result['mean_gate_weight']:.3f}")
