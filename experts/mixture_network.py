@@ -27,10 +27,13 @@ from kernels.runtime import Device
 
 @dataclass
 class Routing:
-    """Which experts each image went to, and with what weight: (N, k) each."""
+    """Which experts each image went to, and with what weight: (N, k) each; and the
+    gate's probability (softmax over all E) of each image's first choice, (N,): with
+    k = 1 the renormalised weight is always 1, this says how sure the gate was."""
 
     indices: np.ndarray
     gates: np.ndarray
+    confidence: np.ndarray
 
     def counts(self, experts: int) -> np.ndarray:
         """Images routed to each expert (an image sent to k experts counts k times)."""
@@ -101,7 +104,8 @@ class MixtureNetwork:
         gate = self.gate.plan(n)
         d.copy(gate.input, stem.output, 4 * n * int(np.prod(self.spec.stem_shape)))
         gate.tape.replay()
-        indices, gates = route(d.read(gate.output, (n, self.spec.experts)), k)
+        logits = d.read(gate.output, (n, self.spec.experts))
+        indices, gates = route(logits, k)
 
         # Images sorted by expert: expert e's images are order[start[e]:start[e+1]], and
         # row r of `rows` holds the features of pair order[r] (image, slot).
@@ -128,4 +132,6 @@ class MixtureNetwork:
         self.merge(n, k, rows, row_buf, gate_buf, head.input)
         head.tape.replay()
         scores = d.read(head.output, (n, self.spec.num_classes))
-        return scores, Routing(indices, gates)
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        confidence = (z.max(axis=1) / z.sum(axis=1)).astype(np.float32)
+        return scores, Routing(indices, gates, confidence)

@@ -59,7 +59,8 @@ def onnxruntime_session(model: Any) -> Any:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from experts.loading import build_network, resolve_model
+    from experts.loading import build_network, forward, resolve_model
+    from experts.repository import ModelError
     from kernels.runtime import Device
 
     names = args.model or [settings.default_model]
@@ -68,31 +69,46 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     rng = np.random.default_rng(args.seed)
     for name in names:
         model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
+        if args.compare and model.is_mixture:
+            raise ModelError(f"{name}: --compare onnxruntime runs sequential models only")
+        ks = (args.experts or [model.mixture.k]) if model.is_mixture else [None]
         session = onnxruntime_session(model) if args.compare else None
         for precision in precisions:
             network = build_network(model, device)
             for batch in args.batch:
                 x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
-                runners = {"moe-alexnet": partial(network.run, x)}
-                if session is not None:
-                    feed = {session.get_inputs()[0].name: x}
-                    runners["onnxruntime"] = partial(session.run, None, feed)
-                times = time_rounds(runners, args, f"{name} {precision} b{batch}")
-                row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
-                       "batch": batch, **summarise(times["moe-alexnet"], batch),
-                       "weight_bytes": network.weight_bytes,
-                       "activation_bytes": network.plan(batch).activation_bytes,
-                       "peak_rss_bytes": peak_rss_bytes(), "device": device.name}  # fmt: skip
-                _emit(row, args.json)
-                if session is not None:
-                    ort_row = {"runtime": "onnxruntime", "model": name, "precision": "fp32",
-                               "batch": batch, **summarise(times["onnxruntime"], batch),
-                               "weight_bytes": sum(w.nbytes for w in model.weights.values()),
-                               "peak_rss_bytes": peak_rss_bytes(),
-                               "device": "CPUExecutionProvider"}  # fmt: skip
-                    ort_row["ratio"] = round(row["images_per_s"] / ort_row["images_per_s"], 3)
-                    _emit(ort_row, args.json)
+                for k in ks:
+                    runners = {"moe-alexnet": partial(forward, network, x, k)}
+                    if session is not None:
+                        feed = {session.get_inputs()[0].name: x}
+                        runners["onnxruntime"] = partial(session.run, None, feed)
+                    label = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
+                    times = time_rounds(runners, args, label)
+                    row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
+                           "batch": batch, **({"experts_per_image": k} if k else {}),
+                           **summarise(times["moe-alexnet"], batch),
+                           "weight_bytes": network.weight_bytes,
+                           "activation_bytes": _activation_bytes(network, batch),
+                           "peak_rss_bytes": peak_rss_bytes(), "device": device.name}  # fmt: skip
+                    _emit(row, args.json)
+                    if session is not None:
+                        _emit(_onnxruntime_row(model, times, row), args.json)
     return 0
+
+
+def _activation_bytes(network: Any, batch: int) -> int:
+    if hasattr(network, "activation_bytes"):  # a mixture: stem, gate, head and experts
+        return int(network.activation_bytes(batch))
+    return network.plan(batch).activation_bytes
+
+
+def _onnxruntime_row(model: Any, times: dict[str, list[float]], ours: dict[str, Any]) -> dict:
+    row = {"runtime": "onnxruntime", "model": ours["model"], "precision": "fp32",
+           "batch": ours["batch"], **summarise(times["onnxruntime"], ours["batch"]),
+           "weight_bytes": sum(w.nbytes for w in model.weights.values()),
+           "peak_rss_bytes": peak_rss_bytes(), "device": "CPUExecutionProvider"}  # fmt: skip
+    row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
+    return row
 
 
 def time_rounds(
@@ -118,8 +134,9 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(row), flush=True)
         return
+    k = f" k={row['experts_per_image']}" if "experts_per_image" in row else ""
     line = (
-        f"{row['runtime']:12s} {row['model']:14s} {row['precision']:5s} b={row['batch']:<3d} "
+        f"{row['runtime']:12s} {row['model']:15s} {row['precision']:5s} b={row['batch']:<3d}{k} "
         f"{row['images_per_s']:9.1f} img/s  p50 {row['latency_ms_p50']:8.2f} ms  "
         f"p90 {row['latency_ms_p90']:8.2f} ms  weights {row['weight_bytes'] / 2**20:7.1f} MiB  "
         f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"

@@ -73,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--models-dir", type=Path, default=None,
                        help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
         p.add_argument("--random-weights", action="store_true",
-                       help="run a built-in architecture (alexnet, caffenet) on seeded "
-                       "random weights")  # fmt: skip
+                       help="run a built-in architecture (alexnet, caffenet, alexnet-moe, "
+                       "fashion-alexnet, fashion-moe) on seeded random weights")  # fmt: skip
         p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+        p.add_argument("--experts", type=_csv(_positive) if many else _positive, default=None,
+                       help="mixtures: experts per image, k%s (default: the model's own)"
+                       % (" (comma list)" if many else ""))  # fmt: skip
 
     p = sub.add_parser("devices", help="list OpenCL platforms and devices")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -113,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights (default models: MOE_DEFAULT_MODEL)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed for --random-weights")
     p.add_argument("--log-level", default=None, help="default: MOE_LOG_LEVEL or info")
+
+    p = sub.add_parser("eval", help="accuracy on the Fashion-MNIST test images")
+    model_args(p)
+    p.add_argument("--dataset", choices=["fashion-mnist"], default="fashion-mnist")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
+                   "/usr/share/datasets/fashion-mnist)")  # fmt: skip
+    p.add_argument("--limit", type=_positive, default=None, help="first N test images only")
+    p.add_argument("--batch", type=_positive, default=64, help="images per run")
+    p.add_argument("--json", action="store_true", help="one JSON object per precision")
 
     p = sub.add_parser("import-onnx", help="add an ONNX AlexNet-family model to the repository")
     p.add_argument("file", type=Path, help="the .onnx file")
@@ -198,7 +211,7 @@ def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict[s
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from experts.loading import build_network, resolve_model
+    from experts.loading import build_network, forward, resolve_model
     from service.images import load_input
 
     settings = _settings(args)
@@ -210,11 +223,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     network = build_network(model, device)
     results = []
     for path, x in batches:
-        probs = probabilities(model, network.run(x))
+        scores, routing = forward(network, x, args.experts)
+        probs = probabilities(model, scores)
         for j, row in enumerate(probs):
             label = path if len(probs) == 1 else f"{path}[{j}]"
             preds = top_predictions(row, model.labels, min(args.top_k, len(row)))
-            results.append({"input": label, "predictions": preds})
+            result: dict[str, Any] = {"input": label, "predictions": preds}
+            if routing is not None:
+                result["experts"] = [
+                    {"expert": int(e), "weight": round(float(w), 6)}
+                    for e, w in zip(routing.indices[j], routing.gates[j], strict=True)
+                ]
+            results.append(result)
     doc = {"model": model.name, "version": model.version, "precision": precision,
            "device": device.name, "results": results}  # fmt: skip
     if args.json:
@@ -223,6 +243,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     print(f"model {model.name} v{model.version}, {precision}, on {device.name}")
     for result in results:
         print(result["input"])
+        if "experts" in result:
+            chosen = ", ".join(f"{x['expert']} ({x['weight']:.2f})" for x in result["experts"])
+            print(f"  experts: {chosen}")
         for p in result["predictions"]:
             print(f"  {p['score']:8.4f}  {p['index']:5d}  {p['label']}")
     return 0
@@ -250,6 +273,16 @@ def cmd_import_onnx(args: argparse.Namespace) -> int:
     print(f"imported {args.file} as {args.name}: {len(meta['layers'])} layers, "
           f"{n_params / 1e6:.1f} M parameters -> {path}")  # fmt: skip
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from experts.datasets import DatasetError
+    from service.evaluate import run_eval
+
+    try:
+        return run_eval(args, _settings(args))
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -286,6 +319,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "classify": cmd_classify,
     "bench": cmd_bench,
+    "eval": cmd_eval,
     "import-onnx": cmd_import_onnx,
     "serve": cmd_serve,
     "train": cmd_train,

@@ -35,7 +35,7 @@ def evaluate(
         top5.append((order[:, :5] == yb[:, None]).any(axis=1))
         if routing is not None:
             chosen.append(routing.indices[:, 0])
-            weight.append(routing.gates[:, 0])
+            weight.append(routing.confidence)
     pred = np.concatenate(top1)
     result: dict[str, Any] = {
         "images": len(x),
@@ -54,7 +54,7 @@ def routing_report(
     expert: np.ndarray, gate: np.ndarray, correct: np.ndarray, experts: int
 ) -> dict[str, Any]:
     """Share of images whose first choice is each expert, accuracy on those images,
-    and the mean gate weight given to the first choice."""
+    and the mean gate probability of the first choice (softmax over all experts)."""
     counts = np.bincount(expert, minlength=experts)
     accuracy = [
         round(float(correct[expert == e].mean()), 5) if counts[e] else None for e in range(experts)
@@ -109,4 +109,4 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
         accs = " ".join("-" if a is None else f"{100 * a:.1f}%" for a in result["expert_top1"])
         print(f"  routing share per expert: {shares}")
         print(f"  top-1 per expert:         {accs}")
-        print(f"  mean gate weight of the chosen expert: {result['mean_gate_weight']:.3f}")
+        print(f"  mean gate probability of the first choice: {result['mean_gate_weight']:.3f}")

@@ -208,3 +208,77 @@ def test_bench_json_rows_with_onnxruntime(capsys, repo):
     assert rows[0]["weight_bytes"] >= 4 * sum(v.size for v in random_weights(TINY, 0).values())
     want = rows[0]["images_per_s"] / rows[1]["images_per_s"]
     assert rows[1]["ratio"] == pytest.approx(want, abs=1e-3)  # rounded to 3 decimals
+
+
+# -- mixtures of experts and eval --------------------------------------------------------
+
+
+@pytest.fixture
+def moe_repo(repo: Path) -> Path:
+    from tests.test_mixture import SMALL
+
+    Repository(repo).save("small-moe", SMALL, random_weights(SMALL, seed=2))
+    return repo
+
+
+def test_classify_mixture_reports_experts(capsys, moe_repo, tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32))
+    code, out, err = run(capsys, "classify", str(path), "--model", "small-moe", "--experts", "3",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    for result in json.loads(out)["results"]:
+        experts = result["experts"]
+        assert len(experts) == 3 and len({e["expert"] for e in experts}) == 3
+        assert sum(e["weight"] for e in experts) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["classify", "{npy}", "--model", "tiny", "--experts", "2"], "mixture"),
+        (["classify", "{npy12}", "--model", "small-moe", "--experts", "9"], "between 1 and 5"),
+        (["bench", "--model", "small-moe", "--compare", "onnxruntime"], "sequential models only"),
+    ],
+)
+def test_mixture_errors(capsys, moe_repo, tmp_path, argv, needle):
+    npy, npy12 = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(npy, np.zeros((1, 3, 16, 16), np.float32))
+    np.save(npy12, np.zeros((1, 3, 12, 12), np.float32))
+    code, _, err = run(capsys, *[a.format(npy=npy, npy12=npy12) for a in argv])
+    assert needle in one_line_error(code, err)
+
+
+def test_bench_mixture_rows_per_k(capsys, moe_repo):
+    argv = ["bench", "--model", "small-moe", "--batch", "4", "--experts", "1,2",
+            "--iterations", "2", "--warmup", "1", "--json"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["experts_per_image"] for r in rows] == [1, 2]
+    assert all(r["activation_bytes"] > 0 for r in rows)
+
+
+def test_eval_reports_accuracy_and_routing(capsys, tmp_path, monkeypatch):
+    from tests.test_datasets import write_split
+
+    data = tmp_path / "fashion"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    write_split(data, "test", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+                rng.integers(0, 10, 40, dtype=np.uint8))  # fmt: skip
+    monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
+    code, out, err = run(capsys, "eval", "--model", "fashion-moe", "--random-weights",
+                         "--data-dir", str(data), "--batch", "16", "--json")  # fmt: skip
+    assert code == 0, err
+    (result,) = [json.loads(line) for line in out.splitlines()]
+    assert result["images"] == 40 and 0 <= result["top1"] <= result["top5"] <= 1
+    assert sum(result["routing_share"]) == pytest.approx(1.0)
+    assert len(result["expert_top1"]) == 4 and 0 < result["mean_gate_weight"] <= 1
+    assert result["agreement_with_first"] == 1.0
+
+
+def test_eval_without_dataset_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "--model", "fashion-alexnet", "--random-weights",
+                       "--data-dir", str(tmp_path / "nowhere"))  # fmt: skip
+    assert "dataset-fashion-mnist" in one_line_error(code, err)
