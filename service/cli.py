@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from service.scores import probabilities, top_predictions
 from service.settings import Settings
 
 PRECISIONS = ("fp32",)
@@ -190,24 +189,6 @@ def cmd_devices(args: argparse.Namespace) -> int:
         )
     print("* default (select another with --device or MOE_DEVICE: 'P:D', 'pocl:0', a name)")
     return 0
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def probabilities(model: Any, outputs: np.ndarray) -> np.ndarray:
-    """Class probabilities: the network's own softmax, or one applied to its logits."""
-    if model.layers[-1]["op"] == "softmax":
-        return outputs
-    return _softmax(outputs.astype(np.float64)).astype(np.float32)
-
-
-def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"index": int(i), "label": labels[i], "score": float(probs[i])} for i in order]
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

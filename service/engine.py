@@ -119,7 +119,7 @@ def bucket_for(n: int, buckets: list[int]) -> int:
 
 
 class _ScoreKind:
-    """What `service.cli.probabilities` needs to know of a model (whether its last layer
+    """What `service.scores.probabilities` needs to know of a model (whether its last layer
     is a softmax), without holding the model: its host copy of the weights would double
     the resident memory once the device has its own."""
 
@@ -144,7 +144,7 @@ class NetworkRunner:
         self.weight_bytes = int(self.network.weight_bytes)
 
     def run(self, batch: np.ndarray, k: int | None) -> InferResult:
-        from service.cli import probabilities
+        from service.scores import probabilities
 
         n = len(batch)
         size = bucket_for(n, self.buckets)
@@ -183,7 +183,7 @@ class MixtureRunner:
         self.weight_bytes = int(self.network.weight_bytes)
 
     def run(self, batch: np.ndarray, k: int | None) -> InferResult:
-        from service.cli import probabilities
+        from service.scores import probabilities
 
         scores, routing = self.network.run(batch, k)
         routes = [

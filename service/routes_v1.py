@@ -169,7 +169,7 @@ async def classify(
     ] = None,
 ) -> JSONResponse:
     """Answers the top `top_k` classes with softmax scores, and where the time went."""
-    from service.cli import top_predictions
+    from service.scores import top_predictions
 
     state = _state(request)
     started = getattr(request.state, "started", time.monotonic())

@@ -1,0 +1,25 @@
+"""Class scores as users see them: softmax probabilities, the top k with labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def probabilities(model: Any, outputs: np.ndarray) -> np.ndarray:
+    """Class probabilities: the network's own softmax, or one applied to its logits."""
+    if model.layers[-1]["op"] == "softmax":
+        return outputs
+    return _softmax(outputs.astype(np.float64)).astype(np.float32)
+
+
+def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i], "score": float(probs[i])} for i in order]
