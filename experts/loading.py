@@ -36,11 +36,15 @@ def resolve_model(name: str, root: Path, random: bool = False, seed: int = 0) ->
     return repo.load(name)
 
 
-def build_network(model: Model, device: Device) -> Network | MixtureNetwork:
-    """The model compiled for `device`: a sequential network or a mixture of experts."""
+def build_network(
+    model: Model, device: Device, precision: str = "fp32"
+) -> Network | MixtureNetwork:
+    """The model compiled for `device` at `precision`: a sequential network or a
+    mixture of experts."""
     if model.is_mixture:
-        return MixtureNetwork(device, model.meta, model.weights)
-    return Network(device, model.layers, model.input_shape, model.weights)
+        return MixtureNetwork(device, model.meta, model.weights, precision)
+    return Network(device, model.layers, model.input_shape, model.weights,
+                   precision=precision)  # fmt: skip
 
 
 def forward(

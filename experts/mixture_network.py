@@ -43,28 +43,31 @@ class Routing:
 class MixtureNetwork:
     """Run a mixture on NCHW float32 batches; `run` returns (scores, routing)."""
 
-    def __init__(self, device: Device, meta: dict[str, Any], weights: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        device: Device,
+        meta: dict[str, Any],
+        weights: dict[str, np.ndarray],
+        precision: str = "fp32",
+    ) -> None:
         self.device = device
         self.spec: MixtureSpec = mixture_spec(meta)
         s = self.spec
-        self.stem = Network(device, s.stem, s.input_shape, part_weights(weights, "stem"))
         if len(s.stem_shape) != 3:
             raise SpecError(f"mixture stem: must end in C x H x W features, gives {s.stem_shape}")
-        self.gate = Network(device, s.gate, s.stem_shape, part_weights(weights, "gate"),
-                            input_layout="cnhw")  # fmt: skip
+
+        def part(layers: list, shape: tuple[int, ...], prefix: str, **kw: Any) -> Network:
+            return Network(device, layers, shape, part_weights(weights, prefix),
+                           precision=precision, **kw)  # fmt: skip
+
+        self.stem = part(s.stem, s.input_shape, "stem")
+        self.gate = part(s.gate, s.stem_shape, "gate", input_layout="cnhw")
         # An expert sees every sub-batch size from 1 to the batch: keep all their plans.
         self.experts = [
-            Network(
-                device,
-                s.expert,
-                s.stem_shape,
-                part_weights(weights, f"experts.{i}"),
-                max_plans=64,
-                input_layout="cnhw",
-            )  # fmt: skip
+            part(s.expert, s.stem_shape, f"experts.{i}", max_plans=64, input_layout="cnhw")
             for i in range(s.experts)
         ]
-        self.head = Network(device, s.head, (s.features,), part_weights(weights, "head"))
+        self.head = part(s.head, (s.features,), "head")
         parts = [self.stem, self.gate, *self.experts, self.head]
         self.weight_bytes = sum(p.weight_bytes for p in parts)
         self.input_shape = s.input_shape

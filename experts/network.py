@@ -16,6 +16,7 @@ import numpy as np
 
 from experts.spec import SpecError, normalise_layers, output_shape
 from kernels import ops
+from kernels.precision import get_precision
 from kernels.runtime import Device
 
 
@@ -66,8 +67,10 @@ class Network:
         weights: dict[str, np.ndarray],
         max_plans: int = 4,
         input_layout: str = "nchw",
+        precision: str = "fp32",
     ) -> None:
         self.device = device
+        self.precision = get_precision(precision)
         # "cnhw": the plan's input buffer is filled on the device in the internal layout
         # (by the mixture), so no layout change runs first.
         self.input_layout = input_layout
@@ -92,7 +95,7 @@ class Network:
         b = weights.get(f"{name}.bias")
         if op == "conv":
             return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
-                              layer["groups"], layer["relu"])  # fmt: skip
+                              layer["groups"], layer["relu"], self.precision)  # fmt: skip
         if op in ("maxpool", "avgpool"):
             return ops.Pool2d(d, shape, op[:3], layer["kernel"], layer["stride"],
                               layer["padding"], layer["ceil_mode"],
@@ -102,7 +105,7 @@ class Network:
         if op == "lrn":
             return ops.LRN(d, shape, layer["size"], layer["alpha"], layer["beta"], layer["k"])
         if op == "linear":
-            return ops.Linear(d, w, b, layer["relu"])
+            return ops.Linear(d, w, b, layer["relu"], self.precision)
         if op == "relu":
             return ops.Relu(d, int(np.prod(shape)))
         if op == "softmax":

@@ -156,8 +156,12 @@ def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
 
 
 def read_source(name: str) -> str:
-    """The text of kernels/cl/<name>."""
-    return resources.files("kernels").joinpath("cl", name).read_text(encoding="utf-8")
+    """The text of kernels/cl/<name>, with `#include "x.h"` lines replaced by the text
+    of kernels/cl/x.h: the program caches key on the source text, so a header edit must
+    change it (an -I include would leave stale binaries behind)."""
+    text = resources.files("kernels").joinpath("cl", name).read_text(encoding="utf-8")
+    return re.sub(r'^#include "([\w.]+)"\s*$', lambda m: read_source(m.group(1)), text,
+                  flags=re.MULTILINE)  # fmt: skip
 
 
 def _define(key: str, value: Any) -> str:

@@ -74,7 +74,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         ks = (args.experts or [model.mixture.k]) if model.is_mixture else [None]
         session = onnxruntime_session(model) if args.compare else None
         for precision in precisions:
-            network = build_network(model, device)
+            network = build_network(model, device, precision)
             for batch in args.batch:
                 x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
                 for k in ks:

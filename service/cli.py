@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kernels.precision import PRECISIONS as TABLE
 from service.scores import probabilities, top_predictions
 from service.settings import Settings
 
-PRECISIONS = ("fp32",)
+PRECISIONS = tuple(TABLE)  # kernels/precision.py
 
 
 class CliError(Exception):
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model name%s (default: setting MOE_DEFAULT_MODEL)"
                        % (" or comma list" if many else ""))  # fmt: skip
         p.add_argument("--precision", type=_precisions, default=None,
-                       help="fp32 (default: setting MOE_DEFAULT_PRECISION)")  # fmt: skip
+                       help=f"{', '.join(PRECISIONS)}%s (default: setting "
+                       "MOE_DEFAULT_PRECISION)" % (", comma list" if many else ""))  # fmt: skip
         p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
         p.add_argument("--models-dir", type=Path, default=None,
                        help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
@@ -201,7 +203,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
     batches = [(path, load_input(path, model.meta["input"])) for path in args.inputs]
     device = _open_device(settings)
-    network = build_network(model, device)
+    network = build_network(model, device, precision)
     results = []
     for path, x in batches:
         scores, routing = forward(network, x, args.experts)

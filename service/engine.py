@@ -133,12 +133,10 @@ class NetworkRunner:
     def __init__(self, model: Model, device: Any, precision: str, buckets: list[int]) -> None:
         from experts.loading import build_network
 
-        if precision != "fp32":
-            raise ModelError(f"model {model.name!r}: precision {precision} is not implemented yet")
         self.input_shape = model.input_shape
         self.scores = _ScoreKind(model)
         self.buckets = buckets
-        self.network = build_network(model, device)
+        self.network = build_network(model, device, precision)
         # Keep a plan per bucket: more sizes than Network's default would rebuild plans.
         self.network.max_plans = max(getattr(self.network, "max_plans", 4), len(buckets))
         self.weight_bytes = int(self.network.weight_bytes)
@@ -172,12 +170,10 @@ class MixtureRunner:
     def __init__(self, model: Model, device: Any, precision: str, max_batch: int) -> None:
         from experts.mixture_network import MixtureNetwork
 
-        if precision != "fp32":
-            raise ModelError(f"model {model.name!r}: precision {precision} is not implemented yet")
         self.input_shape = model.input_shape
         self.scores = _ScoreKind(model)
         self.max_batch = max_batch
-        self.network = MixtureNetwork(device, model.meta, model.weights)
+        self.network = MixtureNetwork(device, model.meta, model.weights, precision)
         for part in (self.network.stem, self.network.gate, self.network.head):
             part.max_plans = max(getattr(part, "max_plans", 4), max_batch)
         self.weight_bytes = int(self.network.weight_bytes)
@@ -249,7 +245,7 @@ def check_models(settings: Settings) -> list[str]:
 
 
 def check_precisions(precisions: list[str]) -> list[str]:
-    from service.cli import PRECISIONS
+    from kernels.precision import PRECISIONS
 
     if not precisions:
         raise ValueError(f"no precision given; supported: {', '.join(PRECISIONS)}")

@@ -81,7 +81,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     device = Device(settings.device)
     reference = None
     for precision in args.precision or [settings.default_precision]:
-        network = build_network(model, device)
+        network = build_network(model, device, precision)
         result = evaluate(network, x, labels, args.experts, args.batch, f"{name} {precision}")
         pred = result.pop("predictions")
         if reference is None:

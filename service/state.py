@@ -174,7 +174,7 @@ class ServiceState:
         self, info: ModelInfo, precision: str | None, top_k: int | None, k: Any
     ) -> tuple[Target, int]:
         """Check precision, top_k and k against the model: (target, top_k)."""
-        from service.cli import PRECISIONS
+        from kernels.precision import PRECISIONS
 
         served = self.engine.precisions
         if precision is None:

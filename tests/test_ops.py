@@ -10,6 +10,7 @@ import pytest
 from kernels import ops
 from kernels import reference as ref
 from kernels.ops.winograd import WinogradConv2d
+from kernels.precision import PRECISIONS, get_precision
 from tests.conftest import nmse
 
 FP32_NMSE = 1e-10  # float32 with a different summation order
@@ -216,3 +217,50 @@ def test_gather_images(device, rng):
     y = device.alloc(4 * 4 * 4 * 6)
     op(9, 4, device.upload(x), device.upload(idx), y)
     np.testing.assert_array_equal(device.read(y, (4, 4, 6)), x[:, idx])
+
+
+# -- precisions (kernels/precision.py): the twins compute with the stored weights ----------
+
+
+@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("implicit", [True, False])
+def test_conv2d_precisions(device, rng, name, implicit):
+    p = PRECISIONS[name]
+    x = rng.standard_normal((3, 6, 11, 9), np.float32)
+    wt = rng.standard_normal((10, 3, 5, 3), np.float32)
+    b = rng.standard_normal(10, np.float32)
+    op = ops.Conv2d(device, (6, 11, 9), wt, b, (2, 1), (2, 1), 2, True, implicit, precision=p)
+    got = run4d(device, op, x, op.scratch_bytes(3))
+    want = ref.conv2d(x, p.round_trip(wt), b, (2, 1), (2, 1), 2, True)
+    assert nmse(got, want) < FP32_NMSE
+
+
+@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("n,i,o", [(1, 300, 33), (8, 1031, 17), (13, 64, 9)])
+def test_linear_precisions(device, rng, name, n, i, o):
+    p = PRECISIONS[name]
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    b = rng.standard_normal(o, np.float32)
+    op = ops.Linear(device, wt, b, True, precision=p)
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y)
+    assert nmse(device.read(y, (n, o)), ref.linear(x, p.round_trip(wt), b, True)) < FP32_NMSE
+    assert op.weight_bytes == wt.size * np.dtype(p.weight_dtype).itemsize + 4 * o
+
+
+def test_winograd_fp16_weights(device, rng):
+    """Winograd stores its transformed weights U at the precision, not g: rounding U to
+    half costs more than rounding g (F(4x4, 3x3)'s transforms amplify it; measured
+    nmse ~5e-6 against ~1e-7 for direct convolution with half weights)."""
+    x = rng.standard_normal((2, 16, 13, 13), np.float32)
+    wt = rng.standard_normal((24, 16, 3, 3), np.float32)
+    op = WinogradConv2d(device, (16, 13, 13), wt, None, (1, 1), precision=PRECISIONS["fp16"])
+    got = run4d(device, op, x, op.scratch_bytes(2))
+    err = nmse(got, ref.conv2d(x, wt, None, 1, 1))
+    assert 1e-12 < err < 2e-5  # rounded (so not fp32), but only by half precision
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; supported: fp32, fp16"):
+        get_precision("fp8")

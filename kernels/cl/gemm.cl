@@ -14,7 +14,10 @@
 //  - gemm_packed: B already packed in global memory (the im2col fallback for devices
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
-// Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py).
+// Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py), WEIGHT_HALF
+// (A stored as half, precision.h).
+#include "precision.h"
+
 #define NB (16 * NV)
 
 #if NV == 3
@@ -55,7 +58,7 @@
     ACC(0) ACC(1) ACC(2) ACC(3) ACC(4) ACC(5) ACC(6) ACC(7) \
     for (int k = 0; k < K; ++k) { \
         LOADB((bp) + k * NB) \
-        const float8 a8 = vload8(k, a); \
+        const float8 a8 = LOADW8(k, a); \
         FMA(0, s0) FMA(1, s1) FMA(2, s2) FMA(3, s3) FMA(4, s4) FMA(5, s5) FMA(6, s6) FMA(7, s7) \
     } \
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) }
@@ -63,7 +66,7 @@
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
 // strides (in floats) apart.
 __kernel void gemm_packed(const int M, const int N, const int K,
-                          __global const float *restrict Ap,
+                          __global const wtype *restrict Ap,
                           __global const float *restrict Bp,
                           __global const float *restrict bias,
                           __global float *restrict C, const int ldc, const int c_row0,
@@ -73,7 +76,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     const int nt = get_global_id(1);
     const int e = get_global_id(2);
     const int m0 = mt * 8, n0 = nt * NB;
-    __global const float *a = Ap + (size_t)e * a_stride + (size_t)mt * K * 8;
+    __global const wtype *a = Ap + (size_t)e * a_stride + (size_t)mt * K * 8;
     __global const float *bp = Bp + (size_t)e * b_stride + (size_t)nt * K * NB;
     C += (size_t)e * c_stride;
     BLOCK(bp)
@@ -81,7 +84,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 
 // x: the (padded) input [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
 __kernel void conv_packed(const int M, const int N, const int K,
-                          __global const float *restrict Ap,
+                          __global const wtype *restrict Ap,
                           __global const float *restrict x,
                           __global const float *restrict bias,
                           __global float *restrict C, const int ldc, const int c_row0,
@@ -117,7 +120,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
-        __global const float *a = Ap + (size_t)mt * K * 8;
+        __global const wtype *a = Ap + (size_t)mt * K * 8;
         BLOCK(panel)
     }
 }

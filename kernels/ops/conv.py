@@ -8,10 +8,12 @@ import numpy as np
 import pyopencl as cl
 
 from kernels.geometry import conv_out
+from kernels.precision import PRECISIONS, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
 MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
+FP32 = PRECISIONS["fp32"]
 
 
 def choose_nv(columns: int) -> int:
@@ -51,6 +53,7 @@ class Conv2d:
         groups: int = 1,
         relu: bool = False,
         implicit: bool | None = None,
+        precision: Precision = FP32,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -65,7 +68,8 @@ class Conv2d:
         self.blocks = -(-self.mg // 8)
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
-        self.a = [device.upload(pack_rows(wg[g])) for g in range(groups)]
+        self.precision = precision
+        self.a = [device.upload(precision.store(pack_rows(wg[g]))) for g in range(groups)]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         self.weight_bytes = sum(a.size for a in self.a) + 4 * self.m
         self.relu = relu
@@ -80,7 +84,8 @@ class Conv2d:
         """The kernels for panels of 16 * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
-            d, defines, nb = self.device, {"NV": nv, "RELU": self.relu}, {"NB": 16 * nv}
+            d, nb = self.device, {"NB": 16 * nv}
+            defines = {"NV": nv, "RELU": self.relu, **self.precision.defines}
             if self.implicit:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
             else:

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from kernels.ops.conv import FP32
+from kernels.precision import Precision
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -20,15 +22,22 @@ class Linear:
     """
 
     def __init__(
-        self, device: Device, weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
+        self,
+        device: Device,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        relu: bool = False,
+        precision: Precision = FP32,
     ) -> None:
         self.device = device
         self.o, self.i = weight.shape
         self.relu = relu
         bias = np.zeros(self.o, np.float32) if bias is None else bias.astype(np.float32)
-        self.w = device.upload(weight.astype(np.float32))
+        stored = precision.store(weight)
+        self.w = device.upload(stored)
         self.b = device.upload(bias)
-        self.weight_bytes = 4 * (self.o * self.i + self.o)
+        self.weight_bytes = stored.nbytes + bias.nbytes
+        self.precision = precision
         self._kernels: dict[int, Any] = {}
 
     @property
@@ -42,7 +51,7 @@ class Linear:
         ro, rb = self._tile(n)
         kernel = self._kernels.get(rb)
         if kernel is None:
-            defines = {"RO": ro, "RB": rb, "RELU": self.relu}
+            defines = {"RO": ro, "RB": rb, "RELU": self.relu, **self.precision.defines}
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.ops.conv import Conv2d, choose_nv, pack_rows
+from kernels.ops.conv import FP32, Conv2d, choose_nv, pack_rows
+from kernels.precision import Precision
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -71,6 +72,7 @@ class WinogradConv2d:
         padding: tuple[int, int] = (0, 0),
         relu: bool = False,
         tile: int = TILE,
+        precision: Precision = FP32,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -82,13 +84,14 @@ class WinogradConv2d:
         self.th, self.tw = -(-self.oh // tile), -(-self.ow // tile)
         self.blocks = -(-self.m // 8)
         u = transform_weights(weight, tile)
-        packed = np.stack([pack_rows(ue) for ue in u])
+        packed = precision.store(np.stack([pack_rows(ue) for ue in u]))
         self.a_stride = packed[0].size
         self.u = device.upload(packed)
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
+        self.precision = precision
         at, _, bt = transforms(tile, r)
         self.defines = {"ALPHA": self.alpha, "MT": tile, "RELU": relu,
                         "BT_VALUES": _values(bt), "AT_VALUES": _values(at)}  # fmt: skip
@@ -101,7 +104,8 @@ class WinogradConv2d:
             d, defines = self.device, {**self.defines, "NB": 16 * nv}
             found = {"input": d.kernel("winograd.cl", "winograd_input", defines),
                      "output": d.kernel("winograd.cl", "winograd_output", defines),
-                     "gemm": d.kernel("gemm.cl", "gemm_packed", {"NV": nv, "RELU": 0})}  # fmt: skip
+                     "gemm": d.kernel("gemm.cl", "gemm_packed",
+                                      {"NV": nv, "RELU": 0, **self.precision.defines})}  # fmt: skip
             self._kernels[nv] = found
         return found
 
@@ -161,6 +165,7 @@ def conv2d(
     padding: tuple[int, int] = (0, 0),
     groups: int = 1,
     relu: bool = False,
+    precision: Precision = FP32,
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, 3x3) for 3x3
     stride-1 ungrouped layers (1.5-2.5x faster than direct on AlexNet's conv3-conv5),
@@ -168,5 +173,6 @@ def conv2d(
     on AlexNet's conv2: with 64 input channels its 36 GEMMs are too short (K = 64)
     to pay for the transforms."""
     if weight.shape[2:] == (3, 3) and tuple(stride) == (1, 1) and groups == 1:
-        return WinogradConv2d(device, in_shape, weight, bias, padding, relu)
-    return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu)
+        return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
+    return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
+                  precision=precision)  # fmt: skip
