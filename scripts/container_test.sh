@@ -24,6 +24,7 @@ skip() { printf 'SKIPPED: container-test: %s\n' "$*"; exit 0; }
 
 work=$(mktemp -d)
 imported_base=no
+# `rmi --force` also removes any container left running from the image.
 cleanup() {
     podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
     if [ "$imported_base" = yes ]; then podman rmi -f "$BASE" >/dev/null 2>&1 || true; fi
@@ -44,8 +45,10 @@ fi
 # -- the base image -----------------------------------------------------------------------
 make_rootfs_tar() {
     local rootfs=$work/rootfs
-    command -v debootstrap >/dev/null || { [ "$(id -u)" = 0 ] &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    if ! command -v debootstrap >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    fi
     say "debootstrap bookworm (minbase) from $MIRROR"
     debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 ||
         { tail -20 "$work/debootstrap.log"; return 1; }
@@ -96,10 +99,18 @@ else
 fi
 
 # -- can podman start a container here? ---------------------------------------------------
-# Some machines need runc instead of crun, cgroupfs and rlimits within the hard limits
+# Some machines need runc instead of crun, cgroupfs, and rlimits within the hard limits
 # (no CAP_SYS_RESOURCE): try the machine's own settings first, then ours (CONTAINERS_CONF
 # only for this run; the machine's /etc/containers is left as it is).
-hard() { local v; v=$(ulimit -H"$1"); [ "$v" = unlimited ] && v=1048576; echo "$v"; }
+
+# A hard limit of this shell; nproc also at most kernel.pid_max (runc was refused more).
+hard() {
+    local v cap=1048576
+    v=$(ulimit -H"$1")
+    [ "$1" = u ] && cap=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo "$cap")
+    if [ "$v" = unlimited ] || [ "$v" -gt "$cap" ]; then v=$cap; fi
+    echo "$v"
+}
 if ! podman run --rm --network none "$BASE" true >"$work/probe.log" 2>&1; then
     cat >"$work/containers.conf" <<EOF
 [containers]
