@@ -47,6 +47,10 @@ class Trainer:
         self.meta, self.config = meta, config
         self.model = build_model(meta).to(memory_format=torch.channels_last)
         self.mixture = isinstance(self.model, MixtureNet)
+        if config.dropout is not None:  # training only: dropout is the identity once served
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = config.dropout
         self.steps = -(-train_images // config.batch_size)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=None,
                    help="use only the first N images of each split (quick trials)")  # fmt: skip
     p.add_argument("--batch-size", type=_positive, default=128, help="images per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout while training (default: 0.25 mixture, spec's else)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
@@ -284,6 +287,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
+def _train_options(args: argparse.Namespace) -> dict[str, float]:
+    """--lr and --dropout when given (unset ones keep the per-arch defaults)."""
+    options = {"lr": args.lr, "dropout": args.dropout}
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from experts.datasets import DatasetError
     from experts.training import TrainingError, summary_line, train
@@ -291,7 +300,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else _settings(args).model_repository
     try:
         summary = train(args.arch, args.epochs, args.seed, out, args.batch_size,
-                        data_dir=args.data_dir, limit=args.limit)  # fmt: skip
+                        data_dir=args.data_dir, limit=args.limit,
+                        **_train_options(args))  # fmt: skip
     except (TrainingError, DatasetError) as exc:
         raise CliError(str(exc)) from exc
     print(summary_line(summary))

@@ -39,6 +39,7 @@ EVERY_OP = [
     {"name": "c2", "op": "conv", "out_channels": 6, "kernel": [3, 5], "stride": [1, 2],
      "padding": [1, 2], "groups": 2},
     {"name": "r2", "op": "relu"},
+    {"name": "n2", "op": "lrn", "size": 4, "alpha": 0.05, "beta": 0.5, "k": 1.0},
     {"name": "p2", "op": "avgpool", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
      "count_include_pad": False},
     {"name": "p3", "op": "adaptive_avgpool", "output_size": [3, 2]},
@@ -93,6 +94,17 @@ def test_specnet_matches_numpy_reference(layers, shape):
     got = torch_predictions(net, x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_lrn_matches_torch_for_odd_sizes():
+    """The banded-convolution LRN is torch's formula (which our engine shares for odd
+    sizes; for even ones the numpy reference above is the oracle)."""
+    from experts.training_nets import ChannelLRN
+
+    x = torch.randn(3, 32, 13, 13) * 3
+    for size in (1, 3, 5):
+        want = torch.nn.LocalResponseNorm(size, 1e-3, 0.75, 2.0)(x)
+        torch.testing.assert_close(ChannelLRN(32, size, 1e-3, 0.75, 2.0)(x), want)
 
 
 def test_specnet_logits_skip_the_final_softmax():
@@ -250,6 +262,8 @@ def test_bad_options():
         train("alexnet", epochs=1)
     with pytest.raises(TrainingError, match=">= 1"):
         train("fashion-moe", epochs=0)
+    with pytest.raises(TrainingError, match="dropout"):
+        train("fashion-moe", epochs=1, dropout=1.0)
 
 
 def test_imports_without_torch():
@@ -276,6 +290,7 @@ def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
     assert record["test_images"] == 512 and 0.0 <= record["test_accuracy"] <= 1.0
     assert record["parity"]["same_top1"] and record["parity"]["max_abs_diff"] < 1e-3
     assert summary["path"] == str(tmp_path / arch)
+    assert record["dropout"] == (0.25 if arch == "fashion-moe" else None)  # ARCH_DEFAULTS
     if arch == "fashion-moe":
         routing = record["routing"]
         assert sum(routing["counts"]) == 512 and len(routing["share"]) == 4
@@ -297,11 +312,13 @@ def test_same_seed_same_weights(tmp_path):
 @needs_data
 def test_cli_train(tmp_path, capsys):
     code = main(["train", "--arch", "fashion-moe", "--epochs", "1", "--limit", "256",
-                 "--out", str(tmp_path), "--seed", "3", "--batch-size", "64"])  # fmt: skip
+                 "--out", str(tmp_path), "--seed", "3", "--batch-size", "64",
+                 "--lr", "0.001", "--dropout", "0.1"])  # fmt: skip
     assert code == 0
     assert Repository(tmp_path).names() == ["fashion-moe"]
     record = json.loads((tmp_path / "fashion-moe" / "training.json").read_text())
     assert record["seed"] == 3 and record["batch_size"] == 64
+    assert record["lr"] == 0.001 and record["dropout"] == 0.1
     assert "test accuracy" in capsys.readouterr().out
 
 
