@@ -13,34 +13,7 @@ import pytest
 from experts.architectures import random_weights
 from experts.repository import Repository
 from service.cli import main
-
-TINY = {
-    "format": 1,
-    "name": "tiny",
-    "version": "1",
-    "input": {
-        "shape": [3, 16, 16],
-        "layout": "NCHW",
-        "color": "RGB",
-        "resize": None,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-    },  # fmt: skip
-    "labels": ["cat", "dog", "fish"],
-    "layers": [
-        {
-            "name": "conv1",
-            "op": "conv",
-            "out_channels": 8,
-            "kernel": 3,
-            "padding": 1,
-            "relu": True,
-        },  # fmt: skip
-        {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 2},
-        {"name": "flat", "op": "flatten"},
-        {"name": "fc", "op": "linear", "out_features": 3},
-    ],
-}
+from tests.service_fixtures import TINY
 
 
 @pytest.fixture
