@@ -1,10 +1,24 @@
 """The precision table: one row per precision, read by every launcher.
 
 A precision is data, not a class hierarchy and not a copy of a kernel: a row says how
-weights are stored and what `-D` defines the kernels are built with. Arithmetic and
-accumulation stay in float for both floating-point rows; fp16 halves the bytes of
-every weight (the fully connected layers of AlexNet are 96% of its parameters and,
-at small batch, bound by the memory traffic of reading them).
+weights are stored, how the dot products accumulate and what `-D` defines the kernels
+are built with (kernels/cl/precision.h turns those into types and macros).
+
+- fp32, fp16: float arithmetic; fp16 halves the bytes of every weight (the fully
+  connected layers of AlexNet are 96% of its parameters and, at small batch, bound
+  by the memory traffic of reading them).
+- int8, int16: symmetric per-output-channel weight scales; each layer's input is
+  quantised on load with the scale and zero point its calibrated range gives; the
+  products accumulate exactly in integers; the accumulator is dequantised once per
+  output (acc * weight_scale * input_scale + bias) into float, which is what the
+  next layer, a pool, LRN or softmax, reads. int8 products (at most 127 * 255 <
+  2^15) are summed in float registers in chunks of 512 (so every partial sum is an
+  integer below 2^24, exact) and flushed into int32: integer results at the speed of
+  the float units, which on CPUs outrun integer multiplies. int16 products need up to
+  31 bits, so int16 accumulates in int64.
+
+Every formula here is also what the numpy twins compute (kernels/reference.py), so
+the integer results match exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +28,23 @@ from typing import Any
 
 import numpy as np
 
+INT8_CHUNK = 512  # float partial sums of int8 products stay exact for 2^24 / 2^15 terms
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A [M][K] weight matrix as the GEMM and linear kernels take it."""
+
+    weights: np.ndarray  # [M][K] in the precision's storage dtype
+    scale: np.ndarray  # [M] float32: multiplies each row's accumulator (1 for floats)
+    qinv: np.float32  # 1 / input scale (quantised rows; 1 for floats)
+    qzero: np.float32  # input zero point (0 for floats)
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes (the scales are uploaded for every precision)."""
+        return self.weights.nbytes + self.scale.nbytes
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -22,27 +53,103 @@ class Precision:
     accumulate: str  # what the dot products accumulate in
     defines: dict[str, int] = field(default_factory=dict)
     description: str = ""
+    bits: int = 0  # integer bits of a quantised precision; 0 for floating point
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits > 0
+
+    @property
+    def weight_max(self) -> int:
+        """Largest quantised weight magnitude (symmetric: -qmax .. qmax)."""
+        return 2 ** (self.bits - 1) - 1
 
     def store(self, weights: np.ndarray) -> np.ndarray:
-        """Weights as the device keeps them (float32 in, this precision's storage out)."""
+        """Weights as the device keeps them (floating-point rows only)."""
+        if self.quantized:
+            raise ValueError(f"{self.name} weights need a scale: use quantize_weights")
         return np.ascontiguousarray(weights, dtype=self.weight_dtype)
 
     def round_trip(self, weights: np.ndarray) -> np.ndarray:
         """The float32 values the kernels compute with: the numpy twins' weights."""
+        if self.quantized:
+            q, scale = self.quantize_weights(weights.reshape(weights.shape[0], -1))
+            return (q * scale[:, None]).reshape(weights.shape).astype(np.float32)
         return self.store(weights).astype(np.float32)
+
+    def quantize_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[M][K] float -> (q [M][K] in weight_dtype, scale [M] float32), w ~ q * scale.
+
+        Symmetric per output channel: the row's largest magnitude maps to qmax, zero to
+        zero (so zero padding and pruned weights stay exact)."""
+        w = np.asarray(w, np.float32)
+        peak = np.abs(w).max(axis=1) if w.size else np.zeros(len(w), np.float32)
+        scale = np.where(peak > 0, peak / self.weight_max, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale[:, None]), -self.weight_max, self.weight_max)
+        return q.astype(self.weight_dtype), scale
+
+    def activation_params(self, low: float, high: float) -> tuple[float, float]:
+        """(scale, zero point) for inputs calibrated to [low, high]: the range is
+        widened to hold 0 (padding must quantise exactly) and spread over the full
+        signed range [-2^(b-1), 2^(b-1) - 1]; x ~ scale * (q - zero)."""
+        lo, hi = min(float(low), 0.0), max(float(high), 0.0)
+        qmin, qmax = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        scale = float(np.float32((hi - lo) / (qmax - qmin))) if hi > lo else 1.0
+        zero = float(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
+        return scale, zero
+
+    def prepare(
+        self, w: np.ndarray, input_range: tuple[float, float] | None = None, name: str = "layer"
+    ) -> Prepared:
+        """[M][K] float32 weights -> what the kernels read. Quantised rows need the
+        calibrated range of the layer's input."""
+        ones = np.ones(len(w), np.float32)
+        if not self.quantized:
+            return Prepared(self.store(w), ones, np.float32(1), np.float32(0))
+        if input_range is None:
+            raise ValueError(f"{name}: {self.name} needs the calibrated range of its input")
+        q, weight_scale = self.quantize_weights(w)
+        self.check_accumulator(q, name)
+        scale, zero = self.activation_params(*input_range)
+        return Prepared(q, weight_scale * np.float32(scale), np.float32(1 / scale),
+                        np.float32(zero))  # fmt: skip
+
+    def check_accumulator(self, q: np.ndarray, name: str) -> None:
+        """Refuse weights whose worst-case dot product would overflow the integer
+        accumulator (int32 for int8, int64 for int16): sum |q| times the largest input
+        offset, 2^bits - 1."""
+        if not self.quantized:
+            return
+        worst = int(np.abs(q.astype(np.int64)).sum(axis=1).max(initial=0)) * (2**self.bits - 1)
+        limit = 2**31 - 1 if self.bits == 8 else 2**63 - 1
+        if worst > limit:
+            raise ValueError(
+                f"{name}: {self.name} weights could overflow the {self.accumulate} "
+                f"accumulator (worst case {worst:.3g} > {limit:.3g}); run this layer at "
+                f"another precision"
+            )
+
+
+def _quantized(name: str, bits: int, dtype: Any, accumulate: str, description: str) -> Precision:
+    return Precision(name, dtype, accumulate, {"WEIGHT_HALF": 0, "QBITS": bits}, description,
+                     bits)  # fmt: skip
 
 
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
-        Precision("fp32", np.float32, "float", {"WEIGHT_HALF": 0}, "the reference"),
+        Precision("fp32", np.float32, "float", {"WEIGHT_HALF": 0, "QBITS": 0}, "the reference"),
         Precision(
             "fp16",
             np.float16,
             "float",
-            {"WEIGHT_HALF": 1},
+            {"WEIGHT_HALF": 1, "QBITS": 0},
             "weights stored as half (vload_half), float arithmetic",
         ),  # fmt: skip
+        _quantized("int16", 16, np.int16, "int64",
+                   "int16 weights and inputs, exact int64 accumulation"),  # fmt: skip
+        _quantized("int8", 8, np.int8, "int32",
+                   "int8 weights and inputs, exact int32 accumulation"),  # fmt: skip
     )
 }
 

@@ -24,15 +24,9 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int
     )
 
 
-def conv2d(
-    x: np.ndarray,
-    weight: np.ndarray,
-    bias: np.ndarray | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    groups: int = 1,
-    relu: bool = False,
-) -> np.ndarray:
+def _conv64(x: np.ndarray, weight: np.ndarray, stride, padding, groups: int) -> np.ndarray:
+    """Convolution without bias in float64 (exact for integer inputs whose sums stay
+    below 2^53, as the quantised twins' do)."""
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     n, c, h, w = x.shape
@@ -46,8 +40,21 @@ def conv2d(
         win = _windows(xp[:, g * cg : (g + 1) * cg], kh, kw, sh, sw, oh, ow)
         wg = weight[g * mg : (g + 1) * mg].astype(np.float64)
         out[:, g * mg : (g + 1) * mg] = np.einsum("ncyxij,mcij->nmyx", win, wg, optimize=True)
+    return out
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
+    out = _conv64(x, weight, stride, padding, groups)
     if bias is not None:
-        out += bias.reshape(1, m, 1, 1)
+        out += bias.reshape(1, -1, 1, 1)
     if relu:
         out = np.maximum(out, 0)
     return out.astype(np.float32)
@@ -140,6 +147,65 @@ def linear(
     if relu:
         out = np.maximum(out, 0)
     return out.astype(np.float32)
+
+
+# -- quantised twins (kernels/precision.py): the same integer arithmetic as the kernels --
+
+
+def quantize(x: np.ndarray, qinv: float, qzero: float, bits: int) -> np.ndarray:
+    """Inputs as quantised offsets q - zero (int64): q = clamp(rint(x / scale) + zero),
+    with x / scale computed as the kernels do, x * float32(1 / scale)."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    q = np.clip(np.rint(x.astype(np.float32) * np.float32(qinv)) + np.float32(qzero), lo, hi)
+    return (q - np.float32(qzero)).astype(np.int64)
+
+
+def dequantize(acc: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, relu: bool,
+               axis: int) -> np.ndarray:  # fmt: skip
+    """Integer accumulators -> float32 outputs: acc * scale[channel] + bias[channel]
+    (float32 arithmetic, as the kernels' epilogue)."""
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    y = acc.astype(np.float32) * scale.astype(np.float32).reshape(shape)
+    if bias is not None:
+        y = y + bias.astype(np.float32).reshape(shape)
+    return np.maximum(y, 0) if relu else y
+
+
+def conv2d_quantized(
+    x: np.ndarray,
+    q: np.ndarray,
+    scale: np.ndarray,
+    qinv: float,
+    qzero: float,
+    bits: int,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
+    """Quantised convolution: q (integer weights, [M][Cg][KH][KW]) against the
+    quantised input (padding is offset 0, an exact zero), exact integer sums, then
+    dequantised per output channel."""
+    xq = quantize(x, qinv, qzero, bits)
+    acc = np.rint(_conv64(xq, q, stride, padding, groups)).astype(np.int64)
+    return dequantize(acc, scale, bias, relu, axis=1)
+
+
+def linear_quantized(
+    x: np.ndarray,
+    q: np.ndarray,
+    scale: np.ndarray,
+    qinv: float,
+    qzero: float,
+    bits: int,
+    bias: np.ndarray | None = None,
+    relu: bool = False,
+) -> np.ndarray:
+    """Quantised fully connected layer (q stored out x in), exact integer sums."""
+    acc = quantize(x, qinv, qzero, bits) @ q.astype(np.int64).T
+    return dequantize(acc, scale, bias, relu, axis=1)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

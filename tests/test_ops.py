@@ -221,32 +221,140 @@ def test_gather_images(device, rng):
 
 # -- precisions (kernels/precision.py): the twins compute with the stored weights ----------
 
+FLOATS = [n for n, p in PRECISIONS.items() if not p.quantized]
+QUANTIZED = [n for n, p in PRECISIONS.items() if p.quantized]
+
+
+def assert_dequantized_close(got: np.ndarray, want: np.ndarray, scale_of: np.ndarray) -> None:
+    """Quantised kernels sum exactly in integers; only the float epilogue (acc * scale +
+    bias, which the device may fuse into one fma) may differ: by an ulp or two of the
+    larger term. `scale_of` is that term's magnitude, elementwise. An integer sum off
+    by one would miss by a whole scale step, far more than that."""
+    tol = 2 * np.spacing(np.abs(scale_of).astype(np.float32))
+    bad = np.abs(got - want) > tol
+    assert not bad.any(), f"{bad.sum()} of {bad.size} outputs differ beyond an ulp"
+
+
+def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
+    """The numpy result for a Conv2d at precision p, and the tolerance scale."""
+    if not p.quantized:
+        return ref.conv2d(x, p.round_trip(wt), b, stride, pad, groups, relu), None
+    m, mg = wt.shape[0], wt.shape[0] // groups
+    parts = [p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range)
+             for g in range(groups)]  # fmt: skip
+    q = np.concatenate([pp.weights for pp in parts]).reshape(wt.shape)
+    scale = np.concatenate([pp.scale for pp in parts])
+    qinv, qzero = parts[0].qinv, parts[0].qzero
+    want = ref.conv2d_quantized(x, q, scale, qinv, qzero, p.bits, b, stride, pad, groups, relu)
+    raw = ref.conv2d_quantized(x, q, scale, qinv, qzero, p.bits, None, stride, pad, groups)
+    return want, np.abs(raw) + np.abs(b).reshape(1, m, 1, 1)
+
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))
 @pytest.mark.parametrize("implicit", [True, False])
-def test_conv2d_precisions(device, rng, name, implicit):
+@pytest.mark.parametrize("case", CONV_CASES[:4])
+def test_conv2d_precisions(device, rng, name, implicit, case):
+    n, c, h, w, m, k, stride, pad, groups, relu = case
+    kh, kw = (k, k) if isinstance(k, int) else k
     p = PRECISIONS[name]
-    x = rng.standard_normal((3, 6, 11, 9), np.float32)
-    wt = rng.standard_normal((10, 3, 5, 3), np.float32)
-    b = rng.standard_normal(10, np.float32)
-    op = ops.Conv2d(device, (6, 11, 9), wt, b, (2, 1), (2, 1), 2, True, implicit, precision=p)
-    got = run4d(device, op, x, op.scratch_bytes(3))
-    want = ref.conv2d(x, p.round_trip(wt), b, (2, 1), (2, 1), 2, True)
-    assert nmse(got, want) < FP32_NMSE
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    input_range = (-2.5, 3.0)  # some inputs fall outside and saturate
+    op = ops.Conv2d(device, (c, h, w), wt, b, (sh, sw), (ph, pw), groups, relu, implicit,
+                    precision=p, input_range=input_range)  # fmt: skip
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
+    if p.quantized:
+        assert_dequantized_close(got, want, scale_of)
+    else:
+        assert nmse(got, want) < FP32_NMSE
+
+
+def test_int8_conv_sums_past_one_chunk_exactly(device, rng):
+    """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
+    times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
+    2^24, where a float would start dropping integers)."""
+    p = PRECISIONS["int8"]
+    wt = np.where(rng.random((9, 64, 5, 5)) < 0.5, -1.0, 1.0).astype(np.float32)
+    wt[0] = 1.0
+    x = rng.uniform(-1, 10, (2, 64, 5, 5)).astype(np.float32)
+    x[0] = 10.0  # saturates at offset 255
+    input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
+    op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, True,
+                    precision=p, input_range=input_range)  # fmt: skip
+    got = run4d(device, op, x, op.scratch_bytes(2))
+    want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
+    assert_dequantized_close(got, want, scale_of)
+    assert want[0, 0, 0, 0] == pytest.approx(1600.0, rel=1e-6)  # 1600 * 127 * 255 * scale
 
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))
-@pytest.mark.parametrize("n,i,o", [(1, 300, 33), (8, 1031, 17), (13, 64, 9)])
+@pytest.mark.parametrize("n,i,o", [(1, 300, 33), (8, 1031, 17), (13, 64, 9), (2, 9000, 5)])
 def test_linear_precisions(device, rng, name, n, i, o):
     p = PRECISIONS[name]
     x = rng.standard_normal((n, i), np.float32)
     wt = rng.standard_normal((o, i), np.float32)
     b = rng.standard_normal(o, np.float32)
-    op = ops.Linear(device, wt, b, True, precision=p)
+    input_range = (-1.5, 2.0)
+    op = ops.Linear(device, wt, b, True, precision=p, input_range=input_range)
     y = device.alloc(4 * n * o)
     op(n, device.upload(x), y)
-    assert nmse(device.read(y, (n, o)), ref.linear(x, p.round_trip(wt), b, True)) < FP32_NMSE
-    assert op.weight_bytes == wt.size * np.dtype(p.weight_dtype).itemsize + 4 * o
+    got = device.read(y, (n, o))
+    assert op.weight_bytes == wt.size * np.dtype(p.weight_dtype).itemsize + 8 * o
+    if not p.quantized:
+        assert nmse(got, ref.linear(x, p.round_trip(wt), b, True)) < FP32_NMSE
+        return
+    pp = p.prepare(wt, input_range)
+    args = (pp.weights, pp.scale, pp.qinv, pp.qzero, p.bits)
+    want = ref.linear_quantized(x, *args, b, True)
+    scale_of = np.abs(ref.linear_quantized(x, *args)) + np.abs(b)
+    assert_dequantized_close(got, want, scale_of)
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_quantized_layers_need_a_range(device, rng, name):
+    with pytest.raises(ValueError, match=f"linear: {name} needs the calibrated range"):
+        ops.Linear(device, rng.standard_normal((4, 8), np.float32), None,
+                   precision=PRECISIONS[name])  # fmt: skip
+
+
+def test_accumulator_overflow_is_refused_before_upload(device):
+    """70,000 int8 weights at 127 against inputs at offset 255 could pass 2^31."""
+    wt = np.ones((2, 70_000), np.float32)
+    with pytest.raises(ValueError, match="could overflow the int32 accumulator"):
+        ops.Linear(device, wt, None, precision=PRECISIONS["int8"], input_range=(0, 1))
+    ops.Linear(device, wt, None, precision=PRECISIONS["int16"], input_range=(0, 1))  # int64
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_weight_quantization_round_trip(rng, name):
+    p = PRECISIONS[name]
+    w = rng.standard_normal((6, 50), np.float32) * np.float32([[1e-3], [1], [30], [0], [2], [5]])
+    q, scale = p.quantize_weights(w)
+    assert q.dtype == p.weight_dtype and np.abs(q).max() == p.weight_max
+    assert np.all(np.abs(w - q * scale[:, None]) <= scale[:, None] / 2 * (1 + 1e-6))
+    assert not q[3].any() and scale[3] == 1.0  # an all-zero row stays zero
+    np.testing.assert_array_equal(p.round_trip(w), (q * scale[:, None]).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("low,high", [(-3.0, 5.0), (0.0, 6.0), (0.5, 2.0), (-4.0, -1.0)])
+def test_activation_quantization_round_trip(rng, name, low, high):
+    """Zero is exact (padding); values inside the range come back within half a step;
+    values outside saturate at the range's ends."""
+    p = PRECISIONS[name]
+    scale, zero = p.activation_params(low, high)
+    x = rng.uniform(min(low, 0), max(high, 0), 1000).astype(np.float32)
+    x[:3] = [0.0, min(low, 0), max(high, 0)]
+    back = ref.quantize(x, np.float32(1 / scale), zero, p.bits) * scale
+    assert back[0] == 0.0
+    assert np.abs(back - x).max() <= scale * 0.51  # float32 x / scale rounds too
+    far = ref.quantize(np.float32([1e6, -1e6]), np.float32(1 / scale), zero, p.bits) * scale
+    assert far[0] == pytest.approx(max(high, 0), abs=scale)
+    assert far[1] == pytest.approx(min(low, 0), abs=scale)
 
 
 def test_winograd_fp16_weights(device, rng):
@@ -262,5 +370,5 @@ def test_winograd_fp16_weights(device, rng):
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match="unknown precision 'fp8'; supported: fp32, fp16"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; supported: fp32, fp16, int16, int8"):
         get_precision("fp8")

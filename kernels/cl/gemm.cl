@@ -15,29 +15,36 @@
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
 // Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py), WEIGHT_HALF
-// (A stored as half, precision.h).
+// and QBITS (precision.h). Quantised precisions quantise B as it is gathered (QX),
+// accumulate exactly (precision.h) and scale each row's total by scale[row]; float
+// ones pass scale = 1.
 #include "precision.h"
 
 #define NB (16 * NV)
 
+// EACH(X, r): X(r, q) for the NV column vectors q of block row r.
 #if NV == 3
-#define ACC(r) float16 c##r##0 = 0.0f, c##r##1 = 0.0f, c##r##2 = 0.0f;
-#define FMA(r, s) { float16 t = (float16)(a8.s); c##r##0 = MAD(t, b0, c##r##0); \
-    c##r##1 = MAD(t, b1, c##r##1); c##r##2 = MAD(t, b2, c##r##2); }
-#define LOADB(p) float16 b0 = vload16(0, p), b1 = vload16(1, p), b2 = vload16(2, p);
-#define VECS(r) float16 v[3] = {c##r##0, c##r##1, c##r##2};
-#elif NV == 1
-#define ACC(r) float16 c##r##0 = 0.0f;
-#define FMA(r, s) { c##r##0 = MAD((float16)(a8.s), b0, c##r##0); }
-#define LOADB(p) float16 b0 = vload16(0, p);
-#define VECS(r) float16 v[1] = {c##r##0};
+#define EACH(X, r) X(r, 0) X(r, 1) X(r, 2)
+#elif NV == 2
+#define EACH(X, r) X(r, 0) X(r, 1)
 #else
-#define ACC(r) float16 c##r##0 = 0.0f, c##r##1 = 0.0f;
-#define FMA(r, s) { float16 t = (float16)(a8.s); c##r##0 = MAD(t, b0, c##r##0); \
-    c##r##1 = MAD(t, b1, c##r##1); }
-#define LOADB(p) float16 b0 = vload16(0, p), b1 = vload16(1, p);
-#define VECS(r) float16 v[2] = {c##r##0, c##r##1};
+#define EACH(X, r) X(r, 0)
 #endif
+#define ROWS(X) EACH(X, 0) EACH(X, 1) EACH(X, 2) EACH(X, 3) \
+    EACH(X, 4) EACH(X, 5) EACH(X, 6) EACH(X, 7)
+
+// c: the running sums; int8 also keeps t, the int totals its chunks flush into.
+#if QBITS == 8
+#define DECL(r, q) acc16 c##r##q = 0; int16 t##r##q = 0;
+#define FLUSH(r, q) t##r##q += convert_int16(c##r##q); c##r##q = 0.0f;
+#define TOTAL(r, q) convert_float16(t##r##q),
+#else
+#define DECL(r, q) acc16 c##r##q = 0;
+#define FLUSH(r, q)
+#define TOTAL(r, q) convert_float16(c##r##q),
+#endif
+#define LOADB(r, q) const float16 b##q = vload16(q, bk);
+#define MAC(r, q) c##r##q = MACC((float16)(a8.s##r), b##q, c##r##q);
 
 #if RELU
 #define ACT(x) fmax((x), 0.0f)
@@ -46,29 +53,37 @@
 #endif
 
 // Row r of the block goes to C row c_row0 + m0 + r; the last panel may be cut at N.
-#define STORE(r) if (m0 + r < M) { VECS(r) \
-    const float bb = bias[m0 + r]; \
+#define STORE(r) if (m0 + r < M) { float16 v[NV] = {EACH(TOTAL, r)}; \
+    const float bb = bias[m0 + r], sc = scale[m0 + r]; \
     __global float *o = C + (size_t)(c_row0 + m0 + r) * ldc + n0; \
-    if (n0 + NB <= N) { for (int q = 0; q < NV; ++q) vstore16(ACT(v[q] + bb), q, o); } \
+    if (n0 + NB <= N) { for (int q = 0; q < NV; ++q) vstore16(ACT(v[q] * sc + bb), q, o); } \
     else { for (int q = 0; q < NV; ++q) for (int e = 0; e < 16; ++e) \
-        if (n0 + 16 * q + e < N) o[16 * q + e] = ACT(v[q][e] + bb); } }
+        if (n0 + 16 * q + e < N) o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
 
-// One 8 x NB block of C: rows m0.. from A panel `a`, columns n0.. from B panel `bp`.
-#define BLOCK(bp) { \
-    ACC(0) ACC(1) ACC(2) ACC(3) ACC(4) ACC(5) ACC(6) ACC(7) \
-    for (int k = 0; k < K; ++k) { \
-        LOADB((bp) + k * NB) \
-        const float8 a8 = LOADW8(k, a); \
-        FMA(0, s0) FMA(1, s1) FMA(2, s2) FMA(3, s3) FMA(4, s4) FMA(5, s5) FMA(6, s6) FMA(7, s7) \
+// One 8 x NB block of C: rows m0.. from A panel `a`, columns n0.. from B panel `bp`
+// (in address space `space`).
+#define BLOCK(bp, space) { \
+    ROWS(DECL) \
+    for (int k0 = 0; k0 < K; k0 += QCHUNK) { \
+        const int k1 = min(K, k0 + QCHUNK); \
+        for (int k = k0; k < k1; ++k) { \
+            space const float *bk = (bp) + k * NB; \
+            EACH(LOADB, 0) \
+            const float8 a8 = LOADW8(k, a); \
+            ROWS(MAC) \
+        } \
+        ROWS(FLUSH) \
     } \
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) }
 
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
-// strides (in floats) apart.
+// strides (in elements) apart. B is already quantised (im2col applied QX).
 __kernel void gemm_packed(const int M, const int N, const int K,
                           __global const wtype *restrict Ap,
                           __global const float *restrict Bp,
                           __global const float *restrict bias,
+                          __global const float *restrict scale,
+                          const float qinv, const float qzero,
                           __global float *restrict C, const int ldc, const int c_row0,
                           const int a_stride, const int b_stride, const int c_stride)
 {
@@ -79,7 +94,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     __global const wtype *a = Ap + (size_t)e * a_stride + (size_t)mt * K * 8;
     __global const float *bp = Bp + (size_t)e * b_stride + (size_t)nt * K * NB;
     C += (size_t)e * c_stride;
-    BLOCK(bp)
+    BLOCK(bp, __global)
 }
 
 // x: the (padded) input [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
@@ -87,6 +102,8 @@ __kernel void conv_packed(const int M, const int N, const int K,
                           __global const wtype *restrict Ap,
                           __global const float *restrict x,
                           __global const float *restrict bias,
+                          __global const float *restrict scale,
+                          const float qinv, const float qzero,
                           __global float *restrict C, const int ldc, const int c_row0,
                           const int batch, const int HP, const int WP, const int c0,
                           const int KH, const int KW, const int SH, const int SW,
@@ -111,7 +128,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
         for (int i = 0; i < KH; ++i) {
             for (int j = 0; j < KW; ++j) {
                 __global const float *src = x + (c0 + c) * plane + i * WP + j;
-                for (int t = 0; t < NB; ++t) dst[t] = src[off[t]];
+                for (int t = 0; t < NB; ++t) dst[t] = QX(src[off[t]]);
                 dst += NB;
             }
         }
@@ -121,6 +138,6 @@ __kernel void conv_packed(const int M, const int N, const int K,
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
         __global const wtype *a = Ap + (size_t)mt * K * 8;
-        BLOCK(panel)
+        BLOCK(panel, __local)
     }
 }

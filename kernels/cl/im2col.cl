@@ -6,13 +6,16 @@
 // One work-item copies one output row (b, oy) of one k: OW values, contiguous in the
 // destination except where a panel ends, so the inner loop is a plain strided copy.
 // Columns past the batch in the last panel are zeroed by im2col_tail.
-// Defines: NB (im2col kernels only).
+// Quantised precisions quantise each value as they copy it (QX, precision.h).
+// Defines: NB (im2col kernels only), QBITS.
+#include "precision.h"
+
 #ifdef NB
 __kernel void im2col_packed(__global const float *restrict x, __global float *restrict cols,
                             const int N, const int H, const int W, const int c0,
                             const int KH, const int KW, const int SH, const int SW,
                             const int PH, const int PW, const int OH, const int OW,
-                            const int K)
+                            const int K, const float qinv, const float qzero)
 {
     const int k = get_global_id(0);
     const int row = get_global_id(1);  // b * OH + oy
@@ -30,7 +33,7 @@ __kernel void im2col_packed(__global const float *restrict x, __global float *re
         __global float *dst = cols + ((size_t)(n / NB) * K + k) * NB + t;
         for (int q = 0; q < run; ++q) {
             const int ix = (ox + q) * SW - PW + j;
-            dst[q] = (row_in && ix >= 0 && ix < W) ? src[ix] : 0.0f;
+            dst[q] = (row_in && ix >= 0 && ix < W) ? QX(src[ix]) : 0.0f;
         }
         ox += run;
         n += run;

@@ -1,17 +1,94 @@
-// Weight storage by precision (kernels/precision.py): float, or half read through
-// vload_half (which needs no cl_khr_fp16: the arithmetic stays in float).
-// Defines: WEIGHT_HALF (0/1).
+// Types and macros of each precision (the table in kernels/precision.py).
+// Defines: WEIGHT_HALF (0/1: weights stored as half, read through vload_half, which
+// needs no cl_khr_fp16), QBITS (0 floating point, 8 or 16 quantised).
+//
+// Quantised kernels read float activations and quantise them on load with the
+// arguments qinv (1 / input scale) and qzero (zero point): QX gives q - zero, an
+// integer held exactly in a float. Accumulation (see precision.py for why):
+//  - QBITS 8: float partial sums, flushed every QCHUNK products into int totals;
+//  - QBITS 16: int64 (long) products and sums;
+// the epilogue multiplies the total by the per-row scale (weight scale * input scale).
 #ifndef WEIGHT_HALF
 #define WEIGHT_HALF 0
 #endif
-#if WEIGHT_HALF
+#ifndef QBITS
+#define QBITS 0
+#endif
+
+#if QBITS == 8
+#define wtype char
+#elif QBITS == 16
+#define wtype short
+#elif WEIGHT_HALF
 #define wtype half
+#else
+#define wtype float
+#endif
+
+#if WEIGHT_HALF
 #define LOADW(i, p) vload_half((i), (p))
 #define LOADW8(i, p) vload_half8((i), (p))
 #define LOADW16(i, p) vload_half16((i), (p))
+#elif QBITS
+#define LOADW(i, p) ((float)(p)[i])
+#define LOADW8(i, p) convert_float8(vload8((i), (p)))
+#define LOADW16(i, p) convert_float16(vload16((i), (p)))
 #else
-#define wtype float
 #define LOADW(i, p) ((p)[i])
 #define LOADW8(i, p) vload8((i), (p))
 #define LOADW16(i, p) vload16((i), (p))
+#endif
+
+#if QBITS
+#define QLO (-(float)(1 << (QBITS - 1)))
+#define QHI ((float)((1 << (QBITS - 1)) - 1))
+#define QX(v) (clamp(rint((v) * qinv) + qzero, QLO, QHI) - qzero)
+#else
+#define QX(v) (v)
+#endif
+
+// acc16: the running sum of 16 lanes; MACC(w, x, c): c + w * x on it (w, x float16);
+// QCHUNK: products a lane may add before FLUSH moves its partial sum into tot16.
+#if QBITS == 16
+#define acc16 long16
+#define accs long
+#define MACC(w, x, c) ((c) + convert_long16(w) * convert_long16(x))
+#define QCHUNK (1 << 26)
+#elif QBITS == 8
+#define acc16 float16
+#define accs int
+#define MACC(w, x, c) MAD(w, x, c)
+#define QCHUNK 512
+#else
+#define acc16 float16
+#define accs float
+#define MACC(w, x, c) MAD(w, x, c)
+#define QCHUNK (1 << 26)
+#endif
+
+// The 16 lanes of a running sum added up into the scalar total type (for int8, the
+// float lanes hold integers below 2^24: converted exactly, added in int).
+inline float hsum_float(float16 a)
+{
+    float8 s8 = a.lo + a.hi;
+    float4 s4 = s8.lo + s8.hi;
+    return s4.x + s4.y + s4.z + s4.w;
+}
+#if QBITS == 8
+inline int hsum(float16 a)
+{
+    int16 v = convert_int16(a);
+    int8 s8 = v.lo + v.hi;
+    int4 s4 = s8.lo + s8.hi;
+    return s4.x + s4.y + s4.z + s4.w;
+}
+#elif QBITS == 16
+inline long hsum(long16 a)
+{
+    long8 s8 = a.lo + a.hi;
+    long4 s4 = s8.lo + s8.hi;
+    return s4.x + s4.y + s4.z + s4.w;
+}
+#else
+#define hsum hsum_float
 #endif

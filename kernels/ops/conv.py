@@ -32,7 +32,7 @@ def pack_rows(a: np.ndarray, block: int = 8) -> np.ndarray:
     """[M][K] -> [ceil(M/block)][K][block], zero rows appended: the GEMM's A panels."""
     m, k = a.shape
     mp = -(-m // block) * block
-    padded = np.zeros((mp, k), np.float32)
+    padded = np.zeros((mp, k), a.dtype)
     padded[:m] = a
     return np.ascontiguousarray(padded.reshape(mp // block, block, k).transpose(0, 2, 1))
 
@@ -58,6 +58,7 @@ class Conv2d:
         relu: bool = False,
         implicit: bool | None = None,
         precision: Precision = FP32,
+        input_range: tuple[float, float] | None = None,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -73,9 +74,13 @@ class Conv2d:
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.precision = precision
-        self.a = [device.upload(precision.store(pack_rows(wg[g]))) for g in range(groups)]
+        # Quantised: one input range for the layer, scales per output channel.
+        prepared = [precision.prepare(wg[g], input_range, "conv") for g in range(groups)]
+        self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
+        self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
+        self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
-        self.weight_bytes = sum(a.size for a in self.a) + 4 * self.m
+        self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
         if implicit is None:  # the widest panel must fit
             implicit = device.is_cpu and 4 * self.k * 48 <= device.cl_device.local_mem_size
@@ -93,6 +98,7 @@ class Conv2d:
             if self.implicit:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
             else:
+                nb = {**nb, **self.precision.defines}
                 found = {"gemm": d.kernel("gemm.cl", "gemm_packed", defines),
                          "im2col": d.kernel("im2col.cl", "im2col_packed", nb),
                          "tail": d.kernel("im2col.cl", "im2col_tail", nb)}  # fmt: skip
@@ -139,6 +145,7 @@ class Conv2d:
             self.device.launch(
                 conv, (panels, parts), (1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], x, self.bias[g],
+                self.scale[g], self.qinv, self.qzero,
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
                 I32(self.oh), I32(self.ow), I32(per_item), local,
@@ -154,11 +161,13 @@ class Conv2d:
                 I32(n), I32(self.h), I32(self.w), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
                 I32(self.ph), I32(self.pw), I32(self.oh), I32(self.ow), I32(self.k),
+                self.qinv, self.qzero,
             )  # fmt: skip
             if cols % nb:
                 self.device.launch(kern["tail"], (self.k,), None, scratch, I32(self.k), I32(cols))
             self.device.launch(
                 kern["gemm"], (self.blocks, panels, 1), (1, 1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],
+                self.scale[g], self.qinv, self.qzero,
                 y, I32(cols), I32(g * self.mg), I32(0), I32(0), I32(0),
             )  # fmt: skip

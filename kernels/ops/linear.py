@@ -28,15 +28,18 @@ class Linear:
         bias: np.ndarray | None,
         relu: bool = False,
         precision: Precision = FP32,
+        input_range: tuple[float, float] | None = None,
     ) -> None:
         self.device = device
         self.o, self.i = weight.shape
         self.relu = relu
         bias = np.zeros(self.o, np.float32) if bias is None else bias.astype(np.float32)
-        stored = precision.store(weight)
-        self.w = device.upload(stored)
+        prepared = precision.prepare(weight, input_range, "linear")
+        self.w = device.upload(prepared.weights)
+        self.scale = device.upload(prepared.scale)
+        self.qinv, self.qzero = prepared.qinv, prepared.qzero
         self.b = device.upload(bias)
-        self.weight_bytes = stored.nbytes + bias.nbytes
+        self.weight_bytes = prepared.nbytes + bias.nbytes
         self.precision = precision
         self._kernels: dict[int, Any] = {}
 
@@ -55,5 +58,6 @@ class Linear:
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),
-            I32(n), I32(self.i), I32(self.o), x, self.w, self.b, y,
+            I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale,
+            self.qinv, self.qzero, y,
         )  # fmt: skip

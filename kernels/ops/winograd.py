@@ -83,6 +83,8 @@ class WinogradConv2d:
         self.alpha = tile + r - 1
         self.th, self.tw = -(-self.oh // tile), -(-self.ow // tile)
         self.blocks = -(-self.m // 8)
+        if precision.quantized:  # the transforms would mix quantised integers
+            raise ValueError(f"Winograd runs floating-point precisions only, not {precision.name}")
         u = transform_weights(weight, tile)
         packed = precision.store(np.stack([pack_rows(ue) for ue in u]))
         self.a_stride = packed[0].size
@@ -90,6 +92,7 @@ class WinogradConv2d:
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
+        self.ones = device.upload(np.ones(self.blocks * 8, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
         self.precision = precision
         at, _, bt = transforms(tile, r)
@@ -146,7 +149,7 @@ class WinogradConv2d:
         d.launch(
             kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
-            scratch, I32(tiles), I32(z["m_off"] // tiles),
+            self.ones, np.float32(1), np.float32(0), scratch, I32(tiles), I32(z["m_off"] // tiles),
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]),
         )  # fmt: skip
         d.launch(
@@ -166,13 +169,16 @@ def conv2d(
     groups: int = 1,
     relu: bool = False,
     precision: Precision = FP32,
+    input_range: tuple[float, float] | None = None,
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, 3x3) for 3x3
     stride-1 ungrouped layers (1.5-2.5x faster than direct on AlexNet's conv3-conv5),
     direct implicit GEMM otherwise. F(2x2, 5x5) is correct too but measured no faster
     on AlexNet's conv2: with 64 input channels its 36 GEMMs are too short (K = 64)
-    to pay for the transforms."""
-    if weight.shape[2:] == (3, 3) and tuple(stride) == (1, 1) and groups == 1:
+    to pay for the transforms. Quantised precisions run direct: Winograd's transforms
+    would turn exact integer products into rounded float ones."""
+    winograd = weight.shape[2:] == (3, 3) and tuple(stride) == (1, 1) and groups == 1
+    if winograd and not precision.quantized:
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
     return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
-                  precision=precision)  # fmt: skip
+                  precision=precision, input_range=input_range)  # fmt: skip
