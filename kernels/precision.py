@@ -146,10 +146,12 @@ PRECISIONS: dict[str, Precision] = {
             {"WEIGHT_HALF": 1, "QBITS": 0},
             "weights stored as half (vload_half), float arithmetic",
         ),  # fmt: skip
-        _quantized("int16", 16, np.int16, "int64",
-                   "int16 weights and inputs, exact int64 accumulation"),  # fmt: skip
-        _quantized("int8", 8, np.int8, "int32",
-                   "int8 weights and inputs, exact int32 accumulation"),  # fmt: skip
+        _quantized(
+            "int16", 16, np.int16, "int64", "int16 weights and inputs, exact int64 accumulation"
+        ),  # fmt: skip
+        _quantized(
+            "int8", 8, np.int8, "int32", "int8 weights and inputs, exact int32 accumulation"
+        ),  # fmt: skip
     )
 }
 
