@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from experts.architectures import ARCHITECTURES, random_weights
+from experts.calibration import default_calibration, layer_precisions, needs_ranges
 from experts.mixture_network import MixtureNetwork, Routing
 from experts.network import Network
 from experts.repository import Model, ModelError, Repository, validate
@@ -37,14 +38,26 @@ def resolve_model(name: str, root: Path, random: bool = False, seed: int = 0) ->
 
 
 def build_network(
-    model: Model, device: Device, precision: str = "fp32"
+    model: Model,
+    device: Device,
+    precision: str = "fp32",
+    layer_overrides: dict[str, str] | None = None,
 ) -> Network | MixtureNetwork:
     """The model compiled for `device` at `precision`: a sequential network or a
-    mixture of experts."""
+    mixture of experts. `layer_overrides` (layer -> precision) go over model.json's
+    own `layer_precisions`. Quantised layers take their input ranges from the model's
+    calibration.json, or (with a warning, computed once per model) from a synthetic
+    calibration set."""
+    layers = layer_precisions(model.meta, layer_overrides)
+    ranges = None
+    if needs_ranges(model.meta, precision, layers):
+        if model.calibration is None:
+            model.calibration = default_calibration(model.meta, model.weights)
+        ranges = model.calibration.ranges
     if model.is_mixture:
-        return MixtureNetwork(device, model.meta, model.weights, precision)
+        return MixtureNetwork(device, model.meta, model.weights, precision, layers, ranges)
     return Network(device, model.layers, model.input_shape, model.weights,
-                   precision=precision)  # fmt: skip
+                   precision=precision, layer_precisions=layers, ranges=ranges)  # fmt: skip
 
 
 def forward(

@@ -116,7 +116,7 @@ def mixture_params(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return params
 
 
-def part_weights(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+def part_weights(weights: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The tensors under `prefix.`, with the prefix removed (as a plain network names them)."""
     cut = len(prefix) + 1
     return {key[cut:]: value for key, value in weights.items() if key.startswith(prefix + ".")}

@@ -49,6 +49,8 @@ class MixtureNetwork:
         meta: dict[str, Any],
         weights: dict[str, np.ndarray],
         precision: str = "fp32",
+        layer_precisions: dict[str, str] | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.device = device
         self.spec: MixtureSpec = mixture_spec(meta)
@@ -57,8 +59,11 @@ class MixtureNetwork:
             raise SpecError(f"mixture stem: must end in C x H x W features, gives {s.stem_shape}")
 
         def part(layers: list, shape: tuple[int, ...], prefix: str, **kw: Any) -> Network:
+            # Per-layer maps name a part's layers with its prefix ("experts.3.conv2").
             return Network(device, layers, shape, part_weights(weights, prefix),
-                           precision=precision, **kw)  # fmt: skip
+                           precision=precision,
+                           layer_precisions=part_weights(layer_precisions or {}, prefix),
+                           ranges=part_weights(ranges or {}, prefix), **kw)  # fmt: skip
 
         self.stem = part(s.stem, s.input_shape, "stem")
         self.gate = part(s.gate, s.stem_shape, "gate", input_layout="cnhw")

@@ -68,9 +68,14 @@ class Network:
         max_plans: int = 4,
         input_layout: str = "nchw",
         precision: str = "fp32",
+        layer_precisions: dict[str, str] | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.device = device
         self.precision = get_precision(precision)
+        # Per conv/linear layer: its own precision, and (quantised) its input's range.
+        self.layer_precisions = layer_precisions or {}
+        self.ranges = ranges or {}
         # "cnhw": the plan's input buffer is filled on the device in the internal layout
         # (by the mixture), so no layout change runs first.
         self.input_layout = input_layout
@@ -93,9 +98,18 @@ class Network:
         d, op, name = self.device, layer["op"], layer["name"]
         w = weights.get(f"{name}.weight")
         b = weights.get(f"{name}.bias")
-        if op == "conv":
-            return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
-                              layer["groups"], layer["relu"], self.precision)  # fmt: skip
+        if op in ("conv", "linear"):
+            p = get_precision(self.layer_precisions.get(name, self.precision.name))
+            span = self.ranges.get(name)
+            if p.quantized and span is None:
+                raise SpecError(f"{name}: {p.name} needs the calibrated range of its input")
+            try:
+                if op == "linear":
+                    return ops.Linear(d, w, b, layer["relu"], p, span)
+                return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
+                                  layer["groups"], layer["relu"], p, span)  # fmt: skip
+            except ValueError as exc:  # e.g. an accumulator that could overflow
+                raise SpecError(f"{name}: {exc}") from exc
         if op in ("maxpool", "avgpool"):
             return ops.Pool2d(d, shape, op[:3], layer["kernel"], layer["stride"],
                               layer["padding"], layer["ceil_mode"],
@@ -104,8 +118,6 @@ class Network:
             return ops.AdaptiveAvgPool2d(d, shape, layer["output_size"])
         if op == "lrn":
             return ops.LRN(d, shape, layer["size"], layer["alpha"], layer["beta"], layer["k"])
-        if op == "linear":
-            return ops.Linear(d, w, b, layer["relu"], self.precision)
         if op == "relu":
             return ops.Relu(d, int(np.prod(shape)))
         if op == "softmax":

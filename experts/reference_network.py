@@ -3,6 +3,7 @@ the oracle for whole-network tests and the mixture's reference."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,12 +13,18 @@ from kernels import reference as ref
 
 
 def forward(
-    layers: list[dict[str, Any]], weights: dict[str, np.ndarray], x: np.ndarray
+    layers: list[dict[str, Any]],
+    weights: dict[str, np.ndarray],
+    x: np.ndarray,
+    observe: Callable[[str, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """x: (N, C, H, W) float32 -> (N, features)."""
+    """x: (N, C, H, W) float32 -> (N, features). `observe(name, input)` sees the input
+    of every conv and linear layer (calibration)."""
     for layer in normalise_layers(layers):
         op, name = layer["op"], layer["name"]
         w, b = weights.get(f"{name}.weight"), weights.get(f"{name}.bias")
+        if observe is not None and op in ("conv", "linear"):
+            observe(name, x)
         if op == "conv":
             x = ref.conv2d(
                 x, w, b, layer["stride"], layer["padding"], layer["groups"], layer["relu"]

@@ -27,6 +27,12 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from experts.calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    CalibrationError,
+    layer_precisions,
+)
 from experts.mixture import MixtureSpec, is_mixture, mixture_params, mixture_spec
 from experts.spec import SpecError, expected_params, infer_shapes, normalise_layers
 
@@ -55,6 +61,7 @@ class Model:
     meta: dict[str, Any]
     weights: dict[str, np.ndarray]
     path: Path | None = None
+    calibration: Calibration | None = None  # calibration.json, checked against the model
 
     @property
     def name(self) -> str:
@@ -272,6 +279,10 @@ def validate(meta: Any, weights: dict[str, np.ndarray], where: str) -> dict[str,
     out = _check_meta(meta, where)
     params = _check_layers(out, where)
     _check_weights(weights, params, where)
+    try:
+        layer_precisions(out)  # model.json's per-layer precision map names real layers
+    except CalibrationError as exc:
+        raise ModelError(f"{where}: {exc}") from exc
     return out
 
 
@@ -356,7 +367,15 @@ class Repository:
                 f"{where}: {folder / META_FILE} names the model {meta.get('name')!r}, but its "
                 f"folder is {name!r}; make them agree"
             )
-        return Model(validate(meta, weights, where), weights, folder)
+        meta = validate(meta, weights, where)
+        calibration = None
+        if (folder / CALIBRATION_FILE).is_file():
+            doc = self._read_meta(folder / CALIBRATION_FILE, where)
+            try:
+                calibration = Calibration.from_json(doc, meta, f"{where}: {CALIBRATION_FILE}")
+            except CalibrationError as exc:
+                raise ModelError(str(exc)) from exc
+        return Model(meta, weights, folder, calibration)
 
     @staticmethod
     def _read_meta(path: Path, where: str) -> Any:
@@ -421,6 +440,23 @@ class Repository:
                 raise ModelError(f"{where}: cannot save to {folder}: {exc}") from exc
             raise
         return folder
+
+    def write_file(self, name: str, fname: str, data: bytes) -> Path:
+        """Add or replace one file beside a model's weights (calibration.json),
+        atomically: written to a hidden temp file, fsynced, renamed over."""
+        folder = self.path(name)
+        if not (folder / META_FILE).is_file():
+            raise ModelError(f"unknown model {name!r} in repository {self.root}")
+        _check_extra_files({fname: data}, f"model {name!r}")
+        tmp = folder / f".{fname}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            _write_file(tmp, data)
+            os.replace(tmp, folder / fname)
+            _fsync_dir(folder)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelError(f"model {name!r}: cannot write {folder / fname}: {exc}") from exc
+        return folder / fname
 
     @staticmethod
     def _write_folder(

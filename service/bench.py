@@ -74,7 +74,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         ks = (args.experts or [model.mixture.k]) if model.is_mixture else [None]
         session = onnxruntime_session(model) if args.compare else None
         for precision in precisions:
-            network = build_network(model, device, precision)
+            network = build_network(model, device, precision, settings.layer_precision)
             for batch in args.batch:
                 x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
                 for k in ks:
@@ -139,8 +139,10 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
         f"{row['runtime']:12s} {row['model']:15s} {row['precision']:5s} b={row['batch']:<3d}{k} "
         f"{row['images_per_s']:9.1f} img/s  p50 {row['latency_ms_p50']:8.2f} ms  "
         f"p90 {row['latency_ms_p90']:8.2f} ms  weights {row['weight_bytes'] / 2**20:7.1f} MiB  "
-        f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
-    )
+        + (f"activations {row['activation_bytes'] / 2**20:6.1f} MiB  "
+           if "activation_bytes" in row else "")
+        + f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
+    )  # fmt: skip
     if "ratio" in row:
         line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
     print(line, flush=True)

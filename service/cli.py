@@ -56,6 +56,17 @@ def _precisions(text: str) -> list[str]:
     return values
 
 
+def _layer_map(text: str) -> dict[str, str]:
+    from experts.calibration import CalibrationError, parse_layer_precisions
+
+    try:
+        layers = parse_layer_precisions(text)
+    except CalibrationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    _precisions(",".join(layers.values()))
+    return layers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-alexnet",
@@ -70,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", type=_precisions, default=None,
                        help=f"{', '.join(PRECISIONS)}%s (default: setting "
                        "MOE_DEFAULT_PRECISION)" % (", comma list" if many else ""))  # fmt: skip
+        p.add_argument("--layer-precision", type=_layer_map, default=None,
+                       metavar="LAYER=PRECISION,...",
+                       help="per-layer precision over --precision, e.g. conv1=fp32 "
+                       "(default: MOE_LAYER_PRECISION; mixtures: stem.conv1, "
+                       "experts.0.fc6, ...)")  # fmt: skip
         p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
         p.add_argument("--models-dir", type=Path, default=None,
                        help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
@@ -126,7 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     p.add_argument("--limit", type=_positive, default=None, help="first N test images only")
     p.add_argument("--batch", type=_positive, default=64, help="images per run")
+    p.add_argument("--parity", action="store_true",
+                   help="also run the weights in PyTorch (training extra) and report the "
+                   "share of equal top-1 predictions")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per precision")
+
+    p = sub.add_parser("calibrate", help="measure layer input ranges for int8/int16 "
+                       "(writes calibration.json beside the weights)")  # fmt: skip
+    p.add_argument("--model", default=None, help="model in the repository (default: "
+                   "MOE_DEFAULT_MODEL)")  # fmt: skip
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, default=None,
+                        help="a folder of images (or preprocessed .npy tensors)")  # fmt: skip
+    source.add_argument("--dataset", choices=["fashion-mnist"], default=None,
+                        help="the Fashion-MNIST training images")  # fmt: skip
+    p.add_argument("--samples", type=_positive, default=512, help="images to use, at most")
+    p.add_argument("--method", choices=["minmax", "percentile"], default="minmax",
+                   help="range of each layer's input: all values seen, or the "
+                   "0.01-99.99th percentiles (clips outliers)")  # fmt: skip
+    p.add_argument("--batch", type=_positive, default=64, help="images per run")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
+                   "/usr/share/datasets/fashion-mnist)")  # fmt: skip
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="model repository (default: MOE_MODEL_REPOSITORY)")  # fmt: skip
 
     p = sub.add_parser("import-onnx", help="add an ONNX AlexNet-family model to the repository")
     p.add_argument("file", type=Path, help="the .onnx file")
@@ -161,6 +200,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.device = args.device
     if getattr(args, "models_dir", None) is not None:
         settings.model_repository = args.models_dir
+    if getattr(args, "layer_precision", None) is not None:
+        settings.layer_precision = args.layer_precision
     return settings
 
 
@@ -206,7 +247,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
     batches = [(path, load_input(path, model.meta["input"])) for path in args.inputs]
     device = _open_device(settings)
-    network = build_network(model, device, precision)
+    network = build_network(model, device, precision, settings.layer_precision)
     results = []
     for path, x in batches:
         scores, routing = forward(network, x, args.experts)
@@ -235,6 +276,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for p in result["predictions"]:
             print(f"  {p['score']:8.4f}  {p['index']:5d}  {p['label']}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from experts.datasets import DatasetError
+    from service.calibrate import run_calibrate
+
+    try:
+        return run_calibrate(args, _settings(args))
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_import_onnx(args: argparse.Namespace) -> int:
@@ -312,6 +363,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "classify": cmd_classify,
     "bench": cmd_bench,
+    "calibrate": cmd_calibrate,
     "eval": cmd_eval,
     "import-onnx": cmd_import_onnx,
     "serve": cmd_serve,
@@ -324,10 +376,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from experts.repository import ModelError
     from experts.spec import SpecError
     from kernels.runtime import DeviceError, KernelError
+    from service.calibrate import CalibrateError
     from service.images import InputError
 
     errors: list[type[BaseException]] = [
         CliError, ModelError, SpecError, DeviceError, KernelError, InputError, OSError,
+        CalibrateError,
     ]  # fmt: skip
     try:
         from experts.onnx_import import OnnxImportError

@@ -128,15 +128,16 @@ class _ScoreKind:
 
 
 class NetworkRunner:
-    """A plain (non-mixture) model at fp32: one `experts.network.Network`."""
+    """A plain (non-mixture) model at one precision: one `experts.network.Network`."""
 
-    def __init__(self, model: Model, device: Any, precision: str, buckets: list[int]) -> None:
+    def __init__(self, model: Model, device: Any, precision: str, buckets: list[int],
+                 layers: dict[str, str] | None = None) -> None:  # fmt: skip
         from experts.loading import build_network
 
         self.input_shape = model.input_shape
         self.scores = _ScoreKind(model)
         self.buckets = buckets
-        self.network = build_network(model, device, precision)
+        self.network = build_network(model, device, precision, layers)
         # Keep a plan per bucket: more sizes than Network's default would rebuild plans.
         self.network.max_plans = max(getattr(self.network, "max_plans", 4), len(buckets))
         self.weight_bytes = int(self.network.weight_bytes)
@@ -160,20 +161,21 @@ class NetworkRunner:
 
 
 class MixtureRunner:
-    """A mixture of experts at fp32: `experts.mixture_network.MixtureNetwork`.
+    """A mixture of experts at one precision: `experts.mixture_network.MixtureNetwork`.
 
     No padding to bucket sizes here: padded images would be routed to experts and cost
     real work. Instead the stem, gate and head keep a plan for every batch size, and
     warm-up runs every size with k = E, so every expert is built at every sub-batch size.
     """
 
-    def __init__(self, model: Model, device: Any, precision: str, max_batch: int) -> None:
-        from experts.mixture_network import MixtureNetwork
+    def __init__(self, model: Model, device: Any, precision: str, max_batch: int,
+                 layers: dict[str, str] | None = None) -> None:  # fmt: skip
+        from experts.loading import build_network
 
         self.input_shape = model.input_shape
         self.scores = _ScoreKind(model)
         self.max_batch = max_batch
-        self.network = MixtureNetwork(device, model.meta, model.weights, precision)
+        self.network = build_network(model, device, precision, layers)
         for part in (self.network.stem, self.network.gate, self.network.head):
             part.max_plans = max(getattr(part, "max_plans", 4), max_batch)
         self.weight_bytes = int(self.network.weight_bytes)
@@ -196,11 +198,12 @@ class MixtureRunner:
             self.network.run(x, experts)
 
 
-def build_runner(model: Model, device: Any, precision: str, buckets: list[int]) -> Runner:
-    """The slot for new model kinds and precisions."""
+def build_runner(model: Model, device: Any, precision: str, buckets: list[int],
+                 layers: dict[str, str] | None = None) -> Runner:  # fmt: skip
+    """The slot for new model kinds and precisions (`layers`: per-layer overrides)."""
     if getattr(model, "is_mixture", False):
-        return MixtureRunner(model, device, precision, buckets[-1])
-    return NetworkRunner(model, device, precision, buckets)
+        return MixtureRunner(model, device, precision, buckets[-1], layers)
+    return NetworkRunner(model, device, precision, buckets, layers)
 
 
 # -- model selection ---------------------------------------------------------------------
@@ -288,7 +291,8 @@ class Engine:
         for name in names:
             model = resolve_model(name, s.model_repository, s.random_weights, s.seed)
             for precision in self.precisions:
-                runner = build_runner(model, device, precision, self.buckets)
+                runner = build_runner(model, device, precision, self.buckets,
+                                      s.layer_precision)  # fmt: skip
                 runner.warm_up()
                 self._runners[(name, precision)] = runner
                 self.weight_bytes[(name, precision)] = runner.weight_bytes

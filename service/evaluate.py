@@ -80,8 +80,9 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     x = to_model_input(images, model.meta["input"])
     device = Device(settings.device)
     reference = None
+    torch_top1 = _torch_top1(model, x) if args.parity else None
     for precision in args.precision or [settings.default_precision]:
-        network = build_network(model, device, precision)
+        network = build_network(model, device, precision, settings.layer_precision)
         result = evaluate(network, x, labels, args.experts, args.batch, f"{name} {precision}")
         pred = result.pop("predictions")
         if reference is None:
@@ -90,9 +91,21 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
                   **({"experts_per_image": args.experts or model.mixture.k}
                      if model.is_mixture else {}),
                   **result, "agreement_with_first": round(float((pred == reference).mean()), 5),
+                  **({"agreement_with_torch": round(float((pred == torch_top1).mean()), 5)}
+                     if torch_top1 is not None else {}),
                   "device": device.name}  # fmt: skip
         _emit(result, args.json)
     return 0
+
+
+def _torch_top1(model: Any, x: np.ndarray) -> np.ndarray:
+    """Top-1 of the same weights run by PyTorch (the training extra): the parity check
+    between the model as trained and as our kernels run it."""
+    from experts.training_nets import build_model, load_weights, torch_predictions
+
+    net = build_model(model.meta)
+    load_weights(net, model.weights)
+    return np.argsort(-torch_predictions(net, x), axis=1, kind="stable")[:, 0]
 
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
@@ -103,7 +116,9 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
         f"{result['model']} {result['precision']}: top-1 {100 * result['top1']:.2f}%  "
         f"top-5 {100 * result['top5']:.2f}%  on {result['images']} images  "
         f"{result['images_per_s']:.0f} img/s  agreement {100 * result['agreement_with_first']:.2f}%"
-    )
+        + (f"  with torch {100 * result['agreement_with_torch']:.2f}%"
+           if "agreement_with_torch" in result else "")
+    )  # fmt: skip
     if "routing_share" in result:
         shares = " ".join(f"{100 * s:.1f}%" for s in result["routing_share"])
         accs = " ".join("-" if a is None else f"{100 * a:.1f}%" for a in result["expert_top1"])

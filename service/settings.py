@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     model_repository: Path = Field(default_factory=default_root, description="model folder root")
     default_model: str = Field("alexnet", description="model used when none is named")
     default_precision: str = Field("fp32", description="precision used when none is named")
+    layer_precision: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="per-layer precision over the default, e.g. 'conv1=fp32,fc8=fp16' "
+        "(every model served must have those layers; per-model maps go in model.json)",
+    )
 
     # -- the HTTP server (moe-alexnet serve) ------------------------------------------
     host: str = Field("0.0.0.0", description="address the server binds")
@@ -72,6 +77,13 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _comma_list(value)
+
+    @field_validator("layer_precision", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        from experts.calibration import parse_layer_precisions
+
+        return parse_layer_precisions(value) if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

@@ -100,8 +100,8 @@ def test_labels_and_defaults(repo: Repository) -> None:
 
 
 def test_extra_files_saved(repo: Repository) -> None:
-    path = repo.save("tiny", tiny_meta(), tiny_weights(), extra_files={"calibration.json": b"{}"})
-    assert (path / "calibration.json").read_bytes() == b"{}"
+    path = repo.save("tiny", tiny_meta(), tiny_weights(), extra_files={"notes.json": b"{}"})
+    assert (path / "notes.json").read_bytes() == b"{}"
     repo.load("tiny")
 
 
