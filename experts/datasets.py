@@ -124,3 +124,10 @@ def to_model_input(images: np.ndarray, input_meta: dict[str, Any]) -> np.ndarray
     mean = np.asarray(input_meta["mean"], np.float32).reshape(1, c, 1, 1)
     std = np.asarray(input_meta["std"], np.float32).reshape(1, c, 1, 1)
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def calibration_subset(images: np.ndarray, count: int = 512) -> np.ndarray:
+    """`count` images evenly spaced over a set (every class of the training set, in
+    the same proportions): the calibration sample of `calibrate` and of training."""
+    pick = np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)
+    return images[pick]

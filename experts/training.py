@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from experts.architectures import fashion_alexnet, fashion_moe
-from experts.datasets import load_fashion_mnist, to_model_input
+from experts.calibration import calibrate
+from experts.datasets import calibration_subset, load_fashion_mnist, to_model_input
 
 ARCHS = {"fashion-alexnet": fashion_alexnet, "fashion-moe": fashion_moe}
 # Per-architecture defaults, from short runs on 2 cores (see the module docstring):
@@ -159,8 +160,13 @@ def train(
     summary = _summary(config, meta, trainer, data, history, time.perf_counter() - start)
     summary["command"] = shlex.join(command if command is not None else sys.argv)
     root = Path(out_dir) if out_dir is not None else default_root()
-    extra = {"training.json": (json.dumps(summary, indent=2) + "\n").encode()}
-    path = Repository(root).save(meta["name"], meta, export_weights(trainer.model), True, extra)
+    weights = export_weights(trainer.model)
+    # Ranges for int8/int16, as `moe-alexnet calibrate --dataset fashion-mnist` would.
+    sample = to_model_input(calibration_subset(data["train_x"]), meta["input"])
+    calibration = calibrate(meta, weights, [sample], source="fashion-mnist train")
+    extra = {"training.json": (json.dumps(summary, indent=2) + "\n").encode(),
+             "calibration.json": calibration.to_json(meta).encode()}  # fmt: skip
+    path = Repository(root).save(meta["name"], meta, weights, True, extra)
     return {**summary, "path": str(path)}
 
 

@@ -44,12 +44,12 @@ def _samples(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.ndarray
         files = _image_files(args.images, args.samples)
         x = np.concatenate([load_input(p, meta["input"]) for p in files])[: args.samples]
         return x, f"{len(files)} files under {args.images}"
-    from experts.datasets import load_fashion_mnist, to_model_input
+    from experts.datasets import calibration_subset, load_fashion_mnist, to_model_input
 
-    images, _ = load_fashion_mnist("train", args.data_dir)
-    # Evenly spaced over the training set: every class, none of the test images.
-    pick = np.linspace(0, len(images) - 1, min(args.samples, len(images))).astype(int)
-    return to_model_input(images[pick], meta["input"]), "fashion-mnist train"
+    images, _ = load_fashion_mnist("train", args.data_dir)  # none of the test images
+    return to_model_input(calibration_subset(images, args.samples), meta["input"]), (
+        "fashion-mnist train"
+    )
 
 
 def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:

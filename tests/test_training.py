@@ -290,6 +290,7 @@ def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
     assert record["test_images"] == 512 and 0.0 <= record["test_accuracy"] <= 1.0
     assert record["parity"]["same_top1"] and record["parity"]["max_abs_diff"] < 1e-3
     assert summary["path"] == str(tmp_path / arch)
+    assert model.calibration is not None and model.calibration.samples == 512  # int8-ready
     assert record["dropout"] == (0.25 if arch == "fashion-moe" else None)  # ARCH_DEFAULTS
     if arch == "fashion-moe":
         routing = record["routing"]
