@@ -37,8 +37,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The shipped mixture first (the default of /v1/classify), its monolithic baseline
+# beside it, at fp32 and int8; override with e.g. `make serve SERVE_MODELS=fashion-alexnet`.
+SERVE_MODELS ?= fashion-moe,fashion-alexnet
+SERVE_PRECISIONS ?= fp32,int8
 serve: setup
-	$(BIN)/moe-alexnet serve
+	$(BIN)/moe-alexnet serve --models $(SERVE_MODELS) --precisions $(SERVE_PRECISIONS)
 
 bench: setup
 	$(BIN)/moe-alexnet bench --model alexnet --random-weights --precision fp32 --batch 1,8 --compare onnxruntime

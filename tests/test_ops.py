@@ -301,7 +301,7 @@ def test_linear_precisions(device, rng, name, n, i, o):
     input_range = (-1.5, 2.0)
     op = ops.Linear(device, wt, b, True, precision=p, input_range=input_range)
     y = device.alloc(4 * n * o)
-    op(n, device.upload(x), y)
+    op(n, device.upload(x), y, device.alloc(op.scratch_bytes(n)))
     got = device.read(y, (n, o))
     assert op.weight_bytes == wt.size * np.dtype(p.weight_dtype).itemsize + 8 * o
     if not p.quantized:

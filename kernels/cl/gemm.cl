@@ -15,9 +15,9 @@
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
 // Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py), WEIGHT_HALF
-// and QBITS (precision.h). Quantised precisions quantise B as it is gathered (QX),
-// accumulate exactly (precision.h) and scale each row's total by scale[row]; float
-// ones pass scale = 1.
+// and QBITS (precision.h). Quantised precisions take B already quantised (by pad2d
+// or im2col), accumulate exactly (precision.h) and scale each row's total by
+// scale[row]; float ones pass scale = 1.
 #include "precision.h"
 
 #define NB (16 * NV)
@@ -69,12 +69,16 @@
         for (int k = k0; k < k1; ++k) { \
             space const float *bk = (bp) + k * NB; \
             EACH(LOADB, 0) \
-            const float8 a8 = LOADW8(k, a); \
+            const float8 a8 = LOADA8(k, a); \
             ROWS(MAC) \
         } \
         ROWS(FLUSH) \
     } \
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) }
+
+// A rows of the block: global memory in the stored precision, except where
+// conv_packed widens quantised weights into local memory first.
+#define LOADA8(k, p) LOADW8(k, p)
 
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
 // strides (in elements) apart. B is already quantised (im2col applied QX).
@@ -83,7 +87,6 @@ __kernel void gemm_packed(const int M, const int N, const int K,
                           __global const float *restrict Bp,
                           __global const float *restrict bias,
                           __global const float *restrict scale,
-                          const float qinv, const float qzero,
                           __global float *restrict C, const int ldc, const int c_row0,
                           const int a_stride, const int b_stride, const int c_stride)
 {
@@ -97,18 +100,18 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     BLOCK(bp, __global)
 }
 
-// x: the (padded) input [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
+// x: the (padded, and for quantised precisions quantised: pad2d) input
+// [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
 __kernel void conv_packed(const int M, const int N, const int K,
                           __global const wtype *restrict Ap,
                           __global const float *restrict x,
                           __global const float *restrict bias,
                           __global const float *restrict scale,
-                          const float qinv, const float qzero,
                           __global float *restrict C, const int ldc, const int c_row0,
                           const int batch, const int HP, const int WP, const int c0,
                           const int KH, const int KW, const int SH, const int SW,
                           const int OH, const int OW, const int blocks_per_item,
-                          __local float *restrict panel)
+                          __local float *restrict panel, __local float *restrict wide)
 {
     const int nt = get_global_id(0);
     const int part = get_global_id(1);
@@ -128,7 +131,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
         for (int i = 0; i < KH; ++i) {
             for (int j = 0; j < KW; ++j) {
                 __global const float *src = x + (c0 + c) * plane + i * WP + j;
-                for (int t = 0; t < NB; ++t) dst[t] = QX(src[off[t]]);
+                for (int t = 0; t < NB; ++t) dst[t] = src[off[t]];
                 dst += NB;
             }
         }
@@ -137,7 +140,18 @@ __kernel void conv_packed(const int M, const int N, const int K,
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
+#if QBITS
+        // Widen the block's K x 8 integer weights to float once, not at every k step of
+        // the loop, whose broadcasts then read memory as fp32's do (converting in
+        // registers and broadcasting from there ran int8 ~1.6x slower than fp32).
+        __global const wtype *q = Ap + (size_t)mt * K * 8;
+        for (int i = 0; i < K; ++i) vstore8(convert_float8(vload8(i, q)), i, wide);
+        __local const float *a = wide;
+#undef LOADA8
+#define LOADA8(k, p) vload8((k), (p))
+#else
         __global const wtype *a = Ap + (size_t)mt * K * 8;
+#endif
         BLOCK(panel, __local)
     }
 }

@@ -52,9 +52,12 @@ __kernel void im2col_tail(__global float *restrict cols, const int K, const int 
 
 // Zero-pad each [H][W] plane into [H + 2*PH][W + 2*PW] (planes = C*N), so that the
 // implicit-GEMM convolution gathers without bounds checks. One work-item per output
-// row: per-element work-items cost PoCL more than the copy itself.
+// row: per-element work-items cost PoCL more than the copy itself. Quantised
+// precisions quantise here (QX), once per input value, so the GEMM's panel gathers
+// only copy (quantising in the gather repeated the work for every panel and window).
 __kernel void pad2d(__global const float *restrict x, __global float *restrict y,
-                    const int H, const int W, const int PH, const int PW)
+                    const int H, const int W, const int PH, const int PW,
+                    const float qinv, const float qzero)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
     const int HP = H + 2 * PH, WP = W + 2 * PW;
@@ -66,6 +69,6 @@ __kernel void pad2d(__global const float *restrict x, __global float *restrict y
     }
     __global const float *src = x + ((size_t)p * H + iy) * W;
     for (int i = 0; i < PW; ++i) dst[i] = 0.0f;
-    for (int i = 0; i < W; ++i) dst[PW + i] = src[i];
+    for (int i = 0; i < W; ++i) dst[PW + i] = QX(src[i]);
     for (int i = PW + W; i < WP; ++i) dst[i] = 0.0f;
 }

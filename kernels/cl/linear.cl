@@ -2,8 +2,9 @@
 // optional; scale is 1 for float precisions, weight scale * input scale quantised).
 // Weights stay out x in (rows contiguous along K): at small batch this layer only
 // streams its weights, so each work-item takes RO rows of W and dots them with RB
-// rows of X, reading every weight once per batch tile. Quantised precisions quantise
-// X as they load it (QX) and accumulate exactly (precision.h).
+// rows of X, reading every weight once per batch tile. Quantised precisions get X
+// already quantised (quantize_input, once per layer rather than once per row tile)
+// and accumulate exactly (precision.h).
 // Defines: RO, RB, RELU, WEIGHT_HALF, QBITS (precision.h).
 #include "precision.h"
 
@@ -13,10 +14,11 @@
 #define ACT(x) (x)
 #endif
 
+#ifdef RO
 __kernel void linear(const int B, const int I, const int O,
                      __global const float *restrict X, __global const wtype *restrict W,
                      __global const float *restrict bias, __global const float *restrict scale,
-                     const float qinv, const float qzero, __global float *restrict Y)
+                     __global float *restrict Y)
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
@@ -38,7 +40,7 @@ __kernel void linear(const int B, const int I, const int O,
         for (int i = i0; i < i1; i += 16) {
             float16 xv[RB];
 #pragma unroll
-            for (int q = 0; q < RB; ++q) xv[q] = QX(vload16(0, x[q] + i));
+            for (int q = 0; q < RB; ++q) xv[q] = vload16(0, x[q] + i);
 #pragma unroll
             for (int r = 0; r < RO; ++r) {
                 const float16 wv = LOADW16(0, w[r] + i);
@@ -62,8 +64,19 @@ __kernel void linear(const int B, const int I, const int O,
         for (int q = 0; q < RB; ++q) {
             if (b0 + q >= B) break;
             accs s = tot[r][q];
-            for (int i = I16; i < I; ++i) s += (accs)LOADW(i, w[r]) * (accs)QX(x[q][i]);
+            for (int i = I16; i < I; ++i) s += (accs)LOADW(i, w[r]) * (accs)x[q][i];
             Y[(size_t)(b0 + q) * O + o0 + r] = ACT((float)s * scale[o0 + r] + bias[o0 + r]);
         }
     }
 }
+#endif
+
+#if QBITS
+// X as quantised offsets q - zero (precision.h), for the kernel above.
+__kernel void quantize_input(__global const float *restrict x, __global float *restrict y,
+                             const int count, const float qinv, const float qzero)
+{
+    const int i = get_global_id(0);
+    if (i < count) y[i] = QX(x[i]);
+}
+#endif

@@ -82,11 +82,13 @@ class Conv2d:
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
-        if implicit is None:  # the widest panel must fit
-            implicit = device.is_cpu and 4 * self.k * 48 <= device.cl_device.local_mem_size
+        if implicit is None:  # the widest panel (and quantised, the widened weights) must fit
+            need = 4 * self.k * (48 + (8 if precision.quantized else 0))
+            implicit = device.is_cpu and need <= device.cl_device.local_mem_size
         self.implicit = implicit
-        padded = implicit and (self.ph or self.pw)
-        self.pad = device.kernel("im2col.cl", "pad2d") if padded else None
+        # pad2d zero-pads the input, and for quantised precisions quantises it.
+        padded = implicit and (self.ph or self.pw or precision.quantized)
+        self.pad = device.kernel("im2col.cl", "pad2d", precision.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def kernels(self, nv: int) -> dict[str, Any]:
@@ -128,7 +130,7 @@ class Conv2d:
         if self.pad is not None:
             self.device.launch(
                 self.pad, (hp, self.c * n), None, x, scratch,
-                I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
+                I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
             )  # fmt: skip
             x = scratch
         cols = n * self.oh * self.ow
@@ -140,15 +142,17 @@ class Conv2d:
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
         local = cl.LocalMemory(4 * self.k * 16 * nv)
+        # Quantised weights are widened to float per row block (gemm.cl).
+        wide = cl.LocalMemory(4 * self.k * 8 if self.precision.quantized else 4)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
             self.device.launch(
                 conv, (panels, parts), (1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], x, self.bias[g],
-                self.scale[g], self.qinv, self.qzero,
+                self.scale[g],
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.oh), I32(self.ow), I32(per_item), local,
+                I32(self.oh), I32(self.ow), I32(per_item), local, wide,
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
@@ -168,6 +172,6 @@ class Conv2d:
             self.device.launch(
                 kern["gemm"], (self.blocks, panels, 1), (1, 1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],
-                self.scale[g], self.qinv, self.qzero,
+                self.scale[g],
                 y, I32(cols), I32(g * self.mg), I32(0), I32(0), I32(0),
             )  # fmt: skip

@@ -41,6 +41,8 @@ class Linear:
         self.b = device.upload(bias)
         self.weight_bytes = prepared.nbytes + bias.nbytes
         self.precision = precision
+        if precision.quantized:
+            self.quantize = device.kernel("linear.cl", "quantize_input", precision.defines)
         self._kernels: dict[int, Any] = {}
 
     @property
@@ -50,14 +52,22 @@ class Linear:
     def _tile(self, n: int) -> tuple[int, int]:
         return 4, min(n, 8)
 
+    def scratch_bytes(self, n: int) -> int:
+        """Quantised: the input's quantised copy."""
+        return 4 * n * self.i if self.precision.quantized else 0
+
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         ro, rb = self._tile(n)
         kernel = self._kernels.get(rb)
         if kernel is None:
             defines = {"RO": ro, "RB": rb, "RELU": self.relu, **self.precision.defines}
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
+        if self.precision.quantized:
+            count = n * self.i
+            self.device.launch(self.quantize, (count,), None, x, scratch, I32(count),
+                               self.qinv, self.qzero)  # fmt: skip
+            x = scratch
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),
-            I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale,
-            self.qinv, self.qzero, y,
+            I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
         )  # fmt: skip

@@ -149,7 +149,7 @@ class WinogradConv2d:
         d.launch(
             kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
-            self.ones, np.float32(1), np.float32(0), scratch, I32(tiles), I32(z["m_off"] // tiles),
+            self.ones, scratch, I32(tiles), I32(z["m_off"] // tiles),
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]),
         )  # fmt: skip
         d.launch(
