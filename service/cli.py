@@ -242,6 +242,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from service.images import load_input
 
     settings = _settings(args)
+    if args.precision and len(args.precision) > 1:
+        raise CliError("classify runs one precision at a time; eval and bench compare several")
     precision = (args.precision or [settings.default_precision])[0]
     name = args.model or settings.default_model
     model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)

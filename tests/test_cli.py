@@ -108,6 +108,9 @@ def test_classify_builtin_with_random_weights(capsys, photo, tmp_path, monkeypat
             ["classify", "{garbage}", "--model", "tiny", "--device", "no-such-device"],
             "no-such-device",
         ),
+        (["classify", "{garbage}", "--model", "tiny", "--precision", "fp32,int8"],
+         "one precision at a time"),
+        (["calibrate", "--model", "tiny", "--images", "{garbage}"], "not a folder of images"),
         (["import-onnx", "missing.onnx", "--name", "x"], "missing.onnx"),
         (["import-onnx", "{garbage}", "--name", "x"], "garbage"),
     ],
@@ -131,6 +134,10 @@ def test_unknown_precision_is_a_usage_error(capsys, repo):
         main(["classify", "x.jpg", "--precision", "fp64"])
     assert exc.value.code == 2
     assert "unknown precision fp64" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", "tiny", "--layer-precision", "fc=int4"])
+    assert exc.value.code == 2
+    assert "unknown precision int4" in capsys.readouterr().err
 
 
 def test_corrupt_weights_are_reported(capsys, repo, photo):
