@@ -84,13 +84,15 @@ def preprocess(image: Image.Image, input_meta: dict[str, Any], source: str = "im
     image = ImageOps.exif_transpose(image)
     image = to_color(image, color, source)
     image = resize_and_crop(image, (h, w), input_meta.get("resize"))
-    x = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    x = x.reshape(h, w, -1).transpose(2, 0, 1)
-    if x.shape[0] != c:
-        raise InputError(f"{source}: {color} gives {x.shape[0]} channels, the model wants {c}")
-    mean = np.asarray(input_meta["mean"], np.float32).reshape(c, 1, 1)
-    std = np.asarray(input_meta["std"], np.float32).reshape(c, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+    x = np.asarray(image, dtype=np.float32).reshape(h, w, -1)
+    if x.shape[2] != c:
+        raise InputError(f"{source}: {color} gives {x.shape[2]} channels, the model wants {c}")
+    # Normalised while still H x W x C (contiguous: about twice as fast as on the
+    # transposed view), with the same float32 operations per value.
+    x /= np.float32(255.0)
+    x -= np.asarray(input_meta["mean"], np.float32)
+    x /= np.asarray(input_meta["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def to_color(image: Image.Image, color: str, source: str = "image") -> Image.Image:
