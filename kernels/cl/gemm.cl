@@ -69,16 +69,12 @@
         for (int k = k0; k < k1; ++k) { \
             space const float *bk = (bp) + k * NB; \
             EACH(LOADB, 0) \
-            const float8 a8 = LOADA8(k, a); \
+            const float8 a8 = LOADW8(k, a); \
             ROWS(MAC) \
         } \
         ROWS(FLUSH) \
     } \
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) }
-
-// A rows of the block: global memory in the stored precision, except where
-// conv_packed widens quantised weights into local memory first.
-#define LOADA8(k, p) LOADW8(k, p)
 
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
 // strides (in elements) apart. B is already quantised (im2col applied QX).
@@ -111,7 +107,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
                           const int batch, const int HP, const int WP, const int c0,
                           const int KH, const int KW, const int SH, const int SW,
                           const int OH, const int OW, const int blocks_per_item,
-                          __local float *restrict panel, __local float *restrict wide)
+                          __local float *restrict panel)
 {
     const int nt = get_global_id(0);
     const int part = get_global_id(1);
@@ -140,18 +136,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
-#if QBITS
-        // Widen the block's K x 8 integer weights to float once, not at every k step of
-        // the loop, whose broadcasts then read memory as fp32's do (converting in
-        // registers and broadcasting from there ran int8 ~1.6x slower than fp32).
-        __global const wtype *q = Ap + (size_t)mt * K * 8;
-        for (int i = 0; i < K; ++i) vstore8(convert_float8(vload8(i, q)), i, wide);
-        __local const float *a = wide;
-#undef LOADA8
-#define LOADA8(k, p) vload8((k), (p))
-#else
         __global const wtype *a = Ap + (size_t)mt * K * 8;
-#endif
         BLOCK(panel, __local)
     }
 }

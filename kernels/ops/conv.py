@@ -82,9 +82,8 @@ class Conv2d:
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
-        if implicit is None:  # the widest panel (and quantised, the widened weights) must fit
-            need = 4 * self.k * (48 + (8 if precision.quantized else 0))
-            implicit = device.is_cpu and need <= device.cl_device.local_mem_size
+        if implicit is None:  # the widest panel must fit
+            implicit = device.is_cpu and 4 * self.k * 48 <= device.cl_device.local_mem_size
         self.implicit = implicit
         # pad2d zero-pads the input, and for quantised precisions quantises it.
         padded = implicit and (self.ph or self.pw or precision.quantized)
@@ -142,8 +141,6 @@ class Conv2d:
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
         local = cl.LocalMemory(4 * self.k * 16 * nv)
-        # Quantised weights are widened to float per row block (gemm.cl).
-        wide = cl.LocalMemory(4 * self.k * 8 if self.precision.quantized else 4)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
             self.device.launch(
@@ -152,7 +149,7 @@ class Conv2d:
                 self.scale[g],
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.oh), I32(self.ow), I32(per_item), local, wide,
+                I32(self.oh), I32(self.ow), I32(per_item), local,
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
