@@ -85,7 +85,9 @@ class Precision:
         w = np.asarray(w, np.float32)
         peak = np.abs(w).max(axis=1) if w.size else np.zeros(len(w), np.float32)
         scale = np.where(peak > 0, peak / self.weight_max, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / scale[:, None]), -self.weight_max, self.weight_max)
+        q = w / scale[:, None]  # one float32 temporary, rounded and clipped in place
+        np.rint(q, out=q)
+        np.clip(q, -self.weight_max, self.weight_max, out=q)
         return q.astype(self.weight_dtype), scale
 
     def activation_params(self, low: float, high: float) -> tuple[float, float]:
@@ -120,7 +122,8 @@ class Precision:
         offset, 2^bits - 1."""
         if not self.quantized:
             return
-        worst = int(np.abs(q.astype(np.int64)).sum(axis=1).max(initial=0)) * (2**self.bits - 1)
+        # |q| <= qmax fits q's own dtype; the sums go to int64 without an int64 copy.
+        worst = int(np.abs(q).sum(axis=1, dtype=np.int64).max(initial=0)) * (2**self.bits - 1)
         limit = 2**31 - 1 if self.bits == 8 else 2**63 - 1
         if worst > limit:
             raise ValueError(

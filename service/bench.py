@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,16 @@ from service.settings import Settings
 def peak_rss_bytes() -> int:
     """The process's peak resident set so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set now (Linux; None elsewhere): unlike the peak, it
+    drops again once loading and calibration have freed their temporaries."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize()
 
 
 def time_runs(run: Callable[[], Any], warmup: int, iterations: int, label: str) -> list[float]:
@@ -89,7 +100,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                            **summarise(times["moe-alexnet"], batch),
                            "weight_bytes": network.weight_bytes,
                            "activation_bytes": _activation_bytes(network, batch),
-                           "peak_rss_bytes": peak_rss_bytes(), "device": device.name}  # fmt: skip
+                           "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+                           "device": device.name}  # fmt: skip
                     _emit(row, args.json)
                     if session is not None:
                         _emit(_onnxruntime_row(model, times, row), args.json)
@@ -141,6 +153,7 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
         f"p90 {row['latency_ms_p90']:8.2f} ms  weights {row['weight_bytes'] / 2**20:7.1f} MiB  "
         + (f"activations {row['activation_bytes'] / 2**20:6.1f} MiB  "
            if "activation_bytes" in row else "")
+        + (f"RSS {row['rss_bytes'] / 2**20:7.1f} MiB  " if row.get("rss_bytes") else "")
         + f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
     )  # fmt: skip
     if "ratio" in row:
