@@ -8,7 +8,7 @@ are built with (kernels/cl/precision.h turns those into types and macros).
   connected layers of AlexNet are 96% of its parameters and, at small batch, bound
   by the memory traffic of reading them).
 - int8, int16: symmetric per-output-channel weight scales; each layer's input is
-  quantised on load with the scale and zero point its calibrated range gives; the
+  quantised once, with the scale and zero point its calibrated range gives; the
   products accumulate exactly in integers; the accumulator is dequantised once per
   output (acc * weight_scale * input_scale + bias) into float, which is what the
   next layer, a pool, LRN or softmax, reads. int8 products (at most 127 * 255 <

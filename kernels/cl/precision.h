@@ -2,9 +2,10 @@
 // Defines: WEIGHT_HALF (0/1: weights stored as half, read through vload_half, which
 // needs no cl_khr_fp16), QBITS (0 floating point, 8 or 16 quantised).
 //
-// Quantised kernels read float activations and quantise them on load with the
-// arguments qinv (1 / input scale) and qzero (zero point): QX gives q - zero, an
-// integer held exactly in a float. Accumulation (see precision.py for why):
+// Activations between layers are float; a quantised layer's input is quantised once
+// (pad2d, im2col, quantize_input) with the arguments qinv (1 / input scale) and qzero
+// (zero point): QX gives q - zero, an integer held exactly in a float. The GEMM and
+// linear kernels then accumulate (see precision.py for why):
 //  - QBITS 8: float partial sums, flushed every QCHUNK products into int totals;
 //  - QBITS 16: int64 (long) products and sums;
 // the epilogue multiplies the total by the per-row scale (weight scale * input scale).
@@ -68,12 +69,6 @@
 
 // The 16 lanes of a running sum added up into the scalar total type (for int8, the
 // float lanes hold integers below 2^24: converted exactly, added in int).
-inline float hsum_float(float16 a)
-{
-    float8 s8 = a.lo + a.hi;
-    float4 s4 = s8.lo + s8.hi;
-    return s4.x + s4.y + s4.z + s4.w;
-}
 #if QBITS == 8
 inline int hsum(float16 a)
 {
@@ -90,5 +85,10 @@ inline long hsum(long16 a)
     return s4.x + s4.y + s4.z + s4.w;
 }
 #else
-#define hsum hsum_float
+inline float hsum(float16 a)
+{
+    float8 s8 = a.lo + a.hi;
+    float4 s4 = s8.lo + s8.hi;
+    return s4.x + s4.y + s4.z + s4.w;
+}
 #endif
