@@ -41,6 +41,7 @@ def app(repo):
 
     settings = Settings(
         model_repository=repo,
+        precisions=["fp32", "int8"],  # int8 on synthetic calibration (the models have none)
         max_batch_size=4,
         max_queue_delay_ms=1,
         max_body_bytes=MAX_BODY,
@@ -639,3 +640,20 @@ def test_openapi_docs(client):
     assert {"multipart/form-data", "image/*"} <= set(op["requestBody"]["content"])
     assert "example" in op["responses"]["200"]["content"]["application/json"]
     assert "/v2/models/{name}/infer" in spec["paths"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-moe"])
+def test_classify_at_int8(client, model):
+    """A precision per request: int8 answers with its own scores, close to fp32's."""
+    fp32 = classify(client, model=model, top_k=3)
+    int8 = classify(client, model=model, top_k=3, precision="int8")
+    assert fp32.status_code == int8.status_code == 200, int8.text
+    assert int8.json()["precision"] == "int8"
+    a = {p["index"]: p["score"] for p in fp32.json()["predictions"]}
+    b = {p["index"]: p["score"] for p in int8.json()["predictions"]}
+    assert set(a) == set(b) and all(abs(a[i] - b[i]) < 0.05 for i in a)
+    metrics = client.get("/metrics").text
+    weights = {p: float(re.search(rf'moe_resident_weight_bytes\{{model="{model}",'
+                                  rf'precision="{p}"\}} (\S+)', metrics).group(1))
+               for p in ("fp32", "int8")}  # fmt: skip
+    assert weights["int8"] < 0.5 * weights["fp32"]
