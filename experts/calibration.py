@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,7 +100,6 @@ class Calibration:
     method: str = "minmax"
     samples: int = 0
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, meta: dict[str, Any]) -> str:
         doc = {"format": 1, "model": meta["name"], "version": str(meta.get("version", "1")),
