@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-INT8_CHUNK = 512  # float partial sums of int8 products stay exact for 2^24 / 2^15 terms
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -157,6 +155,9 @@ PRECISIONS: dict[str, Precision] = {
         ),  # fmt: skip
     )
 }
+
+
+FP32 = PRECISIONS["fp32"]  # every launcher's default
 
 
 def get_precision(name: str) -> Precision:

@@ -8,12 +8,11 @@ import numpy as np
 import pyopencl as cl
 
 from kernels.geometry import conv_out
-from kernels.precision import PRECISIONS, Precision
+from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
 MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
-FP32 = PRECISIONS["fp32"]
 
 
 # Relative speed per column of the GEMM at each panel width (8 x 16*NV blocks), as

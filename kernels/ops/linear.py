@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.ops.conv import FP32
-from kernels.precision import Precision
+from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.ops.conv import FP32, Conv2d, choose_nv, pack_rows
-from kernels.precision import Precision
+from kernels.ops.conv import Conv2d, choose_nv, pack_rows
+from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
