@@ -14,7 +14,10 @@ CPU). The mixture adds the load-balancing loss of `experts.training_nets.balance
 trains for more epochs (each top-1 expert sees only about 1/E of the images per epoch,
 and an epoch costs about 0.6x the baseline's) and with dropout 0.25 instead of the spec's 0.5
 (dropout is the identity once served, so this changes training only: the narrow,
-data-starved experts learnt markedly faster with it in 3-epoch trials).
+data-starved experts learnt markedly faster with it in 3-epoch trials). Its last 20%
+of epochs route without the gate noise: the learnt noise changed about a third of the
+routing decisions (one expert trained on 9% of the images served 22% of the test
+set), so the experts finish on the images they will serve.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ ARCHS = {"fashion-alexnet": fashion_alexnet, "fashion-moe": fashion_moe}
 # in about 45 minutes.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion-alexnet": {"epochs": 40},
-    "fashion-moe": {"epochs": 75, "dropout": 0.25},
+    "fashion-moe": {"epochs": 75, "dropout": 0.25, "clean_fraction": 0.2},
 }
 TORCH_HINT = "PyTorch is not installed: pip install 'moe-alexnet[train]'"
 LAZY = {"SpecNet", "MixtureNet", "MixtureOutput", "balance_loss", "build_model",
@@ -97,6 +100,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance_weight: float = 0.01
     dropout: float | None = None
+    clean_fraction: float = 0.0  # mixtures: last share of epochs routed without noise
     limit: int | None = None
 
     def check(self) -> None:
@@ -108,6 +112,8 @@ class TrainConfig:
             raise TrainingError("epochs, batch size and limit must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.balance_weight < 0:
             raise TrainingError("lr must be > 0, weight decay and balance weight >= 0")
+        if not 0 <= self.clean_fraction <= 1:
+            raise TrainingError(f"clean fraction must be in [0, 1], got {self.clean_fraction}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise TrainingError(f"dropout must be in [0, 1), got {self.dropout}")
 

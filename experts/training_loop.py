@@ -78,6 +78,9 @@ class Trainer:
         bar = tqdm(total=self.steps, desc=f"{self.config.arch} {epoch + 1}/{self.config.epochs}",
                    unit="batch", disable=not progress, leave=True)  # fmt: skip
         self.model.train()
+        if self.mixture:  # the last epochs route as inference does (see TrainConfig)
+            clean = round(self.config.epochs * self.config.clean_fraction)
+            self.model.noisy = epoch < self.config.epochs - clean
         for step in range(self.steps):
             rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
             self._step(x_all[rows], y_all[rows], stats)
@@ -86,6 +89,7 @@ class Trainer:
                 bar.set_postfix_str(stats.postfix())
         test = self.evaluate(data["test_x"], data["test_y"])
         record = {"epoch": epoch + 1, **stats.record(), "test_accuracy": test["accuracy"],
+                  **({"gate_noise": self.model.noisy} if self.mixture else {}),
                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         bar.set_postfix_str(f"{stats.postfix()} test={test['accuracy']:.4f}")
         bar.close()

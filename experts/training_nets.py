@@ -146,8 +146,10 @@ class MixtureNet(nn.Module):
     the k largest kept (stable sort: ties to the lower index), renormalised. Training
     mode adds Shazeer et al.'s noisy gating: logits + N(0, 1) * softplus(W_noise h), with
     h the flattened stem output and W_noise a training-only layer (zero-initialised:
-    noise std softplus(0) = 0.69 at the start, then learnt); it is not exported. Both
-    modes run each expert only on the images routed to it.
+    noise std softplus(0) = 0.69 at the start, then learnt); it is not exported. Setting
+    `noisy` False routes training batches without noise, as inference will (the
+    trainer does so for the last epochs). Both modes run each expert only on the
+    images routed to it.
     """
 
     def __init__(self, meta: dict[str, Any], k: int | None = None) -> None:
@@ -164,12 +166,13 @@ class MixtureNet(nn.Module):
         self.noise = nn.Linear(math.prod(spec.stem_shape), spec.experts)
         nn.init.zeros_(self.noise.weight)
         nn.init.zeros_(self.noise.bias)
+        self.noisy = True
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> MixtureOutput:
         stem = self.stem(x)
         clean = self.gate(stem)
         noisy = clean
-        if self.training:
+        if self.training and self.noisy:
             std = F.softplus(self.noise(stem.flatten(1)))
             noisy = clean + torch.randn_like(clean) * std
         indices, gates = self.route(noisy, torch.softmax(noisy, dim=1))

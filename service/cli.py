@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout while training (default: 0.25 mixture, spec's else)")  # fmt: skip
+    p.add_argument("--clean-fraction", type=float, default=None,
+                   help="mixtures: last share of epochs routed without gate noise "
+                   "(default 0.2)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
@@ -341,8 +344,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, float]:
-    """--lr and --dropout when given (unset ones keep the per-arch defaults)."""
-    options = {"lr": args.lr, "dropout": args.dropout}
+    """--lr, --dropout and --clean-fraction when given (unset ones keep the per-arch
+    defaults)."""
+    options = {"lr": args.lr, "dropout": args.dropout, "clean_fraction": args.clean_fraction}
     return {key: value for key, value in options.items() if value is not None}
 
 

@@ -174,6 +174,9 @@ def test_noisy_gating_only_in_training_mode():
         noisy = [net(x).indices for _ in range(3)]
     assert not torch.equal(noisy[0], noisy[1]) or not torch.equal(noisy[1], noisy[2])
     assert not all(torch.equal(n, clean) for n in noisy)
+    net.noisy = False  # the trainer's last epochs: training mode, inference routing
+    with torch.no_grad():
+        assert torch.equal(net(x).indices, clean)
 
 
 def test_balance_loss_is_minimal_when_uniform():
@@ -264,6 +267,8 @@ def test_bad_options():
         train("fashion-moe", epochs=0)
     with pytest.raises(TrainingError, match="dropout"):
         train("fashion-moe", epochs=1, dropout=1.0)
+    with pytest.raises(TrainingError, match="clean fraction"):
+        train("fashion-moe", epochs=1, clean_fraction=1.5)
 
 
 def test_imports_without_torch():
@@ -314,12 +319,13 @@ def test_same_seed_same_weights(tmp_path):
 def test_cli_train(tmp_path, capsys):
     code = main(["train", "--arch", "fashion-moe", "--epochs", "1", "--limit", "256",
                  "--out", str(tmp_path), "--seed", "3", "--batch-size", "64",
-                 "--lr", "0.001", "--dropout", "0.1"])  # fmt: skip
+                 "--lr", "0.001", "--dropout", "0.1", "--clean-fraction", "1"])  # fmt: skip
     assert code == 0
     assert Repository(tmp_path).names() == ["fashion-moe"]
     record = json.loads((tmp_path / "fashion-moe" / "training.json").read_text())
     assert record["seed"] == 3 and record["batch_size"] == 64
     assert record["lr"] == 0.001 and record["dropout"] == 0.1
+    assert record["clean_fraction"] == 1.0 and record["history"][0]["gate_noise"] is False
     assert "test accuracy" in capsys.readouterr().out
 
 
