@@ -6,7 +6,10 @@ N requests (default 2000) from C concurrent clients (default 16) post real photo
 stops by itself (also after --max-seconds). It reports throughput, p50/p99 latency,
 errors by status, the mean batch size the server ran (from its /metrics), and the
 server's resident memory (VmRSS) during the first and the last 500 requests, which
-shows whether memory grows under load.
+shows whether memory grows under load, and the CPU time the client and the server
+spent per request (on a machine they share, the client's share is taken from the
+server's compute: it keeps its own small with one keep-alive connection per client
+and a minimal HTTP/1.1 exchange instead of a general-purpose HTTP library).
 
 Either point it at a running server and give its pid (for the memory figures):
 
@@ -34,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -94,6 +97,62 @@ def batch_totals(metrics_text: str, model: str | None) -> tuple[float, float]:
     return totals["sum"], totals["count"]
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs a body and reads the answer.
+
+    Only what this server sends is understood (a status line, headers with
+    Content-Length, the body); the connection is reopened when the server closes it.
+    """
+
+    def __init__(self, url: str, path: str, content_type: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                     f"Content-Type: {content_type}\r\n").encode()  # fmt: skip
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(self.head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            header = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.close()
+            raise ConnectionError("the server closed the connection") from None
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        length = fields.get("content-length")
+        if length is None:
+            await self.close()
+            raise ConnectionError("an answer without Content-Length")
+        content = await self.reader.readexactly(int(length))
+        if fields.get("connection") == "close":
+            await self.close()
+        return status, content
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except ConnectionError:
+                pass
+        self.reader = self.writer = None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (from /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     total: int
@@ -107,8 +166,6 @@ class Run:
 async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     images = photos()
     run = Run(args.requests)
-    params = {"model": args.model} if args.model else {}
-    limits = httpx.Limits(max_connections=args.concurrency)
     stop_at = time.monotonic() + args.max_seconds
     next_index = iter(range(args.requests))
 
@@ -123,40 +180,48 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         if run.done >= run.total - WINDOW:
             run.rss_last.append(rss)
 
-    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=args.timeout) as client:
         before = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 
-        async def worker() -> None:
-            for i in next_index:
-                if time.monotonic() > stop_at:
-                    return
-                name, data = images[i % len(images)]
-                start = time.perf_counter()
-                try:
-                    r = await client.post(
-                        f"{url}/v1/classify",
-                        content=data,
-                        params=params,
-                        headers={"content-type": "image/jpeg"},
-                    )
-                    status = str(r.status_code)
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                elapsed = time.perf_counter() - start
-                run.done += 1
-                if status == "200":
-                    run.latencies.append(elapsed)
-                else:
-                    run.errors[status] = run.errors.get(status, 0) + 1
-                if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
-                    sample_rss()
-                if args.progress and run.done % 100 == 0:
-                    print(f"  {run.done}/{run.total}", file=sys.stderr, flush=True)
+        path = "/v1/classify" + (f"?model={quote(args.model)}" if args.model else "")
 
-        started = time.perf_counter()
+        async def worker() -> None:
+            conn = Connection(url, path, "image/jpeg")
+            try:
+                for i in next_index:
+                    if time.monotonic() > stop_at:
+                        return
+                    await one(conn, images[i % len(images)][1])
+            finally:
+                await conn.close()
+
+        async def one(conn: Connection, data: bytes) -> None:
+            start = time.perf_counter()
+            try:
+                status = str((await asyncio.wait_for(conn.post(data), args.timeout))[0])
+            except OSError as exc:  # TimeoutError and ConnectionError among them
+                await conn.close()
+                status = type(exc).__name__
+            elapsed = time.perf_counter() - start
+            run.done += 1
+            if status == "200":
+                run.latencies.append(elapsed)
+            else:
+                run.errors[status] = run.errors.get(status, 0) + 1
+            if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
+                sample_rss()
+            if args.progress and run.done % 100 == 0:
+                print(f"  {run.done}/{run.total}", file=sys.stderr, flush=True)
+
+        started, client_cpu = time.perf_counter(), time.process_time()
+        server_cpu = cpu_seconds(pid) if pid is not None else None
         sample_rss()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         wall = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu
+        if server_cpu is not None:
+            now = cpu_seconds(pid) if pid is not None else None
+            server_cpu = None if now is None else now - server_cpu
         sample_rss()
         after = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 
@@ -177,6 +242,10 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "mean_batch_size": round((after[0] - before[0]) / batches, 3) if batches else None,
         "server_pid": pid,
+        "client_cpu_ms_per_request": round(1e3 * client_cpu / run.done, 2) if run.done else None,
+        "server_cpu_ms_per_request": (
+            round(1e3 * server_cpu / run.done, 2) if run.done and server_cpu is not None else None
+        ),
         "rss_mib_first_500": round(max(run.rss_first) / mib, 1) if run.rss_first else None,
         "rss_mib_last_500": round(max(run.rss_last) / mib, 1) if run.rss_last else None,
         "stopped_early": run.done < run.total,
@@ -232,8 +301,8 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The load test's options, and the serve arguments after `--` (with --start)."""
     serve_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -257,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1:
         p.error("--requests and --concurrency must be >= 1")
+    return args, serve_args
 
+
+def run_report(args: argparse.Namespace, serve_args: list[str]) -> dict:
+    """Run the load test (starting a server first with --start); returns the report."""
     proc = None
     if args.start:
         proc, url = start_server(serve_args, args.ready_timeout)
@@ -269,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None:
             stop_server(proc)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, serve_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    report = run_report(args, serve_args)
+    pid = report["server_pid"]
     if args.json:
         print(json.dumps(report))
         return 0
@@ -279,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"errors: {report['errors']} {report['errors_by_status'] or ''}".rstrip())
     print(f"mean batch size: {report['mean_batch_size']}")
+    cpu = f"CPU per request: client {report['client_cpu_ms_per_request']} ms"
+    if report["server_cpu_ms_per_request"] is not None:
+        cpu += f", server {report['server_cpu_ms_per_request']} ms"
+    print(cpu)
     if pid is not None:
         print(
             f"server RSS (pid {pid}): first {WINDOW} requests {report['rss_mib_first_500']} "

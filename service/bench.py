@@ -9,8 +9,9 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def onnxruntime_session(model: Any) -> Any:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from experts.loading import build_network, forward, resolve_model
+    from experts.loading import build_network, resolve_model
     from experts.repository import ModelError
     from kernels.runtime import Device
 
@@ -87,25 +88,61 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         for precision in precisions:
             network = build_network(model, device, precision, settings.layer_precision)
             for batch in args.batch:
-                x = rng.standard_normal((batch, *model.input_shape), dtype=np.float32)
+                inputs = _inputs(args, model, batch, rng)
                 for k in ks:
-                    runners = {"moe-alexnet": partial(forward, network, x, k)}
+                    spread: list[int] = []
+                    runners = {"moe-alexnet": partial(_run, network, cycle(inputs), k, spread)}
                     if session is not None:
-                        feed = {session.get_inputs()[0].name: x}
-                        runners["onnxruntime"] = partial(session.run, None, feed)
+                        feeds = [{session.get_inputs()[0].name: x} for x in inputs]
+                        runners["onnxruntime"] = partial(_run_session, session, cycle(feeds))
                     label = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
-                    times = time_rounds(runners, args, label)
+                    # Warm-up sees every input batch once: a mixture plans buffers
+                    # per expert sub-batch size the first time each size occurs.
+                    warmup = max(args.warmup, len(inputs) if args.dataset else 0)
+                    times = time_rounds(runners, args, label, warmup)
                     row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
                            "batch": batch, **({"experts_per_image": k} if k else {}),
                            **summarise(times["moe-alexnet"], batch),
                            "weight_bytes": network.weight_bytes,
                            "activation_bytes": _activation_bytes(network, batch),
                            "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
-                           "device": device.name}  # fmt: skip
+                           "device": device.name,
+                           "inputs": args.dataset or "noise"}  # fmt: skip
+                    if spread:  # a mixture: distinct experts each timed batch ran
+                        row["experts_per_batch"] = round(float(np.mean(spread)), 2)
                     _emit(row, args.json)
                     if session is not None:
                         _emit(_onnxruntime_row(model, times, row), args.json)
     return 0
+
+
+BATCHES = 16  # distinct input batches per row, taken in turn
+
+
+def _inputs(
+    args: argparse.Namespace, model: Any, batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Input batches: standard normal noise, or consecutive real test images."""
+    if args.dataset is None:
+        return [rng.standard_normal((batch, *model.input_shape), dtype=np.float32)]
+    from experts.datasets import load_fashion_mnist, to_model_input
+
+    images, _ = load_fashion_mnist("test", args.data_dir)
+    x = to_model_input(images[: batch * BATCHES], model.meta["input"])
+    return [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)]
+
+
+def _run(network: Any, batches: Iterator[np.ndarray], k: int | None, spread: list[int]) -> None:
+    """Forward the next input batch; for a mixture note how many experts it used."""
+    from experts.loading import forward
+
+    _, routing = forward(network, next(batches), k)
+    if routing is not None:
+        spread.append(len(np.unique(routing.indices)))
+
+
+def _run_session(session: Any, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+    session.run(None, next(feeds))
 
 
 def _activation_bytes(network: Any, batch: int) -> int:
@@ -124,7 +161,7 @@ def _onnxruntime_row(model: Any, times: dict[str, list[float]], ours: dict[str, 
 
 
 def time_rounds(
-    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, label: str
+    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, label: str, warmup: int
 ) -> dict[str, list[float]]:
     """Time each runner in turn, in `args.rounds` rounds of blocks.
 
@@ -137,8 +174,7 @@ def time_rounds(
     per_round = -(-args.iterations // args.rounds)
     for r in range(args.rounds):
         for name, run in runners.items():
-            warmup = args.warmup if r == 0 else 1
-            times[name] += time_runs(run, warmup, per_round, f"{label} {name}")
+            times[name] += time_runs(run, warmup if r == 0 else 1, per_round, f"{label} {name}")
     return times
 
 
@@ -147,6 +183,8 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(row), flush=True)
         return
     k = f" k={row['experts_per_image']}" if "experts_per_image" in row else ""
+    if "experts_per_batch" in row:
+        k += f" ({row['experts_per_batch']:.1f} experts/batch)"
     line = (
         f"{row['runtime']:12s} {row['model']:15s} {row['precision']:5s} b={row['batch']:<3d}{k} "
         f"{row['images_per_s']:9.1f} img/s  p50 {row['latency_ms_p50']:8.2f} ms  "

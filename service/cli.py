@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternate the runtimes in this many rounds (with --compare)")  # fmt: skip
     p.add_argument("--compare", choices=["onnxruntime"], default=None,
                    help="also run the same network and weights in onnxruntime")  # fmt: skip
+    p.add_argument("--dataset", choices=["fashion-mnist"], default=None,
+                   help="time on real test images, a different batch each run (a "
+                   "mixture's speed depends on how its gate spreads them), not noise")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
+                   "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per row")
 
     p = sub.add_parser("serve", help="serve the models over HTTP (v1 JSON and KServe v2 APIs)")
@@ -328,10 +334,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from experts.datasets import DatasetError
     from service.bench import run_bench
 
     settings = _settings(args)
-    return run_bench(args, settings)
+    try:
+        return run_bench(args, settings)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

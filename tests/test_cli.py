@@ -108,8 +108,10 @@ def test_classify_builtin_with_random_weights(capsys, photo, tmp_path, monkeypat
             ["classify", "{garbage}", "--model", "tiny", "--device", "no-such-device"],
             "no-such-device",
         ),
-        (["classify", "{garbage}", "--model", "tiny", "--precision", "fp32,int8"],
-         "one precision at a time"),
+        (
+            ["classify", "{garbage}", "--model", "tiny", "--precision", "fp32,int8"],
+            "one precision at a time",
+        ),
         (["calibrate", "--model", "tiny", "--images", "{garbage}"], "not a folder of images"),
         (["import-onnx", "missing.onnx", "--name", "x"], "missing.onnx"),
         (["import-onnx", "{garbage}", "--name", "x"], "garbage"),
@@ -262,3 +264,24 @@ def test_eval_without_dataset_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "eval", "--model", "fashion-alexnet", "--random-weights",
                        "--data-dir", str(tmp_path / "nowhere"))  # fmt: skip
     assert "dataset-fashion-mnist" in one_line_error(code, err)
+
+
+def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, monkeypatch):
+    from tests.test_datasets import write_split
+
+    data = tmp_path / "fashion"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    write_split(data, "test", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+                rng.integers(0, 10, 40, dtype=np.uint8))  # fmt: skip
+    monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
+    code, out, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
+                         "--dataset", "fashion-mnist", "--data-dir", str(data), "--batch", "8",
+                         "--iterations", "4", "--warmup", "0", "--json")  # fmt: skip
+    assert code == 0, err
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["inputs"] == "fashion-mnist" and 1.0 <= row["experts_per_batch"] <= 4.0
+    missing = str(tmp_path / "none")
+    code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
+                       "--dataset", "fashion-mnist", "--data-dir", missing)  # fmt: skip
+    assert "does not exist" in one_line_error(code, err)
