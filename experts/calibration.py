@@ -62,7 +62,7 @@ def weighted_layers(meta: dict[str, Any]) -> list[str]:
 
 
 def parse_layer_precisions(text: str) -> dict[str, str]:
-    """"conv1=fp32,fc8=fp16" -> {"conv1": "fp32", "fc8": "fp16"} (names checked later,
+    """ "conv1=fp32,fc8=fp16" -> {"conv1": "fp32", "fc8": "fp16"} (names checked later,
     against the model)."""
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -102,9 +102,15 @@ class Calibration:
     source: str = ""
 
     def to_json(self, meta: dict[str, Any]) -> str:
-        doc = {"format": 1, "model": meta["name"], "version": str(meta.get("version", "1")),
-               "method": self.method, "samples": self.samples, "source": self.source,
-               "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()}}
+        doc = {
+            "format": 1,
+            "model": meta["name"],
+            "version": str(meta.get("version", "1")),
+            "method": self.method,
+            "samples": self.samples,
+            "source": self.source,
+            "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
+        }
         return json.dumps(doc, indent=2) + "\n"  # fmt: skip
 
     @classmethod
@@ -112,7 +118,7 @@ class Calibration:
         """Parse and check against the model: its name and every weighted layer,
         nothing else."""
         if not isinstance(doc, dict) or not isinstance(doc.get("ranges"), dict):
-            raise CalibrationError(f"{where}: expected an object with \"ranges\"")
+            raise CalibrationError(f'{where}: expected an object with "ranges"')
         if doc.get("model") != meta["name"]:
             raise CalibrationError(
                 f"{where}: calibrated for model {doc.get('model')!r}, not {meta['name']!r}"
@@ -274,4 +280,3 @@ def needs_ranges(meta: dict[str, Any], precision: str, overrides: dict[str, str]
     """Whether any weighted layer would run quantised."""
     names = weighted_layers(meta)
     return any(get_precision(overrides.get(n, precision)).quantized for n in names)
-
