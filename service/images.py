@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_INTERMEDIATE_PIXELS = 16_000_000
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class InputError(ValueError):
@@ -81,18 +83,30 @@ def preprocess(image: Image.Image, input_meta: dict[str, Any], source: str = "im
     """One image -> (C, H, W) float32, following the model's `input` block."""
     c, h, w = (int(s) for s in input_meta["shape"])
     color = input_meta.get("color") or ("RGB" if c == 3 else "L")
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+        image = ImageOps.exif_transpose(image)
     image = to_color(image, color, source)
     image = resize_and_crop(image, (h, w), input_meta.get("resize"))
-    x = np.asarray(image, dtype=np.float32).reshape(h, w, -1)
-    if x.shape[2] != c:
-        raise InputError(f"{source}: {color} gives {x.shape[2]} channels, the model wants {c}")
-    # Normalised while still H x W x C (contiguous: about twice as fast as on the
-    # transposed view), with the same float32 operations per value.
-    x /= np.float32(255.0)
-    x -= np.asarray(input_meta["mean"], np.float32)
-    x /= np.asarray(input_meta["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    pixels = np.asarray(image, dtype=np.uint8).reshape(h, w, -1)
+    if pixels.shape[2] != c:
+        raise InputError(f"{source}: {color} gives {pixels.shape[2]} channels, the model wants {c}")
+    table = normalisation_table(tuple(input_meta["mean"]), tuple(input_meta["std"]))
+    out = np.empty((c, h, w), np.float32)
+    for i in range(c):
+        np.take(table[i], pixels[:, :, i], out=out[i])
+    return out
+
+
+@lru_cache(maxsize=64)
+def normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(C, 256) float32: `(v / 255 - mean[c]) / std[c]` for every 8-bit value v, by the
+    same float32 operations as normalising each pixel would take (so bit-identical),
+    looked up per pixel in a quarter of the time."""
+    v = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    table = (v[np.newaxis, :] - mean_[:, np.newaxis]) / std_[:, np.newaxis]
+    table.setflags(write=False)
+    return table
 
 
 def to_color(image: Image.Image, color: str, source: str = "image") -> Image.Image:

@@ -75,6 +75,18 @@ def test_normalisation_by_hand() -> None:
                 assert x[c, i, j] == pytest.approx(want, abs=1e-6)
 
 
+def test_normalisation_table_is_bit_identical_to_float32_arithmetic() -> None:
+    """Every 8-bit value in every channel, against x / 255, - mean, / std in float32 (the
+    order datasets.to_model_input uses too)."""
+    rgb = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+    m = meta(shape=[3, 16, 16], mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    x = preprocess(Image.fromarray(rgb), m)
+    want = rgb.astype(np.float32) / np.float32(255.0)
+    want -= np.asarray(m["mean"], np.float32)
+    want /= np.asarray(m["std"], np.float32)
+    assert np.array_equal(x, want.transpose(2, 0, 1))
+
+
 def test_resize_none_resizes_straight() -> None:
     x = preprocess(Image.new("RGB", (13, 5), (255, 0, 51)), RGB_META)
     assert x.shape == (3, 8, 8)
