@@ -123,13 +123,13 @@ class Connection:
             await self.close()
             raise ConnectionError("the server closed the connection") from None
         lines = header.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
         fields = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
-        length = fields.get("content-length")
-        if length is None:
+        try:
+            status, length = int(lines[0].split(" ", 2)[1]), int(fields["content-length"])
+        except (IndexError, KeyError, ValueError):
             await self.close()
-            raise ConnectionError("an answer without Content-Length")
-        content = await self.reader.readexactly(int(length))
+            raise ConnectionError(f"an answer this client cannot read: {lines[0]!r}") from None
+        content = await self.reader.readexactly(length)
         if fields.get("connection") == "close":
             await self.close()
         return status, content
@@ -219,9 +219,8 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         wall = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
-        if server_cpu is not None:
-            now = cpu_seconds(pid) if pid is not None else None
-            server_cpu = None if now is None else now - server_cpu
+        now = cpu_seconds(pid) if pid is not None else None
+        server_cpu = None if now is None or server_cpu is None else now - server_cpu
         sample_rss()
         after = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 

@@ -108,7 +108,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                            "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
                            "device": device.name,
                            "inputs": args.dataset or "noise"}  # fmt: skip
-                    if spread:  # a mixture: distinct experts each timed batch ran
+                    if spread:  # a mixture: distinct experts per batch run
                         row["experts_per_batch"] = round(float(np.mean(spread)), 2)
                     _emit(row, args.json)
                     if session is not None:
@@ -125,9 +125,11 @@ def _inputs(
     """Input batches: standard normal noise, or consecutive real test images."""
     if args.dataset is None:
         return [rng.standard_normal((batch, *model.input_shape), dtype=np.float32)]
-    from experts.datasets import load_fashion_mnist, to_model_input
+    from experts.datasets import DatasetError, load_fashion_mnist, to_model_input
 
     images, _ = load_fashion_mnist("test", args.data_dir)
+    if len(images) < batch:
+        raise DatasetError(f"the test split has {len(images)} images, fewer than batch {batch}")
     x = to_model_input(images[: batch * BATCHES], model.meta["input"])
     return [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)]
 

@@ -281,6 +281,9 @@ def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, monk
     assert code == 0, err
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["inputs"] == "fashion-mnist" and 1.0 <= row["experts_per_batch"] <= 4.0
+    code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights", "--dataset",
+                       "fashion-mnist", "--data-dir", str(data), "--batch", "41")  # fmt: skip
+    assert "fewer than batch 41" in one_line_error(code, err)
     missing = str(tmp_path / "none")
     code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
                        "--dataset", "fashion-mnist", "--data-dir", missing)  # fmt: skip
