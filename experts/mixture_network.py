@@ -22,6 +22,7 @@ from experts.mixture import MixtureSpec, mixture_spec, part_weights, route
 from experts.network import Network
 from experts.spec import SpecError
 from kernels import ops
+from kernels.precision import get_precision
 from kernels.runtime import Device
 
 
@@ -67,13 +68,17 @@ class MixtureNetwork:
 
         self.stem = part(s.stem, s.input_shape, "stem")
         self.gate = part(s.gate, s.stem_shape, "gate", input_layout="cnhw")
-        # An expert sees every sub-batch size from 1 to the batch: keep all their plans.
-        self.experts = [
+        self.segments = device.alloc(4 * (s.experts + 1))
+        self.grouped = self._grouped(weights, precision, layer_precisions or {})
+        # Otherwise each expert runs on its own images, so it sees every sub-batch size
+        # from 1 to the batch: keep all their plans.
+        self.experts = [] if self.grouped is not None else [
             part(s.expert, s.stem_shape, f"experts.{i}", max_plans=64, input_layout="cnhw")
             for i in range(s.experts)
-        ]
+        ]  # fmt: skip
         self.head = part(s.head, (s.features,), "head")
         parts = [self.stem, self.gate, *self.experts, self.head]
+        parts += [self.grouped] if self.grouped is not None else []
         self.weight_bytes = sum(p.weight_bytes for p in parts)
         self.input_shape = s.input_shape
         c, h, w = s.stem_shape
@@ -81,11 +86,34 @@ class MixtureNetwork:
         self.merge = ops.Merge(device, s.features)
         self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
 
+    def _grouped(
+        self, weights: dict[str, np.ndarray], precision: str, layer_precisions: dict[str, str]
+    ) -> Network | None:
+        """All experts as one network (one launch per layer, whatever the routing), where
+        every expert layer has a grouped kernel: float precisions, the same for every
+        expert, and Winograd-shaped convolutions. None: run the experts one by one."""
+        s = self.spec
+        names = {layer["name"] for layer in s.expert}
+        chosen = {n: {layer_precisions.get(f"experts.{i}.{n}", precision)
+                      for i in range(s.experts)} for n in names}  # fmt: skip
+        if any(len(p) > 1 or get_precision(next(iter(p))).quantized for p in chosen.values()):
+            return None
+        per_expert = [part_weights(weights, f"experts.{i}") for i in range(s.experts)]
+        stacked = {key: np.stack([w[key] for w in per_expert]) for key in per_expert[0]}
+        try:
+            return Network(self.device, s.expert, s.stem_shape, stacked, max_plans=64,
+                           input_layout="cnhw", precision=precision,
+                           layer_precisions={n: next(iter(p)) for n, p in chosen.items()},
+                           segments=self.segments)  # fmt: skip
+        except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 convolution)
+            return None
+
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""
         parts = [self.stem, self.gate, self.head]
         total = sum(p.plan(n).activation_bytes for p in parts)
-        return total + sum(p.planned_bytes() for p in self.experts)
+        experts = self.experts + ([self.grouped] if self.grouped is not None else [])
+        return total + sum(p.planned_bytes() for p in experts)
 
     def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
         """Per (batch, k): image lists, expert output rows, merge indices and gates."""
@@ -128,7 +156,13 @@ class MixtureNetwork:
         d.write(row_buf, row_of_pair)
         d.write(gate_buf, gates)
         width = 4 * self.spec.features
-        for e in range(self.spec.experts):
+        if self.grouped is not None:  # every pair in one run, rows in expert order
+            plan = self.grouped.plan(n * k)
+            self.gather(n, n * k, stem.output, image_buf, plan.input, first=0)
+            d.write(self.segments, start.astype(np.int32))
+            plan.tape.replay()
+            rows = plan.output
+        for e in range(self.spec.experts if self.grouped is None else 0):
             m = int(start[e + 1] - start[e])
             if m == 0:
                 continue

@@ -70,8 +70,12 @@ class Network:
         precision: str = "fp32",
         layer_precisions: dict[str, str] | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
+        segments: Any = None,
     ) -> None:
         self.device = device
+        # Grouped (a mixture's experts as one network): weights carry a leading expert
+        # axis and the rows, sorted by expert, are split by the `segments` buffer.
+        self.segments = segments
         self.precision = get_precision(precision)
         # Per conv/linear layer: its own precision, and (quantised) its input's range.
         self.layer_precisions = layer_precisions or {}
@@ -105,7 +109,10 @@ class Network:
                 raise SpecError(f"{name}: {p.name} needs the calibrated range of its input")
             try:
                 if op == "linear":
-                    return ops.Linear(d, w, b, layer["relu"], p, span)
+                    return ops.Linear(d, w, b, layer["relu"], p, span, self.segments)
+                if self.segments is not None:
+                    return ops.grouped_conv2d(d, shape, w, b, layer["stride"], layer["padding"],
+                                              layer["groups"], layer["relu"], p, self.segments)
                 return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
                                   layer["groups"], layer["relu"], p, span)  # fmt: skip
             except ValueError as exc:  # e.g. an accumulator that could overflow

@@ -27,10 +27,23 @@ SMALL = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def small(device):
-    weights = random_weights(SMALL, seed=4)
-    return weights, MixtureNetwork(device, SMALL, weights)
+# The same mixture with 5x5 expert convolutions, which have no grouped kernel: its
+# experts run one by one, each on its own images.
+ONE_BY_ONE = {
+    **SMALL,
+    "name": "one-by-one",
+    "expert": [{**SMALL["expert"][0], "kernel": 5, "padding": 2}, *SMALL["expert"][1:]],
+}
+
+
+@pytest.fixture(scope="module", params=["grouped", "one-by-one"])
+def small(request, device):
+    meta = SMALL if request.param == "grouped" else ONE_BY_ONE
+    weights = random_weights(meta, seed=4)
+    net = MixtureNetwork(device, meta, weights)
+    assert (net.grouped is not None) == (request.param == "grouped")
+    assert len(net.experts) == (0 if request.param == "grouped" else 5)
+    return meta, weights, net
 
 
 def images(n: int, shape=(3, 12, 12), seed: int = 0) -> np.ndarray:
@@ -40,31 +53,57 @@ def images(n: int, shape=(3, 12, 12), seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 7, 16])
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_sparse_matches_dense_reference(small, n, k):
-    weights, net = small
+    meta, weights, net = small
     x = images(n, seed=n * 10 + k)
     scores, routing = net.run(x, k)
-    want, indices, gates = reference_forward(SMALL, weights, x, k)
+    want, indices, gates = reference_forward(meta, weights, x, k)
     np.testing.assert_array_equal(routing.indices, indices)
     np.testing.assert_allclose(routing.gates, gates, rtol=1e-5)
     np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
 
 
-def test_one_expert_gets_every_image(device):
-    """A gate biased towards one expert: the others never run, results still match."""
-    weights = random_weights(SMALL, seed=4)
+@pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["grouped", "one-by-one"])
+def test_one_expert_gets_every_image(device, meta):
+    """A gate biased towards one expert: results still match; run one by one, the
+    other experts never run."""
+    weights = random_weights(meta, seed=4)
     weights["gate.g.weight"] = np.zeros_like(weights["gate.g.weight"])
     weights["gate.g.bias"] = np.array([0, 0, 9, 0, 0], np.float32)
-    net = MixtureNetwork(device, SMALL, weights)
+    net = MixtureNetwork(device, meta, weights)
     x = images(6)
     scores, routing = net.run(x, 1)
     assert (routing.indices == 2).all()
     assert routing.counts(5).tolist() == [0, 0, 6, 0, 0]
-    assert all(not e._plans for i, e in enumerate(net.experts) if i != 2)  # never ran
-    np.testing.assert_allclose(scores, reference_forward(SMALL, weights, x, 1)[0], rtol=1e-4)
+    if meta is ONE_BY_ONE:
+        assert [bool(e._plans) for e in net.experts] == [False, False, True, False, False]
+    np.testing.assert_allclose(scores, reference_forward(meta, weights, x, 1)[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("n,k", [(3, 1), (16, 5), (40, 2)])
+def test_grouped_experts_at_fp16(device, n, k):
+    """Half weights in the grouped kernels: within fp16's rounding of the reference."""
+    weights = random_weights(SMALL, seed=5)
+    net = MixtureNetwork(device, SMALL, weights, precision="fp16")
+    assert net.grouped is not None
+    x = images(n, seed=n)
+    scores, routing = net.run(x, k)
+    want, indices, _ = reference_forward(SMALL, weights, x, k)
+    np.testing.assert_array_equal(routing.indices, indices)
+    np.testing.assert_allclose(scores, want, rtol=2e-2, atol=2e-3)
+
+
+def test_quantised_or_mixed_experts_run_one_by_one(device):
+    weights = random_weights(SMALL, seed=4)
+    mixed = MixtureNetwork(device, SMALL, weights,
+                           layer_precisions={"experts.1.fc": "fp16"})  # fmt: skip
+    assert mixed.grouped is None and len(mixed.experts) == 5
+    x = images(7)
+    np.testing.assert_allclose(mixed.run(x, 2)[0], reference_forward(SMALL, weights, x, 2)[0],
+                               rtol=2e-2, atol=2e-3)  # fmt: skip
 
 
 def test_default_k_and_k_range(small):
-    _, net = small
+    _, _, net = small
     x = images(3)
     _, routing = net.run(x)
     assert routing.indices.shape == (3, 2)  # the model's own k

@@ -52,13 +52,17 @@
 #define ACT(x) (x)
 #endif
 
-// Row r of the block goes to C row c_row0 + m0 + r; the last panel may be cut at N.
+// Row r of the block goes to C row c_row0 + m0 + r, columns [lo, hi) of the panel
+// only: the last panel is cut at N, and (GROUPED) a panel that straddles two experts'
+// images is computed once per expert, each storing its own columns.
 #define STORE(r) if (m0 + r < M) { float16 v[NV] = {EACH(TOTAL, r)}; \
     const float bb = bias[m0 + r], sc = scale[m0 + r]; \
     __global float *o = C + (size_t)(c_row0 + m0 + r) * ldc + n0; \
-    if (n0 + NB <= N) { for (int q = 0; q < NV; ++q) vstore16(ACT(v[q] * sc + bb), q, o); } \
+    if (lo == n0 && n0 + NB <= hi) { \
+        for (int q = 0; q < NV; ++q) vstore16(ACT(v[q] * sc + bb), q, o); } \
     else { for (int q = 0; q < NV; ++q) for (int e = 0; e < 16; ++e) \
-        if (n0 + 16 * q + e < N) o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
+        if (n0 + 16 * q + e >= lo && n0 + 16 * q + e < hi) \
+            o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
 
 // One 8 x NB block of C: rows m0.. from A panel `a`, columns n0.. from B panel `bp`
 // (in address space `space`).
@@ -78,22 +82,41 @@
 
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
 // strides (in elements) apart. B is already quantised (im2col applied QX).
+// GROUPED (a mixture's experts in one launch): the columns are `cols` per image, the
+// images sorted by expert, expert x owning images [seg[x], seg[x + 1]); its A lies
+// x * a_expert elements on.
 __kernel void gemm_packed(const int M, const int N, const int K,
                           __global const wtype *restrict Ap,
                           __global const float *restrict Bp,
                           __global const float *restrict bias,
                           __global const float *restrict scale,
                           __global float *restrict C, const int ldc, const int c_row0,
-                          const int a_stride, const int b_stride, const int c_stride)
+                          const int a_stride, const int b_stride, const int c_stride
+#if GROUPED
+                          , __global const int *restrict seg, const int experts,
+                          const int cols, const int a_expert
+#endif
+                          )
 {
     const int mt = get_global_id(0);  // row blocks fastest: they share one B panel in cache
     const int nt = get_global_id(1);
-    const int e = get_global_id(2);
+    const int g = get_global_id(2);
     const int m0 = mt * 8, n0 = nt * NB;
-    __global const wtype *a = Ap + (size_t)e * a_stride + (size_t)mt * K * 8;
-    __global const float *bp = Bp + (size_t)e * b_stride + (size_t)nt * K * NB;
-    C += (size_t)e * c_stride;
+    __global const float *bp = Bp + (size_t)g * b_stride + (size_t)nt * K * NB;
+    C += (size_t)g * c_stride;
+#if GROUPED
+    for (int x = 0; x < experts; ++x) {
+        const int lo = max(n0, seg[x] * cols), hi = min(min(n0 + NB, N), seg[x + 1] * cols);
+        if (lo >= hi) continue;
+        __global const wtype *a = Ap + (size_t)x * a_expert + (size_t)g * a_stride
+                                  + (size_t)mt * K * 8;
+        BLOCK(bp, __global)
+    }
+#else
+    const int lo = n0, hi = N;
+    __global const wtype *a = Ap + (size_t)g * a_stride + (size_t)mt * K * 8;
     BLOCK(bp, __global)
+#endif
 }
 
 // x: the (padded, and for quantised precisions quantised: pad2d) input
@@ -134,6 +157,7 @@ __kernel void conv_packed(const int M, const int N, const int K,
     }
     const int blocks = (M + 7) / 8;
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
+    const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
         __global const wtype *a = Ap + (size_t)mt * K * 8;

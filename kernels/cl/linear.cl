@@ -15,13 +15,26 @@
 #endif
 
 #ifdef RO
+// GROUPED (a mixture's experts in one launch, RB = 1): row b belongs to expert x
+// (rows [seg[x], seg[x + 1])), whose W, bias and scale lie x * O rows on.
 __kernel void linear(const int B, const int I, const int O,
                      __global const float *restrict X, __global const wtype *restrict W,
                      __global const float *restrict bias, __global const float *restrict scale,
-                     __global float *restrict Y)
+                     __global float *restrict Y
+#if GROUPED
+                     , __global const int *restrict seg
+#endif
+                     )
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
+#if GROUPED
+    int ex = 0;
+    while (b0 >= seg[ex + 1]) ++ex;
+    W += (size_t)ex * O * I;
+    bias += ex * O;
+    scale += ex * O;
+#endif
     __global const wtype *w[RO];
     __global const float *x[RB];
 #pragma unroll

@@ -66,12 +66,17 @@ __kernel void winograd_input(__global const float *restrict x, __global float *r
 #endif
 
 // M (from float m_off on): ALPHA^2 x [M][T] at `ms` floats apart -> y: [M][N][OH][OW],
-// bias and optional ReLU.
+// bias and optional ReLU. GROUPED: image b takes the bias of its expert x (images
+// [seg[x], seg[x + 1]]), x * M floats on.
 __kernel void winograd_output(__global const float *restrict Mt, const int m_off,
                               __global const float *restrict bias,
                               __global float *restrict y, const int M, const int T,
                               const int N, const int OH, const int OW, const int TH, const int TW,
-                              const int ms)
+                              const int ms
+#if GROUPED
+                              , __global const int *restrict seg
+#endif
+                              )
 {
     const int t = get_global_id(0), m = get_global_id(1);
     if (t >= T) return;
@@ -92,7 +97,13 @@ __kernel void winograd_output(__global const float *restrict Mt, const int m_off
         }
     const int b = t / (TH * TW), r = t % (TH * TW);
     const int oy = MT * (r / TW), ox = MT * (r % TW);
+#if GROUPED
+    int x = 0;
+    while (b >= seg[x + 1]) ++x;
+    const float bb = bias[x * M + m];
+#else
     const float bb = bias[m];
+#endif
     __global float *out = y + (((size_t)m * N + b) * OH + oy) * OW + ox;
 #pragma unroll
     for (int i = 0; i < MT; ++i)

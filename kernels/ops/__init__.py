@@ -10,7 +10,7 @@ from kernels.ops.elementwise import GatherImages, Merge, Relu, Softmax, SwapOute
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
-from kernels.ops.winograd import WinogradConv2d, conv2d
+from kernels.ops.winograd import WinogradConv2d, conv2d, grouped_conv2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -24,5 +24,6 @@ __all__ = [
     "Softmax",
     "SwapOuter",
     "WinogradConv2d",
+    "grouped_conv2d",
     "conv2d",
 ]

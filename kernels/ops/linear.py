@@ -28,11 +28,18 @@ class Linear:
         relu: bool = False,
         precision: Precision = FP32,
         input_range: tuple[float, float] | None = None,
+        segments: Any = None,
     ) -> None:
         self.device = device
-        self.o, self.i = weight.shape
+        self.segments = segments  # grouped: weight [E][O][I], rows sorted by expert
+        experts = weight.shape[0] if segments is not None else 1
+        if segments is not None and precision.quantized:
+            raise ValueError("grouped experts run floating-point precisions only")
+        self.o, self.i = weight.shape[-2:]
+        weight = weight.reshape(experts * self.o, self.i)
         self.relu = relu
-        bias = np.zeros(self.o, np.float32) if bias is None else bias.astype(np.float32)
+        bias = (np.zeros(experts * self.o, np.float32) if bias is None
+                else bias.astype(np.float32).ravel())  # fmt: skip
         prepared = precision.prepare(weight, input_range, "linear")
         self.w = device.upload(prepared.weights)
         self.scale = device.upload(prepared.scale)
@@ -49,7 +56,8 @@ class Linear:
         return (self.o,)
 
     def _tile(self, n: int) -> tuple[int, int]:
-        return 4, min(n, 8)
+        # Grouped: one image a work-item, as neighbouring rows may be other experts'.
+        return 4, 1 if self.segments is not None else min(n, 8)
 
     def scratch_bytes(self, n: int) -> int:
         """Quantised: the input's quantised copy."""
@@ -59,7 +67,8 @@ class Linear:
         ro, rb = self._tile(n)
         kernel = self._kernels.get(rb)
         if kernel is None:
-            defines = {"RO": ro, "RB": rb, "RELU": self.relu, **self.precision.defines}
+            defines = {"RO": ro, "RB": rb, "RELU": self.relu,
+                       "GROUPED": self.segments is not None, **self.precision.defines}
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
         if self.precision.quantized:
             count = n * self.i
@@ -69,4 +78,5 @@ class Linear:
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),
             I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
+            *(() if self.segments is None else (self.segments,)),
         )  # fmt: skip

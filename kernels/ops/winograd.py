@@ -61,7 +61,14 @@ def _values(matrix: np.ndarray) -> str:
 
 
 class WinogradConv2d:
-    """Same contract as Conv2d: [C][N][H][W] in, [M][N][OH][OW] out, bias + ReLU."""
+    """Same contract as Conv2d: [C][N][H][W] in, [M][N][OH][OW] out, bias + ReLU.
+
+    Grouped (`segments` given): the E experts of a mixture in one set of launches.
+    `weight` is then [E][M][C][r][r] and `bias` [E][M]; the images are sorted by
+    expert, expert e owning images segments[e] to segments[e + 1] (an int32 device
+    buffer of E + 1 offsets the caller writes before each run), and each image is
+    convolved with its expert's filters.
+    """
 
     def __init__(
         self,
@@ -73,10 +80,15 @@ class WinogradConv2d:
         relu: bool = False,
         tile: int = TILE,
         precision: Precision = FP32,
+        segments: Any = None,
     ) -> None:
         self.device = device
+        self.segments = segments
+        self.experts = weight.shape[0] if segments is not None else 1
+        weight = weight.reshape(-1, *weight.shape[-3:])  # [E * M][C][r][r]
         self.c, self.h, self.w = in_shape
         self.m, _, r, _ = weight.shape
+        self.m //= self.experts
         self.ph, self.pw = padding
         self.oh, self.ow = self.h + 2 * self.ph - r + 1, self.w + 2 * self.pw - r + 1
         self.tile = tile
@@ -85,11 +97,14 @@ class WinogradConv2d:
         self.blocks = -(-self.m // 8)
         if precision.quantized:  # the transforms would mix quantised integers
             raise ValueError(f"Winograd runs floating-point precisions only, not {precision.name}")
-        u = transform_weights(weight, tile)
-        packed = precision.store(np.stack([pack_rows(ue) for ue in u]))
-        self.a_stride = packed[0].size
+        per_expert = weight.reshape(self.experts, self.m, *weight.shape[1:])
+        packed = precision.store(np.stack([
+            np.stack([pack_rows(ue) for ue in transform_weights(w, tile)]) for w in per_expert
+        ]))  # fmt: skip
+        self.a_stride, self.a_expert = packed[0, 0].size, packed[0].size
         self.u = device.upload(packed)
-        bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
+        bias = (np.zeros(self.experts * self.m, np.float32) if bias is None
+                else bias.astype(np.float32).ravel())  # fmt: skip
         self.bias = device.upload(bias)
         self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
         self.ones = device.upload(np.ones(self.blocks * 8, np.float32))
@@ -97,7 +112,8 @@ class WinogradConv2d:
         self.precision = precision
         at, _, bt = transforms(tile, r)
         self.defines = {"ALPHA": self.alpha, "MT": tile, "RELU": relu,
-                        "BT_VALUES": _values(bt), "AT_VALUES": _values(at)}  # fmt: skip
+                        "BT_VALUES": _values(bt), "AT_VALUES": _values(at),
+                        "GROUPED": segments is not None}  # fmt: skip
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def kernels(self, nv: int) -> dict[str, Any]:
@@ -108,7 +124,8 @@ class WinogradConv2d:
             found = {"input": d.kernel("winograd.cl", "winograd_input", defines),
                      "output": d.kernel("winograd.cl", "winograd_output", defines),
                      "gemm": d.kernel("gemm.cl", "gemm_packed",
-                                      {"NV": nv, "RELU": 0, **self.precision.defines})}  # fmt: skip
+                                      {"NV": nv, "RELU": 0, "GROUPED": self.defines["GROUPED"],
+                                       **self.precision.defines})}  # fmt: skip
             self._kernels[nv] = found
         return found
 
@@ -124,7 +141,8 @@ class WinogradConv2d:
         in the L1 cache, which made the transforms several times slower.
         """
         tiles = n * self.th * self.tw
-        nv = choose_nv(tiles)
+        # Grouped: narrow panels, as a panel straddling experts is computed once per expert.
+        nv = choose_nv(tiles) if self.segments is None else 1
         panels = -(-tiles // (16 * nv))
         e = self.alpha * self.alpha
         v_es = panels * self.c * 16 * nv + 16
@@ -146,16 +164,18 @@ class WinogradConv2d:
         )  # fmt: skip
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
+        grouped = () if self.segments is None else (
+            self.segments, I32(self.experts), I32(self.th * self.tw), I32(self.a_expert))
         d.launch(
             kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
             self.ones, scratch, I32(tiles), I32(z["m_off"] // tiles),
-            I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]),
+            I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]), *grouped,
         )  # fmt: skip
         d.launch(
             kern["output"], (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
             I32(self.m), I32(tiles), I32(n), I32(self.oh), I32(self.ow),
-            I32(self.th), I32(self.tw), I32(z["m_es"]),
+            I32(self.th), I32(self.tw), I32(z["m_es"]), *grouped[:1],
         )  # fmt: skip
 
 
@@ -182,3 +202,23 @@ def conv2d(
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
     return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
                   precision=precision, input_range=input_range)  # fmt: skip
+
+
+def grouped_conv2d(
+    device: Device,
+    in_shape: tuple[int, int, int],
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+    relu: bool,
+    precision: Precision,
+    segments: Any,
+) -> WinogradConv2d:
+    """A mixture's experts' convolution in one set of launches (see WinogradConv2d);
+    only the Winograd path has a grouped form: 3x3, stride 1, ungrouped, float."""
+    if weight.shape[-2:] != (3, 3) or tuple(stride) != (1, 1) or groups != 1:
+        raise ValueError("grouped experts need 3x3 stride-1 ungrouped convolutions")
+    return WinogradConv2d(device, in_shape, weight, bias, padding, relu,
+                          precision=precision, segments=segments)  # fmt: skip
