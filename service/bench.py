@@ -71,6 +71,12 @@ def onnxruntime_session(model: Any) -> Any:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Rows per (precision, batch), each for every model (and k) and runtime asked for.
+
+    The rows of one (precision, batch) are timed together, taking turns in
+    `args.rounds` rounds, so the machine's drifts (other tenants) fall on all of them
+    alike and their ratios hold even where the absolute figures wander.
+    """
     from experts.loading import build_network, resolve_model
     from experts.repository import ModelError
     from kernels.runtime import Device
@@ -79,40 +85,47 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     precisions = args.precision or [settings.default_precision]
     device = Device(settings.device)
     rng = np.random.default_rng(args.seed)
+    models = []
     for name in names:
         model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
         if args.compare and model.is_mixture:
             raise ModelError(f"{name}: --compare onnxruntime runs sequential models only")
-        ks = (args.experts or [model.mixture.k]) if model.is_mixture else [None]
         session = onnxruntime_session(model) if args.compare else None
-        for precision in precisions:
-            network = build_network(model, device, precision, settings.layer_precision)
-            for batch in args.batch:
+        ks = (args.experts or [model.mixture.k]) if model.is_mixture else [None]
+        models.append((name, model, session, ks))
+    for precision in precisions:
+        networks = [build_network(m, device, precision, settings.layer_precision)
+                    for _, m, _, _ in models]  # fmt: skip
+        for batch in args.batch:
+            rows, runners, spreads = [], {}, {}
+            for (name, model, session, ks), network in zip(models, networks, strict=True):
                 inputs = _inputs(args, model, batch, rng)
                 for k in ks:
-                    spread: list[int] = []
-                    runners = {"moe-alexnet": partial(_run, network, cycle(inputs), k, spread)}
+                    key = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
+                    spreads[key] = []
+                    runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
                     if session is not None:
                         feeds = [{session.get_inputs()[0].name: x} for x in inputs]
-                        runners["onnxruntime"] = partial(_run_session, session, cycle(feeds))
-                    label = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
-                    # Warm-up sees every input batch once: a mixture plans buffers
-                    # per expert sub-batch size the first time each size occurs.
-                    warmup = max(args.warmup, len(inputs) if args.dataset else 0)
-                    times = time_rounds(runners, args, label, warmup)
-                    row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
-                           "batch": batch, **({"experts_per_image": k} if k else {}),
-                           **summarise(times["moe-alexnet"], batch),
-                           "weight_bytes": network.weight_bytes,
-                           "activation_bytes": _activation_bytes(network, batch),
-                           "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
-                           "device": device.name,
-                           "inputs": args.dataset or "noise"}  # fmt: skip
-                    if spread:  # a mixture: distinct experts per batch run
-                        row["experts_per_batch"] = round(float(np.mean(spread)), 2)
-                    _emit(row, args.json)
-                    if session is not None:
-                        _emit(_onnxruntime_row(model, times, row), args.json)
+                        runners[f"{key} onnxruntime"] = partial(_run_session, session,
+                                                                cycle(feeds))  # fmt: skip
+                    rows.append((key, name, model, session, network, k))
+            # Warm-up sees every input batch once: a mixture plans buffers per expert
+            # sub-batch size the first time each size occurs.
+            warmup = max(args.warmup, BATCHES if args.dataset else 0)
+            times = time_rounds(runners, args, warmup)
+            for key, name, model, session, network, k in rows:
+                row = {"runtime": "moe-alexnet", "model": name, "precision": precision,
+                       "batch": batch, **({"experts_per_image": k} if k else {}),
+                       **summarise(times[key], batch),
+                       "weight_bytes": network.weight_bytes,
+                       "activation_bytes": _activation_bytes(network, batch),
+                       "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+                       "device": device.name, "inputs": args.dataset or "noise"}  # fmt: skip
+                if spreads[key]:  # a mixture: distinct experts per batch run
+                    row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
+                _emit(row, args.json)
+                if session is not None:
+                    _emit(_onnxruntime_row(model, times[f"{key} onnxruntime"], row), args.json)
     return 0
 
 
@@ -153,9 +166,9 @@ def _activation_bytes(network: Any, batch: int) -> int:
     return network.plan(batch).activation_bytes
 
 
-def _onnxruntime_row(model: Any, times: dict[str, list[float]], ours: dict[str, Any]) -> dict:
+def _onnxruntime_row(model: Any, times: list[float], ours: dict[str, Any]) -> dict:
     row = {"runtime": "onnxruntime", "model": ours["model"], "precision": "fp32",
-           "batch": ours["batch"], **summarise(times["onnxruntime"], ours["batch"]),
+           "batch": ours["batch"], **summarise(times, ours["batch"]),
            "weight_bytes": sum(w.nbytes for w in model.weights.values()),
            "peak_rss_bytes": peak_rss_bytes(), "device": "CPUExecutionProvider"}  # fmt: skip
     row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
@@ -163,20 +176,21 @@ def _onnxruntime_row(model: Any, times: dict[str, list[float]], ours: dict[str, 
 
 
 def time_rounds(
-    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, label: str, warmup: int
+    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, warmup: int
 ) -> dict[str, list[float]]:
     """Time each runner in turn, in `args.rounds` rounds of blocks.
 
-    Runtimes take turns by blocks, not by single runs: onnxruntime's threads keep
-    spinning for a while after a run and would slow whatever runs next. Several
-    rounds spread the machine's slow drifts (other tenants) over both runtimes. Each
-    block starts with untimed warm-up runs (all of them in the first round, one after).
+    Runners (models, k, runtimes) take turns by blocks, not by single runs:
+    onnxruntime's threads keep spinning for a while after a run and would slow
+    whatever runs next. Several rounds spread the machine's slow drifts (other
+    tenants) over all of them. Each block starts with untimed warm-up runs (all of
+    them in the first round, one after).
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
     per_round = -(-args.iterations // args.rounds)
     for r in range(args.rounds):
         for name, run in runners.items():
-            times[name] += time_runs(run, warmup if r == 0 else 1, per_round, f"{label} {name}")
+            times[name] += time_runs(run, warmup if r == 0 else 1, per_round, name)
     return times
 
 

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--rounds", type=_positive, default=3,
-                   help="alternate the runtimes in this many rounds (with --compare)")  # fmt: skip
+                   help="rows of one precision and batch (models, k, runtimes) take turns "
+                   "in this many rounds")  # fmt: skip
     p.add_argument("--compare", choices=["onnxruntime"], default=None,
                    help="also run the same network and weights in onnxruntime")  # fmt: skip
     p.add_argument("--dataset", choices=["fashion-mnist"], default=None,

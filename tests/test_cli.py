@@ -288,3 +288,17 @@ def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, monk
     code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
                        "--dataset", "fashion-mnist", "--data-dir", missing)  # fmt: skip
     assert "does not exist" in one_line_error(code, err)
+
+
+def test_bench_times_several_models_together(capsys, moe_repo):
+    """Rows of one batch size come out per model and k, in the order asked."""
+    argv = ["bench", "--model", "tiny,small-moe", "--batch", "2,3", "--experts", "1,2",
+            "--iterations", "4", "--rounds", "2", "--warmup", "1", "--json"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["model"], r["batch"], r.get("experts_per_image")) for r in rows] == [
+        ("tiny", 2, None), ("small-moe", 2, 1), ("small-moe", 2, 2),
+        ("tiny", 3, None), ("small-moe", 3, 1), ("small-moe", 3, 2),
+    ]  # fmt: skip
+    assert all(r["images_per_s"] > 0 for r in rows)
