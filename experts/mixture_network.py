@@ -1,9 +1,12 @@
 """A mixture of experts compiled for one OpenCL device, with sparse execution.
 
-The stem and the gate run on the whole batch; the batch is then split by chosen
-expert and each expert runs once, on its own images only (an expert no image chose
-costs nothing); the chosen experts' features are merged back in image order, weighted
-by the renormalised gate weights, and the shared head runs on the merged batch.
+The stem and the gate run on the whole batch; the (image, expert) pairs are then
+sorted by expert and the experts run on their own images only: grouped (all experts
+as one network, one launch per layer, each image with its expert's weights) where
+every expert layer has a grouped kernel, else one expert after the other (an expert
+no image chose costs nothing either way). The chosen experts' features are merged
+back in image order, weighted by the renormalised gate weights, and the shared head
+runs on the merged batch.
 
 Everything stays on the device except the gate's logits: the host reads them to
 route (one wait), then enqueues the gathers, the experts, the merge and the head
