@@ -373,3 +373,62 @@ def test_unknown_precision_is_named():
     supported = "supported: fp32, fp16, int16, int8"
     with pytest.raises(ValueError, match=f"unknown precision 'fp8'; {supported}"):
         get_precision("fp8")
+
+
+# -- grouped experts: one launch, each image with its expert's weights -----------------
+
+
+def segment_table(device, counts: list[int]):
+    """The device table of expert row offsets, and each row's expert."""
+    seg = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return device.upload(seg), np.repeat(np.arange(len(counts)), counts)
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16"])
+@pytest.mark.parametrize(
+    "counts,c,hw,m",
+    [
+        ([2, 0, 5], 5, 6, 11),  # an expert with no image between two with some
+        ([1, 1, 1, 1, 9], 7, 13, 9),  # 16-tile images: panels straddle four experts
+        ([0, 0, 3], 3, 5, 20),
+        ([37], 4, 4, 8),  # one expert holds every image
+    ],
+)
+def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m):
+    n, e = sum(counts), len(counts)
+    x = rng.standard_normal((n, c, hw, hw), np.float32)
+    wt = rng.standard_normal((e, m, c, 3, 3), np.float32)
+    b = rng.standard_normal((e, m), np.float32)
+    seg, expert_of = segment_table(device, counts)
+    op = ops.grouped_conv2d(device, (c, hw, hw), wt, b, (1, 1), (1, 1), 1, True,
+                            get_precision(name), seg)  # fmt: skip
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want = np.concatenate([ref.conv2d(x[i : i + 1], wt[expert_of[i]], b[expert_of[i]], 1,
+                                      (1, 1), 1, True) for i in range(n)])  # fmt: skip
+    assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5)
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16"])
+@pytest.mark.parametrize("counts,i,o", [([3, 0, 1], 33, 10), ([1] * 9, 16, 5), ([0, 12], 129, 7)])
+def test_grouped_linear(device, rng, name, counts, i, o):
+    n, e = sum(counts), len(counts)
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((e, o, i), np.float32)
+    b = rng.standard_normal((e, o), np.float32)
+    seg, expert_of = segment_table(device, counts)
+    op = ops.Linear(device, wt, b, True, get_precision(name), segments=seg)
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y)
+    want = np.stack([ref.linear(x[r : r + 1], wt[expert_of[r]], b[expert_of[r]], True)[0]
+                     for r in range(n)])  # fmt: skip
+    assert nmse(device.read(y, (n, o)), want) < (FP32_NMSE if name == "fp32" else 1e-5)
+
+
+def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
+    seg, _ = segment_table(device, [1, 1])
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        ops.grouped_conv2d(device, (3, 8, 8), rng.standard_normal((2, 4, 3, 5, 5), np.float32),
+                           None, (1, 1), (2, 2), 1, False, get_precision("fp32"), seg)  # fmt: skip
+    with pytest.raises(ValueError, match="floating-point"):
+        ops.Linear(device, rng.standard_normal((2, 4, 8), np.float32), None, False,
+                   get_precision("int8"), (-1.0, 1.0), segments=seg)  # fmt: skip
