@@ -87,6 +87,7 @@ class MixtureNetwork:
         c, h, w = s.stem_shape
         self.gather = ops.GatherImages(device, c, h * w)
         self.merge = ops.Merge(device, s.features)
+        self.route = ops.TopKBuckets(device, s.experts)
         self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     def _grouped(
@@ -119,12 +120,13 @@ class MixtureNetwork:
         return total + sum(p.planned_bytes() for p in experts)
 
     def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
-        """Per (batch, k): image lists, expert output rows, merge indices and gates."""
+        """Per (batch, k): the image of each sorted pair, expert output rows, the sorted
+        row of each pair, gate weights, and the chosen experts."""
         found = self._scratch.get((n, k))
         if found is None:
             d = self.device
             found = (d.alloc(4 * n * k), d.alloc(4 * n * k * self.spec.features),
-                     d.alloc(4 * n * k), d.alloc(4 * n * k))  # fmt: skip
+                     d.alloc(4 * n * k), d.alloc(4 * n * k), d.alloc(4 * n * k))  # fmt: skip
             self._scratch[(n, k)] = found
         return found
 
@@ -143,6 +145,8 @@ class MixtureNetwork:
         gate = self.gate.plan(n)
         d.copy(gate.input, stem.output, 4 * n * int(np.prod(self.spec.stem_shape)))
         gate.tape.replay()
+        if self.grouped is not None:
+            return self._run_grouped(n, k, stem.output, gate.output)
         logits = d.read(gate.output, (n, self.spec.experts))
         indices, gates = route(logits, k)
 
@@ -154,18 +158,12 @@ class MixtureNetwork:
         row_of_pair = np.empty(n * k, np.int32)
         row_of_pair[order] = np.arange(n * k, dtype=np.int32)
         images = (order // k).astype(np.int32)
-        image_buf, rows, row_buf, gate_buf = self._buffers(n, k)
+        image_buf, rows, row_buf, gate_buf, _ = self._buffers(n, k)
         d.write(image_buf, images)
         d.write(row_buf, row_of_pair)
         d.write(gate_buf, gates)
         width = 4 * self.spec.features
-        if self.grouped is not None:  # every pair in one run, rows in expert order
-            plan = self.grouped.plan(n * k)
-            self.gather(n, n * k, stem.output, image_buf, plan.input, first=0)
-            d.write(self.segments, start.astype(np.int32))
-            plan.tape.replay()
-            rows = plan.output
-        for e in range(self.spec.experts if self.grouped is None else 0):
+        for e in range(self.spec.experts):
             m = int(start[e + 1] - start[e])
             if m == 0:
                 continue
@@ -177,6 +175,28 @@ class MixtureNetwork:
         self.merge(n, k, rows, row_buf, gate_buf, head.input)
         head.tape.replay()
         scores = d.read(head.output, (n, self.spec.num_classes))
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        confidence = (z.max(axis=1) / z.sum(axis=1)).astype(np.float32)
-        return scores, Routing(indices, gates, confidence)
+        return scores, Routing(indices, gates, _confidence(logits))
+
+    def _run_grouped(self, n: int, k: int, stem: Any, logits: Any) -> tuple[np.ndarray, Routing]:
+        """The grouped experts route on the device too: the batch runs to the end with
+        no wait, and one wait reads the scores with the routing."""
+        d, e = self.device, self.spec.experts
+        image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
+        self.route(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
+        plan = self.grouped.plan(n * k)
+        self.gather(n, n * k, stem, image_buf, plan.input, first=0)
+        plan.tape.replay()
+        head = self.head.plan(n)
+        self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
+        head.tape.replay()
+        z, indices, gates, scores = d.read_all([
+            (logits, (n, e), np.float32), (index_buf, (n, k), np.int32),
+            (gate_buf, (n, k), np.float32), (head.output, (n, self.spec.num_classes), np.float32),
+        ])  # fmt: skip
+        return scores, Routing(indices, gates, _confidence(z))
+
+
+def _confidence(logits: np.ndarray) -> np.ndarray:
+    """The gate's softmax probability of each image's first choice."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z.max(axis=1) / z.sum(axis=1)).astype(np.float32)

@@ -110,11 +110,10 @@ class Network:
             try:
                 if op == "linear":
                     return ops.Linear(d, w, b, layer["relu"], p, span, self.segments)
+                geometry = (layer["stride"], layer["padding"], layer["groups"], layer["relu"])
                 if self.segments is not None:
-                    return ops.grouped_conv2d(d, shape, w, b, layer["stride"], layer["padding"],
-                                              layer["groups"], layer["relu"], p, self.segments)
-                return ops.conv2d(d, shape, w, b, layer["stride"], layer["padding"],
-                                  layer["groups"], layer["relu"], p, span)  # fmt: skip
+                    return ops.grouped_conv2d(d, shape, w, b, *geometry, p, self.segments)
+                return ops.conv2d(d, shape, w, b, *geometry, p, span)
             except ValueError as exc:  # e.g. an accumulator that could overflow
                 raise SpecError(f"{name}: {exc}") from exc
         if op in ("maxpool", "avgpool"):

@@ -224,3 +224,21 @@ def merge(outputs: np.ndarray, indices: np.ndarray, gates: np.ndarray) -> np.nda
     """
     picked = outputs.astype(np.float64)[indices]  # (N, k, F)
     return (picked * gates.astype(np.float64)[:, :, None]).sum(axis=1).astype(np.float32)
+
+
+def topk_buckets(scores: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Twin of topk_buckets (elementwise.cl): the k largest of each row (ties to the
+    lower index) with softmax weights over the kept scores, then the (row, rank) pairs
+    stably sorted by bucket. Returns (index (N, k), weight (N, k), start (E + 1,),
+    src (N*k,): the row each sorted pair came from, dst (N*k,): where pair p went)."""
+    n, e = scores.shape
+    index = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(scores, index, axis=1).astype(np.float32)
+    w = np.exp(top - top[:, :1])
+    weight = (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+    pairs = index.ravel()
+    order = np.argsort(pairs, kind="stable")
+    start = np.searchsorted(pairs[order], np.arange(e + 1))
+    dst = np.empty(n * k, np.int64)
+    dst[order] = np.arange(n * k)
+    return index, weight, start, order // k, dst

@@ -268,6 +268,14 @@ class Device:
         cl.enqueue_copy(self.queue, out, buffer, is_blocking=True)
         return out
 
+    def read_all(self, reads: list[tuple[Any, tuple[int, ...], Any]]) -> list[np.ndarray]:
+        """Several (buffer, shape, dtype) reads for one wait: the queue runs in order,
+        so when the last (blocking) read is done, so are the ones before it."""
+        outs = [np.empty(shape, dtype=dtype) for _, shape, dtype in reads]
+        for i, ((buffer, _, _), out) in enumerate(zip(reads, outs, strict=True)):
+            cl.enqueue_copy(self.queue, out, buffer, is_blocking=i == len(reads) - 1)
+        return outs
+
     def launch(
         self,
         kernel: Any,

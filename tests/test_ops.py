@@ -432,3 +432,21 @@ def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
     with pytest.raises(ValueError, match="floating-point"):
         ops.Linear(device, rng.standard_normal((2, 4, 8), np.float32), None, False,
                    get_precision("int8"), (-1.0, 1.0), segments=seg)  # fmt: skip
+
+
+@pytest.mark.parametrize("n,e,k", [(1, 4, 1), (13, 16, 4), (64, 4, 1), (5, 3, 3), (9, 7, 2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_buckets(device, rng, n, e, k, ties):
+    scores = rng.standard_normal((n, e)).astype(np.float32)
+    if ties:  # few distinct values: ties must go to the lower index, as the twin's
+        scores = np.round(scores).astype(np.float32)
+    op = ops.TopKBuckets(device, e)
+    bufs = [device.alloc(4 * size) for size in (n * k, n * k, e + 1, n * k, n * k)]
+    op(n, k, device.upload(scores), *bufs)
+    shapes = [(n, k), (n, k), (e + 1,), (n * k,), (n * k,)]
+    got = [device.read(b, s, np.float32 if i == 1 else np.int32)
+           for i, (b, s) in enumerate(zip(bufs, shapes, strict=True))]  # fmt: skip
+    want = ref.topk_buckets(scores, k)
+    for i in (0, 2, 3, 4):
+        np.testing.assert_array_equal(got[i], want[i])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)

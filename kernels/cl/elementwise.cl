@@ -55,3 +55,47 @@ __kernel void gather_images(__global const float *restrict x, __global float *re
     __global float *dst = y + ((size_t)c * M + j) * inner;
     for (int i = 0; i < inner; ++i) dst[i] = src[i];
 }
+
+// Top-k bucketing on the device (a mixture's routing, so the host need not read the
+// gate's logits mid-batch): for each of N rows of E scores, the K largest (ties to the
+// lower index) with softmax weights over the kept scores; then the N*K (row, rank)
+// pairs counting-sorted by bucket, stably: bucket e owns sorted rows
+// [start[e], start[e + 1]), sorted row r comes from row src[r], pair p went to sorted
+// row dst[p]. One work-item: N*E is small, and every output depends on all of it.
+// Defines: BUCKETS (E).
+#ifdef BUCKETS
+__kernel void topk_buckets(__global const float *restrict scores, const int N, const int K,
+                           __global int *restrict index, __global float *restrict weight,
+                           __global int *restrict start, __global int *restrict src,
+                           __global int *restrict dst)
+{
+    int count[BUCKETS + 1];
+    for (int e = 0; e <= BUCKETS; ++e) count[e] = 0;
+    for (int n = 0; n < N; ++n) {
+        __global const float *z = scores + (size_t)n * BUCKETS;
+        uchar taken[BUCKETS];
+        for (int e = 0; e < BUCKETS; ++e) taken[e] = 0;
+        float top = 0.0f, sum = 0.0f;
+        for (int j = 0; j < K; ++j) {
+            int best = -1;
+            for (int e = 0; e < BUCKETS; ++e)
+                if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
+            taken[best] = 1;
+            if (j == 0) top = z[best];
+            const float w = exp(z[best] - top);
+            index[n * K + j] = best;
+            weight[n * K + j] = w;
+            sum += w;
+            ++count[best + 1];
+        }
+        for (int j = 0; j < K; ++j) weight[n * K + j] /= sum;
+    }
+    for (int e = 0; e < BUCKETS; ++e) count[e + 1] += count[e];
+    for (int e = 0; e <= BUCKETS; ++e) start[e] = count[e];
+    for (int p = 0; p < N * K; ++p) {
+        const int row = count[index[p]]++;
+        src[row] = p / K;
+        dst[p] = row;
+    }
+}
+#endif

@@ -6,7 +6,7 @@ connected layers take and give [N][features].
 """
 
 from kernels.ops.conv import Conv2d
-from kernels.ops.elementwise import GatherImages, Merge, Relu, Softmax, SwapOuter
+from kernels.ops.elementwise import GatherImages, Merge, Relu, Softmax, SwapOuter, TopKBuckets
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
@@ -23,6 +23,7 @@ __all__ = [
     "Relu",
     "Softmax",
     "SwapOuter",
+    "TopKBuckets",
     "WinogradConv2d",
     "grouped_conv2d",
     "conv2d",

@@ -69,3 +69,18 @@ class GatherImages:
             self.kernel, (m, self.channels), None,
             x, y, idx, I32(first), I32(n), I32(m), I32(self.inner),
         )  # fmt: skip
+
+
+class TopKBuckets:
+    """Top-k of each row of [N][E] scores and the (row, rank) pairs sorted by bucket,
+    on the device (twin: kernels.reference.topk_buckets). Outputs, all int32 but the
+    float32 weights: index and weight [N*k], start [E + 1], src and dst [N*k]."""
+
+    def __init__(self, device: Device, buckets: int) -> None:
+        self.device = device
+        self.kernel = device.kernel("elementwise.cl", "topk_buckets", {"BUCKETS": buckets})
+
+    def __call__(self, n: int, k: int, scores: Any, index: Any, weight: Any, start: Any,
+                 src: Any, dst: Any) -> None:  # fmt: skip
+        self.device.launch(self.kernel, (1,), (1,), scores, I32(n), I32(k), index, weight,
+                           start, src, dst)  # fmt: skip

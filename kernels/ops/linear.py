@@ -68,7 +68,7 @@ class Linear:
         kernel = self._kernels.get(rb)
         if kernel is None:
             defines = {"RO": ro, "RB": rb, "RELU": self.relu,
-                       "GROUPED": self.segments is not None, **self.precision.defines}
+                       "GROUPED": self.segments is not None, **self.precision.defines}  # fmt: skip
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
         if self.precision.quantized:
             count = n * self.i

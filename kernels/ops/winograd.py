@@ -164,8 +164,10 @@ class WinogradConv2d:
         )  # fmt: skip
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
-        grouped = () if self.segments is None else (
-            self.segments, I32(self.experts), I32(self.th * self.tw), I32(self.a_expert))
+        grouped = ()
+        if self.segments is not None:
+            grouped = (self.segments, I32(self.experts), I32(self.th * self.tw),
+                       I32(self.a_expert))  # fmt: skip
         d.launch(
             kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
