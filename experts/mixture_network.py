@@ -183,8 +183,11 @@ class MixtureNetwork:
         d, e = self.device, self.spec.experts
         image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
         self.route(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
-        plan = self.grouped.plan(n * k)
-        self.gather(n, n * k, stem, image_buf, plan.input, first=0)
+        # Rows padded to a power of two: few plans (and launch geometries to build)
+        # whatever the batch and k; the grouped kernels leave the padding rows alone.
+        rows = 1 << (n * k - 1).bit_length()
+        plan = self.grouped.plan(rows)
+        self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=rows)
         plan.tape.replay()
         head = self.head.plan(n)
         self.merge(n, k, plan.output, row_buf, gate_buf, head.input)

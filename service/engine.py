@@ -165,7 +165,10 @@ class MixtureRunner:
 
     No padding to bucket sizes here: padded images would be routed to experts and cost
     real work. Instead the stem, gate and head keep a plan for every batch size, and
-    warm-up runs every size with k = E, so every expert is built at every sub-batch size.
+    warm-up runs every size with k = E, so every expert run one by one is built at every
+    sub-batch size; grouped experts run n * k rows, so there warm-up runs every (n, k).
+    (PoCL compiles a kernel anew for each new launch geometry: seconds, which must not
+    fall on a request.)
     """
 
     def __init__(self, model: Model, device: Any, precision: str, max_batch: int,
@@ -193,9 +196,11 @@ class MixtureRunner:
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
         experts = self.network.spec.experts
-        for size in range(1, self.max_batch + 1):
-            x = rng.standard_normal((size, *self.input_shape), dtype=np.float32)
-            self.network.run(x, experts)
+        grouped = getattr(self.network, "grouped", None) is not None
+        for k in range(1, experts + 1) if grouped else [experts]:
+            for size in range(1, self.max_batch + 1):
+                x = rng.standard_normal((size, *self.input_shape), dtype=np.float32)
+                self.network.run(x, k)
 
 
 def build_runner(model: Model, device: Any, precision: str, buckets: list[int],

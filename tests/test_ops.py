@@ -217,6 +217,9 @@ def test_gather_images(device, rng):
     y = device.alloc(4 * 4 * 4 * 6)
     op(9, 4, device.upload(x), device.upload(idx), y)
     np.testing.assert_array_equal(device.read(y, (4, 4, 6)), x[:, idx])
+    padded = device.alloc(4 * 4 * 7 * 6)  # into a batch of 7: 3 padding images
+    op(9, 4, device.upload(x), device.upload(idx), padded, batch=7)
+    np.testing.assert_array_equal(device.read(padded, (4, 7, 6))[:, :4], x[:, idx])
 
 
 # -- precisions (kernels/precision.py): the twins compute with the stored weights ----------
@@ -395,33 +398,39 @@ def segment_table(device, counts: list[int]):
     ],
 )
 def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m):
-    n, e = sum(counts), len(counts)
+    """Three padding images follow the experts' (their outputs are not looked at)."""
+    e = len(counts)
+    n = sum(counts) + 3
     x = rng.standard_normal((n, c, hw, hw), np.float32)
     wt = rng.standard_normal((e, m, c, 3, 3), np.float32)
     b = rng.standard_normal((e, m), np.float32)
     seg, expert_of = segment_table(device, counts)
     op = ops.grouped_conv2d(device, (c, hw, hw), wt, b, (1, 1), (1, 1), 1, True,
                             get_precision(name), seg)  # fmt: skip
-    got = run4d(device, op, x, op.scratch_bytes(n))
+    got = run4d(device, op, x, op.scratch_bytes(n))[: n - 3]
     want = np.concatenate([ref.conv2d(x[i : i + 1], wt[expert_of[i]], b[expert_of[i]], 1,
-                                      (1, 1), 1, True) for i in range(n)])  # fmt: skip
+                                      (1, 1), 1, True) for i in range(n - 3)])  # fmt: skip
     assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5)
 
 
 @pytest.mark.parametrize("name", ["fp32", "fp16"])
 @pytest.mark.parametrize("counts,i,o", [([3, 0, 1], 33, 10), ([1] * 9, 16, 5), ([0, 12], 129, 7)])
 def test_grouped_linear(device, rng, name, counts, i, o):
+    """Two padding rows follow the experts' and keep what their output held."""
     n, e = sum(counts), len(counts)
-    x = rng.standard_normal((n, i), np.float32)
+    x = rng.standard_normal((n + 2, i), np.float32)
     wt = rng.standard_normal((e, o, i), np.float32)
     b = rng.standard_normal((e, o), np.float32)
     seg, expert_of = segment_table(device, counts)
     op = ops.Linear(device, wt, b, True, get_precision(name), segments=seg)
-    y = device.alloc(4 * n * o)
-    op(n, device.upload(x), y)
+    y = device.alloc(4 * (n + 2) * o)
+    device.write(y, np.full((n + 2, o), 7.0, np.float32))
+    op(n + 2, device.upload(x), y)
+    got = device.read(y, (n + 2, o))
     want = np.stack([ref.linear(x[r : r + 1], wt[expert_of[r]], b[expert_of[r]], True)[0]
                      for r in range(n)])  # fmt: skip
-    assert nmse(device.read(y, (n, o)), want) < (FP32_NMSE if name == "fp32" else 1e-5)
+    assert nmse(got[:n], want) < (FP32_NMSE if name == "fp32" else 1e-5)
+    assert (got[n:] == 7.0).all()
 
 
 def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):

@@ -44,15 +44,16 @@ __kernel void merge(__global const float *restrict outputs, __global const int *
     y[(size_t)n * F + f] = acc;
 }
 
-// Select images along the batch axis of a [C][N][inner] tensor:
-// y[c][j] = x[c][idx[first + j]] for j < M (the mixture's split of a batch by expert).
+// Select images along the batch axis of a [C][N][inner] tensor into [C][MY][inner]:
+// y[c][j] = x[c][idx[first + j]] for j < M <= MY (the mixture's split of a batch by
+// expert; MY > M leaves padding images at the end).
 __kernel void gather_images(__global const float *restrict x, __global float *restrict y,
                             __global const int *restrict idx, const int first, const int N,
-                            const int M, const int inner)
+                            const int M, const int MY, const int inner)
 {
     const int j = get_global_id(0), c = get_global_id(1);
     __global const float *src = x + ((size_t)c * N + idx[first + j]) * inner;
-    __global float *dst = y + ((size_t)c * M + j) * inner;
+    __global float *dst = y + ((size_t)c * MY + j) * inner;
     for (int i = 0; i < inner; ++i) dst[i] = src[i];
 }
 

@@ -84,7 +84,7 @@
 // strides (in elements) apart. B is already quantised (im2col applied QX).
 // GROUPED (a mixture's experts in one launch): the columns are `cols` per image, the
 // images sorted by expert, expert x owning images [seg[x], seg[x + 1]); its A lies
-// x * a_expert elements on.
+// x * a_expert elements on. Columns past seg[experts] (padding) are not written.
 __kernel void gemm_packed(const int M, const int N, const int K,
                           __global const wtype *restrict Ap,
                           __global const float *restrict Bp,

@@ -16,19 +16,21 @@
 
 #ifdef RO
 // GROUPED (a mixture's experts in one launch, RB = 1): row b belongs to expert x
-// (rows [seg[x], seg[x + 1])), whose W, bias and scale lie x * O rows on.
+// (rows [seg[x], seg[x + 1])), whose W, bias and scale lie x * O rows on; rows past
+// seg[experts] pad the batch and are left alone.
 __kernel void linear(const int B, const int I, const int O,
                      __global const float *restrict X, __global const wtype *restrict W,
                      __global const float *restrict bias, __global const float *restrict scale,
                      __global float *restrict Y
 #if GROUPED
-                     , __global const int *restrict seg
+                     , __global const int *restrict seg, const int experts
 #endif
                      )
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
 #if GROUPED
+    if (b0 >= seg[experts]) return;  // a padding row: no expert's
     int ex = 0;
     while (b0 >= seg[ex + 1]) ++ex;
     W += (size_t)ex * O * I;

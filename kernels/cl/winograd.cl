@@ -67,14 +67,14 @@ __kernel void winograd_input(__global const float *restrict x, __global float *r
 
 // M (from float m_off on): ALPHA^2 x [M][T] at `ms` floats apart -> y: [M][N][OH][OW],
 // bias and optional ReLU. GROUPED: image b takes the bias of its expert x (images
-// [seg[x], seg[x + 1]]), x * M floats on.
+// [seg[x], seg[x + 1]]), x * M floats on; images past seg[experts] pad the batch.
 __kernel void winograd_output(__global const float *restrict Mt, const int m_off,
                               __global const float *restrict bias,
                               __global float *restrict y, const int M, const int T,
                               const int N, const int OH, const int OW, const int TH, const int TW,
                               const int ms
 #if GROUPED
-                              , __global const int *restrict seg
+                              , __global const int *restrict seg, const int experts
 #endif
                               )
 {
@@ -98,6 +98,7 @@ __kernel void winograd_output(__global const float *restrict Mt, const int m_off
     const int b = t / (TH * TW), r = t % (TH * TW);
     const int oy = MT * (r / TW), ox = MT * (r % TW);
 #if GROUPED
+    if (b >= seg[experts]) return;  // a padding row: no expert's
     int x = 0;
     while (b >= seg[x + 1]) ++x;
     const float bb = bias[x * M + m];

@@ -58,16 +58,19 @@ class Merge:
 
 
 class GatherImages:
-    """[C][N][inner] -> [C][M][inner], keeping the images idx[first:first + M] (int32)."""
+    """[C][N][inner] -> [C][M][inner], keeping the images idx[first:first + M] (int32);
+    with `batch` > M, into a [C][batch][inner] tensor whose last images are padding."""
 
     def __init__(self, device: Device, channels: int, inner: int) -> None:
         self.device, self.channels, self.inner = device, channels, inner
         self.kernel = device.kernel("elementwise.cl", "gather_images")
 
-    def __call__(self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0) -> None:
+    def __call__(self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0,
+                 batch: int | None = None) -> None:  # fmt: skip
         self.device.launch(
             self.kernel, (m, self.channels), None,
-            x, y, idx, I32(first), I32(n), I32(m), I32(self.inner),
+            x, y, idx, I32(first), I32(n), I32(m), I32(m if batch is None else batch),
+            I32(self.inner),
         )  # fmt: skip
 
 

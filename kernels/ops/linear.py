@@ -32,7 +32,7 @@ class Linear:
     ) -> None:
         self.device = device
         self.segments = segments  # grouped: weight [E][O][I], rows sorted by expert
-        experts = weight.shape[0] if segments is not None else 1
+        self.experts = experts = weight.shape[0] if segments is not None else 1
         if segments is not None and precision.quantized:
             raise ValueError("grouped experts run floating-point precisions only")
         self.o, self.i = weight.shape[-2:]
@@ -78,5 +78,5 @@ class Linear:
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),
             I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
-            *(() if self.segments is None else (self.segments,)),
+            *(() if self.segments is None else (self.segments, I32(self.experts))),
         )  # fmt: skip

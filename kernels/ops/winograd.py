@@ -66,8 +66,9 @@ class WinogradConv2d:
     Grouped (`segments` given): the E experts of a mixture in one set of launches.
     `weight` is then [E][M][C][r][r] and `bias` [E][M]; the images are sorted by
     expert, expert e owning images segments[e] to segments[e + 1] (an int32 device
-    buffer of E + 1 offsets the caller writes before each run), and each image is
-    convolved with its expert's filters.
+    buffer of E + 1 offsets, filled on the device before each run), and each image is
+    convolved with its expert's filters; images past segments[E] pad the batch and
+    their outputs are not written.
     """
 
     def __init__(
@@ -177,7 +178,7 @@ class WinogradConv2d:
         d.launch(
             kern["output"], (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
             I32(self.m), I32(tiles), I32(n), I32(self.oh), I32(self.ow),
-            I32(self.th), I32(self.tw), I32(z["m_es"]), *grouped[:1],
+            I32(self.th), I32(self.tw), I32(z["m_es"]), *grouped[:2],
         )  # fmt: skip
 
 
