@@ -87,7 +87,7 @@ class MixtureNetwork:
         c, h, w = s.stem_shape
         self.gather = ops.GatherImages(device, c, h * w)
         self.merge = ops.Merge(device, s.features)
-        self.route = ops.TopKBuckets(device, s.experts)
+        self.topk = ops.TopKBuckets(device, s.experts)
         self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     def _grouped(
@@ -182,7 +182,7 @@ class MixtureNetwork:
         no wait, and one wait reads the scores with the routing."""
         d, e = self.device, self.spec.experts
         image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
-        self.route(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
+        self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
         # Rows padded to a power of two: few plans (and launch geometries to build)
         # whatever the batch and k; the grouped kernels leave the padding rows alone.
         rows = 1 << (n * k - 1).bit_length()
