@@ -85,6 +85,11 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     precisions = args.precision or [settings.default_precision]
     device = Device(settings.device)
     rng = np.random.default_rng(args.seed)
+    images = None
+    if args.dataset is not None:  # read once, however many models and batch sizes
+        from experts.datasets import load_fashion_mnist
+
+        images = load_fashion_mnist("test", args.data_dir)[0]
     models = []
     for name in names:
         model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
@@ -99,7 +104,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         for batch in args.batch:
             rows, runners, spreads = [], {}, {}
             for (name, model, session, ks), network in zip(models, networks, strict=True):
-                inputs = _inputs(args, model, batch, rng)
+                inputs = _inputs(images, model, batch, rng)
                 for k in ks:
                     key = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
                     spreads[key] = []
@@ -133,14 +138,13 @@ BATCHES = 16  # distinct input batches per row, taken in turn
 
 
 def _inputs(
-    args: argparse.Namespace, model: Any, batch: int, rng: np.random.Generator
+    images: np.ndarray | None, model: Any, batch: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Input batches: standard normal noise, or consecutive real test images."""
-    if args.dataset is None:
+    """Input batches: standard normal noise, or consecutive real test images (uint8)."""
+    if images is None:
         return [rng.standard_normal((batch, *model.input_shape), dtype=np.float32)]
-    from experts.datasets import DatasetError, load_fashion_mnist, to_model_input
+    from experts.datasets import DatasetError, to_model_input
 
-    images, _ = load_fashion_mnist("test", args.data_dir)
     if len(images) < batch:
         raise DatasetError(f"the test split has {len(images)} images, fewer than batch {batch}")
     x = to_model_input(images[: batch * BATCHES], model.meta["input"])

@@ -196,7 +196,7 @@ class MixtureRunner:
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
         experts = self.network.spec.experts
-        grouped = getattr(self.network, "grouped", None) is not None
+        grouped = self.network.grouped is not None
         for k in range(1, experts + 1) if grouped else [experts]:
             for size in range(1, self.max_batch + 1):
                 x = rng.standard_normal((size, *self.input_shape), dtype=np.float32)

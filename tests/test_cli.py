@@ -241,7 +241,9 @@ def test_bench_mixture_rows_per_k(capsys, moe_repo):
     assert all(r["activation_bytes"] > 0 for r in rows)
 
 
-def test_eval_reports_accuracy_and_routing(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def test_split(tmp_path, monkeypatch) -> Path:
+    """A 40-image Fashion-MNIST test split of noise, and an empty model repository."""
     from tests.test_datasets import write_split
 
     data = tmp_path / "fashion"
@@ -250,6 +252,11 @@ def test_eval_reports_accuracy_and_routing(capsys, tmp_path, monkeypatch):
     write_split(data, "test", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
                 rng.integers(0, 10, 40, dtype=np.uint8))  # fmt: skip
     monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
+    return data
+
+
+def test_eval_reports_accuracy_and_routing(capsys, test_split):
+    data = test_split
     code, out, err = run(capsys, "eval", "--model", "fashion-moe", "--random-weights",
                          "--data-dir", str(data), "--batch", "16", "--json")  # fmt: skip
     assert code == 0, err
@@ -266,15 +273,8 @@ def test_eval_without_dataset_is_one_line(capsys, tmp_path):
     assert "dataset-fashion-mnist" in one_line_error(code, err)
 
 
-def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, monkeypatch):
-    from tests.test_datasets import write_split
-
-    data = tmp_path / "fashion"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    write_split(data, "test", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-                rng.integers(0, 10, 40, dtype=np.uint8))  # fmt: skip
-    monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
+def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, test_split):
+    data = test_split
     code, out, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
                          "--dataset", "fashion-mnist", "--data-dir", str(data), "--batch", "8",
                          "--iterations", "4", "--warmup", "0", "--json")  # fmt: skip
