@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -71,8 +70,9 @@ class ServiceState:
         )
         # Decoding is CPU and memory heavy (an image of max_image_pixels is ~120 MB
         # decoded): a small pool bounds both, instead of Starlette's 40 threads.
-        workers = min(4, os.cpu_count() or 2)
-        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=settings.decode_workers, thread_name_prefix="decode"
+        )
         self.ready = False
         self.draining = False
         self.fatal: str | None = None

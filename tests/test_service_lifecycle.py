@@ -11,7 +11,7 @@ import pytest
 
 from service.cli import main
 from service.engine import Engine
-from service.settings import Settings
+from service.settings import Settings, default_decode_workers
 from tests.service_fixtures import encode, make_repo, random_rgb, wait_loaded
 
 PNG = encode(random_rgb())
@@ -92,6 +92,13 @@ def test_settings_from_environment(monkeypatch):
     assert s.models == ["tiny", "other"] and s.precisions == ["fp32"]
     assert s.max_batch_size == 16 and s.max_queue_delay_ms == 2.5 and s.log_level == "warning"
     assert (s.max_queue_size, s.max_body_bytes, s.drain_timeout_s) == (64, 10 * 2**20, 30.0)
+    monkeypatch.setenv("MOE_DECODE_WORKERS", "3")
+    assert Settings().decode_workers == 3
+
+
+@pytest.mark.parametrize("cpus, workers", [(None, 1), (1, 1), (2, 1), (3, 1), (6, 3), (64, 4)])
+def test_decode_workers_default_to_half_the_cores(cpus, workers):
+    assert default_decode_workers(cpus) == workers
 
 
 def serve_error(capsys, *argv: str) -> str:
@@ -124,6 +131,9 @@ def test_serve_refuses_bad_settings_in_one_line(capsys, repo, monkeypatch, tmp_p
     monkeypatch.setenv("MOE_MAX_BATCH_SIZE", "0")
     assert "MOE_MAX_BATCH_SIZE" in serve_error(capsys)
     monkeypatch.delenv("MOE_MAX_BATCH_SIZE")
+    monkeypatch.setenv("MOE_DECODE_WORKERS", "0")
+    assert "MOE_DECODE_WORKERS" in serve_error(capsys)
+    monkeypatch.delenv("MOE_DECODE_WORKERS")
     assert "MOE_LOG_LEVEL" in serve_error(capsys, "--log-level", "loud")
     empty = tmp_path / "empty"
     empty.mkdir()
