@@ -21,10 +21,9 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def default_decode_workers(cpus: int | None) -> int:
-    """Half the cores, 1 to 4. A CPU OpenCL device runs a thread on every core, so
-    each decoding thread past what the load needs only preempts it: on 2 cores one
-    decoding thread served 4-8% more requests per second than two (BENCHMARKS.md)."""
-    return max(1, min(4, (cpus or 2) // 2))
+    """One per core, at most 4. On a CPU OpenCL device these threads compete with the
+    device's own, but fewer starve small models of decoded images (BENCHMARKS.md)."""
+    return max(1, min(4, cpus or 2))
 
 
 def _comma_list(value: Any) -> Any:
@@ -80,7 +79,7 @@ class Settings(BaseSettings):
         default_factory=lambda: default_decode_workers(os.cpu_count()),
         ge=1,
         le=64,
-        description="threads decoding and preprocessing images (default: half the cores, 1 to 4)",
+        description="threads decoding and preprocessing images (default: one per core, at most 4)",
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"

@@ -96,8 +96,8 @@ def test_settings_from_environment(monkeypatch):
     assert Settings().decode_workers == 3
 
 
-@pytest.mark.parametrize("cpus, workers", [(None, 1), (1, 1), (2, 1), (3, 1), (6, 3), (64, 4)])
-def test_decode_workers_default_to_half_the_cores(cpus, workers):
+@pytest.mark.parametrize("cpus, workers", [(None, 2), (1, 1), (2, 2), (3, 3), (64, 4)])
+def test_decode_workers_default_to_the_cores_up_to_four(cpus, workers):
     assert default_decode_workers(cpus) == workers
 
 
