@@ -220,3 +220,15 @@ def summary_line(summary: dict[str, Any]) -> str:
         shares = "/".join(f"{100 * s:.0f}" for s in summary["routing"]["share"])
         line += f", routing share % {shares}"
     return f"{line} -> {summary['path']}"
+
+
+def routing_warning(summary: dict[str, Any]) -> str | None:
+    """A mixture whose test images crowd onto few experts (over 3x an expert's fair
+    share): the gate collapsed, and the model will not be faster than one expert."""
+    routing = summary.get("routing")
+    if routing is None or routing["max_over_fair"] <= 3:
+        return None
+    return (
+        f"warning: the gate sends {routing['max_over_fair']:.1f}x an expert's fair share "
+        "of the test images to one expert (it collapsed); try another --seed"
+    )

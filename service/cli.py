@@ -363,7 +363,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, float]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from experts.datasets import DatasetError
-    from experts.training import TrainingError, summary_line, train
+    from experts.training import TrainingError, routing_warning, summary_line, train
 
     out = args.out if args.out is not None else _settings(args).model_repository
     try:
@@ -373,6 +373,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TrainingError, DatasetError) as exc:
         raise CliError(str(exc)) from exc
     print(summary_line(summary))
+    warning = routing_warning(summary)
+    if warning:
+        print(f"moe-alexnet: {warning}", file=sys.stderr)
     return 0
 
 

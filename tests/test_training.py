@@ -19,7 +19,7 @@ from experts.datasets import DEFAULT_DIR, to_model_input  # noqa: E402
 from experts.mixture import mixture_params, reference_forward, route  # noqa: E402
 from experts.reference_network import forward  # noqa: E402
 from experts.repository import Repository, validate  # noqa: E402
-from experts.training import TrainingError, train  # noqa: E402
+from experts.training import TrainingError, routing_warning, train  # noqa: E402
 from experts.training_loop import augment, normalise  # noqa: E402
 from experts.training_nets import (  # noqa: E402
     MixtureNet,
@@ -269,6 +269,13 @@ def test_bad_options():
         train("fashion-moe", epochs=1, dropout=1.0)
     with pytest.raises(TrainingError, match="clean fraction"):
         train("fashion-moe", epochs=1, clean_fraction=1.5)
+
+
+def test_a_collapsed_gate_is_flagged():
+    balanced = {"routing": {"share": [0.25] * 4, "max_over_fair": 1.09}}
+    collapsed = {"routing": {"share": [1.0, 0, 0, 0], "max_over_fair": 4.0}}
+    assert routing_warning(balanced) is None and routing_warning({}) is None
+    assert "4.0x" in routing_warning(collapsed) and "collapsed" in routing_warning(collapsed)
 
 
 def test_imports_without_torch():
