@@ -62,8 +62,8 @@ def weighted_layers(meta: dict[str, Any]) -> list[str]:
 
 
 def parse_layer_precisions(text: str) -> dict[str, str]:
-    """ "conv1=fp32,fc8=fp16" -> {"conv1": "fp32", "fc8": "fp16"} (names checked later,
-    against the model)."""
+    """Parse a per-layer map: "conv1=fp32,fc8=fp16" -> {"conv1": "fp32", "fc8": "fp16"}
+    (names checked later, against the model)."""
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, precision = item.partition("=")
@@ -111,7 +111,7 @@ class Calibration:
             "source": self.source,
             "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
         }
-        return json.dumps(doc, indent=2) + "\n"  # fmt: skip
+        return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, doc: Any, meta: dict[str, Any], where: str) -> Calibration:
