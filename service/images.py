@@ -22,9 +22,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 40_000_000
-# Above this many pixels the resize-then-crop intermediate is skipped: only the crop
-# window is resampled (same filter and scale; differs by at most 1/255 in places).
-MAX_INTERMEDIATE_PIXELS = 16_000_000
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 ORIENTATION = 0x0112  # the EXIF tag
@@ -141,18 +138,50 @@ def _sixteen_to_eight(image: Image.Image) -> Image.Image:
 
 def resize_and_crop(image: Image.Image, size: tuple[int, int], resize: int | None) -> Image.Image:
     """Shorter side to `resize` (bilinear), then the centre (H, W) crop; with `resize`
-    None, straight to (H, W). Sizes and offsets are rounded as torchvision does."""
+    None, straight to (H, W). Sizes and offsets are rounded as torchvision does.
+
+    Only the crop window is resampled, in two explicit one-axis passes in the order
+    Pillow uses for the whole image (see `_vertical_first`), each pass over just the
+    rows or columns the next one reads: the filter, scale, tap positions and 8-bit
+    intermediate of resizing the whole image and cropping, in about half the time for
+    a 4:3 photo. What differs is floating-point rounding of the tap positions (they
+    are counted from the window's corner), measured as one 8-bit step in at most
+    0.05% of a photo's values. (Pillow's own `box` resize would pick its pass order
+    from the window instead, and differ by a step in up to 20% of them.)
+    """
     h, w = size
+    bilinear = Image.Resampling.BILINEAR
     if resize is None:
-        return image.resize((w, h), Image.Resampling.BILINEAR)
+        return image.resize((w, h), bilinear)
+    width, height = image.size
     rw, rh = _resized_size(image.size, resize, (h, w))
     left, top = int(round((rw - w) / 2.0)), int(round((rh - h) / 2.0))
-    if rw * rh <= MAX_INTERMEDIATE_PIXELS:
-        resized = image.resize((rw, rh), Image.Resampling.BILINEAR)
-        return resized.crop((left, top, left + w, top + h))
-    sx, sy = rw / image.width, rh / image.height
-    box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
-    return image.resize((w, h), Image.Resampling.BILINEAR, box=box)
+    x0, x1 = left * width / rw, (left + w) * width / rw
+    y0, y1 = top * height / rh, (top + h) * height / rh
+    if _vertical_first((width, height), (rw, rh)):
+        c0, c1 = _reach(x0, x1, width / rw, width)
+        cols = image if (c0, c1) == (0, width) else image.crop((c0, 0, c1, height))
+        tall = cols.resize((c1 - c0, h), bilinear, box=(0, y0, c1 - c0, y1))
+        return tall.resize((w, h), bilinear, box=(x0 - c0, 0, x1 - c0, h))
+    r0, r1 = _reach(y0, y1, height / rh, height)
+    rows = image if (r0, r1) == (0, height) else image.crop((0, r0, width, r1))
+    wide = rows.resize((w, r1 - r0), bilinear, box=(x0, 0, x1, r1 - r0))
+    return wide.resize((w, h), bilinear, box=(0, y0 - r0, w, y1 - r0))
+
+
+def _vertical_first(size: tuple[int, int], new: tuple[int, int]) -> bool:
+    """The pass order Pillow 13 picks for resizing `size` to `new` (checked against
+    it on random geometries in the tests): vertical first when the height shrinks by
+    more than twice as many pixels as the width."""
+    shrink_x, shrink_y = size[0] - new[0], size[1] - new[1]
+    return shrink_y > 0 and shrink_y > 2 * shrink_x
+
+
+def _reach(start: float, stop: float, scale: float, limit: int) -> tuple[int, int]:
+    """The source pixels a bilinear pass reads for the output span [start, stop) in
+    source coordinates: the filter reaches max(scale, 1) pixels either side."""
+    support = max(scale, 1.0)
+    return max(0, math.floor(start - support)), min(limit, math.ceil(stop + support))
 
 
 def _resized_size(original: tuple[int, int], resize: int, crop: tuple[int, int]) -> tuple[int, int]:
