@@ -94,7 +94,7 @@ class Network:
             )
             shape = out
         self.output_shape = shape
-        self.to_cnhw = ops.SwapOuter(device, int(np.prod(self.input_shape[1:])))
+        self.to_cnhw = ops.SwapOuter(device, int(np.prod(self.input_shape[1:])), batch_outer=True)
         self.weight_bytes = sum(getattr(s.op, "weight_bytes", 0) for s in self.steps)
         self._plans: OrderedDict[int, Plan] = OrderedDict()
 
@@ -202,7 +202,7 @@ class _Flatten:
 
     def __init__(self, device: Device, shape: tuple[int, ...]) -> None:
         self.c, self.inner = shape[0], int(np.prod(shape[1:]))
-        self.swap = ops.SwapOuter(device, self.inner)
+        self.swap = ops.SwapOuter(device, self.inner, batch_outer=False)
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         self.swap(self.c, n, x, y)

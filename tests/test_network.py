@@ -106,6 +106,26 @@ def test_buffers_are_reused_per_batch_size(built):
     assert net.plan(2) is plan
 
 
+def test_local_sizes_do_not_change_with_the_batch(built, device):
+    """On a CPU every launch names its local size, the same at every batch size:
+    PoCL compiles a kernel once per local size, so a batch-dependent one would mean
+    compiles for every new batch size (see Device.work_group)."""
+    if not device.is_cpu:
+        pytest.skip("local sizes are left to the driver on non-CPU devices")
+    _, _, net = built
+    seen = {}
+    for n in (1, 3, 8):
+        items = net.plan(n).tape.items
+        # one kernel is left to PoCL on purpose (see WinogradConv2d.__call__)
+        items = [i for i in items if i[0].function_name != "winograd_output"]
+        assert all(local is not None for _, _, local in items)
+        assert all(
+            g % size == 0 for _, glob, local in items for g, size in zip(glob, local, strict=True)
+        )
+        seen[n] = {(kernel.function_name, local) for kernel, _, local in items}
+    assert seen[1] == seen[3] == seen[8]
+
+
 @pytest.mark.parametrize("arch", [alexnet, caffenet])
 def test_fp16_weights_against_onnxruntime_fp32(device, arch):
     """fp16 keeps weights in half (11 significant bits, relative rounding <= 2^-11 per

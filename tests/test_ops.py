@@ -169,12 +169,29 @@ def test_merge(device, rng, n, k, rows, f):
     assert nmse(device.read(y, (n, f)), ref.merge(outputs, idx, gates)) < FP32_NMSE
 
 
-def test_swap_outer(device, rng):
+@pytest.mark.parametrize("batch_outer", [True, False])
+def test_swap_outer(device, rng, batch_outer):
     x = rng.standard_normal((7, 3, 5, 4), np.float32)
-    op = ops.SwapOuter(device, 20)
+    op = ops.SwapOuter(device, 20, batch_outer)
     y = device.alloc(x.nbytes)
     op(7, 3, device.upload(x), y)
     np.testing.assert_array_equal(device.read(y, (3, 7, 5, 4)), to_cnhw(x))
+
+
+@pytest.mark.parametrize(
+    ("extents", "limit", "units", "want"),
+    [((27, 64), 4096, 2, (27, 32)), ((13, 192), 4096, 2, (13, 96)), ((16, 256), 4096, 2, (16, 128)),
+     ((13, 640), 4096, 1, (13, 160)), ((7, 1), 4096, 2, (1, 1)), ((1, 40), 4096, 16, (1, 2)),
+     ((64, 64), 256, 2, (64, 4)), ((97,), 64, 2, (1,)), ((1,), 4096, 8, (1,))],
+)  # fmt: skip
+def test_work_group_divides_the_per_image_extents(extents, limit, units, want):
+    """PoCL's own choices at batch 1 on 2 compute units are the first three."""
+    from kernels.runtime import _work_group
+
+    local = _work_group(extents, limit, units)
+    assert local == want
+    assert all(e % g == 0 for e, g in zip(extents, local, strict=True))
+    assert int(np.prod(local)) <= limit
 
 
 @pytest.mark.parametrize(

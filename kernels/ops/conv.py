@@ -127,7 +127,7 @@ class Conv2d:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         if self.pad is not None:
             self.device.launch(
-                self.pad, (hp, self.c * n), None, x, scratch,
+                self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
                 I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
             )  # fmt: skip
             x = scratch
@@ -164,7 +164,8 @@ class Conv2d:
                 self.qinv, self.qzero,
             )  # fmt: skip
             if cols % nb:
-                self.device.launch(kern["tail"], (self.k,), None, scratch, I32(self.k), I32(cols))
+                self.device.launch(kern["tail"], (self.k,), self.device.work_group(self.k),
+                                   scratch, I32(self.k), I32(cols))  # fmt: skip
             self.device.launch(
                 kern["gemm"], (self.blocks, panels, 1), (1, 1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],

@@ -12,14 +12,16 @@ I32 = np.int32
 
 
 class SwapOuter:
-    """[A][B][inner] -> [B][A][inner]; with A=N, B=C it turns NCHW into CNHW."""
+    """[A][B][inner] -> [B][A][inner]; with A=N, B=C it turns NCHW into CNHW.
+    `batch_outer`: whether A (else B) is the batch."""
 
-    def __init__(self, device: Device, inner: int) -> None:
-        self.device, self.inner = device, inner
+    def __init__(self, device: Device, inner: int, batch_outer: bool) -> None:
+        self.device, self.inner, self.batch_outer = device, inner, batch_outer
         self.kernel = device.kernel("elementwise.cl", "swap_outer")
 
     def __call__(self, a: int, b: int, x: Any, y: Any) -> None:
-        self.device.launch(self.kernel, (b, a), None, x, y, I32(a), I32(b), I32(self.inner))
+        local = self.device.work_group(*((b, 1) if self.batch_outer else (1, a)))
+        self.device.launch(self.kernel, (b, a), local, x, y, I32(a), I32(b), I32(self.inner))
 
 
 class Relu:
@@ -29,7 +31,8 @@ class Relu:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         total = n * self.features
-        self.device.launch(self.kernel, (total,), None, x, y, I32(total))
+        local = self.device.work_group(self.features)
+        self.device.launch(self.kernel, (total,), local, x, y, I32(total))
 
 
 class Softmax:
@@ -40,7 +43,8 @@ class Softmax:
         self.kernel = device.kernel("elementwise.cl", "softmax")
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
-        self.device.launch(self.kernel, (n,), None, x, y, I32(self.features))
+        local = self.device.work_group(1)
+        self.device.launch(self.kernel, (n,), local, x, y, I32(self.features))
 
 
 class Merge:
@@ -52,7 +56,8 @@ class Merge:
 
     def __call__(self, n: int, topk: int, outputs: Any, idx: Any, gates: Any, y: Any) -> None:
         self.device.launch(
-            self.kernel, (self.features, n), None, outputs, idx, gates, y,
+            self.kernel, (self.features, n), self.device.work_group(self.features, 1),
+            outputs, idx, gates, y,
             I32(self.features), I32(topk),
         )  # fmt: skip
 
@@ -68,7 +73,7 @@ class GatherImages:
     def __call__(self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0,
                  batch: int | None = None) -> None:  # fmt: skip
         self.device.launch(
-            self.kernel, (m, self.channels), None,
+            self.kernel, (m, self.channels), self.device.work_group(1, self.channels),
             x, y, idx, I32(first), I32(n), I32(m), I32(m if batch is None else batch),
             I32(self.inner),
         )  # fmt: skip

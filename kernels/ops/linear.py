@@ -72,8 +72,8 @@ class Linear:
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
         if self.precision.quantized:
             count = n * self.i
-            self.device.launch(self.quantize, (count,), None, x, scratch, I32(count),
-                               self.qinv, self.qzero)  # fmt: skip
+            self.device.launch(self.quantize, (count,), self.device.work_group(self.i),
+                               x, scratch, I32(count), self.qinv, self.qzero)  # fmt: skip
             x = scratch
         self.device.launch(
             kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),

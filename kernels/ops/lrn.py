@@ -34,8 +34,12 @@ class LRN:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         inner = n * self.h * self.w  # one channel's plane across the batch (CNHW)
+        items = -(-inner // 8)  # the kernel skips the items past `inner`
+        local = self.device.work_group(-(-self.h * self.w // 8), 1)
+        if local is not None:
+            items = -(-items // local[0]) * local[0]
         self.device.launch(
-            self.kernel, (-(-inner // 8), 1), None, x, y,
+            self.kernel, (items, 1), local, x, y,
             I32(self.c), I32(inner), I64(inner), I32(self.size),
             F32(self.alpha / self.size), F32(self.beta), F32(self.k),
         )  # fmt: skip

@@ -44,7 +44,7 @@ class Pool2d:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         self.device.launch(
-            self.kernel, (self.oh, self.c * n), None, x, y,
+            self.kernel, (self.oh, self.c * n), self.device.work_group(self.oh, self.c), x, y,
             I32(self.h), I32(self.w), I32(self.oh), I32(self.ow), I32(self.kh), I32(self.kw),
             I32(self.sh), I32(self.sw), I32(self.ph), I32(self.pw),
         )  # fmt: skip
@@ -65,6 +65,6 @@ class AdaptiveAvgPool2d:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         self.device.launch(
-            self.kernel, (self.oh, self.c * n), None, x, y,
+            self.kernel, (self.oh, self.c * n), self.device.work_group(self.oh, self.c), x, y,
             I32(self.h), I32(self.w), I32(self.oh), I32(self.ow),
         )  # fmt: skip

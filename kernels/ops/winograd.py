@@ -159,7 +159,7 @@ class WinogradConv2d:
         z = self._sizes(n)
         tiles, kern, d = z["tiles"], self.kernels(z["nv"]), self.device
         d.launch(
-            kern["input"], (n * self.th, self.c), None, x, scratch,
+            kern["input"], (n * self.th, self.c), d.work_group(self.th, self.c), x, scratch,
             I32(n), I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
             I32(self.th), I32(self.tw), I32(self.c), I32(tiles), I32(z["v_es"]),
         )  # fmt: skip
@@ -176,6 +176,9 @@ class WinogradConv2d:
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]), *grouped,
         )  # fmt: skip
         d.launch(
+            # PoCL's own local size, one compile per batch size: any size fixed across
+            # batches (one image's tiles, or a padded 64) ran AlexNet's b8 0.5-0.9 ms
+            # slower than the 128 x 32 it picks there.
             kern["output"], (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
             I32(self.m), I32(tiles), I32(n), I32(self.oh), I32(self.ow),
             I32(self.th), I32(self.tw), I32(z["m_es"]), *grouped[:2],
