@@ -235,7 +235,7 @@ class Device:
         PoCL compiles a kernel once per local size, and left to choose (None) it picks
         one from the whole global size: every new batch size compiled every such
         kernel again (139 compiles, 21-22 s, in fashion-moe's warm-up with an empty
-        PoCL cache; 31 and 9 s now). What PoCL picks for one image is kept: each axis
+        PoCL cache; 39 and 10 s now). What PoCL picks for one image is kept: each axis
         takes the largest divisor of its extent that fits what is left of a budget,
         first axis first; the budget is the work-group limit, or less so that one image
         still makes a work-group per compute unit.

@@ -145,9 +145,11 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], resize: int | Non
     rows or columns the next one reads: the filter, scale, tap positions and 8-bit
     intermediate of resizing the whole image and cropping, in about half the time for
     a 4:3 photo. What differs is floating-point rounding of the tap positions (they
-    are counted from the window's corner), measured as one 8-bit step in at most
-    0.05% of a photo's values. (Pillow's own `box` resize would pick its pass order
-    from the window instead, and differ by a step in up to 20% of them.)
+    are counted from the window's corner), which can break an exact rounding tie the
+    other way: one 8-bit step in at most 0.05% of the values of the test photos, at
+    most two steps (one per pass) on noise at simple scale ratios, where ties are
+    common. (Pillow's own `box` resize would pick its pass order from the window
+    instead, and differ by a step in up to 20% of a photo's values.)
     """
     h, w = size
     bilinear = Image.Resampling.BILINEAR
