@@ -128,12 +128,12 @@ def test_pillow_pass_order_rule() -> None:
     """`_vertical_first` predicts the pass order of Pillow's resize: the whole-image
     resize equals the two one-axis resizes in that order (and not in the other)."""
     rng = np.random.default_rng(1)
+    bilinear = Image.Resampling.BILINEAR
     checked = 0
     for seed in range(120):
         w, h, nw, nh = (int(v) for v in rng.integers(4, 120, 4))
         image = noise((w, h), seed=seed)
-        whole = np.asarray(image.resize((nw, nh), Image.Resampling.BILINEAR))
-        bilinear = Image.Resampling.BILINEAR
+        whole = np.asarray(image.resize((nw, nh), bilinear))
         vh = np.asarray(image.resize((w, nh), bilinear).resize((nw, nh), bilinear))
         hv = np.asarray(image.resize((nw, h), bilinear).resize((nw, nh), bilinear))
         if (vh == hv).all():
