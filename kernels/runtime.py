@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -244,9 +244,13 @@ class Device:
         """
         if not self.is_cpu:
             return None
-        return _work_group(
-            extents, int(self.cl_device.max_work_group_size), int(self.cl_device.max_compute_units)
-        )
+        return _work_group(extents, *self._group_limits)
+
+    @cached_property
+    def _group_limits(self) -> tuple[int, int]:
+        """(work-group size limit, compute units), asked of the driver once: launches
+        outside a recorded tape (experts run one by one) ask for local sizes per batch."""
+        return int(self.cl_device.max_work_group_size), int(self.cl_device.max_compute_units)
 
     def program(self, source: str, defines: dict[str, Any] | None = None) -> Any:
         """Build kernels/cl/<source> with -D defines, once per (source, defines)."""
