@@ -276,6 +276,8 @@ def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
 def test_conv2d_precisions(device, rng, name, implicit, case):
     n, c, h, w, m, k, stride, pad, groups, relu = case
     kh, kw = (k, k) if isinstance(k, int) else k
+    if implicit:
+        skip_unless_panel_fits(device, c // groups * kh * kw)
     p = PRECISIONS[name]
     x = rng.standard_normal((n, c, h, w), np.float32)
     wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
@@ -293,22 +295,49 @@ def test_conv2d_precisions(device, rng, name, implicit, case):
         assert nmse(got, want) < FP32_NMSE
 
 
-def test_int8_conv_sums_past_one_chunk_exactly(device, rng):
+def skip_unless_panel_fits(device, k: int) -> None:
+    """The implicit GEMM needs a K x 16 float panel in local memory (GPUs: 48-64 KiB)."""
+    have = device.cl_device.local_mem_size
+    if 64 * k > have:
+        pytest.skip(f"the device's {have} bytes of local memory hold no implicit panel of K={k}")
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit):
     """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
     times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
     2^24, where a float would start dropping integers)."""
+    if implicit:
+        skip_unless_panel_fits(device, 1600)
     p = PRECISIONS["int8"]
     wt = np.where(rng.random((9, 64, 5, 5)) < 0.5, -1.0, 1.0).astype(np.float32)
     wt[0] = 1.0
     x = rng.uniform(-1, 10, (2, 64, 5, 5)).astype(np.float32)
     x[0] = 10.0  # saturates at offset 255
     input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
-    op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, True,
+    op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, implicit,
                     precision=p, input_range=input_range)  # fmt: skip
     got = run4d(device, op, x, op.scratch_bytes(2))
     want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
     assert_dequantized_close(got, want, scale_of)
     assert want[0, 0, 0, 0] == pytest.approx(1600.0, rel=1e-6)  # 1600 * 127 * 255 * scale
+
+
+def test_implicit_conv_panel_width_fits_local_memory(device, rng):
+    """A forced implicit convolution takes the widest panel the device's local memory
+    holds (GPUs: often one of 16 columns), and refuses, before any upload, a K whose
+    narrowest panel does not fit."""
+    have = device.cl_device.local_mem_size
+    k_one = have // 64 // 9  # channels whose 3x3 panel just fits at NV=1
+    wt = rng.standard_normal((4, k_one, 3, 3), np.float32)
+    op = ops.Conv2d(device, (k_one, 5, 5), wt, None, (1, 1), (1, 1), 1, False, True)
+    assert op.widest_nv == min(3, have // (64 * k_one * 9))
+    x = rng.standard_normal((1, k_one, 5, 5), np.float32)
+    got = run4d(device, op, x, op.scratch_bytes(1))
+    assert nmse(got, ref.conv2d(x, wt, None, 1, 1)) < FP32_NMSE
+    too_wide = np.zeros((4, have // 64 + 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="local memory"):
+        ops.Conv2d(device, (too_wide.shape[1], 2, 2), too_wide, None, implicit=True)
 
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))

@@ -20,11 +20,12 @@ MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
 PANEL_SPEED = {3: 1.0, 2: 0.9, 1: 0.6}
 
 
-def choose_nv(columns: int) -> int:
-    """Panel width (16 * NV columns) for a GEMM with `columns` columns: the one that
-    finishes first, counting the padding of the last panel (49 Winograd tiles at
-    batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
-    return min(PANEL_SPEED, key=lambda nv: -(-columns // (16 * nv)) * 16 * nv / PANEL_SPEED[nv])
+def choose_nv(columns: int, widest: int = 3) -> int:
+    """Panel width (16 * NV columns, NV <= `widest`) for a GEMM with `columns` columns:
+    the one that finishes first, counting the padding of the last panel (49 Winograd
+    tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
+    widths = [nv for nv in PANEL_SPEED if nv <= widest]
+    return min(widths, key=lambda nv: -(-columns // (16 * nv)) * 16 * nv / PANEL_SPEED[nv])
 
 
 def pack_rows(a: np.ndarray, block: int = 8) -> np.ndarray:
@@ -70,6 +71,19 @@ class Conv2d:
         self.k = self.cg * self.kh * self.kw
         self.mg = self.m // groups
         self.blocks = -(-self.mg // 8)
+        # The implicit GEMM gathers a K x 16*NV float panel into local memory: the
+        # widest NV that fits (GPUs have 48-64 KiB, PoCL 1 MiB).
+        local_bytes = device.cl_device.local_mem_size
+        self.widest_nv = max((nv for nv in PANEL_SPEED if 64 * self.k * nv <= local_bytes),
+                             default=0)  # fmt: skip
+        if implicit is None:  # CPUs only, and only where the widest panel fits
+            implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
+        elif implicit and not self.widest_nv:
+            raise ValueError(
+                f"implicit convolution needs {64 * self.k} bytes of local memory for one "
+                f"panel of K={self.k}; the device has {local_bytes}"
+            )
+        self.implicit = implicit
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.precision = precision
@@ -81,9 +95,6 @@ class Conv2d:
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
-        if implicit is None:  # the widest panel must fit
-            implicit = device.is_cpu and 4 * self.k * 48 <= device.cl_device.local_mem_size
-        self.implicit = implicit
         # pad2d zero-pads the input, and for quantised precisions quantises it.
         padded = implicit and (self.ph or self.pw or precision.quantized)
         self.pad = device.kernel("im2col.cl", "pad2d", precision.defines) if padded else None
@@ -132,7 +143,7 @@ class Conv2d:
             )  # fmt: skip
             x = scratch
         cols = n * self.oh * self.ow
-        nv = choose_nv(cols)
+        nv = choose_nv(cols, self.widest_nv)
         panels = -(-cols // (16 * nv))
         # Few panels (small batch, small images): split the row blocks too, so every
         # core gets work; each part gathers its own copy of the panel.
