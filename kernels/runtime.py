@@ -246,6 +246,21 @@ class Device:
             return None
         return _work_group(extents, *self._group_limits)
 
+    def each_alone(self, ndim: int) -> tuple[int, ...] | None:
+        """The local size of a kernel whose work-items share nothing (the GEMMs, the
+        CPU form of linear): one work-item per work-group on a CPU, where each is one
+        explicitly vectorised loop and PoCL spreads the groups over its threads; the
+        driver's choice elsewhere, which packs them into warps (one per work-group
+        would leave 31 of an NVIDIA warp's 32 lanes idle)."""
+        return (1,) * ndim if self.is_cpu else None
+
+    @property
+    def widest_panel(self) -> int:
+        """NV of the GEMMs' widest 8 x 16*NV register block (kernels/cl/gemm.cl): 3 on a
+        CPU; 1 elsewhere, as 8 x 48 float accumulators per work-item exceed the 255
+        registers an NVIDIA thread may hold and spill to memory."""
+        return 3 if self.is_cpu else 1
+
     @cached_property
     def _group_limits(self) -> tuple[int, int]:
         """(work-group size limit, compute units), asked of the driver once: launches

@@ -331,7 +331,7 @@ def test_implicit_conv_panel_width_fits_local_memory(device, rng):
     k_one = have // 64 // 9  # channels whose 3x3 panel just fits at NV=1
     wt = rng.standard_normal((4, k_one, 3, 3), np.float32)
     op = ops.Conv2d(device, (k_one, 5, 5), wt, None, (1, 1), (1, 1), 1, False, True)
-    assert op.widest_nv == min(3, have // (64 * k_one * 9))
+    assert op.widest_nv == min(device.widest_panel, have // (64 * k_one * 9))
     x = rng.standard_normal((1, k_one, 5, 5), np.float32)
     got = run4d(device, op, x, op.scratch_bytes(1))
     assert nmse(got, ref.conv2d(x, wt, None, 1, 1)) < FP32_NMSE
@@ -340,15 +340,18 @@ def test_implicit_conv_panel_width_fits_local_memory(device, rng):
         ops.Conv2d(device, (too_wide.shape[1], 2, 2), too_wide, None, implicit=True)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["rows", "split"])
 @pytest.mark.parametrize("name", sorted(PRECISIONS))
 @pytest.mark.parametrize("n,i,o", [(1, 300, 33), (8, 1031, 17), (13, 64, 9), (2, 9000, 5)])
-def test_linear_precisions(device, rng, name, n, i, o):
+def test_linear_precisions(device, rng, name, n, i, o, split):
+    """Both forms (whole rows per work-item for CPUs, K split over a work-group for
+    GPUs) on whichever device runs the tests."""
     p = PRECISIONS[name]
     x = rng.standard_normal((n, i), np.float32)
     wt = rng.standard_normal((o, i), np.float32)
     b = rng.standard_normal(o, np.float32)
     input_range = (-1.5, 2.0)
-    op = ops.Linear(device, wt, b, True, precision=p, input_range=input_range)
+    op = ops.Linear(device, wt, b, True, precision=p, input_range=input_range, split=split)
     y = device.alloc(4 * n * o)
     op(n, device.upload(x), y, device.alloc(op.scratch_bytes(n)))
     got = device.read(y, (n, o))
@@ -459,16 +462,17 @@ def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m):
     assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["rows", "split"])
 @pytest.mark.parametrize("name", ["fp32", "fp16"])
 @pytest.mark.parametrize("counts,i,o", [([3, 0, 1], 33, 10), ([1] * 9, 16, 5), ([0, 12], 129, 7)])
-def test_grouped_linear(device, rng, name, counts, i, o):
+def test_grouped_linear(device, rng, name, counts, i, o, split):
     """Two padding rows follow the experts' and keep what their output held."""
     n, e = sum(counts), len(counts)
     x = rng.standard_normal((n + 2, i), np.float32)
     wt = rng.standard_normal((e, o, i), np.float32)
     b = rng.standard_normal((e, o), np.float32)
     seg, expert_of = segment_table(device, counts)
-    op = ops.Linear(device, wt, b, True, get_precision(name), segments=seg)
+    op = ops.Linear(device, wt, b, True, get_precision(name), segments=seg, split=split)
     y = device.alloc(4 * (n + 2) * o)
     device.write(y, np.full((n + 2, o), 7.0, np.float32))
     op(n + 2, device.upload(x), y)

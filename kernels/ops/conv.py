@@ -74,8 +74,8 @@ class Conv2d:
         # The implicit GEMM gathers a K x 16*NV float panel into local memory: the
         # widest NV that fits (GPUs have 48-64 KiB, PoCL 1 MiB).
         local_bytes = device.cl_device.local_mem_size
-        self.widest_nv = max((nv for nv in PANEL_SPEED if 64 * self.k * nv <= local_bytes),
-                             default=0)  # fmt: skip
+        fits = [nv for nv in PANEL_SPEED if 64 * self.k * nv <= local_bytes]
+        self.widest_nv = min(max(fits, default=0), device.widest_panel)
         if implicit is None:  # CPUs only, and only where the widest panel fits
             implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         elif implicit and not self.widest_nv:
@@ -125,7 +125,7 @@ class Conv2d:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
             return 4 * self.c * n * padded if self.pad is not None else 0
         cols = n * self.oh * self.ow
-        nb = 16 * choose_nv(cols)
+        nb = 16 * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
@@ -164,7 +164,7 @@ class Conv2d:
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         cols = n * self.oh * self.ow
-        nv = choose_nv(cols)
+        nv = choose_nv(cols, self.device.widest_panel)
         nb, panels, kern = 16 * nv, -(-cols // (16 * nv)), self.kernels(nv)
         for g in range(self.groups):
             self.device.launch(
@@ -178,7 +178,7 @@ class Conv2d:
                 self.device.launch(kern["tail"], (self.k,), self.device.work_group(self.k),
                                    scratch, I32(self.k), I32(cols))  # fmt: skip
             self.device.launch(
-                kern["gemm"], (self.blocks, panels, 1), (1, 1, 1),
+                kern["gemm"], (self.blocks, panels, 1), self.device.each_alone(3),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],
                 self.scale[g],
                 y, I32(cols), I32(g * self.mg), I32(0), I32(0), I32(0),

@@ -12,12 +12,17 @@ from kernels.runtime import Device
 I32 = np.int32
 
 
+SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
+
+
 class Linear:
     """y[N][O] = x[N][I] W^T + b, ReLU optional.
 
-    Memory-bound at small batch: each work-item reads RO weight rows once per tile of
-    RB images. RO=4 streamed fc6 fastest on PoCL (~30 GB/s at batch 1 and 8); RB=8 covers
-    the usual serving batch in one pass over the weights.
+    Memory-bound at small batch. On CPUs (`linear`) each work-item reads RO weight rows
+    once per tile of RB images: RO=4 streamed fc6 fastest on PoCL (~30 GB/s at batch 1
+    and 8), and RB=8 covers the usual serving batch in one pass over the weights.
+    Elsewhere (`linear_split`, `split`) a work-group of SPLIT_ITEMS shares each row, so
+    a GPU has enough work-items in flight to stream at its own bandwidth.
     """
 
     def __init__(
@@ -29,8 +34,10 @@ class Linear:
         precision: Precision = FP32,
         input_range: tuple[float, float] | None = None,
         segments: Any = None,
+        split: bool | None = None,
     ) -> None:
         self.device = device
+        self.split = not device.is_cpu if split is None else split
         self.segments = segments  # grouped: weight [E][O][I], rows sorted by expert
         self.experts = experts = weight.shape[0] if segments is not None else 1
         if segments is not None and precision.quantized:
@@ -56,8 +63,13 @@ class Linear:
         return (self.o,)
 
     def _tile(self, n: int) -> tuple[int, int]:
-        # Grouped: one image a work-item, as neighbouring rows may be other experts'.
-        return 4, 1 if self.segments is not None else min(n, 8)
+        """(RO, RB): rows and images per work-item (per work-group when split)."""
+        # Grouped: one image at a time, as neighbouring rows may be other experts'.
+        if self.segments is not None:
+            return (1 if self.split else 4), 1
+        if self.split:  # an int16 lane is a long16: 32 registers per image
+            return 1, 1 if self.precision.bits == 16 else min(n, 4)
+        return 4, min(n, 8)
 
     def scratch_bytes(self, n: int) -> int:
         """Quantised: the input's quantised copy."""
@@ -67,16 +79,23 @@ class Linear:
         ro, rb = self._tile(n)
         kernel = self._kernels.get(rb)
         if kernel is None:
-            defines = {"RO": ro, "RB": rb, "RELU": self.relu,
+            shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
+            defines = {**shape, "RB": rb, "RELU": self.relu,
                        "GROUPED": self.segments is not None, **self.precision.defines}  # fmt: skip
-            kernel = self._kernels[rb] = self.device.kernel("linear.cl", "linear", defines)
+            name = "linear_split" if self.split else "linear"
+            kernel = self._kernels[rb] = self.device.kernel("linear.cl", name, defines)
         if self.precision.quantized:
             count = n * self.i
             self.device.launch(self.quantize, (count,), self.device.work_group(self.i),
                                x, scratch, I32(count), self.qinv, self.qzero)  # fmt: skip
             x = scratch
+        rows, tiles = -(-self.o // ro), -(-n // rb)
+        if self.split:
+            grid, local = (rows * SPLIT_ITEMS, tiles), (SPLIT_ITEMS, 1)
+        else:
+            grid, local = (rows, tiles), self.device.each_alone(2)
         self.device.launch(
-            kernel, (-(-self.o // ro), -(-n // rb)), (1, 1),
+            kernel, grid, local,
             I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
             *(() if self.segments is None else (self.segments, I32(self.experts))),
         )  # fmt: skip

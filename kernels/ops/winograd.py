@@ -143,7 +143,7 @@ class WinogradConv2d:
         """
         tiles = n * self.th * self.tw
         # Grouped: narrow panels, as a panel straddling experts is computed once per expert.
-        nv = choose_nv(tiles) if self.segments is None else 1
+        nv = choose_nv(tiles, self.device.widest_panel) if self.segments is None else 1
         panels = -(-tiles // (16 * nv))
         e = self.alpha * self.alpha
         v_es = panels * self.c * 16 * nv + 16
@@ -170,7 +170,7 @@ class WinogradConv2d:
             grouped = (self.segments, I32(self.experts), I32(self.th * self.tw),
                        I32(self.a_expert))  # fmt: skip
         d.launch(
-            kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), (1, 1, 1),
+            kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), d.each_alone(3),
             I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
             self.ones, scratch, I32(tiles), I32(z["m_off"] // tiles),
             I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]), *grouped,
