@@ -65,7 +65,7 @@ class MixtureNetwork:
         def part(layers: list, shape: tuple[int, ...], prefix: str, **kw: Any) -> Network:
             # Per-layer maps name a part's layers with its prefix ("experts.3.conv2").
             return Network(device, layers, shape, part_weights(weights, prefix),
-                           precision=precision,
+                           precision=precision, name=prefix,
                            layer_precisions=part_weights(layer_precisions or {}, prefix),
                            ranges=part_weights(ranges or {}, prefix), **kw)  # fmt: skip
 
@@ -106,7 +106,7 @@ class MixtureNetwork:
         stacked = {key: np.stack([w[key] for w in per_expert]) for key in per_expert[0]}
         try:
             return Network(self.device, s.expert, s.stem_shape, stacked, max_plans=64,
-                           input_layout="cnhw", precision=precision,
+                           input_layout="cnhw", precision=precision, name="experts",
                            layer_precisions={n: next(iter(p)) for n, p in chosen.items()},
                            segments=self.segments)  # fmt: skip
         except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 convolution)
@@ -168,11 +168,13 @@ class MixtureNetwork:
             if m == 0:
                 continue
             expert = self.experts[e].plan(m)
-            self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
+            with d.labelled("route"):
+                self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
             expert.tape.replay()
             d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
         head = self.head.plan(n)
-        self.merge(n, k, rows, row_buf, gate_buf, head.input)
+        with d.labelled("route"):
+            self.merge(n, k, rows, row_buf, gate_buf, head.input)
         head.tape.replay()
         scores = d.read(head.output, (n, self.spec.num_classes))
         return scores, Routing(indices, gates, _confidence(logits))
@@ -182,15 +184,17 @@ class MixtureNetwork:
         no wait, and one wait reads the scores with the routing."""
         d, e = self.device, self.spec.experts
         image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
-        self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
         # Rows padded to a power of two: few plans (and launch geometries to build)
         # whatever the batch and k; the grouped kernels leave the padding rows alone.
         rows = 1 << (n * k - 1).bit_length()
         plan = self.grouped.plan(rows)
-        self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=rows)
+        with d.labelled("route"):
+            self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
+            self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=rows)
         plan.tape.replay()
         head = self.head.plan(n)
-        self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
+        with d.labelled("route"):
+            self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
         head.tape.replay()
         z, indices, gates, scores = d.read_all([
             (logits, (n, e), np.float32), (index_buf, (n, k), np.int32),

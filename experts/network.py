@@ -71,8 +71,10 @@ class Network:
         layer_precisions: dict[str, str] | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         segments: Any = None,
+        name: str = "",
     ) -> None:
         self.device = device
+        self.name = name  # the launches' label prefix when profiling ("stem", "experts.3")
         # Grouped (a mixture's experts as one network): weights carry a leading expert
         # axis and the rows, sorted by expert, are split by the `segments` buffer.
         self.segments = segments
@@ -164,17 +166,20 @@ class Network:
 
     def _enqueue(self, p: Plan) -> Any:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""
-        n = p.batch
-        if len(self.input_shape) == 3 and self.input_layout == "nchw":
-            self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
-            cur, spare = p.ping, p.pong
-        else:
-            cur, spare = p.input, p.ping
-        for step in self.steps:
-            if step.op is None:
-                continue
-            step.op(n, cur, spare, p.scratch)
-            cur, spare = spare, (p.pong if spare is p.ping else p.ping)
+        n, d = p.batch, self.device
+        with d.labelled(self.name):
+            if len(self.input_shape) == 3 and self.input_layout == "nchw":
+                with d.labelled("input"):
+                    self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
+                cur, spare = p.ping, p.pong
+            else:
+                cur, spare = p.input, p.ping
+            for step in self.steps:
+                if step.op is None:
+                    continue
+                with d.labelled(step.name):
+                    step.op(n, cur, spare, p.scratch)
+                cur, spare = spare, (p.pong if spare is p.ping else p.ping)
         return cur
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -190,16 +190,21 @@ class Device:
     (the server serialises batches per device).
     """
 
-    def __init__(self, selector: str | None = None) -> None:
+    def __init__(self, selector: str | None = None, profile: bool = False) -> None:
+        """`profile`: time every launch on the device (OpenCL profiling events, kept in
+        `events` with the label in force when the launch was made or recorded)."""
         self.info, self.cl_device = select(selector)
         try:
             self.context = cl.Context([self.cl_device])
-            self.queue = cl.CommandQueue(self.context)
+            properties = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
+            self.queue = cl.CommandQueue(self.context, properties=properties)
         except cl.Error as exc:
             raise DeviceError(describe_cl_error(exc, f"opening {self.info.name}")) from exc
         self._programs: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._base_defines = {"MAD": "fma" if self.fast_fma else "mad"}
         self._recording: list[tuple[Any, ...]] | None = None
+        self.events: list[tuple[str, str, Any]] | None = [] if profile else None
+        self._label = ""
         self._lock = threading.Lock()
 
     @property
@@ -338,18 +343,31 @@ class Device:
     ) -> None:
         """Enqueue `kernel(*args)` (or note it, while recording); errors name the kernel."""
         if self._recording is not None:
-            self._recording.append((kernel, global_size, local_size, args))
+            self._recording.append((kernel, global_size, local_size, args, self._label))
             return
         try:
             kernel.set_args(*args)
-            cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+            event = cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
         except cl.Error as exc:
             raise KernelError(
                 describe_cl_error(exc, f"kernel {kernel.function_name} global={global_size}")
             ) from exc
+        if self.events is not None:
+            self.events.append((self._label, kernel.function_name, event))
 
     def finish(self) -> None:
         self.queue.finish()
+
+    @contextmanager
+    def labelled(self, label: str) -> Iterator[None]:
+        """Launches made (or recorded) inside the block carry `label` in `events`;
+        nested labels join with dots ("stem.conv1")."""
+        outer = self._label
+        self._label = f"{outer}.{label}" if outer and label else outer or label
+        try:
+            yield
+        finally:
+            self._label = outer
 
     @contextmanager
     def record(self) -> Iterator[list[tuple[Any, ...]]]:
@@ -376,20 +394,22 @@ class Tape:
     def __init__(self, device: Device, launches: list[tuple[Any, ...]]) -> None:
         self.device = device
         self.items = []
-        for kernel, global_size, local_size, args in launches:
+        for kernel, global_size, local_size, args, label in launches:
             own = cl.Kernel(kernel.program, kernel.function_name)
             try:
                 own.set_args(*args)
             except cl.Error as exc:
                 raise KernelError(describe_cl_error(exc, f"kernel {kernel.function_name}")) from exc
-            self.items.append((own, global_size, local_size))
+            self.items.append((own, global_size, local_size, label))
 
     def replay(self) -> None:
-        queue = self.device.queue
-        for kernel, global_size, local_size in self.items:
+        queue, events = self.device.queue, self.device.events
+        for kernel, global_size, local_size, label in self.items:
             try:
-                cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+                event = cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
             except cl.Error as exc:
                 raise KernelError(
                     describe_cl_error(exc, f"kernel {kernel.function_name} global={global_size}")
                 ) from exc
+            if events is not None:
+                events.append((label, kernel.function_name, event))

@@ -83,7 +83,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     names = args.model or [settings.default_model]
     precisions = args.precision or [settings.default_precision]
-    device = Device(settings.device)
+    device = Device(settings.device, profile=args.profile)
     rng = np.random.default_rng(args.seed)
     images = None
     if args.dataset is not None:  # read once, however many models and batch sizes
@@ -128,6 +128,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                        "device": device.name, "inputs": args.dataset or "noise"}  # fmt: skip
                 if spreads[key]:  # a mixture: distinct experts per batch run
                     row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
+                if args.profile:
+                    row["profile"] = profile_layers(device, runners[key])
                 _emit(row, args.json)
                 if session is not None:
                     _emit(_onnxruntime_row(model, times[f"{key} onnxruntime"], row), args.json)
@@ -135,6 +137,32 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 BATCHES = 16  # distinct input batches per row, taken in turn
+PROFILE_RUNS = 5  # profiled runs per row (`--profile`), after the timed ones
+
+
+def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:
+    """Device time per layer: each launch's OpenCL profiling event, summed per label
+    (the layer's name, "stem.conv1" in a mixture; the kernel's where a launch has
+    none), the median over PROFILE_RUNS runs (0 in a run that did not reach the
+    layer: a mixture's experts vary with the batch), in first-launch order."""
+    runs: list[dict[str, float]] = []
+    kernels: dict[str, list[str]] = {}
+    for _ in range(PROFILE_RUNS):
+        device.events.clear()
+        run()
+        device.finish()
+        ms: dict[str, float] = {}
+        for label, name, event in device.events:
+            layer = label or name
+            ms[layer] = ms.get(layer, 0.0) + (event.profile.end - event.profile.start) * 1e-6
+            names = kernels.setdefault(layer, [])
+            if name not in names:
+                names.append(name)
+        runs.append(ms)
+    device.events.clear()
+    return [{"layer": layer, "kernels": names,
+             "ms": round(float(np.median([r.get(layer, 0.0) for r in runs])), 4)}
+            for layer, names in kernels.items()]  # fmt: skip
 
 
 def _inputs(
@@ -217,3 +245,11 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
     if "ratio" in row:
         line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
     print(line, flush=True)
+    layers = row.get("profile")
+    if layers:
+        total = sum(layer["ms"] for layer in layers)
+        print(f"    device time per layer (median of {PROFILE_RUNS} runs): {total:.3f} ms in all")
+        for layer in layers:
+            share = 100 * layer["ms"] / total if total else 0.0
+            print(f"    {layer['layer']:24s} {layer['ms']:8.3f} ms {share:5.1f}%  "
+                  f"{' '.join(layer['kernels'])}")  # fmt: skip

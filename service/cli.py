@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.precision import PRECISIONS as TABLE
+from service.bench import PROFILE_RUNS
 from service.scores import probabilities, top_predictions
 from service.settings import Settings
 
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
+    p.add_argument("--profile", action="store_true",
+                   help="also the device time of each layer (OpenCL profiling events; "
+                   f"medians of {PROFILE_RUNS} more runs per row)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per row")
 
     p = sub.add_parser("serve", help="serve the models over HTTP (v1 JSON and KServe v2 APIs)")

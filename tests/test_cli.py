@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experts.architectures import random_weights
+from experts.network import fuse_relu
 from experts.repository import Repository
 from service.cli import main
 from tests.service_fixtures import TINY
@@ -239,6 +240,26 @@ def test_bench_mixture_rows_per_k(capsys, moe_repo):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["experts_per_image"] for r in rows] == [1, 2]
     assert all(r["activation_bytes"] > 0 for r in rows)
+
+
+def test_bench_profile_gives_each_layer_its_device_time(capsys, moe_repo):
+    """--profile: one entry per layer in launch order, named as in model.json (with the
+    mixture part in front), each with its kernels and a device time."""
+    argv = ["bench", "--model", "tiny,small-moe", "--batch", "2", "--iterations", "2",
+            "--warmup", "1", "--profile", "--json"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    tiny, moe = [json.loads(line) for line in out.splitlines()]
+    layers = [layer["name"] for layer in fuse_relu(TINY["layers"])]
+    assert [p["layer"] for p in tiny["profile"]] == ["input", *layers]
+    assert all(p["ms"] >= 0 and p["kernels"] for p in tiny["profile"])
+    assert tiny["profile"][1]["ms"] > 0  # conv1 takes measurable time
+    assert sum(p["ms"] for p in tiny["profile"]) < tiny["latency_ms_p90"] * 2
+    named = [p["layer"] for p in moe["profile"]]
+    assert named[0] == "stem.input" and named[-1].startswith("head.")
+    assert "route" in named and any(n.startswith("experts.") for n in named)
+    code, out, _ = run(capsys, *argv[:-1])  # the text form: a line per layer under the row
+    assert code == 0 and "device time per layer" in out and "\n    conv" in out
 
 
 @pytest.fixture

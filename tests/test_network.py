@@ -118,11 +118,13 @@ def test_local_sizes_do_not_change_with_the_batch(built, device):
         items = net.plan(n).tape.items
         # one kernel is left to PoCL on purpose (see WinogradConv2d.__call__)
         items = [i for i in items if i[0].function_name != "winograd_output"]
-        assert all(local is not None for _, _, local in items)
+        assert all(local is not None for _, _, local, _ in items)
         assert all(
-            g % size == 0 for _, glob, local in items for g, size in zip(glob, local, strict=True)
+            g % size == 0
+            for _, glob, local, _ in items
+            for g, size in zip(glob, local, strict=True)
         )
-        seen[n] = {(kernel.function_name, local) for kernel, _, local in items}
+        seen[n] = {(kernel.function_name, local) for kernel, _, local, _ in items}
     assert seen[1] == seen[3] == seen[8]
 
 

@@ -194,6 +194,29 @@ def test_work_group_divides_the_per_image_extents(extents, limit, units, want):
     assert int(np.prod(local)) <= limit
 
 
+def test_profiling_labels_direct_and_recorded_launches(device, rng):
+    """A profiling device keeps an event per launch with the label in force when it was
+    made, or recorded (a tape's replays keep the recording's labels); nested labels
+    join with dots. A device without profiling keeps nothing."""
+    from kernels.runtime import Device
+
+    assert device.events is None
+    prof = Device(device.info.index, profile=True)
+    x = rng.standard_normal((7, 3, 20), np.float32)
+    op = ops.SwapOuter(prof, 20, True)
+    src, dst = prof.upload(x), prof.alloc(x.nbytes)
+    with prof.labelled("net"):
+        with prof.labelled("swap"):
+            op(7, 3, src, dst)
+        with prof.record() as launches, prof.labelled("taped"):
+            op(7, 3, src, dst)
+    prof.tape(launches).replay()
+    prof.finish()
+    assert [(label, name) for label, name, _ in prof.events] == [
+        ("net.swap", "swap_outer"), ("net.taped", "swap_outer")]  # fmt: skip
+    assert all(e.profile.end >= e.profile.start > 0 for _, _, e in prof.events)
+
+
 @pytest.mark.parametrize(
     "n,c,h,w,m,r,pad,relu,tile",
     [
