@@ -2,40 +2,55 @@
 // layout of planes does not matter). Ceil mode comes in through OH/OW: windows
 // that overhang the bottom/right edge are clipped, as in torch and Caffe.
 // One work-item computes one output row (per-element work-items cost PoCL more
-// than the arithmetic).
-// Defines: MODE (0 max, 1 average), COUNT_PAD (average: count the zero padding,
-// but never the ceil-mode overhang, like torch).
-__kernel void pool2d(__global const float *restrict x, __global float *restrict y,
-                     const int H, const int W, const int OH, const int OW,
-                     const int KH, const int KW, const int SH, const int SW,
-                     const int PH, const int PW)
+// than the arithmetic). The geometry is compiled in, so that a window wholly inside
+// the plane (all but the edges) runs fixed, unrolled loops.
+// Defines: H, W, OH, OW, KH, KW, SH, SW, PH, PW; MODE (0 max, 1 average), COUNT_PAD
+// (average: count the zero padding, but never the ceil-mode overhang, like torch).
+#if MODE == 0
+#define START -FLT_MAX
+#define ADD(acc, v) fmax((acc), (v))
+#else
+#define START 0.0f
+#define ADD(acc, v) ((acc) + (v))
+#endif
+
+#ifdef KH
+__kernel void pool2d(__global const float *restrict x, __global float *restrict y)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
     __global const float *xp = x + (size_t)p * H * W;
+    __global float *yp = y + ((size_t)p * OH + oy) * OW;
     const int y0 = oy * SH - PH;
     const int ys = max(y0, 0), ye = min(y0 + KH, H);
     for (int ox = 0; ox < OW; ++ox) {
-    const int x0 = ox * SW - PW;
-    const int xs = max(x0, 0), xe = min(x0 + KW, W);
-#if MODE == 0
-    float acc = -FLT_MAX;
-    for (int iy = ys; iy < ye; ++iy)
-        for (int ix = xs; ix < xe; ++ix) acc = fmax(acc, xp[iy * W + ix]);
-#else
-    float acc = 0.0f;
-    for (int iy = ys; iy < ye; ++iy)
-        for (int ix = xs; ix < xe; ++ix) acc += xp[iy * W + ix];
+        const int x0 = ox * SW - PW;
+        float acc = START;
+        if (y0 >= 0 && y0 + KH <= H && x0 >= 0 && x0 + KW <= W) {
+#pragma unroll
+            for (int ky = 0; ky < KH; ++ky)
+#pragma unroll
+                for (int kx = 0; kx < KW; ++kx) acc = ADD(acc, xp[(y0 + ky) * W + x0 + kx]);
+#if MODE == 1
+            acc /= (float)(KH * KW);
+#endif
+        } else {
+            const int xs = max(x0, 0), xe = min(x0 + KW, W);
+            for (int iy = ys; iy < ye; ++iy)
+                for (int ix = xs; ix < xe; ++ix) acc = ADD(acc, xp[iy * W + ix]);
+#if MODE == 1
 #if COUNT_PAD
-    const int count = (min(y0 + KH, H + PH) - y0) * (min(x0 + KW, W + PW) - x0);
+            acc /= (float)((min(y0 + KH, H + PH) - y0) * (min(x0 + KW, W + PW) - x0));
 #else
-    const int count = (ye - ys) * (xe - xs);
+            acc /= (float)((ye - ys) * (xe - xs));
 #endif
-    acc /= (float)count;
 #endif
-    y[((size_t)p * OH + oy) * OW + ox] = acc;
+        }
+        yp[ox] = acc;
     }
 }
+#endif
 
+#ifndef KH  // built without the geometry defines, which would clash with its arguments
 // Adaptive average pooling: output cell i of O over an input of length L averages
 // input rows [floor(i*L/O), ceil((i+1)*L/O)), the torch rule.
 __kernel void adaptive_avgpool2d(__global const float *restrict x, __global float *restrict y,
@@ -52,3 +67,4 @@ __kernel void adaptive_avgpool2d(__global const float *restrict x, __global floa
         y[((size_t)p * OH + oy) * OW + ox] = acc / (float)((ye - ys) * (xe - xs));
     }
 }
+#endif
