@@ -14,29 +14,34 @@
 #define ACT(x) (x)
 #endif
 
-#ifdef RO
-// GROUPED (a mixture's experts in one launch, RB = 1): row b belongs to expert x
-// (rows [seg[x], seg[x + 1])), whose W, bias and scale lie x * O rows on; rows past
-// seg[experts] pad the batch and are left alone.
-__kernel void linear(const int B, const int I, const int O,
-                     __global const float *restrict X, __global const wtype *restrict W,
-                     __global const float *restrict bias, __global const float *restrict scale,
-                     __global float *restrict Y
+// The arguments of both kernels below. GROUPED (a mixture's experts in one launch,
+// RB = 1): row b belongs to expert x (rows [seg[x], seg[x + 1])), whose W, bias and
+// scale lie x * O rows on (EXPERT_ROWS moves them there); rows past seg[experts] pad
+// the batch and are left alone (the whole work-item or work-group returns).
 #if GROUPED
-                     , __global const int *restrict seg, const int experts
+#define GROUP_ARGS , __global const int *restrict seg, const int experts
+#define EXPERT_ROWS(b0) \
+    if ((b0) >= seg[experts]) return; \
+    int ex = 0; \
+    while ((b0) >= seg[ex + 1]) ++ex; \
+    W += (size_t)ex * O * I; \
+    bias += ex * O; \
+    scale += ex * O;
+#else
+#define GROUP_ARGS
+#define EXPERT_ROWS(b0)
 #endif
-                     )
+#define LINEAR_ARGS const int B, const int I, const int O, \
+    __global const float *restrict X, __global const wtype *restrict W, \
+    __global const float *restrict bias, __global const float *restrict scale, \
+    __global float *restrict Y GROUP_ARGS
+
+#ifdef RO
+__kernel void linear(LINEAR_ARGS)
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
-#if GROUPED
-    if (b0 >= seg[experts]) return;  // a padding row: no expert's
-    int ex = 0;
-    while (b0 >= seg[ex + 1]) ++ex;
-    W += (size_t)ex * O * I;
-    bias += ex * O;
-    scale += ex * O;
-#endif
+    EXPERT_ROWS(b0)
     __global const wtype *w[RO];
     __global const float *x[RB];
 #pragma unroll
@@ -95,27 +100,13 @@ __kernel void linear(const int B, const int I, const int O,
 // Quantised sums stay exact: each lane still flushes every QCHUNK products, and
 // integer totals add up in any order.
 __kernel __attribute__((reqd_work_group_size(LS, 1, 1)))
-void linear_split(const int B, const int I, const int O,
-                  __global const float *restrict X, __global const wtype *restrict W,
-                  __global const float *restrict bias, __global const float *restrict scale,
-                  __global float *restrict Y
-#if GROUPED
-                  , __global const int *restrict seg, const int experts
-#endif
-                  )
+void linear_split(LINEAR_ARGS)
 {
     __local accs part[RB][LS];
     const int o = get_group_id(0);
     const int t = get_local_id(0);
     const int b0 = get_global_id(1) * RB;
-#if GROUPED
-    if (b0 >= seg[experts]) return;  // a padding row (the whole work-group leaves)
-    int ex = 0;
-    while (b0 >= seg[ex + 1]) ++ex;
-    W += (size_t)ex * O * I;
-    bias += ex * O;
-    scale += ex * O;
-#endif
+    EXPERT_ROWS(b0)
     __global const wtype *w = W + (size_t)o * I;
     __global const float *x[RB];
     acc16 acc[RB];
