@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from kernels.precision import PRECISIONS as TABLE
-from service.bench import PROFILE_RUNS
 from service.scores import probabilities, top_predictions
 from service.settings import Settings
 
@@ -124,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     p.add_argument("--profile", action="store_true",
-                   help="also the device time of each layer (OpenCL profiling events; "
-                   f"medians of {PROFILE_RUNS} more runs per row)")  # fmt: skip
+                   help="also the device time of each layer (OpenCL profiling events, "
+                   "medians of a few more runs per row)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per row")
 
     p = sub.add_parser("serve", help="serve the models over HTTP (v1 JSON and KServe v2 APIs)")
