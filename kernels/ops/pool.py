@@ -36,10 +36,9 @@ class Pool2d:
         self.oh = pool_out(self.h, self.kh, self.sh, self.ph, ceil_mode)
         self.ow = pool_out(self.w, self.kw, self.sw, self.pw, ceil_mode)
         # The whole geometry compiled in (pool.cl): 2.5-3x faster than as arguments.
-        sizes = (self.h, self.w, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph,
-                 self.pw)  # fmt: skip
-        geometry = dict(zip(("H", "W", "OH", "OW", "KH", "KW", "SH", "SW", "PH", "PW"), sizes,
-                            strict=True))  # fmt: skip
+        geometry = {"H": self.h, "W": self.w, "OH": self.oh, "OW": self.ow,
+                    "KH": self.kh, "KW": self.kw, "SH": self.sh, "SW": self.sw,
+                    "PH": self.ph, "PW": self.pw}  # fmt: skip
         defines = {"MODE": int(mode == "avg"), "COUNT_PAD": count_include_pad, **geometry}
         self.kernel = device.kernel("pool.cl", "pool2d", defines)
 
