@@ -156,6 +156,29 @@ def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
     raise DeviceError(f"no OpenCL device matches {selector!r}; devices: {known}")
 
 
+# One vpdpbusd (16 int lanes, each += four unsigned x signed byte products), called
+# as gemm.cl's DOT4 calls it: from a function compiled for the feature.
+DOT4_PROBE = """
+__attribute__((target("avx512vnni")))
+int16 dot4(int16 u, int16 s) { return __builtin_ia32_vpdpbusd512((int16)(0), u, s); }
+__kernel void probe(__global const int16 *u, __global const int16 *s, __global int16 *out)
+{ out[0] = dot4(u[0], s[0]); }
+"""
+
+
+@lru_cache(maxsize=1)
+def _host_cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def read_source(name: str) -> str:
     """The text of kernels/cl/<name>, with `#include "x.h"` lines replaced by the text
     of kernels/cl/x.h: the program caches key on the source text, so a header edit must
@@ -265,6 +288,28 @@ class Device:
         CPU; 1 elsewhere, as 8 x 48 float accumulators per work-item exceed the 255
         registers an NVIDIA thread may hold and spill to memory."""
         return 3 if self.is_cpu else 1
+
+    @cached_property
+    def dot4(self) -> bool:
+        """Whether int8 convolutions may run on AVX-512 VNNI's byte dot products
+        (gemm.cl's DOT4): a PoCL CPU device on a host whose CPU has them, where a probe
+        kernel calling the instruction builds and computes one dot product right.
+        `MOE_INT8_DOT4=0` turns it off (the float-lane int8 path, same results)."""
+        if os.environ.get("MOE_INT8_DOT4", "1") == "0" or not self.is_cpu:
+            return False
+        if not _is_pocl(self.info) or not {"avx512_vnni", "avx512bw"} <= _host_cpu_flags():
+            return False
+        u = np.arange(64, dtype=np.uint8) * 4  # 0 .. 252
+        s = (np.arange(64) % 7 - 3).astype(np.int8)
+        want = (u.astype(np.int32) * s).reshape(16, 4).sum(axis=1)
+        try:
+            out = self.alloc(64)
+            kernel = cl.Program(self.context, DOT4_PROBE).build().probe
+            kernel(self.queue, (1,), (1,), self.upload(u), self.upload(s), out)
+            got = self.read(out, (16,), np.int32)
+        except cl.Error:
+            return False
+        return bool(np.array_equal(got, want))
 
     @cached_property
     def _group_limits(self) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from kernels import ops
 from kernels import reference as ref
 from kernels.ops.winograd import WinogradConv2d
 from kernels.precision import PRECISIONS, get_precision
+from kernels.runtime import Device
 from tests.conftest import nmse
 
 FP32_NMSE = 1e-10  # float32 with a different summation order
@@ -297,11 +298,29 @@ def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
 @pytest.mark.parametrize("implicit", [True, False])
 @pytest.mark.parametrize("case", CONV_CASES[:4])
 def test_conv2d_precisions(device, rng, name, implicit, case):
+    check_conv_precision(device, rng, PRECISIONS[name], case, implicit)
+
+
+@pytest.mark.parametrize("dot4", [True, False])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_int8_conv_byte_dot_products(device, rng, case, dot4):
+    """int8 on VNNI's byte dot products (K in groups of four, inputs offset by 128)
+    and in float lanes: the same exact sums, on every awkward shape."""
+    skip_unless_dot4(device, dot4)
+    op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, dot4)
+    assert op.dot4 == dot4
+
+
+def skip_unless_dot4(device, dot4: bool) -> None:
+    if dot4 and not device.dot4:
+        pytest.skip("this device has no AVX-512 VNNI byte dot products (Device.dot4)")
+
+
+def check_conv_precision(device, rng, p, case, implicit, dot4=None):
     n, c, h, w, m, k, stride, pad, groups, relu = case
     kh, kw = (k, k) if isinstance(k, int) else k
     if implicit:
         skip_unless_panel_fits(device, c // groups * kh * kw)
-    p = PRECISIONS[name]
     x = rng.standard_normal((n, c, h, w), np.float32)
     wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
     b = rng.standard_normal(m, np.float32)
@@ -309,13 +328,14 @@ def test_conv2d_precisions(device, rng, name, implicit, case):
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     input_range = (-2.5, 3.0)  # some inputs fall outside and saturate
     op = ops.Conv2d(device, (c, h, w), wt, b, (sh, sw), (ph, pw), groups, relu, implicit,
-                    precision=p, input_range=input_range)  # fmt: skip
+                    precision=p, input_range=input_range, dot4=dot4)  # fmt: skip
     got = run4d(device, op, x, op.scratch_bytes(n))
     want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
     if p.quantized:
         assert_dequantized_close(got, want, scale_of)
     else:
         assert nmse(got, want) < FP32_NMSE
+    return op
 
 
 def skip_unless_panel_fits(device, k: int) -> None:
@@ -325,11 +345,13 @@ def skip_unless_panel_fits(device, k: int) -> None:
         pytest.skip(f"the device's {have} bytes of local memory hold no implicit panel of K={k}")
 
 
-@pytest.mark.parametrize("implicit", [True, False])
-def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit):
+@pytest.mark.parametrize(("implicit", "dot4"), [(True, True), (True, False), (False, False)])
+def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4):
     """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
     times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
-    2^24, where a float would start dropping integers)."""
+    2^24, where a float would start dropping integers); with dot4, 1600 products of
+    127 * 255 in an int lane, less the offset correction."""
+    skip_unless_dot4(device, dot4)
     if implicit:
         skip_unless_panel_fits(device, 1600)
     p = PRECISIONS["int8"]
@@ -339,7 +361,8 @@ def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit):
     x[0] = 10.0  # saturates at offset 255
     input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
     op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, implicit,
-                    precision=p, input_range=input_range)  # fmt: skip
+                    precision=p, input_range=input_range, dot4=dot4)  # fmt: skip
+    assert op.dot4 == dot4
     got = run4d(device, op, x, op.scratch_bytes(2))
     want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
     assert_dequantized_close(got, want, scale_of)
@@ -532,3 +555,14 @@ def test_topk_buckets(device, rng, n, e, k, ties):
     for i in (0, 2, 3, 4):
         np.testing.assert_array_equal(got[i], want[i])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
+
+
+def test_dot4_only_for_implicit_int8_where_the_device_has_it(device, rng, monkeypatch):
+    wt = rng.standard_normal((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="dot4 needs an implicit int8 convolution"):
+        ops.Conv2d(device, (3, 8, 8), wt, None, dot4=True)  # fp32
+    monkeypatch.setenv("MOE_INT8_DOT4", "0")
+    assert not Device(device.info.index).dot4
+    with pytest.raises(ValueError, match="dot4 needs"):
+        ops.Conv2d(Device(device.info.index), (3, 8, 8), wt, None, implicit=True,
+                   precision=PRECISIONS["int8"], input_range=(-1.0, 1.0), dot4=True)  # fmt: skip

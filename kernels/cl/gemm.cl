@@ -18,9 +18,23 @@
 // and QBITS (precision.h). Quantised precisions take B already quantised (by pad2d
 // or im2col), accumulate exactly (precision.h) and scale each row's total by
 // scale[row]; float ones pass scale = 1.
+//
+// DOT4 (int8, conv_packed only, x86 CPUs with AVX-512 VNNI): the products run on
+// vpdpbusd, which adds four byte products into each int lane, 64 multiply-adds per
+// instruction where a float FMA does 16. B holds unsigned bytes (pad2d stores q + 128,
+// so an input at zero point z reads z + 128), A signed ones; both are grouped by four
+// along K (A [M/8][K/4][8][4], the panel [K/4][NB][4]; K padded with zero weights).
+// The int sums are exact and equal the float path's once each row takes off
+// corr[row] = (128 + z) * (sum of its weights). OpenCL C has no byte dot product
+// (cl_khr_integer_dot_product is absent from PoCL) and LLVM does not find vpdpbusd
+// on its own, so the builtin is called from a function compiled for the feature;
+// the runtime sets DOT4 only where the CPU has it (runtime.py: Device.dot4).
 #include "precision.h"
 
 #define NB (16 * NV)
+#ifndef DOT4
+#define DOT4 0
+#endif
 
 // EACH(X, r): X(r, q) for the NV column vectors q of block row r.
 #if NV == 3
@@ -34,6 +48,19 @@
     EACH(X, 4) EACH(X, 5) EACH(X, 6) EACH(X, 7)
 
 // c: the running sums; int8 also keeps t, the int totals its chunks flush into.
+// btype: what a B panel holds (DOT4: four bytes of consecutive k per int).
+#if DOT4
+#define btype int
+#define DECL(r, q) int16 c##r##q = 0;
+#define FLUSH(r, q)
+#define TOTAL(r, q) convert_float16(c##r##q - corr[m0 + r]),
+#define LOADB(r, q) const int16 b##q = vload16(q, bk);
+#define atype8 int8
+#define LOADA8(k, a) vload8((k), (__global const int *)(a))
+#define MAC(r, q) c##r##q = __builtin_ia32_vpdpbusd512(c##r##q, b##q, (int16)(a8.s##r));
+#define TARGET __attribute__((target("avx512vnni")))
+#else
+#define btype float
 #if QBITS == 8
 #define DECL(r, q) acc16 c##r##q = 0; int16 t##r##q = 0;
 #define FLUSH(r, q) t##r##q += convert_int16(c##r##q); c##r##q = 0.0f;
@@ -44,7 +71,11 @@
 #define TOTAL(r, q) convert_float16(c##r##q),
 #endif
 #define LOADB(r, q) const float16 b##q = vload16(q, bk);
+#define atype8 float8
+#define LOADA8(k, a) LOADW8((k), (a))
 #define MAC(r, q) c##r##q = MACC((float16)(a8.s##r), b##q, c##r##q);
+#define TARGET
+#endif
 
 #if RELU
 #define ACT(x) fmax((x), 0.0f)
@@ -65,21 +96,22 @@
             o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
 
 // One 8 x NB block of C: rows m0.. from A panel `a`, columns n0.. from B panel `bp`
-// (in address space `space`).
-#define BLOCK(bp, space) { \
+// (in address space `space`), over `steps` steps of k (DOT4: of four k).
+#define BLOCK(bp, space, steps) { \
     ROWS(DECL) \
-    for (int k0 = 0; k0 < K; k0 += QCHUNK) { \
-        const int k1 = min(K, k0 + QCHUNK); \
+    for (int k0 = 0; k0 < (steps); k0 += QCHUNK) { \
+        const int k1 = min((steps), k0 + QCHUNK); \
         for (int k = k0; k < k1; ++k) { \
-            space const float *bk = (bp) + k * NB; \
+            space const btype *bk = (bp) + k * NB; \
             EACH(LOADB, 0) \
-            const float8 a8 = LOADW8(k, a); \
+            const atype8 a8 = LOADA8(k, a); \
             ROWS(MAC) \
         } \
         ROWS(FLUSH) \
     } \
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) }
 
+#if !DOT4  // (DOT4 builds conv_packed alone)
 // Dimension 2 runs independent GEMMs (Winograd's 16) whose A, B and C lie the given
 // strides (in elements) apart. B is already quantised (im2col applied QX).
 // GROUPED (a mixture's experts in one launch): the columns are `cols` per image, the
@@ -110,30 +142,42 @@ __kernel void gemm_packed(const int M, const int N, const int K,
         if (lo >= hi) continue;
         __global const wtype *a = Ap + (size_t)x * a_expert + (size_t)g * a_stride
                                   + (size_t)mt * K * 8;
-        BLOCK(bp, __global)
+        BLOCK(bp, __global, K)
     }
 #else
     const int lo = n0, hi = N;
     __global const wtype *a = Ap + (size_t)g * a_stride + (size_t)mt * K * 8;
-    BLOCK(bp, __global)
+    BLOCK(bp, __global, K)
 #endif
 }
+#endif
 
 // x: the (padded, and for quantised precisions quantised: pad2d) input
 // [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
-__kernel void conv_packed(const int M, const int N, const int K,
-                          __global const wtype *restrict Ap,
-                          __global const float *restrict x,
-                          __global const float *restrict bias,
-                          __global const float *restrict scale,
-                          __global float *restrict C, const int ldc, const int c_row0,
-                          const int batch, const int HP, const int WP, const int c0,
-                          const int KH, const int KW, const int SH, const int SW,
-                          const int OH, const int OW, const int blocks_per_item,
-                          __local float *restrict panel)
+#if DOT4
+#define xtype uchar
+#define CORR_ARG , __global const int *restrict corr
+#define CORR , corr
+#else
+#define xtype float
+#define CORR_ARG
+#define CORR
+#endif
+#define CONV_ARGS const int M, const int N, const int K, \
+    __global const wtype *restrict Ap, __global const xtype *restrict x, \
+    __global const float *restrict bias, __global const float *restrict scale, \
+    __global float *restrict C, const int ldc, const int c_row0, \
+    const int batch, const int HP, const int WP, const int c0, \
+    const int KH, const int KW, const int SH, const int SW, \
+    const int OH, const int OW, const int blocks_per_item, \
+    __local btype *restrict panel CORR_ARG
+#define CONV_PASS M, N, K, Ap, x, bias, scale, C, ldc, c_row0, batch, HP, WP, c0, \
+    KH, KW, SH, SW, OH, OW, blocks_per_item, panel CORR
+
+// The work of one item, in a function of its own so that DOT4 can compile it for the
+// VNNI feature (a kernel cannot be: PoCL wraps it in code built for the plain target).
+TARGET void conv_item(const int nt, const int part, CONV_ARGS)
 {
-    const int nt = get_global_id(0);
-    const int part = get_global_id(1);
     const int n0 = nt * NB;
     // Gather the panel: column t reads the input window at off[t]; columns past N
     // repeat the last one (computed, never stored).
@@ -145,6 +189,26 @@ __kernel void conv_packed(const int M, const int N, const int K,
     }
     const size_t plane = (size_t)batch * HP * WP;
     const int cg = K / (KH * KW);
+#if DOT4
+    // Byte k of column t goes to panel byte (k / 4 * NB + t) * 4 + k % 4.
+    const int steps = (K + 3) / 4;
+    __local uchar *dst = (__local uchar *)panel;
+    int k = 0;
+    for (int c = 0; c < cg; ++c) {
+        for (int i = 0; i < KH; ++i) {
+            for (int j = 0; j < KW; ++j, ++k) {
+                __global const uchar *src = x + (c0 + c) * plane + i * WP + j;
+                __local uchar *d = dst + (k / 4 * NB) * 4 + k % 4;
+                for (int t = 0; t < NB; ++t) d[4 * t] = src[off[t]];
+            }
+        }
+    }
+    for (; k < 4 * steps; ++k) {  // K's padding: its weights are zero, its bytes too
+        __local uchar *d = dst + (k / 4 * NB) * 4 + k % 4;
+        for (int t = 0; t < NB; ++t) d[4 * t] = 0;
+    }
+#else
+    const int steps = K;
     __local float *dst = panel;
     for (int c = 0; c < cg; ++c) {
         for (int i = 0; i < KH; ++i) {
@@ -155,12 +219,18 @@ __kernel void conv_packed(const int M, const int N, const int K,
             }
         }
     }
+#endif
     const int blocks = (M + 7) / 8;
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * 8;
-        __global const wtype *a = Ap + (size_t)mt * K * 8;
-        BLOCK(panel, __local)
+        __global const wtype *a = Ap + (size_t)mt * steps * (DOT4 ? 32 : 8);
+        BLOCK(panel, __local, steps)
     }
+}
+
+__kernel void conv_packed(CONV_ARGS)
+{
+    conv_item(get_global_id(0), get_global_id(1), CONV_PASS);
 }

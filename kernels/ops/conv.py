@@ -28,13 +28,15 @@ def choose_nv(columns: int, widest: int = 3) -> int:
     return min(widths, key=lambda nv: -(-columns // (16 * nv)) * 16 * nv / PANEL_SPEED[nv])
 
 
-def pack_rows(a: np.ndarray, block: int = 8) -> np.ndarray:
-    """[M][K] -> [ceil(M/block)][K][block], zero rows appended: the GEMM's A panels."""
+def pack_rows(a: np.ndarray, block: int = 8, group: int = 1) -> np.ndarray:
+    """[M][K] -> [ceil(M/block)][ceil(K/group)][block][group], zero rows and columns
+    appended: the GEMM's A panels (group 4: gemm.cl's DOT4 reads four k at a time)."""
     m, k = a.shape
-    mp = -(-m // block) * block
-    padded = np.zeros((mp, k), a.dtype)
-    padded[:m] = a
-    return np.ascontiguousarray(padded.reshape(mp // block, block, k).transpose(0, 2, 1))
+    mp, kp = -(-m // block) * block, -(-k // group) * group
+    padded = np.zeros((mp, kp), a.dtype)
+    padded[:m, :k] = a
+    panels = padded.reshape(mp // block, block, kp // group, group).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
 
 
 class Conv2d:
@@ -44,6 +46,9 @@ class Conv2d:
     convolution runs as one implicit-GEMM kernel that gathers its panel from the
     zero-padded input: no im2col matrix goes through memory (it cost as much as the
     GEMM itself at batch 8). Elsewhere it falls back to im2col + GEMM.
+
+    `dot4` (int8, implicit only; default: where `device.dot4`): the GEMM multiplies
+    bytes with AVX-512 VNNI instead of in float lanes (gemm.cl's DOT4); same sums.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class Conv2d:
         implicit: bool | None = None,
         precision: Precision = FP32,
         input_range: tuple[float, float] | None = None,
+        dot4: bool | None = None,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -84,20 +90,30 @@ class Conv2d:
                 f"panel of K={self.k}; the device has {local_bytes}"
             )
         self.implicit = implicit
+        byte_dot = implicit and precision.bits == 8
+        if dot4 and not (byte_dot and device.dot4):
+            raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
+        self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.precision = precision
         # Quantised: one input range for the layer, scales per output channel.
         prepared = [precision.prepare(wg[g], input_range, "conv") for g in range(groups)]
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
-        self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
+        group = 4 if self.dot4 else 1
+        self.a = [device.upload(pack_rows(p.weights, group=group)) for p in prepared]
         self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
+        # DOT4 reads inputs offset by 128 - zero: each row takes that times its sum back.
+        offset = 128 + int(self.qzero)
+        self.corr = [device.upload(offset * p.weights.sum(axis=1, dtype=np.int32))
+                     for p in prepared] if self.dot4 else None  # fmt: skip
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
+        self.defines = {**precision.defines, "DOT4": self.dot4}
         # pad2d zero-pads the input, and for quantised precisions quantises it.
         padded = implicit and (self.ph or self.pw or precision.quantized)
-        self.pad = device.kernel("im2col.cl", "pad2d", precision.defines) if padded else None
+        self.pad = device.kernel("im2col.cl", "pad2d", self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def kernels(self, nv: int) -> dict[str, Any]:
@@ -105,7 +121,7 @@ class Conv2d:
         found = self._kernels.get(nv)
         if found is None:
             d, nb = self.device, {"NB": 16 * nv}
-            defines = {"NV": nv, "RELU": self.relu, **self.precision.defines}
+            defines = {"NV": nv, "RELU": self.relu, **self.defines}
             if self.implicit:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
             else:
@@ -123,7 +139,8 @@ class Conv2d:
     def scratch_bytes(self, n: int) -> int:
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
-            return 4 * self.c * n * padded if self.pad is not None else 0
+            item = 1 if self.dot4 else 4  # DOT4 pads into bytes
+            return item * self.c * n * padded if self.pad is not None else 0
         cols = n * self.oh * self.ow
         nb = 16 * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
@@ -150,16 +167,18 @@ class Conv2d:
         parts = min(self.blocks, -(-MIN_ITEMS // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
-        local = cl.LocalMemory(4 * self.k * 16 * nv)
+        k_bytes = -(-self.k // 4) * 4 if self.dot4 else 4 * self.k
+        local = cl.LocalMemory(k_bytes * 16 * nv)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
+            corr = (self.corr[g],) if self.dot4 else ()
             self.device.launch(
                 conv, (panels, parts), (1, 1),
                 I32(self.mg), I32(cols), I32(self.k), self.a[g], x, self.bias[g],
                 self.scale[g],
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.oh), I32(self.ow), I32(per_item), local,
+                I32(self.oh), I32(self.ow), I32(per_item), local, *corr,
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
