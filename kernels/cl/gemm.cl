@@ -21,9 +21,10 @@
 //
 // DOT4 (int8, conv_packed only, x86 CPUs with AVX-512 VNNI): the products run on
 // vpdpbusd, which adds four byte products into each int lane, 64 multiply-adds per
-// instruction where a float FMA does 16. B holds unsigned bytes (pad2d stores q + 128,
-// so an input at zero point z reads z + 128), A signed ones; both are grouped by four
-// along K (A [M/8][K/4][8][4], the panel [K/4][NB][4]; K padded with zero weights).
+// instruction where a float FMA does 16. B holds unsigned bytes (pad2d_pixels stores
+// q + 128, so an input at zero point z reads z + 128), A signed ones; both are grouped
+// by four along K, which runs over (i, j, channel) with the channels padded to four
+// (A [M/8][K/4][8][4], the panel [K/4][NB][4]; the padding's weights are zero).
 // The int sums are exact and equal the float path's once each row takes off
 // corr[row] = (128 + z) * (sum of its weights). OpenCL C has no byte dot product
 // (cl_khr_integer_dot_product is absent from PoCL) and LLVM does not find vpdpbusd
@@ -156,8 +157,8 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 // [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
 #if DOT4
 #define xtype uchar
-#define CORR_ARG , __global const int *restrict corr
-#define CORR , corr
+#define CORR_ARG , __global const int *restrict corr, const int CP
+#define CORR , corr, CP
 #else
 #define xtype float
 #define CORR_ARG
@@ -187,28 +188,23 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
         const int b = n / (OH * OW), rem = n % (OH * OW);
         off[t] = (b * HP + (rem / OW) * SH) * WP + (rem % OW) * SW;
     }
-    const size_t plane = (size_t)batch * HP * WP;
     const int cg = K / (KH * KW);
 #if DOT4
-    // Byte k of column t goes to panel byte (k / 4 * NB + t) * 4 + k % 4.
-    const int steps = (K + 3) / 4;
-    __local uchar *dst = (__local uchar *)panel;
-    int k = 0;
-    for (int c = 0; c < cg; ++c) {
-        for (int i = 0; i < KH; ++i) {
-            for (int j = 0; j < KW; ++j, ++k) {
-                __global const uchar *src = x + (c0 + c) * plane + i * WP + j;
-                __local uchar *d = dst + (k / 4 * NB) * 4 + k % 4;
-                for (int t = 0; t < NB; ++t) d[4 * t] = src[off[t]];
-            }
+    // x: pad2d_pixels' [N][HP][WP][CP] bytes, this group's channels from c0 on; K runs
+    // over (i, j, channel), so four consecutive k are one aligned int of one pixel.
+    const int steps = K / 4, c4s = cg / 4;
+    __local int *dst = panel;
+    for (int t = 0; t < NB; ++t) off[t] *= CP / 4;
+    for (int i = 0; i < KH; ++i) {
+        for (int j = 0; j < KW; ++j) {
+            __global const int *src = (__global const int *)(x + (i * WP + j) * CP + c0);
+            for (int c4 = 0; c4 < c4s; ++c4, dst += NB)
+                for (int t = 0; t < NB; ++t) dst[t] = src[off[t] + c4];
         }
-    }
-    for (; k < 4 * steps; ++k) {  // K's padding: its weights are zero, its bytes too
-        __local uchar *d = dst + (k / 4 * NB) * 4 + k % 4;
-        for (int t = 0; t < NB; ++t) d[4 * t] = 0;
     }
 #else
     const int steps = K;
+    const size_t plane = (size_t)batch * HP * WP;
     __local float *dst = panel;
     for (int c = 0; c < cg; ++c) {
         for (int i = 0; i < KH; ++i) {

@@ -83,3 +83,29 @@ __kernel void pad2d(__global const float *restrict x, __global ptype *restrict y
     for (int i = 0; i < W; ++i) dst[PW + i] = PADDED(src[i]);
     for (int i = PW + W; i < WP; ++i) dst[i] = pad;
 }
+
+#if DOT4
+// gemm.cl's DOT4 input: [C][N][H][W] floats -> zero-padded [N][HP][WP][CP] bytes
+// q + 128 (an input at the zero point, padding included, reads zero + 128). Channels
+// are innermost so that four consecutive k of the GEMM are one aligned int: group g's
+// CG channels start at g * CG4, CG4 being CG rounded up to four (the bytes between
+// hold the padding value; their weights are zero). One work-item per output row.
+__kernel void pad2d_pixels(__global const float *restrict x, __global uchar *restrict y,
+                           const int H, const int W, const int PH, const int PW,
+                           const float qinv, const float qzero,
+                           const int C, const int N, const int CG, const int CG4)
+{
+    const int oy = get_global_id(0), b = get_global_id(1);
+    const int HP = H + 2 * PH, WP = W + 2 * PW, CP = C / CG * CG4;
+    const int iy = oy - PH;
+    const uchar pad = convert_uchar(qzero + 128.0f);
+    __global uchar *dst = y + ((size_t)b * HP + oy) * WP * CP;
+    for (int i = 0; i < WP * CP; ++i) dst[i] = pad;
+    if (iy < 0 || iy >= H) return;
+    for (int c = 0; c < C; ++c) {
+        __global const float *src = x + (((size_t)c * N + b) * H + iy) * W;
+        __global uchar *d = dst + PW * CP + c / CG * CG4 + c % CG;
+        for (int i = 0; i < W; ++i) d[i * CP] = convert_uchar(QX(src[i]) + qzero + 128.0f);
+    }
+}
+#endif

@@ -39,6 +39,13 @@ def pack_rows(a: np.ndarray, block: int = 8, group: int = 1) -> np.ndarray:
     return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
 
 
+def channels_last(w: np.ndarray, c: int, padded: int) -> np.ndarray:
+    """[M][c * KH * KW] with k over (channel, i, j) -> [M][KH * KW * padded] with k over
+    (i, j, channel), the c channels of each tap followed by zeros (DOT4's order)."""
+    taps = w.reshape(len(w), c, -1).transpose(0, 2, 1)
+    return np.pad(taps, ((0, 0), (0, 0), (0, padded - c))).reshape(len(w), -1)
+
+
 class Conv2d:
     """Convolution on [C][N][H][W] activations, bias and ReLU fused in the GEMM.
 
@@ -100,8 +107,12 @@ class Conv2d:
         # Quantised: one input range for the layer, scales per output channel.
         prepared = [precision.prepare(wg[g], input_range, "conv") for g in range(groups)]
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
-        group = 4 if self.dot4 else 1
-        self.a = [device.upload(pack_rows(p.weights, group=group)) for p in prepared]
+        self.cg4 = -(-self.cg // 4) * 4
+        if self.dot4:
+            self.a = [device.upload(pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4))
+                      for p in prepared]  # fmt: skip
+        else:
+            self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
         self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         # DOT4 reads inputs offset by 128 - zero: each row takes that times its sum back.
@@ -111,9 +122,11 @@ class Conv2d:
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
         self.defines = {**precision.defines, "DOT4": self.dot4}
-        # pad2d zero-pads the input, and for quantised precisions quantises it.
+        # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
+        # into bytes, channels innermost).
         padded = implicit and (self.ph or self.pw or precision.quantized)
-        self.pad = device.kernel("im2col.cl", "pad2d", self.defines) if padded else None
+        pad = "pad2d_pixels" if self.dot4 else "pad2d"
+        self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def kernels(self, nv: int) -> dict[str, Any]:
@@ -139,8 +152,9 @@ class Conv2d:
     def scratch_bytes(self, n: int) -> int:
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
-            item = 1 if self.dot4 else 4  # DOT4 pads into bytes
-            return item * self.c * n * padded if self.pad is not None else 0
+            if self.dot4:
+                return n * padded * self.groups * self.cg4
+            return 4 * self.c * n * padded if self.pad is not None else 0
         cols = n * self.oh * self.ow
         nb = 16 * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
@@ -153,7 +167,14 @@ class Conv2d:
 
     def _implicit(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        if self.pad is not None:
+        if self.dot4:
+            self.device.launch(
+                self.pad, (hp, n), self.device.work_group(hp, 1), x, scratch,
+                I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
+                I32(self.c), I32(n), I32(self.cg), I32(self.cg4),
+            )  # fmt: skip
+            x = scratch
+        elif self.pad is not None:
             self.device.launch(
                 self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
                 I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
@@ -167,18 +188,19 @@ class Conv2d:
         parts = min(self.blocks, -(-MIN_ITEMS // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
-        k_bytes = -(-self.k // 4) * 4 if self.dot4 else 4 * self.k
-        local = cl.LocalMemory(k_bytes * 16 * nv)
+        # DOT4: K over (i, j, channel) with the channels padded, one byte each.
+        k, c0 = (self.kh * self.kw * self.cg4, self.cg4) if self.dot4 else (self.k, self.cg)
+        local = cl.LocalMemory((1 if self.dot4 else 4) * k * 16 * nv)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
-            corr = (self.corr[g],) if self.dot4 else ()
+            dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
             self.device.launch(
                 conv, (panels, parts), (1, 1),
-                I32(self.mg), I32(cols), I32(self.k), self.a[g], x, self.bias[g],
+                I32(self.mg), I32(cols), I32(k), self.a[g], x, self.bias[g],
                 self.scale[g],
-                y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
+                y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * c0),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.oh), I32(self.ow), I32(per_item), local, *corr,
+                I32(self.oh), I32(self.ow), I32(per_item), local, *dot4,
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
