@@ -412,6 +412,34 @@ def test_linear_precisions(device, rng, name, n, i, o, split):
     assert_dequantized_close(got, want, scale_of)
 
 
+@pytest.mark.parametrize("dot4", [True, False])
+@pytest.mark.parametrize("n,i,o", [(1, 300, 33), (13, 64, 9), (9, 9216, 7), (2, 4, 3)])
+def test_int8_linear_byte_dot_products(device, rng, n, i, o, dot4):
+    """int8 on VNNI (64 k a step, a scalar tail, RO/RB tiles cut at O and N) and in
+    float lanes: the same exact sums. Row 0 is the worst case: every product 127 *
+    255 (offset 255 after the +128), 9216 of them, 3.0e8 in an int lane."""
+    skip_unless_dot4(device, dot4)
+    p = PRECISIONS["int8"]
+    x = rng.uniform(-1, 3, (n, i)).astype(np.float32)
+    x[0] = 3.0  # past the range: saturates at q = 127
+    wt = rng.standard_normal((o, i), np.float32)
+    wt[0] = 1.0
+    b = rng.standard_normal(o, np.float32)
+    input_range = (0.0, 2.0)  # zero point -128
+    op = ops.Linear(device, wt, b, False, precision=p, input_range=input_range, dot4=dot4)
+    assert op.dot4 == dot4
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y, device.alloc(op.scratch_bytes(n)))
+    pp = p.prepare(wt, input_range)
+    args = (pp.weights, pp.scale, pp.qinv, pp.qzero, p.bits)
+    want = ref.linear_quantized(x, *args, b, False)
+    scale_of = np.abs(ref.linear_quantized(x, *args)) + np.abs(b)
+    assert_dequantized_close(device.read(y, (n, o)), want, scale_of)
+    if dot4:
+        with pytest.raises(ValueError, match="dot4 needs int8 rows of 4n bytes"):
+            ops.Linear(device, wt[:, :-1], b, precision=p, input_range=input_range, dot4=True)
+
+
 @pytest.mark.parametrize("name", QUANTIZED)
 def test_quantized_layers_need_a_range(device, rng, name):
     with pytest.raises(ValueError, match=f"linear: {name} needs the calibrated range"):

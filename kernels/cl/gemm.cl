@@ -33,9 +33,6 @@
 #include "precision.h"
 
 #define NB (16 * NV)
-#ifndef DOT4
-#define DOT4 0
-#endif
 
 // EACH(X, r): X(r, q) for the NV column vectors q of block row r.
 #if NV == 3
@@ -58,8 +55,7 @@
 #define LOADB(r, q) const int16 b##q = vload16(q, bk);
 #define atype8 int8
 #define LOADA8(k, a) vload8((k), (__global const int *)(a))
-#define MAC(r, q) c##r##q = __builtin_ia32_vpdpbusd512(c##r##q, b##q, (int16)(a8.s##r));
-#define TARGET __attribute__((target("avx512vnni")))
+#define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8.s##r));
 #else
 #define btype float
 #if QBITS == 8
@@ -75,7 +71,6 @@
 #define atype8 float8
 #define LOADA8(k, a) LOADW8((k), (a))
 #define MAC(r, q) c##r##q = MACC((float16)(a8.s##r), b##q, c##r##q);
-#define TARGET
 #endif
 
 #if RELU

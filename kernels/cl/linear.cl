@@ -5,7 +5,7 @@
 // rows of X, reading every weight once per batch tile. Quantised precisions get X
 // already quantised (quantize_input, once per layer rather than once per row tile)
 // and accumulate exactly (precision.h).
-// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS (precision.h).
+// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS, DOT4 (precision.h).
 #include "precision.h"
 
 #if RELU
@@ -36,7 +36,7 @@
     __global const float *restrict bias, __global const float *restrict scale, \
     __global float *restrict Y GROUP_ARGS
 
-#ifdef RO
+#if defined(RO) && !DOT4
 __kernel void linear(LINEAR_ARGS)
 {
     const int o0 = get_global_id(0) * RO;
@@ -150,12 +150,73 @@ void linear_split(LINEAR_ARGS)
 }
 #endif
 
+#if defined(RO) && DOT4
+// int8 on AVX-512 VNNI (gemm.cl explains DOT4): X holds bytes q + 128, and each
+// DOT4_MAC takes 64 consecutive k of a row of X and a row of W into 16 int lanes,
+// summed at the end; corr[o] = (128 + zero) * (sum of row o of W) is then taken off.
+// I is a multiple of four, so every row starts on an int.
+#define DOT4_ARGS const int B, const int I, const int O, \
+    __global const uchar *restrict X, __global const char *restrict W, \
+    __global const float *restrict bias, __global const float *restrict scale, \
+    __global float *restrict Y, __global const int *restrict corr
+
+TARGET void linear_dot4(const int o0, const int b0, DOT4_ARGS)
+{
+    __global const char *w[RO];
+    __global const uchar *x[RB];
+    int16 acc[RO][RB];
+#pragma unroll
+    for (int r = 0; r < RO; ++r) w[r] = W + (size_t)min(o0 + r, O - 1) * I;
+#pragma unroll
+    for (int q = 0; q < RB; ++q) x[q] = X + (size_t)min(b0 + q, B - 1) * I;
+#pragma unroll
+    for (int r = 0; r < RO; ++r)
+#pragma unroll
+        for (int q = 0; q < RB; ++q) acc[r][q] = 0;
+    const int I64 = I & ~63;
+    for (int i = 0; i < I64; i += 64) {
+        int16 xv[RB];
+#pragma unroll
+        for (int q = 0; q < RB; ++q) xv[q] = vload16(0, (__global const int *)(x[q] + i));
+#pragma unroll
+        for (int r = 0; r < RO; ++r) {
+            const int16 wv = vload16(0, (__global const int *)(w[r] + i));
+#pragma unroll
+            for (int q = 0; q < RB; ++q) acc[r][q] = DOT4_MAC(acc[r][q], xv[q], wv);
+        }
+    }
+    for (int r = 0; r < RO && o0 + r < O; ++r) {
+        for (int q = 0; q < RB && b0 + q < B; ++q) {
+            const int8 s8 = acc[r][q].lo + acc[r][q].hi;
+            const int4 s4 = s8.lo + s8.hi;
+            int s = s4.x + s4.y + s4.z + s4.w - corr[o0 + r];
+            for (int i = I64; i < I; ++i) s += (int)w[r][i] * (int)x[q][i];
+            Y[(size_t)(b0 + q) * O + o0 + r] = ACT((float)s * scale[o0 + r] + bias[o0 + r]);
+        }
+    }
+}
+
+__kernel void linear(DOT4_ARGS)
+{
+    linear_dot4(get_global_id(0) * RO, get_global_id(1) * RB, B, I, O, X, W, bias, scale, Y,
+                corr);
+}
+#endif
+
 #if QBITS
-// X as quantised offsets q - zero (precision.h), for the kernel above.
-__kernel void quantize_input(__global const float *restrict x, __global float *restrict y,
+// X as quantised offsets q - zero (precision.h), for the kernels above; DOT4: as
+// bytes q + 128.
+#if DOT4
+#define QTYPE uchar
+#define QSTORE(v) convert_uchar(QX(v) + qzero + 128.0f)
+#else
+#define QTYPE float
+#define QSTORE(v) QX(v)
+#endif
+__kernel void quantize_input(__global const float *restrict x, __global QTYPE *restrict y,
                              const int count, const float qinv, const float qzero)
 {
     const int i = get_global_id(0);
-    if (i < count) y[i] = QX(x[i]);
+    if (i < count) y[i] = QSTORE(x[i]);
 }
 #endif

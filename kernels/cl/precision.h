@@ -15,6 +15,19 @@
 #ifndef QBITS
 #define QBITS 0
 #endif
+#ifndef DOT4
+#define DOT4 0
+#endif
+
+// DOT4 (int8 on x86 AVX-512 VNNI, gemm.cl explains it): DOT4_MAC(acc, u, s) adds to
+// each int lane of acc the four products of its unsigned bytes of u and signed bytes
+// of s. Only code in a function marked TARGET may call it.
+#if DOT4
+#define TARGET __attribute__((target("avx512vnni")))
+#define DOT4_MAC(acc, u, s) __builtin_ia32_vpdpbusd512((acc), (u), (s))
+#else
+#define TARGET
+#endif
 
 #if QBITS == 8
 #define wtype char

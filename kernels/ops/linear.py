@@ -23,6 +23,9 @@ class Linear:
     and 8), and RB=8 covers the usual serving batch in one pass over the weights.
     Elsewhere (`linear_split`, `split`) a work-group of SPLIT_ITEMS shares each row, so
     a GPU has enough work-items in flight to stream at its own bandwidth.
+
+    `dot4` (int8 on CPUs, rows a multiple of four bytes; default: where `device.dot4`):
+    the products run on AVX-512 VNNI (linear.cl's DOT4), same sums.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class Linear:
         input_range: tuple[float, float] | None = None,
         segments: Any = None,
         split: bool | None = None,
+        dot4: bool | None = None,
     ) -> None:
         self.device = device
         self.split = not device.is_cpu if split is None else split
@@ -54,8 +58,16 @@ class Linear:
         self.b = device.upload(bias)
         self.weight_bytes = prepared.nbytes + bias.nbytes
         self.precision = precision
+        byte_dot = precision.bits == 8 and not self.split and self.i % 4 == 0
+        if dot4 and not (byte_dot and device.dot4):
+            raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
+        self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
+        self.defines = {**precision.defines, "DOT4": self.dot4}
+        if self.dot4:  # inputs read offset by 128 - zero: each row takes that times its sum back
+            offset = 128 + int(self.qzero)
+            self.corr = device.upload(offset * prepared.weights.sum(axis=1, dtype=np.int32))
         if precision.quantized:
-            self.quantize = device.kernel("linear.cl", "quantize_input", precision.defines)
+            self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
         self._kernels: dict[int, Any] = {}
 
     @property
@@ -69,11 +81,15 @@ class Linear:
             return (1 if self.split else 4), 1
         if self.split:  # an int16 lane is a long16: 32 registers per image
             return 1, 1 if self.precision.bits == 16 else min(n, 4)
+        if self.dot4:  # RO * RB int16 accumulators and RB inputs within 32 registers
+            return 2, min(n, 8)
         return 4, min(n, 8)
 
     def scratch_bytes(self, n: int) -> int:
-        """Quantised: the input's quantised copy."""
-        return 4 * n * self.i if self.precision.quantized else 0
+        """Quantised: the input's quantised copy (DOT4: bytes)."""
+        if not self.precision.quantized:
+            return 0
+        return n * self.i * (1 if self.dot4 else 4)
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         ro, rb = self._tile(n)
@@ -81,7 +97,7 @@ class Linear:
         if kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
             defines = {**shape, "RB": rb, "RELU": self.relu,
-                       "GROUPED": self.segments is not None, **self.precision.defines}  # fmt: skip
+                       "GROUPED": self.segments is not None, **self.defines}  # fmt: skip
             name = "linear_split" if self.split else "linear"
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", name, defines)
         if self.precision.quantized:
@@ -98,4 +114,5 @@ class Linear:
             kernel, grid, local,
             I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
             *(() if self.segments is None else (self.segments, I32(self.experts))),
+            *((self.corr,) if self.dot4 else ()),
         )  # fmt: skip
