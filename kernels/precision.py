@@ -14,8 +14,10 @@ are built with (kernels/cl/precision.h turns those into types and macros).
   next layer, a pool, LRN or softmax, reads. int8 products (at most 127 * 255 <
   2^15) are summed in float registers in chunks of 512 (so every partial sum is an
   integer below 2^24, exact) and flushed into int32: integer results at the speed of
-  the float units, which on CPUs outrun integer multiplies. int16 products need up to
-  31 bits, so int16 accumulates in int64.
+  the float units. On x86 CPUs with AVX-512 VNNI (`Device.dot4`) the int8
+  convolutions and fully connected layers multiply bytes instead, 64 products per
+  instruction (kernels/cl/gemm.cl's DOT4), to the same int32 sums. int16 products
+  need up to 31 bits, so int16 accumulates in int64.
 
 Every formula here is also what the numpy twins compute (kernels/reference.py), so
 the integer results match exactly.

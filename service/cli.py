@@ -225,7 +225,7 @@ def _open_device(settings: Settings) -> Any:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from kernels.runtime import default_index, list_devices
+    from kernels.runtime import Device, DeviceError, default_index, list_devices
 
     devices = list_devices()
     if not devices:
@@ -233,7 +233,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
     default = default_index(devices)
     rows = []
     for i, (info, _) in enumerate(devices):
-        rows.append({**info.__dict__, "default": i == default})
+        dot4 = False  # int8 byte dot products (AVX-512 VNNI): CPU devices only
+        if info.kind == "CPU":
+            try:
+                dot4 = Device(info.index).dot4
+            except DeviceError:  # listed but cannot be opened: listed all the same
+                pass
+        rows.append({**info.__dict__, "int8_dot_products": dot4, "default": i == default})
     if args.json:
         print(json.dumps({"devices": rows}, indent=2))
         return 0
@@ -244,6 +250,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             f"        {row['kind']}, {row['compute_units']} compute units, "
             f"{row['global_mem_bytes'] / 2**30:.1f} GiB, max alloc "
             f"{row['max_alloc_bytes'] / 2**30:.1f} GiB, fp16 {'yes' if row['fp16'] else 'no'}, "
+            f"int8 dot products {'yes' if row['int8_dot_products'] else 'no'}, "
             f"{row['opencl_c']}"
         )
     print("* default (select another with --device or MOE_DEVICE: 'P:D', 'pocl:0', a name)")

@@ -56,6 +56,7 @@ def test_devices_lists_the_default(capsys):
     devices = json.loads(out)["devices"]
     assert sum(d["default"] for d in devices) == 1
     assert all({"platform", "name", "compute_units", "fp16"} <= set(d) for d in devices)
+    assert all(isinstance(d["int8_dot_products"], bool) for d in devices)
 
 
 def test_classify_photo_json(capsys, repo, photo):
