@@ -123,6 +123,8 @@ class Network:
                               layer["padding"], layer["ceil_mode"],
                               layer.get("count_include_pad", True))  # fmt: skip
         if op == "adaptive_avgpool":
+            if output_shape(layer, shape) == shape:
+                return None  # already that size (alexnet at 224 x 224): an average of one
             return ops.AdaptiveAvgPool2d(d, shape, layer["output_size"])
         if op == "lrn":
             return ops.LRN(d, shape, layer["size"], layer["alpha"], layer["beta"], layer["k"])
@@ -168,14 +170,15 @@ class Network:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""
         n, d = p.batch, self.device
         with d.labelled(self.name):
-            if len(self.input_shape) == 3 and self.input_layout == "nchw":
+            # One image is laid out alike in NCHW and CNHW: no copy (nor in _Flatten).
+            if len(self.input_shape) == 3 and self.input_layout == "nchw" and n > 1:
                 with d.labelled("input"):
                     self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
                 cur, spare = p.ping, p.pong
             else:
                 cur, spare = p.input, p.ping
             for step in self.steps:
-                if step.op is None:
+                if step.op is None or (isinstance(step.op, _Flatten) and n == 1):
                     continue
                 with d.labelled(step.name):
                     step.op(n, cur, spare, p.scratch)

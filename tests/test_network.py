@@ -125,7 +125,9 @@ def test_local_sizes_do_not_change_with_the_batch(built, device):
             for g, size in zip(glob, local, strict=True)
         )
         seen[n] = {(kernel.function_name, local) for kernel, _, local, _ in items}
-    assert seen[1] == seen[3] == seen[8]
+    assert seen[3] == seen[8]
+    # one image needs no layout change (NCHW and CNHW coincide): no swap_outer at all
+    assert seen[1] == {k for k in seen[3] if k[0] != "swap_outer"}
 
 
 @pytest.mark.parametrize("arch", [alexnet, caffenet])
