@@ -45,6 +45,12 @@ class Prepared:
         """Resident bytes (the scales are uploaded for every precision)."""
         return self.weights.nbytes + self.scale.nbytes
 
+    def byte_offset_correction(self) -> np.ndarray:
+        """[M] int32 for int8 rows read against inputs stored as unsigned bytes q + 128
+        (kernels/cl/gemm.cl's DOT4) rather than q - zero: what each row's sum then
+        gains, (128 + zero) * the sum of its weights, for the kernel to take back off."""
+        return (128 + int(self.qzero)) * self.weights.sum(axis=1, dtype=np.int32)
+
 
 @dataclass(frozen=True)
 class Precision:

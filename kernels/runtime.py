@@ -291,10 +291,11 @@ class Device:
 
     @cached_property
     def dot4(self) -> bool:
-        """Whether int8 convolutions may run on AVX-512 VNNI's byte dot products
-        (gemm.cl's DOT4): a PoCL CPU device on a host whose CPU has them, where a probe
-        kernel calling the instruction builds and computes one dot product right.
-        `MOE_INT8_DOT4=0` turns it off (the float-lane int8 path, same results)."""
+        """Whether int8 convolutions and fully connected layers may run on AVX-512
+        VNNI's byte dot products (DOT4 in gemm.cl and linear.cl): a PoCL CPU device on a
+        host whose CPU has them, where a probe kernel calling the instruction builds and
+        computes one dot product right. `MOE_INT8_DOT4=0` turns it off (the float-lane
+        int8 path, same results)."""
         if os.environ.get("MOE_INT8_DOT4", "1") == "0" or not self.is_cpu:
             return False
         if not _is_pocl(self.info) or not {"avx512_vnni", "avx512bw"} <= _host_cpu_flags():

@@ -115,10 +115,8 @@ class Conv2d:
             self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
         self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
-        # DOT4 reads inputs offset by 128 - zero: each row takes that times its sum back.
-        offset = 128 + int(self.qzero)
-        self.corr = [device.upload(offset * p.weights.sum(axis=1, dtype=np.int32))
-                     for p in prepared] if self.dot4 else None  # fmt: skip
+        if self.dot4:
+            self.corr = [device.upload(p.byte_offset_correction()) for p in prepared]
         self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
         self.relu = relu
         self.defines = {**precision.defines, "DOT4": self.dot4}

@@ -63,9 +63,8 @@ class Linear:
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
         self.defines = {**precision.defines, "DOT4": self.dot4}
-        if self.dot4:  # inputs read offset by 128 - zero: each row takes that times its sum back
-            offset = 128 + int(self.qzero)
-            self.corr = device.upload(offset * prepared.weights.sum(axis=1, dtype=np.int32))
+        if self.dot4:
+            self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
         self._kernels: dict[int, Any] = {}
