@@ -149,7 +149,8 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 #endif
 
 // x: the (padded, and for quantised precisions quantised: pad2d) input
-// [C][N][HP][WP]; columns n = (b * OH + oy) * OW + ox.
+// [C][N][HP][WP] (DOT4: pad2d_pixels' bytes [N][HP][WP][CP], CP channels a pixel);
+// columns n = (b * OH + oy) * OW + ox.
 #if DOT4
 #define xtype uchar
 #define CORR_ARG , __global const int *restrict corr, const int CP
