@@ -417,7 +417,7 @@ def test_linear_precisions(device, rng, name, n, i, o, split):
 def test_int8_linear_byte_dot_products(device, rng, n, i, o, dot4):
     """int8 on VNNI (64 k a step, a scalar tail, RO/RB tiles cut at O and N) and in
     float lanes: the same exact sums. Row 0 is the worst case: every product 127 *
-    255 (offset 255 after the +128), 9216 of them, 3.0e8 in an int lane."""
+    255 (offset 255 after the +128), 9216 of them: 3.0e8, summed in int32."""
     skip_unless_dot4(device, dot4)
     p = PRECISIONS["int8"]
     x = rng.uniform(-1, 3, (n, i)).astype(np.float32)
