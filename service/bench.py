@@ -125,7 +125,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                        "weight_bytes": network.weight_bytes,
                        "activation_bytes": _activation_bytes(network, batch),
                        "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes(),
-                       "device": device.name, "inputs": args.dataset or "noise"}  # fmt: skip
+                       "device": device.name, "int8_dot_products": device.dot4,
+                       "inputs": args.dataset or "noise"}  # fmt: skip
                 if spreads[key]:  # a mixture: distinct experts per batch run
                     row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
                 if args.profile:

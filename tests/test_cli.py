@@ -190,6 +190,7 @@ def test_bench_json_rows_with_onnxruntime(capsys, repo):
         assert keys <= set(row)
         assert row["images_per_s"] > 0 and row["latency_ms_p90"] >= row["latency_ms_p50"]
     assert rows[0]["weight_bytes"] >= 4 * sum(v.size for v in random_weights(TINY, 0).values())
+    assert isinstance(rows[0]["int8_dot_products"], bool)  # which int8 path the device has
     want = rows[0]["images_per_s"] / rows[1]["images_per_s"]
     assert rows[1]["ratio"] == pytest.approx(want, abs=1e-3)  # rounded to 3 decimals
 
