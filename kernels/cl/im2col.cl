@@ -7,7 +7,7 @@
 // destination except where a panel ends, so the inner loop is a plain strided copy.
 // Columns past the batch in the last panel are zeroed by im2col_tail.
 // Quantised precisions quantise each value as they copy it (QX, precision.h).
-// Defines: NB (im2col kernels only), QBITS, DOT4 (pad2d only).
+// Defines: NB (im2col kernels only), QBITS, DOT4 (pad2d_pixels only).
 #include "precision.h"
 
 #ifdef NB
@@ -55,33 +55,22 @@ __kernel void im2col_tail(__global float *restrict cols, const int K, const int 
 // row: per-element work-items cost PoCL more than the copy itself. Quantised
 // precisions quantise here (QX), once per input value, so the GEMM's panel gathers
 // only copy (quantising in the gather repeated the work for every panel and window).
-// DOT4 (gemm.cl) stores bytes q + 128 instead of q - zero: padding is zero + 128.
-#if DOT4
-#define ptype uchar
-#define PADDING convert_uchar(qzero + 128.0f)
-#define PADDED(v) convert_uchar(QX(v) + qzero + 128.0f)
-#else
-#define ptype float
-#define PADDING 0.0f
-#define PADDED(v) QX(v)
-#endif
-__kernel void pad2d(__global const float *restrict x, __global ptype *restrict y,
+__kernel void pad2d(__global const float *restrict x, __global float *restrict y,
                     const int H, const int W, const int PH, const int PW,
                     const float qinv, const float qzero)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
     const int HP = H + 2 * PH, WP = W + 2 * PW;
     const int iy = oy - PH;
-    const ptype pad = PADDING;
-    __global ptype *dst = y + ((size_t)p * HP + oy) * WP;
+    __global float *dst = y + ((size_t)p * HP + oy) * WP;
     if (iy < 0 || iy >= H) {
-        for (int i = 0; i < WP; ++i) dst[i] = pad;
+        for (int i = 0; i < WP; ++i) dst[i] = 0.0f;
         return;
     }
     __global const float *src = x + ((size_t)p * H + iy) * W;
-    for (int i = 0; i < PW; ++i) dst[i] = pad;
-    for (int i = 0; i < W; ++i) dst[PW + i] = PADDED(src[i]);
-    for (int i = PW + W; i < WP; ++i) dst[i] = pad;
+    for (int i = 0; i < PW; ++i) dst[i] = 0.0f;
+    for (int i = 0; i < W; ++i) dst[PW + i] = QX(src[i]);
+    for (int i = PW + W; i < WP; ++i) dst[i] = 0.0f;
 }
 
 #if DOT4
@@ -98,14 +87,14 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
     const int oy = get_global_id(0), b = get_global_id(1);
     const int HP = H + 2 * PH, WP = W + 2 * PW, CP = C / CG * CG4;
     const int iy = oy - PH;
-    const uchar pad = convert_uchar(qzero + 128.0f);
+    const uchar pad = QBYTE(0.0f);
     __global uchar *dst = y + ((size_t)b * HP + oy) * WP * CP;
     for (int i = 0; i < WP * CP; ++i) dst[i] = pad;
     if (iy < 0 || iy >= H) return;
     for (int c = 0; c < C; ++c) {
         __global const float *src = x + (((size_t)c * N + b) * H + iy) * W;
         __global uchar *d = dst + PW * CP + c / CG * CG4 + c % CG;
-        for (int i = 0; i < W; ++i) d[i * CP] = convert_uchar(QX(src[i]) + qzero + 128.0f);
+        for (int i = 0; i < W; ++i) d[i * CP] = QBYTE(src[i]);
     }
 }
 #endif

@@ -208,7 +208,7 @@ __kernel void linear(DOT4_ARGS)
 // bytes q + 128.
 #if DOT4
 #define QTYPE uchar
-#define QSTORE(v) convert_uchar(QX(v) + qzero + 128.0f)
+#define QSTORE(v) QBYTE(v)
 #else
 #define QTYPE float
 #define QSTORE(v) QX(v)

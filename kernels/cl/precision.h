@@ -57,6 +57,8 @@
 #define QLO (-(float)(1 << (QBITS - 1)))
 #define QHI ((float)((1 << (QBITS - 1)) - 1))
 #define QX(v) (clamp(rint((v) * qinv) + qzero, QLO, QHI) - qzero)
+// DOT4's form of an int8 input: the byte q + 128 (q - zero + zero + 128, exact).
+#define QBYTE(v) convert_uchar(QX(v) + qzero + 128.0f)
 #else
 #define QX(v) (v)
 #endif
