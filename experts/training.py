@@ -17,7 +17,10 @@ and an epoch costs about 0.6x the baseline's) and with dropout 0.25 instead of t
 data-starved experts learnt markedly faster with it in 3-epoch trials). Its last 20%
 of epochs route without the gate noise: the learnt noise changed about a third of the
 routing decisions (one expert trained on 9% of the images served 22% of the test
-set), so the experts finish on the images they will serve.
+set), so the experts finish on the images they will serve. Its gate routes each
+training image by the un-augmented original (`route_clean`): routing the shifted and
+flipped copies, the served gate sent nearly every test image to one expert for most
+of training in every run tried (BENCHMARKS.md, "Training on a GPU").
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ ARCHS = {"fashion-alexnet": fashion_alexnet, "fashion-moe": fashion_moe}
 # in about 45 minutes.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion-alexnet": {"epochs": 40},
-    "fashion-moe": {"epochs": 75, "dropout": 0.25, "clean_fraction": 0.2},
+    "fashion-moe": {"epochs": 75, "dropout": 0.25, "clean_fraction": 0.2, "route_clean": True},
 }
 TORCH_HINT = "PyTorch is not installed: pip install 'moe-alexnet[train]'"
 LAZY = {"SpecNet", "MixtureNet", "MixtureOutput", "balance_loss", "build_model",
@@ -101,7 +104,9 @@ class TrainConfig:
     balance_weight: float = 0.01
     dropout: float | None = None
     clean_fraction: float = 0.0  # mixtures: last share of epochs routed without noise
+    route_clean: bool = False  # mixtures: route each image by its un-augmented original
     limit: int | None = None
+    device: str = "cpu"  # torch's device: "cpu", "cuda", "cuda:1", ...
 
     def check(self) -> None:
         if self.arch not in ARCHS:
@@ -116,6 +121,15 @@ class TrainConfig:
             raise TrainingError(f"clean fraction must be in [0, 1], got {self.clean_fraction}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise TrainingError(f"dropout must be in [0, 1), got {self.dropout}")
+        torch = require_torch()
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise TrainingError(f"unknown torch device {self.device!r}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(
+                f"torch device {self.device!r}: this torch has no CUDA GPU to run on"
+            )
 
 
 def train(
@@ -204,6 +218,8 @@ def _summary(
         "python": platform.python_version(), "history": history,
         "parity": trainer.parity(data["test_x"][:32]),
     }  # fmt: skip
+    if trainer.device.type == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name(trainer.device)
     if "routing" in final:
         summary["routing"] = final["routing"]
     return summary

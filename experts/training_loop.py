@@ -45,7 +45,8 @@ class Trainer:
 
     def __init__(self, meta: dict[str, Any], config: Any, train_images: int) -> None:
         self.meta, self.config = meta, config
-        self.model = build_model(meta).to(memory_format=torch.channels_last)
+        self.device = torch.device(config.device)
+        self.model = build_model(meta).to(self.device, memory_format=torch.channels_last)
         self.mixture = isinstance(self.model, MixtureNet)
         if config.dropout is not None:  # training only: dropout is the identity once served
             for module in self.model.modules():
@@ -88,16 +89,27 @@ class Trainer:
             if step % 20 == 0 or step == self.steps - 1:
                 bar.set_postfix_str(stats.postfix())
         test = self.evaluate(data["test_x"], data["test_y"])
-        record = {"epoch": epoch + 1, **stats.record(), "test_accuracy": test["accuracy"],
-                  **({"gate_noise": self.model.noisy} if self.mixture else {}),
-                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        bar.set_postfix_str(f"{stats.postfix()} test={test['accuracy']:.4f}")
+        record = {"epoch": epoch + 1, **stats.record(), "test_accuracy": test["accuracy"]}
+        postfix = f"{stats.postfix()} test={test['accuracy']:.4f}"
+        if self.mixture:  # a gate that collapses at inference shows here, not in training
+            record |= {"test_share": test["routing"]["share"], "gate_noise": self.model.noisy}
+            postfix += " test share%=" + "/".join(f"{100 * s:.0f}" for s in record["test_share"])
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        bar.set_postfix_str(postfix)
         bar.close()
         return record
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, stats: _Stats) -> None:
-        x = normalise(augment(images, self.generator), self.mean, self.std)
-        out = self.model(x, logits=True)
+        # Augmented on the host with the run's generator (the same images whatever
+        # the device), moved as uint8.
+        x = augment(images, self.generator).to(self.device)
+        x = normalise(x, self.mean, self.std)
+        labels = labels.to(self.device)
+        if self.mixture and self.config.route_clean:
+            original = normalise(images.to(self.device), self.mean, self.std)
+            out = self.model(x, logits=True, route_on=original)
+        else:
+            out = self.model(x, logits=True)
         scores = out.scores if self.mixture else out
         loss = F.cross_entropy(scores, labels, label_smoothing=self.config.label_smoothing)
         total = loss + self.config.balance_weight * out.balance_loss if self.mixture else loss
@@ -157,7 +169,8 @@ class _Stats:
         self.seen += len(labels)
         if out is not None:
             self.balance += float(out.balance_loss.detach())
-            self.counts += np.bincount(out.indices.reshape(-1).numpy(), minlength=len(self.counts))
+            routed = out.indices.reshape(-1).cpu().numpy()
+            self.counts += np.bincount(routed, minlength=len(self.counts))
 
     def shares(self) -> list[float]:
         return (self.counts / max(int(self.counts.sum()), 1)).round(4).tolist()

@@ -168,12 +168,17 @@ class MixtureNet(nn.Module):
         nn.init.zeros_(self.noise.bias)
         self.noisy = True
 
-    def forward(self, x: torch.Tensor, logits: bool = False) -> MixtureOutput:
+    def forward(
+        self, x: torch.Tensor, logits: bool = False, route_on: torch.Tensor | None = None
+    ) -> MixtureOutput:
+        """`route_on`, training only: other images to route by (the un-augmented
+        originals of `x`), so the gate learns on what it will see when served."""
         stem = self.stem(x)
-        clean = self.gate(stem)
+        routed = stem if route_on is None else self.stem(route_on)
+        clean = self.gate(routed)
         noisy = clean
         if self.training and self.noisy:
-            std = F.softplus(self.noise(stem.flatten(1)))
+            std = F.softplus(self.noise(routed.flatten(1)))
             noisy = clean + torch.randn_like(clean) * std
         indices, gates = self.route(noisy, torch.softmax(noisy, dim=1))
         scores = self.head(self.combine(stem, indices, gates), logits=logits)
@@ -285,17 +290,18 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Eval-mode scores (N, classes) and, for a mixture, expert indices (N, k)."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     scores, indices = [], []
     try:
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-                out = model(batch)
+                out = model(batch.to(device))
                 if isinstance(out, MixtureOutput):
-                    indices.append(out.indices.numpy().astype(np.int32))
+                    indices.append(out.indices.cpu().numpy().astype(np.int32))
                     out = out.scores
-                scores.append(out.numpy())
+                scores.append(out.cpu().numpy())
     finally:
         model.train(was_training)
     routed = np.concatenate(indices) if indices else None

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=None, help="model repository")
     p.add_argument("--force", action="store_true", help="replace an existing model")
 
-    p = sub.add_parser("train", help="train a Fashion-MNIST model with PyTorch on the CPU")
+    p = sub.add_parser("train", help="train a Fashion-MNIST model with PyTorch")
     p.add_argument("--arch", required=True, choices=["fashion-moe", "fashion-alexnet"],
                    help="architecture (experts/architectures.py)")  # fmt: skip
     p.add_argument("--epochs", type=_positive, default=None,
@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-fraction", type=float, default=None,
                    help="mixtures: last share of epochs routed without gate noise "
                    "(default 0.2)")  # fmt: skip
+    p.add_argument("--route-clean", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixtures: the gate routes each training image by its un-augmented "
+                   "original, as it will be served (default: on)")  # fmt: skip
+    p.add_argument("--device", dest="torch_device", default="cpu",
+                   help="PyTorch device to train on: cpu (default), cuda, cuda:N")  # fmt: skip
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch CPU threads (default: every core)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
@@ -364,10 +371,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
-def _train_options(args: argparse.Namespace) -> dict[str, float]:
-    """--lr, --dropout and --clean-fraction when given (unset ones keep the per-arch
-    defaults)."""
-    options = {"lr": args.lr, "dropout": args.dropout, "clean_fraction": args.clean_fraction}
+def _train_options(args: argparse.Namespace) -> dict[str, float | bool | str]:
+    """--lr, --dropout, --clean-fraction and --route-clean when given (unset ones keep
+    the per-arch defaults), and the torch device."""
+    options = {"lr": args.lr, "dropout": args.dropout, "clean_fraction": args.clean_fraction,
+               "route_clean": args.route_clean, "device": args.torch_device}  # fmt: skip
     return {key: value for key, value in options.items() if value is not None}
 
 
@@ -378,7 +386,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else _settings(args).model_repository
     try:
         summary = train(args.arch, args.epochs, args.seed, out, args.batch_size,
-                        data_dir=args.data_dir, limit=args.limit,
+                        data_dir=args.data_dir, limit=args.limit, threads=args.threads,
                         **_train_options(args))  # fmt: skip
     except (TrainingError, DatasetError) as exc:
         raise CliError(str(exc)) from exc

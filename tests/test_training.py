@@ -179,6 +179,27 @@ def test_noisy_gating_only_in_training_mode():
         assert torch.equal(net(x).indices, clean)
 
 
+def test_route_on_routes_by_the_other_images():
+    """With `route_on` the gate (and its noise) sees those images' stem, the experts
+    and head still see `x`: the trainer routes by the un-augmented original."""
+    torch.manual_seed(6)
+    net = MixtureNet(fashion_moe())
+    x, original = torch.from_numpy(images(32, seed=1)), torch.from_numpy(images(32, seed=2))
+    spread_routing(net, original.numpy())
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # training mode, so that the scores can be compared
+    with torch.no_grad():
+        want = net.eval().route(net.gate(net.stem(original)), None)[0]
+        net.train().noisy = False
+        by_original = net(x, route_on=original)
+        assert torch.equal(by_original.indices, want)
+        assert not torch.equal(net(x).indices, want)  # x alone routes differently
+        stem = net.stem(x)
+        scores = net.head(net.combine(stem, by_original.indices, by_original.gates))
+    torch.testing.assert_close(by_original.scores, scores)
+
+
 def test_balance_loss_is_minimal_when_uniform():
     e, n = 4, 64
     uniform_probs = torch.full((n, e), 1 / e)
@@ -269,6 +290,11 @@ def test_bad_options():
         train("fashion-moe", epochs=1, dropout=1.0)
     with pytest.raises(TrainingError, match="clean fraction"):
         train("fashion-moe", epochs=1, clean_fraction=1.5)
+    with pytest.raises(TrainingError, match="unknown torch device"):
+        train("fashion-moe", epochs=1, device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA"):
+            train("fashion-moe", epochs=1, device="cuda")
 
 
 def test_a_collapsed_gate_is_flagged():
@@ -307,8 +333,9 @@ def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
     if arch == "fashion-moe":
         routing = record["routing"]
         assert sum(routing["counts"]) == 512 and len(routing["share"]) == 4
-        assert record["parity"]["same_routing"]
+        assert record["parity"]["same_routing"] and record["route_clean"]  # ARCH_DEFAULTS
         assert "balance_loss" in record["history"][0]
+        assert record["history"][-1]["test_share"] == routing["share"]  # the last epoch's
 
 
 @needs_data
@@ -326,13 +353,16 @@ def test_same_seed_same_weights(tmp_path):
 def test_cli_train(tmp_path, capsys):
     code = main(["train", "--arch", "fashion-moe", "--epochs", "1", "--limit", "256",
                  "--out", str(tmp_path), "--seed", "3", "--batch-size", "64",
-                 "--lr", "0.001", "--dropout", "0.1", "--clean-fraction", "1"])  # fmt: skip
+                 "--lr", "0.001", "--dropout", "0.1", "--clean-fraction", "1",
+                 "--no-route-clean", "--threads", "1", "--device", "cpu"])  # fmt: skip
     assert code == 0
     assert Repository(tmp_path).names() == ["fashion-moe"]
     record = json.loads((tmp_path / "fashion-moe" / "training.json").read_text())
     assert record["seed"] == 3 and record["batch_size"] == 64
     assert record["lr"] == 0.001 and record["dropout"] == 0.1
     assert record["clean_fraction"] == 1.0 and record["history"][0]["gate_noise"] is False
+    assert record["route_clean"] is False and record["threads"] == 1
+    assert record["device"] == "cpu" and "gpu" not in record
     assert "test accuracy" in capsys.readouterr().out
 
 
@@ -342,3 +372,13 @@ def test_cli_train_without_dataset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "apt-get install dataset-fashion-mnist" in err
+
+
+@needs_data
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch has no CUDA GPU")
+def test_training_on_a_gpu_exports_what_the_engine_runs(tmp_path):
+    record = train("fashion-moe", epochs=1, limit=256, out_dir=tmp_path, progress=False,
+                   device="cuda")  # fmt: skip
+    assert record["device"] == "cuda" and record["gpu"]
+    assert record["parity"]["same_top1"] and record["parity"]["same_routing"]
+    assert Repository(tmp_path).load("fashion-moe").calibration is not None
