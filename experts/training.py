@@ -1,4 +1,5 @@
-"""Training the Fashion-MNIST models with PyTorch on the CPU (the `train` extra).
+"""Training the Fashion-MNIST models with PyTorch (the `train` extra), on the CPU or,
+with `device="cuda"`, an NVIDIA GPU.
 
 The torch networks are generated from our own model.json specs
 (`experts.training_nets`), trained, exported under our weight names and saved into the
