@@ -229,6 +229,8 @@ def test_profiling_labels_direct_and_recorded_launches(device, rng):
         (3, 5, 6, 9, 11, 3, 1, False, 3),
         (1, 6, 27, 27, 12, 5, 2, True, 2),
         (7, 3, 9, 8, 5, 5, (2, 1), False, 2),
+        (1, 48, 27, 27, 20, 5, 2, True, 4),
+        (3, 5, 9, 11, 7, 5, (2, 1), False, 4),
     ],
 )
 def test_winograd_conv2d(device, rng, n, c, h, w, m, r, pad, relu, tile):
@@ -483,16 +485,39 @@ def test_activation_quantization_round_trip(rng, name, low, high):
     assert far[1] == pytest.approx(min(low, 0), abs=scale)
 
 
-def test_winograd_fp16_weights(device, rng):
+@pytest.mark.parametrize("r", [3, 5])
+def test_winograd_fp16_weights(device, rng, r):
     """Winograd stores its transformed weights U at the precision, not g: rounding U to
     half costs more than rounding g (F(4x4, 3x3)'s transforms amplify it; measured
     nmse ~5e-6 against ~1e-7 for direct convolution with half weights)."""
     x = rng.standard_normal((2, 16, 13, 13), np.float32)
-    wt = rng.standard_normal((24, 16, 3, 3), np.float32)
-    op = WinogradConv2d(device, (16, 13, 13), wt, None, (1, 1), precision=PRECISIONS["fp16"])
+    wt = rng.standard_normal((24, 16, r, r), np.float32)
+    pad = (r // 2, r // 2)
+    op = WinogradConv2d(device, (16, 13, 13), wt, None, pad, precision=PRECISIONS["fp16"])
     got = run4d(device, op, x, op.scratch_bytes(2))
-    err = nmse(got, ref.conv2d(x, wt, None, 1, 1))
+    err = nmse(got, ref.conv2d(x, wt, None, 1, pad))
     assert 1e-12 < err < 2e-5  # rounded (so not fp32), but only by half precision
+
+
+@pytest.mark.parametrize(
+    "shape,stride,groups,precision,winograd",
+    [
+        ((16, 8, 3, 3), 1, 1, "fp32", True),
+        ((16, 48, 5, 5), 1, 1, "fp16", True),
+        ((16, 47, 5, 5), 1, 1, "fp32", False),  # too few channels to pay for the transforms
+        ((16, 48, 5, 5), 2, 1, "fp32", False),
+        ((16, 24, 5, 5), 1, 2, "fp32", False),
+        ((16, 48, 5, 5), 1, 1, "int8", False),
+        ((16, 48, 3, 5), 1, 1, "fp32", False),
+        ((16, 48, 7, 7), 1, 1, "fp32", False),
+    ],
+)
+def test_conv2d_picks_winograd(device, shape, stride, groups, precision, winograd):
+    wt = np.zeros(shape, np.float32)
+    c = shape[1] * groups
+    op = ops.conv2d(device, (c, 13, 13), wt, None, (stride, stride), (1, 1), groups,
+                    precision=PRECISIONS[precision], input_range=(-1.0, 1.0))  # fmt: skip
+    assert isinstance(op, WinogradConv2d) == winograd
 
 
 def test_unknown_precision_is_named():

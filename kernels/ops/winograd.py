@@ -1,12 +1,13 @@
 """Stride-1 convolution by Winograd's minimal filtering, F(m x m, r x r)
 (kernels/cl/winograd.cl).
 
-F(4x4, 3x3) does 4x fewer multiplies than direct convolution (F(2x2, 3x3) 2.25x);
-AlexNet's conv3-conv5 (3x3) are 55% of its convolution work, and 4x4 tiles cover
-their 13x13 outputs in 16 tiles an image (a whole GEMM panel at batch 1). The
-transforms come from Toom-Cook interpolation at 0, 1, -1, 1/2, -1/2 and infinity;
-the extra rounding of F(4x4, 3x3) measured ~1e-5 of a layer's largest output and
-~1e-6 on AlexNet's logits (tests/test_ops.py, tests/test_network.py bound both).
+F(4x4, 3x3) does 4x fewer multiplies than direct convolution (F(2x2, 3x3) 2.25x),
+F(4x4, 5x5) 6.25x; AlexNet's conv3-conv5 (3x3) are 55% of its convolution work and
+conv2 (5x5) 34%, and 4x4 tiles cover conv3-conv5's 13x13 outputs in 16 tiles an image
+(a whole GEMM panel at batch 1). The transforms come from Toom-Cook interpolation at
+0, 1, -1, 1/2, -1/2 (and 2, -2 for F(4x4, 5x5)) and infinity; the extra rounding
+measured ~1e-5 of a layer's largest output (~6e-6 for F(4x4, 5x5)) and ~1e-6 on
+AlexNet's logits (tests/test_ops.py, tests/test_network.py bound both).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from kernels.runtime import Device
 I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
 TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
+# 5x5 filters run Winograd from this many input channels on (measured on PoCL, 2
+# cores: 1.1-1.4x faster than direct at 48 channels, even at 32, slower at 16 and less).
+WINOGRAD_5X5_CHANNELS = 48
 
 
 def transforms(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,13 +201,18 @@ def conv2d(
     precision: Precision = FP32,
     input_range: tuple[float, float] | None = None,
 ) -> Conv2d | WinogradConv2d:
-    """The fastest convolution launcher for a layer: Winograd F(4x4, 3x3) for 3x3
-    stride-1 ungrouped layers (1.5-2.5x faster than direct on AlexNet's conv3-conv5),
-    direct implicit GEMM otherwise. F(2x2, 5x5) is correct too but measured no faster
-    on AlexNet's conv2: with 64 input channels its 36 GEMMs are too short (K = 64)
-    to pay for the transforms. Quantised precisions run direct: Winograd's transforms
-    would turn exact integer products into rounded float ones."""
-    winograd = weight.shape[2:] == (3, 3) and tuple(stride) == (1, 1) and groups == 1
+    """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
+    stride-1 ungrouped layers with 3x3 filters (1.5-2.5x faster than direct on
+    AlexNet's conv3-conv5) or 5x5 ones over at least WINOGRAD_5X5_CHANNELS input
+    channels (2.0-2.5x on AlexNet's conv2: 4 multiplies an output instead of 25; with
+    fewer channels the transforms cost more than the multiplies saved, and F(2x2, 5x5)
+    saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
+    precisions run direct: Winograd's transforms would turn exact integer products into
+    rounded float ones."""
+    r, c = weight.shape[2], weight.shape[1]
+    square = weight.shape[2] == weight.shape[3]
+    wide_enough = r == 3 or (r == 5 and c >= WINOGRAD_5X5_CHANNELS)
+    winograd = square and wide_enough and tuple(stride) == (1, 1) and groups == 1
     if winograd and not precision.quantized:
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
     return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
