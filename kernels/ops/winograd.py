@@ -24,7 +24,7 @@ I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
 TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
 # 5x5 filters run Winograd from this many input channels on (measured on PoCL, 2
-# cores: 1.1-1.4x faster than direct at 48 channels, even at 32, slower at 16 and less).
+# cores: 1.1-1.4x faster than direct at 48 channels, even at 32, mostly slower below).
 WINOGRAD_5X5_CHANNELS = 48
 
 
@@ -204,7 +204,7 @@ def conv2d(
     """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
     stride-1 ungrouped layers with 3x3 filters (1.5-2.5x faster than direct on
     AlexNet's conv3-conv5) or 5x5 ones over at least WINOGRAD_5X5_CHANNELS input
-    channels (2.0-2.5x on AlexNet's conv2: 4 multiplies an output instead of 25; with
+    channels (about 2x on AlexNet's conv2: 4 multiplies an output instead of 25; with
     fewer channels the transforms cost more than the multiplies saved, and F(2x2, 5x5)
     saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
     precisions run direct: Winograd's transforms would turn exact integer products into
