@@ -27,8 +27,8 @@ SMALL = {
 }  # fmt: skip
 
 
-# The same mixture with 5x5 expert convolutions, which have no grouped kernel: its
-# experts run one by one, each on its own images.
+# The same mixture with 5x5 expert convolutions over few channels, which have no
+# grouped kernel (they run direct): its experts run one by one, each on its own images.
 ONE_BY_ONE = {
     **SMALL,
     "name": "one-by-one",

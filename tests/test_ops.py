@@ -537,28 +537,31 @@ def segment_table(device, counts: list[int]):
 
 @pytest.mark.parametrize("name", ["fp32", "fp16"])
 @pytest.mark.parametrize(
-    "counts,c,hw,m",
+    "counts,c,hw,m,r",
     [
-        ([2, 0, 5], 5, 6, 11),  # an expert with no image between two with some
-        ([1, 1, 1, 1, 9], 7, 13, 9),  # 16-tile images: panels straddle four experts
-        ([0, 0, 3], 3, 5, 20),
-        ([37], 4, 4, 8),  # one expert holds every image
+        ([2, 0, 5], 5, 6, 11, 3),  # an expert with no image between two with some
+        ([1, 1, 1, 1, 9], 7, 13, 9, 3),  # 16-tile images: panels straddle four experts
+        ([0, 0, 3], 3, 5, 20, 3),
+        ([37], 4, 4, 8, 3),  # one expert holds every image
+        ([2, 0, 3, 1], 48, 9, 10, 5),  # alexnet-moe's experts: 5x5 over 48 channels
     ],
 )
-def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m):
+def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m, r):
     """Three padding images follow the experts' (their outputs are not looked at)."""
     e = len(counts)
     n = sum(counts) + 3
+    pad = (r // 2, r // 2)
     x = rng.standard_normal((n, c, hw, hw), np.float32)
-    wt = rng.standard_normal((e, m, c, 3, 3), np.float32)
+    wt = rng.standard_normal((e, m, c, r, r), np.float32)
     b = rng.standard_normal((e, m), np.float32)
     seg, expert_of = segment_table(device, counts)
-    op = ops.grouped_conv2d(device, (c, hw, hw), wt, b, (1, 1), (1, 1), 1, True,
+    op = ops.grouped_conv2d(device, (c, hw, hw), wt, b, (1, 1), pad, 1, True,
                             get_precision(name), seg)  # fmt: skip
     got = run4d(device, op, x, op.scratch_bytes(n))[: n - 3]
     want = np.concatenate([ref.conv2d(x[i : i + 1], wt[expert_of[i]], b[expert_of[i]], 1,
-                                      (1, 1), 1, True) for i in range(n - 3)])  # fmt: skip
-    assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5)
+                                      pad, 1, True) for i in range(n - 3)])  # fmt: skip
+    # half U: F(4x4, 5x5)'s transforms amplify its rounding more (1.7e-5 measured)
+    assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5 if r == 3 else 3e-5)
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["rows", "split"])
@@ -584,7 +587,7 @@ def test_grouped_linear(device, rng, name, counts, i, o, split):
 
 def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
     seg, _ = segment_table(device, [1, 1])
-    with pytest.raises(ValueError, match="3x3 stride-1"):
+    with pytest.raises(ValueError, match="stride-1 ungrouped 3x3"):
         ops.grouped_conv2d(device, (3, 8, 8), rng.standard_normal((2, 4, 3, 5, 5), np.float32),
                            None, (1, 1), (2, 2), 1, False, get_precision("fp32"), seg)  # fmt: skip
     with pytest.raises(ValueError, match="floating-point"):

@@ -189,6 +189,14 @@ class WinogradConv2d:
         )  # fmt: skip
 
 
+def winograd_fits(shape: tuple[int, ...], stride: tuple[int, int], groups: int) -> bool:
+    """Whether a layer of filters [M][C][r][r] runs faster as Winograd F(4x4, r x r)
+    (see `conv2d`)."""
+    _, c, r, r2 = shape
+    wide_enough = r == 3 or (r == 5 and c >= WINOGRAD_5X5_CHANNELS)
+    return r == r2 and wide_enough and tuple(stride) == (1, 1) and groups == 1
+
+
 def conv2d(
     device: Device,
     in_shape: tuple[int, int, int],
@@ -209,11 +217,7 @@ def conv2d(
     saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
     precisions run direct: Winograd's transforms would turn exact integer products into
     rounded float ones."""
-    r, c = weight.shape[2], weight.shape[1]
-    square = weight.shape[2] == weight.shape[3]
-    wide_enough = r == 3 or (r == 5 and c >= WINOGRAD_5X5_CHANNELS)
-    winograd = square and wide_enough and tuple(stride) == (1, 1) and groups == 1
-    if winograd and not precision.quantized:
+    if winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized:
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
     return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
                   precision=precision, input_range=input_range)  # fmt: skip
@@ -232,8 +236,11 @@ def grouped_conv2d(
     segments: Any,
 ) -> WinogradConv2d:
     """A mixture's experts' convolution in one set of launches (see WinogradConv2d);
-    only the Winograd path has a grouped form: 3x3, stride 1, ungrouped, float."""
-    if weight.shape[-2:] != (3, 3) or tuple(stride) != (1, 1) or groups != 1:
-        raise ValueError("grouped experts need 3x3 stride-1 ungrouped convolutions")
+    only the Winograd path has a grouped form: the layers `conv2d` runs as Winograd."""
+    if not winograd_fits(weight.shape[-4:], stride, groups):
+        raise ValueError(
+            "grouped experts need stride-1 ungrouped 3x3 convolutions, or 5x5 ones over "
+            f"at least {WINOGRAD_5X5_CHANNELS} channels"
+        )
     return WinogradConv2d(device, in_shape, weight, bias, padding, relu,
                           precision=precision, segments=segments)  # fmt: skip
