@@ -21,7 +21,9 @@ routing decisions (one expert trained on 9% of the images served 22% of the test
 set), so the experts finish on the images they will serve. Its gate routes each
 training image by the un-augmented original (`route_clean`): routing the shifted and
 flipped copies, the served gate sent nearly every test image to one expert for most
-of training in every run tried (BENCHMARKS.md, "Training on a GPU").
+of training in four runs of four, with it in one of four (BENCHMARKS.md, "Training
+on a GPU"; why is not established, and a gate can still collapse to uniform
+probabilities, which the balance loss does not penalise).
 """
 
 from __future__ import annotations
