@@ -236,9 +236,13 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"{summary['seconds']:.0f} s ({summary['seconds_per_epoch']:.0f} s/epoch)"
     )
     if "routing" in summary:
-        shares = "/".join(f"{100 * s:.0f}" for s in summary["routing"]["share"])
-        line += f", routing share % {shares}"
+        line += f", routing share % {percent_shares(summary['routing']['share'])}"
     return f"{line} -> {summary['path']}"
+
+
+def percent_shares(shares: Sequence[float]) -> str:
+    """Expert shares as whole percents, "27/26/26/21"."""
+    return "/".join(f"{100 * s:.0f}" for s in shares)
 
 
 def routing_warning(summary: dict[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from experts.mixture import reference_forward
 from experts.reference_network import forward as reference_network_forward
+from experts.training import percent_shares
 from experts.training_nets import MixtureNet, build_model, export_weights, predict
 
 PAD = 2  # random-crop padding, in pixels
@@ -93,7 +94,7 @@ class Trainer:
         postfix = f"{stats.postfix()} test={test['accuracy']:.4f}"
         if self.mixture:  # a gate that collapses at inference shows here, not in training
             record |= {"test_share": test["routing"]["share"], "gate_noise": self.model.noisy}
-            postfix += " test share%=" + "/".join(f"{100 * s:.0f}" for s in record["test_share"])
+            postfix += f" test share%={percent_shares(record['test_share'])}"
         record["seconds"] = round(time.perf_counter() - start, 1)
         bar.set_postfix_str(postfix)
         bar.close()
@@ -180,7 +181,7 @@ class _Stats:
             f"loss={self.loss / max(self.steps, 1):.4f} acc={self.correct / max(self.seen, 1):.4f}"
         )
         if len(self.counts):
-            share = "/".join(f"{100 * s:.0f}" for s in self.shares())
+            share = percent_shares(self.shares())
             text += f" bal={self.balance / max(self.steps, 1):.3f} share%={share}"
         return text
 
