@@ -170,8 +170,10 @@ class Network:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""
         n, d = p.batch, self.device
         with d.labelled(self.name):
-            # One image is laid out alike in NCHW and CNHW: no copy (nor in _Flatten).
-            if len(self.input_shape) == 3 and self.input_layout == "nchw" and n > 1:
+            # One image, or one channel, is laid out alike in NCHW and CNHW: no copy
+            # (nor in _Flatten).
+            nchw = len(self.input_shape) == 3 and self.input_layout == "nchw"
+            if nchw and n > 1 and self.input_shape[0] > 1:
                 with d.labelled("input"):
                     self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
                 cur, spare = p.ping, p.pong

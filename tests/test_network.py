@@ -71,11 +71,13 @@ def test_small_network_matches_numpy_twins(device):
         {"name": "fc2", "op": "linear", "out_features": 5, "bias": False},
         {"name": "sm", "op": "softmax"},
     ]
-    meta = {"input": {"shape": [4, 15, 13]}, "layers": layers}
-    weights = random_weights(meta, seed=3)
-    net = Network(device, layers, (4, 15, 13), weights)
-    x = np.random.default_rng(1).standard_normal((5, 4, 15, 13), np.float32)
-    np.testing.assert_allclose(net.run(x), forward(layers, weights, x), rtol=1e-4, atol=1e-6)
+    for channels in (4, 1):  # one channel: NCHW is already CNHW, no layout swap
+        meta = {"input": {"shape": [channels, 15, 13]}, "layers": layers}
+        weights = random_weights(meta, seed=3)
+        net = Network(device, layers, (channels, 15, 13), weights)
+        x = np.random.default_rng(1).standard_normal((5, channels, 15, 13), np.float32)
+        want = forward(layers, weights, x)
+        np.testing.assert_allclose(net.run(x), want, rtol=1e-4, atol=1e-6)
 
 
 def test_fuse_relu_folds_into_conv_and_drops_dropout():

@@ -14,49 +14,64 @@ __constant float AT[MT * ALPHA] = {AT_VALUES};
 
 // x: [C][N][H][W] -> V: ALPHA^2 x [P][C][NB] at `es` floats apart, P = ceil(T / NB)
 // panels of tiles, tile t = (b * TH + ty) * TW + tx with its patch at
-// (MT*ty - PH, MT*tx - PW). One work-item transforms one row of tiles of one channel.
-__kernel void winograd_input(__global const float *restrict x, __global float *restrict V,
-                             const int N, const int H, const int W, const int PH, const int PW,
-                             const int TH, const int TW, const int C, const int T,
-                             const int es)
+// (MT*ty - PH, MT*tx - PW). `xc` is the tile's channel plane of its image.
+inline void input_tile(__global const float *restrict xc, const int H, const int W,
+                       const int y0, const int x0, __global float *restrict v, const int es)
+{
+    float d[ALPHA][ALPHA], u[ALPHA][ALPHA];
+#pragma unroll
+    for (int i = 0; i < ALPHA; ++i) {
+        const int iy = y0 + i;
+#pragma unroll
+        for (int j = 0; j < ALPHA; ++j) {
+            const int ix = x0 + j;
+            d[i][j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ALPHA; ++i)
+#pragma unroll
+        for (int j = 0; j < ALPHA; ++j) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < ALPHA; ++k) s += BT[i * ALPHA + k] * d[k][j];
+            u[i][j] = s;
+        }
+#pragma unroll
+    for (int i = 0; i < ALPHA; ++i)
+#pragma unroll
+        for (int j = 0; j < ALPHA; ++j) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < ALPHA; ++k) s += u[i][k] * BT[j * ALPHA + k];
+            v[(size_t)(i * ALPHA + j) * es] = s;
+        }
+}
+
+#define INPUT_ARGS __global const float *restrict x, __global float *restrict V, \
+    const int N, const int H, const int W, const int PH, const int PW, \
+    const int TH, const int TW, const int C, const int T, const int es
+#define V_AT(t) (V + ((size_t)((t) / NB) * C + c) * NB + (t) % NB)
+
+// One work-item per row of tiles of one channel (2x2 tiles: see winograd.py).
+__kernel void winograd_input(INPUT_ARGS)
 {
     const int row = get_global_id(0), c = get_global_id(1);
     const int b = row / TH;
     const int y0 = MT * (row % TH) - PH;
     __global const float *xc = x + ((size_t)c * N + b) * H * W;
-    for (int tx = 0; tx < TW; ++tx) {
-        const int t = row * TW + tx;
-        const int x0 = MT * tx - PW;
-        float d[ALPHA][ALPHA], u[ALPHA][ALPHA];
-#pragma unroll
-        for (int i = 0; i < ALPHA; ++i) {
-            const int iy = y0 + i;
-#pragma unroll
-            for (int j = 0; j < ALPHA; ++j) {
-                const int ix = x0 + j;
-                d[i][j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < ALPHA; ++i)
-#pragma unroll
-            for (int j = 0; j < ALPHA; ++j) {
-                float s = 0.0f;
-#pragma unroll
-                for (int k = 0; k < ALPHA; ++k) s += BT[i * ALPHA + k] * d[k][j];
-                u[i][j] = s;
-            }
-        __global float *v = V + ((size_t)(t / NB) * C + c) * NB + t % NB;
-#pragma unroll
-        for (int i = 0; i < ALPHA; ++i)
-#pragma unroll
-            for (int j = 0; j < ALPHA; ++j) {
-                float s = 0.0f;
-#pragma unroll
-                for (int k = 0; k < ALPHA; ++k) s += u[i][k] * BT[j * ALPHA + k];
-                v[(size_t)(i * ALPHA + j) * es] = s;
-            }
-    }
+    for (int tx = 0; tx < TW; ++tx)
+        input_tile(xc, H, W, y0, MT * tx - PW, V_AT(row * TW + tx), es);
+}
+
+// One work-item per tile of one channel, tiles along axis 0: PoCL vectorises across
+// neighbouring work-items, whose stores into V are then adjacent (4x4 tiles).
+__kernel void winograd_input_tiles(INPUT_ARGS)
+{
+    const int t = get_global_id(0), c = get_global_id(1);
+    const int b = t / (TH * TW), r = t % (TH * TW);
+    __global const float *xc = x + ((size_t)c * N + b) * H * W;
+    input_tile(xc, H, W, MT * (r / TW) - PH, MT * (r % TW) - PW, V_AT(t), es);
 }
 
 #if RELU

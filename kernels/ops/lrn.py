@@ -26,7 +26,7 @@ class LRN:
         self.device = device
         self.c, self.h, self.w = in_shape
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.kernel = device.kernel("lrn.cl", "lrn")
+        self.kernel = device.kernel("lrn.cl", "lrn", {"BETA_075": beta == 0.75})
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
