@@ -119,9 +119,15 @@ def _fashion_tail(widths: tuple[int, ...]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+# Tschopp's ImageNet experts are about a quarter of AlexNet's width (conv3 96 of 384,
+# fc6 1024 of 4096); fashion-moe's experts are about a fifth of this baseline's.
+FASHION_ALEXNET_TAIL = (192, 320, 320, 192, 1024, 1024)
+FASHION_EXPERT_TAIL = (40, 64, 64, 40, 256, 256)
+
+
 def fashion_alexnet() -> dict[str, Any]:
     """The monolithic baseline for Fashion-MNIST: the AlexNet pattern at full width."""
-    layers = [*_fashion_stem(), *_fashion_tail((96, 160, 160, 96, 512, 512)),
+    layers = [*_fashion_stem(), *_fashion_tail(FASHION_ALEXNET_TAIL),
               _fc("fc8", 10, relu=False)]  # fmt: skip
     return {"format": 1, "name": "fashion-alexnet", "version": "1",
             "description": "AlexNet pattern sized for Fashion-MNIST (monolithic baseline)",
@@ -138,7 +144,7 @@ def fashion_moe(experts: int = 4, k: int = 1) -> dict[str, Any]:
             "description": f"{experts} narrow AlexNet experts, top-{k} routing, Fashion-MNIST",
             "input": dict(FASHION_INPUT), "labels": list(FASHION_LABELS),
             "stem": _fashion_stem(), "gate": gate,
-            "expert": _fashion_tail((40, 64, 64, 40, 256, 256)),
+            "expert": _fashion_tail(FASHION_EXPERT_TAIL),
             "experts": experts, "k": k, "head": [_fc("fc8", 10, relu=False)]}  # fmt: skip
 
 

@@ -76,6 +76,8 @@ class Trainer:
         start = time.perf_counter()
         stats = _Stats(self.model.num_experts if self.mixture else 0)
         x_all, y_all = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
+        teacher = data.get("teacher_scores")
+        teacher = torch.from_numpy(teacher) if teacher is not None else None
         order = torch.randperm(len(y_all), generator=self.generator)
         bar = tqdm(total=self.steps, desc=f"{self.config.arch} {epoch + 1}/{self.config.epochs}",
                    unit="batch", disable=not progress, leave=True)  # fmt: skip
@@ -85,11 +87,13 @@ class Trainer:
             self.model.noisy = epoch < self.config.epochs - clean
         for step in range(self.steps):
             rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
-            self._step(x_all[rows], y_all[rows], stats)
+            soft = teacher[rows] if teacher is not None else None
+            self._step(x_all[rows], y_all[rows], stats, soft)
             bar.update()
             if step % 20 == 0 or step == self.steps - 1:
                 bar.set_postfix_str(stats.postfix())
-        test = self.evaluate(data["test_x"], data["test_y"])
+        # Under the training's autocast: the final evaluation (and the parity) are float32.
+        test = self.evaluate(data["test_x"], data["test_y"], self.config.autocast == "bf16")
         record = {"epoch": epoch + 1, **stats.record(), "test_accuracy": test["accuracy"]}
         postfix = f"{stats.postfix()} test={test['accuracy']:.4f}"
         if self.mixture:  # a gate that collapses at inference shows here, not in training
@@ -100,19 +104,25 @@ class Trainer:
         bar.close()
         return record
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor, stats: _Stats) -> None:
+    def _step(
+        self, images: torch.Tensor, labels: torch.Tensor, stats: _Stats,
+        teacher: torch.Tensor | None = None,
+    ) -> None:
         # Augmented on the host with the run's generator (the same images whatever
         # the device), moved as uint8.
         x = augment(images, self.generator).to(self.device)
         x = normalise(x, self.mean, self.std)
         labels = labels.to(self.device)
-        if self.mixture and self.config.route_clean:
-            original = normalise(images.to(self.device), self.mean, self.std)
-            out = self.model(x, logits=True, route_on=original)
-        else:
-            out = self.model(x, logits=True)
-        scores = out.scores if self.mixture else out
-        loss = F.cross_entropy(scores, labels, label_smoothing=self.config.label_smoothing)
+        with torch.autocast(self.device.type, torch.bfloat16, self.config.autocast == "bf16"):
+            if self.mixture and self.config.route_clean:
+                original = normalise(images.to(self.device), self.mean, self.std)
+                out = self.model(x, logits=True, route_on=original)
+            else:
+                out = self.model(x, logits=True)
+            scores = (out.scores if self.mixture else out).float()
+            loss = F.cross_entropy(scores, labels, label_smoothing=self.config.label_smoothing)
+            if teacher is not None:
+                loss = self._distil(loss, scores, teacher.to(self.device))
         total = loss + self.config.balance_weight * out.balance_loss if self.mixture else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -120,10 +130,20 @@ class Trainer:
         self.schedule.step()
         stats.add(loss, scores, labels, out if self.mixture else None)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    def _distil(
+        self, task: torch.Tensor, scores: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
+        """(1 - a) task + a T^2 KL(teacher || student), both softmaxes at temperature T
+        (T^2 keeps the soft targets' gradients on the task loss's scale)."""
+        a, t = self.config.distill, self.config.temperature
+        soft = F.kl_div(F.log_softmax(scores / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                        reduction="batchmean", log_target=True)  # fmt: skip
+        return (1 - a) * task + a * t * t * soft
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, bf16: bool = False) -> dict[str, Any]:
         """Eval-mode top-1 accuracy on preprocessed images; for a mixture also the
         routing histogram (images per expert, share, and the largest share over k/E)."""
-        scores, indices = predict(self.model, x)
+        scores, indices = predict(self.model, x, bf16=bf16)
         result: dict[str, Any] = {"accuracy": round(float((scores.argmax(1) == y).mean()), 4)}
         if indices is not None:
             result["routing"] = routing_histogram(indices, self.model.num_experts)

@@ -286,22 +286,23 @@ def load_weights(model: SpecNet | MixtureNet, weights: dict[str, np.ndarray]) ->
 
 
 def predict(
-    model: SpecNet | MixtureNet, x: np.ndarray, batch_size: int = 500
+    model: SpecNet | MixtureNet, x: np.ndarray, batch_size: int = 500, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eval-mode scores (N, classes) and, for a mixture, expert indices (N, k)."""
+    """Eval-mode scores (N, classes) and, for a mixture, expert indices (N, k);
+    `bf16` runs the forward pass under bfloat16 autocast (a quick estimate)."""
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
     scores, indices = [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, bf16):
             for start in range(0, len(x), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
                 out = model(batch.to(device))
                 if isinstance(out, MixtureOutput):
                     indices.append(out.indices.cpu().numpy().astype(np.int32))
                     out = out.scores
-                scores.append(out.cpu().numpy())
+                scores.append(out.float().cpu().numpy())
     finally:
         model.train(was_training)
     routed = np.concatenate(indices) if indices else None

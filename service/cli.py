@@ -208,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch device to train on: cpu (default), cuda, cuda:N")  # fmt: skip
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: every core)")  # fmt: skip
+    p.add_argument("--teacher", default=None,
+                   help="distil from this model of the repository (its scores for each "
+                   "training image become soft targets)")  # fmt: skip
+    p.add_argument("--distill", type=float, default=None,
+                   help="with --teacher: the distillation loss's weight, 0-1 (default 0.5)")
+    p.add_argument("--autocast", choices=["auto", "bf16", "off"], default=None,
+                   help="forward passes in bfloat16, weights float32 (default: auto for "
+                   "fashion-alexnet: bf16 where the device has it natively; off for "
+                   "fashion-moe)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="Fashion-MNIST idx files (default: MOE_FASHION_MNIST_DIR or "
                    "/usr/share/datasets/fashion-mnist)")  # fmt: skip
@@ -372,10 +381,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, float | bool | str]:
-    """--lr, --dropout, --clean-fraction and --route-clean when given (unset ones keep
-    the per-arch defaults), and the torch device."""
+    """The recipe options given (--lr, --dropout, --teacher, ...: unset ones keep the
+    per-arch defaults), and the torch device."""
     options = {"lr": args.lr, "dropout": args.dropout, "clean_fraction": args.clean_fraction,
-               "route_clean": args.route_clean, "device": args.torch_device}  # fmt: skip
+               "route_clean": args.route_clean, "device": args.torch_device,
+               "autocast": args.autocast, "teacher": args.teacher,
+               "distill": args.distill}  # fmt: skip
     return {key: value for key, value in options.items() if value is not None}
 
 
@@ -387,6 +398,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train(args.arch, args.epochs, args.seed, out, args.batch_size,
                         data_dir=args.data_dir, limit=args.limit, threads=args.threads,
+                        teacher_dir=_settings(args).model_repository,
                         **_train_options(args))  # fmt: skip
     except (TrainingError, DatasetError) as exc:
         raise CliError(str(exc)) from exc

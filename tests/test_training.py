@@ -19,7 +19,7 @@ from experts.datasets import DEFAULT_DIR, to_model_input  # noqa: E402
 from experts.mixture import mixture_params, reference_forward, route  # noqa: E402
 from experts.reference_network import forward  # noqa: E402
 from experts.repository import Repository, validate  # noqa: E402
-from experts.training import TrainingError, routing_warning, train  # noqa: E402
+from experts.training import TrainingError, native_bf16, routing_warning, train  # noqa: E402
 from experts.training_loop import augment, normalise  # noqa: E402
 from experts.training_nets import (  # noqa: E402
     MixtureNet,
@@ -292,6 +292,10 @@ def test_bad_options():
         train("fashion-moe", epochs=1, clean_fraction=1.5)
     with pytest.raises(TrainingError, match="unknown torch device"):
         train("fashion-moe", epochs=1, device="gpu7")
+    with pytest.raises(TrainingError, match="autocast must be one of"):
+        train("fashion-moe", epochs=1, autocast="fp8")
+    with pytest.raises(TrainingError, match="distill must be in"):
+        train("fashion-moe", epochs=1, teacher="fashion-alexnet", distill=1.5)
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="no CUDA"):
             train("fashion-moe", epochs=1, device="cuda")
@@ -330,12 +334,65 @@ def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
     assert summary["path"] == str(tmp_path / arch)
     assert model.calibration is not None and model.calibration.samples == 512  # int8-ready
     assert record["dropout"] == (0.25 if arch == "fashion-moe" else None)  # ARCH_DEFAULTS
+    # ARCH_DEFAULTS: fashion-alexnet "auto", recorded as what it resolved to here
+    bf16 = arch == "fashion-alexnet" and native_bf16("cpu")
+    assert record["autocast"] == ("bf16" if bf16 else "off")
     if arch == "fashion-moe":
         routing = record["routing"]
         assert sum(routing["counts"]) == 512 and len(routing["share"]) == 4
         assert record["parity"]["same_routing"] and record["route_clean"]  # ARCH_DEFAULTS
         assert "balance_loss" in record["history"][0]
         assert record["history"][-1]["test_share"] == routing["share"]  # the last epoch's
+
+
+@needs_data
+def test_bf16_autocast_trains_and_exports_float32(tmp_path):
+    """bfloat16 forward passes still export float32 weights that the engine runs as
+    PyTorch does (the parity check runs in float32)."""
+    record = train("fashion-alexnet", epochs=1, limit=256, out_dir=tmp_path, progress=False,
+                   autocast="bf16")  # fmt: skip
+    assert record["autocast"] == "bf16" and record["parity"]["same_top1"]
+    weights = Repository(tmp_path).load("fashion-alexnet").weights
+    assert all(w.dtype == np.float32 for w in weights.values())
+
+
+@needs_data
+def test_distillation_from_a_repository_teacher(tmp_path):
+    teachers = tmp_path / "teachers"
+    train("fashion-alexnet", epochs=1, limit=256, out_dir=teachers, progress=False)
+    record = train("fashion-moe", epochs=1, limit=256, out_dir=tmp_path / "out",
+                   progress=False, teacher="fashion-alexnet", teacher_dir=teachers,
+                   distill=0.7)  # fmt: skip
+    want = json.loads((teachers / "fashion-alexnet" / "training.json").read_text())
+    assert record["teacher"] == "fashion-alexnet" and record["distill"] == 0.7
+    assert record["teacher_test_accuracy"] == want["test_accuracy"]  # same 256 test images
+    assert record["parity"]["same_routing"]
+    with pytest.raises(TrainingError, match="teacher 'nope'"):
+        train("fashion-moe", epochs=1, limit=64, out_dir=tmp_path / "x", progress=False,
+              teacher="nope", teacher_dir=teachers)  # fmt: skip
+    grey = json.loads((teachers / "fashion-alexnet" / "model.json").read_text())
+    grey["input"]["mean"] = [0.5]
+    (teachers / "fashion-alexnet" / "model.json").write_text(json.dumps(grey))
+    with pytest.raises(TrainingError, match="takes other inputs"):
+        train("fashion-moe", epochs=1, limit=64, out_dir=tmp_path / "x", progress=False,
+              teacher="fashion-alexnet", teacher_dir=teachers)  # fmt: skip
+
+
+def test_distillation_loss():
+    """distill 0 is the task loss alone; a student that already scores as its teacher
+    adds nothing; one that does not adds a positive KL term."""
+    from types import SimpleNamespace
+
+    from experts.training_loop import Trainer
+
+    scores = torch.randn(8, 10)
+    task = torch.tensor(1.5)
+    for a in (0.0, 0.5):
+        fake = SimpleNamespace(config=SimpleNamespace(distill=a, temperature=4.0))
+        same = Trainer._distil(fake, task, scores, scores.clone())
+        assert float(same) == pytest.approx((1 - a) * 1.5, abs=1e-6)
+        other = Trainer._distil(fake, task, scores, torch.randn(8, 10))
+        assert float(other) > float(same) if a else float(other) == float(same)
 
 
 @needs_data
@@ -354,7 +411,8 @@ def test_cli_train(tmp_path, capsys):
     code = main(["train", "--arch", "fashion-moe", "--epochs", "1", "--limit", "256",
                  "--out", str(tmp_path), "--seed", "3", "--batch-size", "64",
                  "--lr", "0.001", "--dropout", "0.1", "--clean-fraction", "1",
-                 "--no-route-clean", "--threads", "1", "--device", "cpu"])  # fmt: skip
+                 "--no-route-clean", "--threads", "1", "--device", "cpu",
+                 "--autocast", "off"])  # fmt: skip
     assert code == 0
     assert Repository(tmp_path).names() == ["fashion-moe"]
     record = json.loads((tmp_path / "fashion-moe" / "training.json").read_text())
@@ -362,7 +420,7 @@ def test_cli_train(tmp_path, capsys):
     assert record["lr"] == 0.001 and record["dropout"] == 0.1
     assert record["clean_fraction"] == 1.0 and record["history"][0]["gate_noise"] is False
     assert record["route_clean"] is False and record["threads"] == 1
-    assert record["device"] == "cpu" and "gpu" not in record
+    assert record["device"] == "cpu" and "gpu" not in record and record["autocast"] == "off"
     assert "test accuracy" in capsys.readouterr().out
 
 
