@@ -114,8 +114,9 @@ class MixtureNetwork:
 
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""
-        parts = [self.stem, self.gate, self.head]
-        total = sum(p.plan(n).activation_bytes for p in parts)
+        stem = self.stem.plan(n)
+        plans = [stem, self.gate.plan(n, source=stem.output), self.head.plan(n)]
+        total = sum(p.activation_bytes for p in plans)
         experts = self.experts + ([self.grouped] if self.grouped is not None else [])
         return total + sum(p.planned_bytes() for p in experts)
 
@@ -142,8 +143,7 @@ class MixtureNetwork:
         stem = self.stem.plan(n)
         d.write(stem.input, x)
         stem.tape.replay()
-        gate = self.gate.plan(n)
-        d.copy(gate.input, stem.output, 4 * n * int(np.prod(self.spec.stem_shape)))
+        gate = self.gate.plan(n, source=stem.output)
         gate.tape.replay()
         if self.grouped is not None:
             return self._run_grouped(n, k, stem.output, gate.output)

@@ -98,7 +98,7 @@ class Network:
         self.output_shape = shape
         self.to_cnhw = ops.SwapOuter(device, int(np.prod(self.input_shape[1:])), batch_outer=True)
         self.weight_bytes = sum(getattr(s.op, "weight_bytes", 0) for s in self.steps)
-        self._plans: OrderedDict[int, Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
 
     def _launcher(self, layer: dict[str, Any], shape: tuple[int, ...], weights: dict) -> Any:
         d, op, name = self.device, layer["op"], layer["name"]
@@ -140,24 +140,27 @@ class Network:
             return _Flatten(d, shape)
         raise SpecError(f"{name}: op {op!r} has no OpenCL launcher")
 
-    def plan(self, n: int) -> Plan:
+    def plan(self, n: int, source: Any = None) -> Plan:
         """Buffers and the recorded launches for batch size n, made once and kept (a
-        few sizes at a time)."""
-        plan = self._plans.get(n)
+        few at a time). `source`: read the input from this buffer (another network's
+        output, as a mixture's gate reads its stem's) instead of a buffer of its own."""
+        key = (n, None if source is None else id(source))  # the plan keeps `source` alive
+        plan = self._plans.get(key)
         if plan is not None:
-            self._plans.move_to_end(n)
+            self._plans.move_to_end(key)
             return plan
         sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
         act = 4 * n * max(sizes)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if hasattr(s.op, "scratch_bytes")),
                       default=0)  # fmt: skip
         d = self.device
-        plan = Plan(n, d.alloc(4 * n * sizes[-1]), d.alloc(act), d.alloc(act), d.alloc(scratch),
-                    2 * act + scratch + 4 * n * sizes[-1])  # fmt: skip
+        own_input = 4 * n * sizes[-1] if source is None else 0
+        plan = Plan(n, source if source is not None else d.alloc(own_input), d.alloc(act),
+                    d.alloc(act), d.alloc(scratch), 2 * act + scratch + own_input)  # fmt: skip
         with d.record() as launches:
             plan.output = self._enqueue(plan)
         plan.tape = d.tape(launches)
-        self._plans[n] = plan
+        self._plans[key] = plan
         while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan

@@ -62,6 +62,23 @@ def test_sparse_matches_dense_reference(small, n, k):
     np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
 
 
+def test_batch_sizes_coming_back_after_their_plans_were_dropped(small):
+    """The gate reads the stem's output buffer in place: a batch size that comes back
+    after the stem dropped its plan gets new stem buffers, and the gate must follow."""
+    meta, weights, net = small
+    kept = net.stem.max_plans
+    net.stem.max_plans = 2  # fewer than the gate keeps: only the stem drops size 2
+    try:
+        for i, n in enumerate((2, 3, 4, 2)):
+            x = images(n, seed=50 + i)  # new images: stale buffers would show
+            scores, routing = net.run(x, 2)
+            want, indices, _ = reference_forward(meta, weights, x, 2)
+            np.testing.assert_array_equal(routing.indices, indices)
+            np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+    finally:
+        net.stem.max_plans = kept
+
+
 @pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["grouped", "one-by-one"])
 def test_one_expert_gets_every_image(device, meta):
     """A gate biased towards one expert: results still match; run one by one, the
