@@ -52,9 +52,10 @@ from experts.datasets import calibration_subset, load_fashion_mnist, to_model_in
 
 ARCHS = {"fashion-alexnet": fashion_alexnet, "fashion-moe": fashion_moe}
 # Per-architecture defaults (see the module docstring). On 2 Zen 4 cores fashion-alexnet
-# takes about 85 s/epoch in bfloat16 and fashion-moe about 44 s/epoch, so both fit in
-# the hour. fashion-alexnet's weight decay: on an H200, 38 epochs reached 93.40% and
-# 93.57% (seeds 0 and 1) with 0.1 against 93.22% and 93.34% with 0.05.
+# took 92 s/epoch in bfloat16 (49 minutes) and fashion-moe 44-50 s/epoch (its 75
+# epochs are at the edge of the hour on a busy day). fashion-alexnet's weight decay:
+# on an H200, 38 epochs reached 93.40% and 93.57% (seeds 0 and 1) with 0.1 against
+# 93.22% and 93.34% with 0.05.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion-alexnet": {"epochs": 32, "autocast": "auto", "weight_decay": 0.1},
     "fashion-moe": {"epochs": 75, "dropout": 0.25, "clean_fraction": 0.2, "route_clean": True},
