@@ -224,14 +224,12 @@ def train(
 def native_bf16(device: str) -> bool:
     """Whether the torch device computes bfloat16 in hardware: a CUDA GPU that says so,
     or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates it, slower than float32)."""
+    from kernels.runtime import host_cpu_flags
+
     torch = require_torch()
     if torch.device(device).type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    return bool({"avx512_bf16", "amx_bf16"} & host_cpu_flags())
 
 
 def load_data(

@@ -167,7 +167,7 @@ __kernel void probe(__global const int16 *u, __global const int16 *s, __global i
 
 
 @lru_cache(maxsize=1)
-def _host_cpu_flags() -> frozenset[str]:
+def host_cpu_flags() -> frozenset[str]:
     """The instruction-set flags of this machine's CPU (Linux; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -298,7 +298,7 @@ class Device:
         int8 path, same results)."""
         if os.environ.get("MOE_INT8_DOT4", "1") == "0" or not self.is_cpu:
             return False
-        if not _is_pocl(self.info) or not {"avx512_vnni", "avx512bw"} <= _host_cpu_flags():
+        if not _is_pocl(self.info) or not {"avx512_vnni", "avx512bw"} <= host_cpu_flags():
             return False
         u = np.arange(64, dtype=np.uint8) * 4  # 0 .. 252
         s = (np.arange(64) % 7 - 3).astype(np.int8)

@@ -394,11 +394,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from experts.datasets import DatasetError
     from experts.training import TrainingError, routing_warning, summary_line, train
 
-    out = args.out if args.out is not None else _settings(args).model_repository
+    repository = _settings(args).model_repository
+    out = args.out if args.out is not None else repository
     try:
         summary = train(args.arch, args.epochs, args.seed, out, args.batch_size,
                         data_dir=args.data_dir, limit=args.limit, threads=args.threads,
-                        teacher_dir=_settings(args).model_repository,
+                        teacher_dir=repository,
                         **_train_options(args))  # fmt: skip
     except (TrainingError, DatasetError) as exc:
         raise CliError(str(exc)) from exc

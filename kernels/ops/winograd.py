@@ -130,14 +130,15 @@ class WinogradConv2d:
         # row of tiles on AlexNet's and the fashion models' 13 x 13 layers, measured on
         # PoCL, bit for bit the same V), one per row of tiles for 2x2 tiles (9 tiles an
         # image on a 6 x 6 map, where per tile was 10-35% slower).
-        self.input_kernel = "winograd_input_tiles" if tile == 4 else "winograd_input"
+        self.per_tile = tile == 4
 
     def kernels(self, nv: int) -> dict[str, Any]:
         """The kernels for tile panels of 16 * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
             d, defines = self.device, {**self.defines, "NB": 16 * nv}
-            found = {"input": d.kernel("winograd.cl", self.input_kernel, defines),
+            name = "winograd_input_tiles" if self.per_tile else "winograd_input"
+            found = {"input": d.kernel("winograd.cl", name, defines),
                      "output": d.kernel("winograd.cl", "winograd_output", defines),
                      "gemm": d.kernel("gemm.cl", "gemm_packed",
                                       {"NV": nv, "RELU": 0, "GROUPED": self.defines["GROUPED"],
@@ -173,7 +174,7 @@ class WinogradConv2d:
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         z = self._sizes(n)
         tiles, kern, d = z["tiles"], self.kernels(z["nv"]), self.device
-        rows = self.th * (self.tw if self.input_kernel == "winograd_input_tiles" else 1)
+        rows = self.th * (self.tw if self.per_tile else 1)  # work-items along axis 0 an image
         d.launch(
             kern["input"], (n * rows, self.c), d.work_group(rows, self.c), x, scratch,
             I32(n), I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
