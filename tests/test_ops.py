@@ -316,12 +316,59 @@ def test_int8_conv_byte_dot_products(device, rng, case, dot4):
     assert op.dot4 == dot4
 
 
+DIRECT_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu): stride 1 only
+    (8, 1, 28, 28, 32, 5, 1, 2, 1, True),  # the Fashion-MNIST stem's conv1
+    (1, 3, 17, 19, 5, 3, 1, 1, 1, True),  # fewer filters than a block of 8
+    (3, 6, 9, 9, 10, (5, 3), 1, (2, 1), 2, True),  # groups, a non-square filter
+    (2, 2, 11, 61, 13, 3, 1, 1, 1, False),  # rows of 61 columns: two chunks each
+    (7, 12, 6, 5, 20, 3, 1, 1, 4, True),  # rows narrower than one vector
+    (1, 20, 5, 5, 9, 3, 1, 0, 1, False),  # K = 180, past the default's limit
+]
+
+
+@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_conv2d(device, rng, name, case):
+    """gemm.cl's conv_direct against the numpy twin at every precision."""
+    op = check_conv_precision(device, rng, PRECISIONS[name], case, None, direct=True)
+    assert op.direct and not op.implicit
+
+
+@pytest.mark.parametrize(
+    "shape,stride,precision,options,direct",
+    [
+        ((32, 1, 5, 5), 1, "fp32", {}, True),
+        ((32, 1, 5, 5), 1, "int8", {}, True),
+        ((32, 1, 5, 5), 1, "int16", {}, False),  # long accumulators: slower direct
+        ((32, 1, 5, 5), 2, "fp32", {}, False),
+        ((32, 16, 1, 1), 1, "fp32", {}, False),  # a plain GEMM: nothing to gather
+        ((32, 17, 3, 3), 1, "fp32", {}, False),  # K = 153 > DIRECT_MAX_K
+        ((32, 1, 5, 5), 1, "fp32", {"implicit": True}, False),
+        ((32, 1, 5, 5), 1, "int8", {"dot4": False}, False),
+    ],
+)
+def test_conv2d_picks_direct(device, shape, stride, precision, options, direct):
+    if not device.is_cpu:
+        pytest.skip("the direct convolution is a default on CPU devices only")
+    op = ops.Conv2d(device, (shape[1], 28, 28), np.zeros(shape, np.float32), None,
+                    (stride, stride), (2, 2), precision=PRECISIONS[precision],
+                    input_range=(-1.0, 1.0), **options)  # fmt: skip
+    assert op.direct == direct
+
+
+def test_direct_conv2d_needs_stride_one(device):
+    with pytest.raises(ValueError, match="direct convolution needs stride 1"):
+        ops.Conv2d(device, (1, 28, 28), np.zeros((8, 1, 5, 5), np.float32), None, (2, 2),
+                   direct=True)  # fmt: skip
+
+
 def skip_unless_dot4(device, dot4: bool) -> None:
     if dot4 and not device.dot4:
         pytest.skip("this device has no AVX-512 VNNI byte dot products (Device.dot4)")
 
 
-def check_conv_precision(device, rng, p, case, implicit, dot4=None):
+def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None):
     n, c, h, w, m, k, stride, pad, groups, relu = case
     kh, kw = (k, k) if isinstance(k, int) else k
     if implicit:
@@ -333,7 +380,7 @@ def check_conv_precision(device, rng, p, case, implicit, dot4=None):
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     input_range = (-2.5, 3.0)  # some inputs fall outside and saturate
     op = ops.Conv2d(device, (c, h, w), wt, b, (sh, sw), (ph, pw), groups, relu, implicit,
-                    precision=p, input_range=input_range, dot4=dot4)  # fmt: skip
+                    precision=p, input_range=input_range, dot4=dot4, direct=direct)  # fmt: skip
     got = run4d(device, op, x, op.scratch_bytes(n))
     want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
     if p.quantized:

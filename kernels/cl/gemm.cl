@@ -85,11 +85,24 @@
 #define STORE(r) if (m0 + r < M) { float16 v[NV] = {EACH(TOTAL, r)}; \
     const float bb = bias[m0 + r], sc = scale[m0 + r]; \
     __global float *o = C + (size_t)(c_row0 + m0 + r) * ldc + n0; \
-    if (lo == n0 && n0 + NB <= hi) { \
-        for (int q = 0; q < NV; ++q) vstore16(ACT(v[q] * sc + bb), q, o); } \
-    else { for (int q = 0; q < NV; ++q) for (int e = 0; e < 16; ++e) \
-        if (n0 + 16 * q + e >= lo && n0 + 16 * q + e < hi) \
-            o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
+    for (int q = 0; q < NV; ++q) { \
+        const int e0 = max(lo - n0 - 16 * q, 0), e1 = min(hi - n0 - 16 * q, 16); \
+        if (e0 == 0 && e1 == 16) vstore16(ACT(v[q] * sc + bb), q, o); \
+        else if (e0 == 0) store_head(ACT(v[q] * sc + bb), e1, o + 16 * q); \
+        else for (int e = e0; e < e1; ++e) o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
+
+// The first n (< 16) lanes of v to o: the last, partial vector of a row or panel.
+inline void store_head(const float16 v, const int n, __global float *o)
+{
+    if (n <= 0) return;
+    float8 h = v.lo;
+    if (n >= 8) { vstore8(h, 0, o); h = v.hi; o += 8; }
+    const int r = n & 7;
+    float4 f = h.lo;
+    if (r >= 4) { vstore4(f, 0, o); f = h.hi; o += 4; }
+    if (r & 2) { vstore2(f.xy, 0, o); f.xy = f.zw; o += 2; }
+    if (r & 1) o[0] = f.x;
+}
 
 // One 8 x NB block of C: rows m0.. from A panel `a`, columns n0.. from B panel `bp`
 // (in address space `space`), over `steps` steps of k (DOT4: of four k).
@@ -145,6 +158,50 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     __global const wtype *a = Ap + (size_t)g * a_stride + (size_t)mt * K * 8;
     BLOCK(bp, __global, K)
 #endif
+}
+#endif
+
+#if !DOT4
+// Direct convolution for stride-1 layers whose K = CG * KH * KW is small (a network's
+// first layer: one grey channel, 5 x 5): a work-item computes 8 output channels x NB
+// pixels of one output row, broadcasting 8 weights against NV rows of the padded
+// input per tap (c, i, j), the same inner step as BLOCK. The implicit GEMM's panel
+// gather costs as much as its multiply-adds at such K; here there is none. x is
+// pad2d's output [C][N][HP][WP] (quantised for QBITS), read up to NB + KW - 2 floats
+// past a row's last whole-vector start: the buffer carries that slack (Conv2d). Work-
+// item (row, mt) with row = (b * OH + oy) * chunks + chunk, NB columns per chunk.
+// K must not pass QCHUNK (one flush).
+__kernel void conv_direct(const int M, const int K, __global const wtype *restrict Ap,
+                          __global const float *restrict x,
+                          __global const float *restrict bias,
+                          __global const float *restrict scale,
+                          __global float *restrict C, const int ldc, const int c_row0,
+                          const int batch, const int HP, const int WP, const int c0,
+                          const int KH, const int KW, const int OH, const int OW,
+                          const int chunks)
+{
+    const int item = get_global_id(0), mt = get_global_id(1);
+    const int chunk = item % chunks, row = item / chunks;  // row = b * OH + oy
+    const int b = row / OH, oy = row % OH, m0 = mt * 8;
+    const size_t plane = (size_t)batch * HP * WP;
+    __global const float *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy) * WP + chunk * NB;
+    __global const wtype *a = Ap + (size_t)mt * K * 8;
+    ROWS(DECL)
+    const int cg = K / (KH * KW);
+    int k = 0;
+    for (int c = 0; c < cg; ++c) {
+        for (int i = 0; i < KH; ++i) {
+            for (int j = 0; j < KW; ++j, ++k) {
+                __global const float *bk = xr + c * plane + i * WP + j;
+                EACH(LOADB, 0)
+                const atype8 a8 = LOADA8(k, a);
+                ROWS(MAC)
+            }
+        }
+    }
+    ROWS(FLUSH)
+    const int n0 = row * OW + chunk * NB, lo = n0, hi = row * OW + min(OW, chunk * NB + NB);
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
 }
 #endif
 

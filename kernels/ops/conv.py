@@ -12,7 +12,12 @@ from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
-MIN_ITEMS = 16  # work-items per launch that keep 2+ cores busy and balanced
+# Largest K = channels * KH * KW that runs as a direct convolution by default (stride 1,
+# CPUs). Against the implicit GEMM on PoCL, batch 8: K = 25 145 vs 186 us, 75 353 vs
+# 485, 144 201 vs 203, 288 394 vs 382; 1 x 1 filters (nothing to gather) and int16
+# (long accumulators: 520 vs 443 us at K = 25) were slower direct.
+DIRECT_MAX_K = 144
+QCHUNK_8 = 512  # precision.h's QCHUNK at int8: conv_direct flushes its sums once
 
 
 # Relative speed per column of the GEMM at each panel width (8 x 16*NV blocks), as
@@ -56,6 +61,11 @@ class Conv2d:
 
     `dot4` (int8, implicit only; default: where `device.dot4`): the GEMM multiplies
     bytes with AVX-512 VNNI instead of in float lanes (gemm.cl's DOT4); same sums.
+
+    `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
+    not int16): gemm.cl's conv_direct, which reads its taps straight from the padded
+    input instead of gathering GEMM panels (a network's first layer: K = 25 for one
+    grey channel and 5 x 5 filters).
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class Conv2d:
         precision: Precision = FP32,
         input_range: tuple[float, float] | None = None,
         dot4: bool | None = None,
+        direct: bool | None = None,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -89,6 +100,14 @@ class Conv2d:
         local_bytes = device.cl_device.local_mem_size
         fits = [nv for nv in PANEL_SPEED if 64 * self.k * nv <= local_bytes]
         self.widest_nv = min(max(fits, default=0), device.widest_panel)
+        stride1 = (self.sh, self.sw) == (1, 1)
+        if direct is None:  # asking for a path (implicit, dot4) rules the default out
+            direct = (implicit is None and dot4 is None and device.is_cpu and stride1
+                      and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
+                      and precision.bits != 16)  # fmt: skip
+        elif direct and not (stride1 and self.k <= QCHUNK_8):
+            raise ValueError(f"direct convolution needs stride 1 and K <= {QCHUNK_8}")
+        self.direct = direct
         if implicit is None:  # CPUs only, and only where the widest panel fits
             implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         elif implicit and not self.widest_nv:
@@ -96,8 +115,8 @@ class Conv2d:
                 f"implicit convolution needs {64 * self.k} bytes of local memory for one "
                 f"panel of K={self.k}; the device has {local_bytes}"
             )
-        self.implicit = implicit
-        byte_dot = implicit and precision.bits == 8
+        self.implicit = implicit and not direct
+        byte_dot = self.implicit and precision.bits == 8
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -122,7 +141,7 @@ class Conv2d:
         self.defines = {**precision.defines, "DOT4": self.dot4}
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
         # into bytes, channels innermost).
-        padded = implicit and (self.ph or self.pw or precision.quantized)
+        padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
         pad = "pad2d_pixels" if self.dot4 else "pad2d"
         self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
@@ -133,7 +152,9 @@ class Conv2d:
         if found is None:
             d, nb = self.device, {"NB": 16 * nv}
             defines = {"NV": nv, "RELU": self.relu, **self.defines}
-            if self.implicit:
+            if self.direct:
+                found = {"direct": d.kernel("gemm.cl", "conv_direct", defines)}
+            elif self.implicit:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
             else:
                 nb = {**nb, **self.precision.defines}
@@ -148,6 +169,9 @@ class Conv2d:
         return (self.m, self.oh, self.ow)
 
     def scratch_bytes(self, n: int) -> int:
+        if self.direct:  # the padded input, and the slack conv_direct reads past its end
+            hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+            return 4 * (self.c * n * hp * wp + 16 * self.direct_nv + self.kw)
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
             if self.dot4:
@@ -157,8 +181,14 @@ class Conv2d:
         nb = 16 * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
 
+    @property
+    def direct_nv(self) -> int:
+        return choose_nv(self.ow, self.device.widest_panel)
+
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
-        if self.implicit:
+        if self.direct:
+            self._direct(n, x, y, scratch)
+        elif self.implicit:
             self._implicit(n, x, y, scratch)
         else:
             self._im2col(n, x, y, scratch)
@@ -182,9 +212,10 @@ class Conv2d:
         nv = choose_nv(cols, self.widest_nv)
         panels = -(-cols // (16 * nv))
         # Few panels (small batch, small images): split the row blocks too, so every
-        # core gets work; each part gathers its own copy of the panel. DOT4's GEMM is
-        # 4x cheaper against the same gather, so it splits only to two items a core.
-        items = 2 * self.device.info.compute_units if self.dot4 else MIN_ITEMS
+        # core gets two items; each part gathers its own copy of the panel, so more
+        # splitting costs more than it balances (a mixture's gate, 32 -> 16 channels
+        # at batch 8: 9 panels, 128 us split in two against 90 us whole).
+        items = 2 * self.device.info.compute_units
         parts = min(self.blocks, -(-items // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
@@ -201,6 +232,23 @@ class Conv2d:
                 y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * c0),
                 I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
                 I32(self.oh), I32(self.ow), I32(per_item), local, *dot4,
+            )  # fmt: skip
+
+    def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
+        hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.device.launch(
+            self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
+            I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
+        )  # fmt: skip
+        nv = self.direct_nv
+        chunks = -(-self.ow // (16 * nv))
+        cols = n * self.oh * self.ow
+        for g in range(self.groups):
+            self.device.launch(
+                self.kernels(nv)["direct"], (n * self.oh * chunks, self.blocks), (1, 1),
+                I32(self.mg), I32(self.k), self.a[g], scratch, self.bias[g], self.scale[g],
+                y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
+                I32(self.kh), I32(self.kw), I32(self.oh), I32(self.ow), I32(chunks),
             )  # fmt: skip
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
