@@ -39,8 +39,11 @@ class Pool2d:
         geometry = {"H": self.h, "W": self.w, "OH": self.oh, "OW": self.ow,
                     "KH": self.kh, "KW": self.kw, "SH": self.sh, "SW": self.sw,
                     "PH": self.ph, "PW": self.pw}  # fmt: skip
-        inside = (self.ph, self.pw) == (0, 0) and (self.oh - 1) * self.sh + self.kh <= self.h \
+        inside = (
+            (self.ph, self.pw) == (0, 0)
+            and (self.oh - 1) * self.sh + self.kh <= self.h
             and (self.ow - 1) * self.sw + self.kw <= self.w
+        )
         defines = {"MODE": int(mode == "avg"), "COUNT_PAD": count_include_pad,
                    "INSIDE": inside, **geometry}  # fmt: skip
         self.kernel = device.kernel("pool.cl", "pool2d", defines)
