@@ -56,11 +56,8 @@ def fp32_runs(device, test_set):
 
 
 @pytest.mark.parametrize("name", sorted(MIN_TOP1))
-def test_accuracy(fp32_runs, name, request):
+def test_accuracy(fp32_runs, name):
     _, _, labels, pred, _ = fp32_runs[name]
-    if name == "fashion-moe":  # issue 4 stays open on this
-        reason = "the shipped fashion-moe measures 92.40%, short of 92.5%"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     accuracy = (pred == labels).mean()
     assert accuracy >= MIN_TOP1[name], accuracy
 
@@ -72,7 +69,7 @@ def test_mixture_is_balanced(fp32_runs):
 
 
 # Issue 4 stays open on this too since fashion-alexnet was made twice as wide (stop 15).
-@pytest.mark.xfail(strict=True, reason="fashion-moe (92.40%) is 1.21 points below the "
+@pytest.mark.xfail(strict=True, reason="fashion-moe (92.55%) is 1.06 points below the "
                    "shipped fashion-alexnet (93.61%)")  # fmt: skip
 def test_mixture_is_within_a_point_of_its_baseline(fp32_runs):
     _, _, labels, pred, _ = fp32_runs["fashion-moe"]

@@ -167,10 +167,11 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 // pixels of one output row, broadcasting 8 weights against NV rows of the padded
 // input per tap (c, i, j), the same inner step as BLOCK. The implicit GEMM's panel
 // gather costs as much as its multiply-adds at such K; here there is none. x is
-// pad2d's output [C][N][HP][WP] (quantised for QBITS), read up to NB + KW - 2 floats
-// past a row's last whole-vector start: the buffer carries that slack (Conv2d). Work-
-// item (row, mt) with row = (b * OH + oy) * chunks + chunk, NB columns per chunk.
-// K must not pass QCHUNK (one flush).
+// pad2d's output [C][N][HP][WP] (quantised for QBITS); a row's last vectors read up to
+// NB - 1 floats past its end, into the next row or, after the last, into slack that
+// the buffer carries (Conv2d.scratch_bytes); those columns are never stored. Work-item
+// (item, mt) with item = (b * OH + oy) * chunks + chunk, NB columns per chunk. K must
+// not pass QCHUNK (one flush).
 __kernel void conv_direct(const int M, const int K, __global const wtype *restrict Ap,
                           __global const float *restrict x,
                           __global const float *restrict bias,

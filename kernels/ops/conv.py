@@ -13,7 +13,7 @@ from kernels.runtime import Device
 
 I32 = np.int32
 # Largest K = channels * KH * KW that runs as a direct convolution by default (stride 1,
-# CPUs). Against the implicit GEMM on PoCL, batch 8: K = 25 145 vs 186 us, 75 353 vs
+# CPUs). Against the implicit GEMM on PoCL, batch 8: K = 25 143 vs 178 us, 75 353 vs
 # 485, 144 201 vs 203, 288 394 vs 382; 1 x 1 filters (nothing to gather) and int16
 # (long accumulators: 520 vs 443 us at K = 25) were slower direct.
 DIRECT_MAX_K = 144
@@ -171,7 +171,7 @@ class Conv2d:
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
             hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-            return 4 * (self.c * n * hp * wp + 16 * self.direct_nv + self.kw)
+            return 4 * (self.c * n * hp * wp + 16 * self.direct_nv)
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
             if self.dot4:
@@ -203,10 +203,7 @@ class Conv2d:
             )  # fmt: skip
             x = scratch
         elif self.pad is not None:
-            self.device.launch(
-                self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
-                I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
-            )  # fmt: skip
+            self._pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
         nv = choose_nv(cols, self.widest_nv)
@@ -234,12 +231,17 @@ class Conv2d:
                 I32(self.oh), I32(self.ow), I32(per_item), local, *dot4,
             )  # fmt: skip
 
-    def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
-        hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+    def _pad(self, n: int, x: Any, scratch: Any) -> None:
+        """pad2d: x zero-padded (and quantised) into scratch, [C][N][HP][WP] floats."""
+        hp = self.h + 2 * self.ph
         self.device.launch(
             self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
             I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
         )  # fmt: skip
+
+    def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
+        hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self._pad(n, x, scratch)
         nv = self.direct_nv
         chunks = -(-self.ow // (16 * nv))
         cols = n * self.oh * self.ow
