@@ -26,7 +26,10 @@ on a GPU"; why is not established, and a gate can still collapse to uniform
 probabilities, which the balance loss does not penalise). fashion-alexnet trains its
 forward passes in bfloat16 where the CPU or GPU has it (`autocast`), which halves its
 step on 2 Zen 4 cores. A mixture can also learn from a trained model's scores
-(`teacher`, knowledge distillation).
+(`teacher`, knowledge distillation): the shipped fashion-moe is distilled from the
+shipped fashion-alexnet (`--teacher fashion-alexnet --epochs 66`: 92.55%, where the
+same recipe without a teacher reached 92.22% in 75 epochs, seed 0); a distillation
+weight of 0.7 instead of 0.5 collapsed its gate.
 """
 
 from __future__ import annotations
