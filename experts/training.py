@@ -276,8 +276,10 @@ def distillation_targets(
     load_weights(model, teacher.weights)
     train_x = to_model_input(data["train_x"], meta["input"])
     test_top1 = predict(model, data["test_x"])[0].argmax(1)
-    return {"teacher_scores": predict(model, train_x)[0],
-            "teacher_test_accuracy": round(float((test_top1 == data["test_y"]).mean()), 4)}
+    return {
+        "teacher_scores": predict(model, train_x)[0],
+        "teacher_test_accuracy": round(float((test_top1 == data["test_y"]).mean()), 4),
+    }
 
 
 def _summary(

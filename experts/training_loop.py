@@ -105,7 +105,10 @@ class Trainer:
         return record
 
     def _step(
-        self, images: torch.Tensor, labels: torch.Tensor, stats: _Stats,
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        stats: _Stats,
         teacher: torch.Tensor | None = None,
     ) -> None:
         # Augmented on the host with the run's generator (the same images whatever
