@@ -72,6 +72,8 @@ POOL_CASES = [
     (2, 3, 12, 11, 3, 2, 1, True),
     (3, 2, 10, 7, (2, 3), (2, 1), (1, 0), False),
     (1, 4, 55, 55, 3, 2, 0, True),
+    (2, 3, 28, 28, 2, 2, 0, False),  # every window inside, an even window
+    (1, 2, 224, 224, 3, 2, 1, False),  # a wide plane: the kernel keeps a row of W
 ]
 
 
