@@ -399,8 +399,11 @@ def skip_unless_panel_fits(device, k: int) -> None:
         pytest.skip(f"the device's {have} bytes of local memory hold no implicit panel of K={k}")
 
 
-@pytest.mark.parametrize(("implicit", "dot4"), [(True, True), (True, False), (False, False)])
-def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4):
+@pytest.mark.parametrize(
+    ("implicit", "dot4", "direct"),
+    [(True, True, False), (True, False, False), (False, False, False), (None, None, True)],
+)
+def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4, direct):
     """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
     times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
     2^24, where a float would start dropping integers); with dot4, 1600 products of
@@ -415,8 +418,8 @@ def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4):
     x[0] = 10.0  # saturates at offset 255
     input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
     op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, implicit,
-                    precision=p, input_range=input_range, dot4=dot4)  # fmt: skip
-    assert op.dot4 == dot4
+                    precision=p, input_range=input_range, dot4=dot4, direct=direct)  # fmt: skip
+    assert (op.dot4, op.direct) == (bool(dot4), direct)
     got = run4d(device, op, x, op.scratch_bytes(2))
     want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
     assert_dequantized_close(got, want, scale_of)

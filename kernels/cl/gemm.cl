@@ -170,8 +170,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 // pad2d's output [C][N][HP][WP] (quantised for QBITS); a row's last vectors read up to
 // NB - 1 floats past its end, into the next row or, after the last, into slack that
 // the buffer carries (Conv2d.scratch_bytes); those columns are never stored. Work-item
-// (item, mt) with item = (b * OH + oy) * chunks + chunk, NB columns per chunk. K must
-// not pass QCHUNK (one flush).
+// (item, mt) with item = (b * OH + oy) * chunks + chunk, NB columns per chunk.
 __kernel void conv_direct(const int M, const int K, __global const wtype *restrict Ap,
                           __global const float *restrict x,
                           __global const float *restrict bias,
@@ -197,6 +196,7 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
                 EACH(LOADB, 0)
                 const atype8 a8 = LOADA8(k, a);
                 ROWS(MAC)
+                if (k % QCHUNK == QCHUNK - 1) { ROWS(FLUSH) }  // int8: as BLOCK does
             }
         }
     }

@@ -17,7 +17,6 @@ I32 = np.int32
 # 485, 144 201 vs 203, 288 394 vs 382; 1 x 1 filters (nothing to gather) and int16
 # (long accumulators: 520 vs 443 us at K = 25) were slower direct.
 DIRECT_MAX_K = 144
-QCHUNK_8 = 512  # precision.h's QCHUNK at int8: conv_direct flushes its sums once
 
 
 # Relative speed per column of the GEMM at each panel width (8 x 16*NV blocks), as
@@ -105,8 +104,8 @@ class Conv2d:
             direct = (implicit is None and dot4 is None and device.is_cpu and stride1
                       and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
                       and precision.bits != 16)  # fmt: skip
-        elif direct and not (stride1 and self.k <= QCHUNK_8):
-            raise ValueError(f"direct convolution needs stride 1 and K <= {QCHUNK_8}")
+        elif direct and not stride1:
+            raise ValueError("direct convolution needs stride 1")
         self.direct = direct
         if implicit is None:  # CPUs only, and only where the widest panel fits
             implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
