@@ -211,12 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None,
                    help="distil from this model of the repository (its scores for each "
                    "training image become soft targets)")  # fmt: skip
-    p.add_argument(
-        "--distill",
-        type=float,
-        default=None,
-        help="with --teacher: the distillation loss's weight, 0-1 (default 0.5)",
-    )
+    p.add_argument("--distill", type=float, default=None,
+                   help="with --teacher: the distillation loss's weight, 0-1 "
+                   "(default 0.5)")  # fmt: skip
     p.add_argument("--autocast", choices=["auto", "bf16", "off"], default=None,
                    help="forward passes in bfloat16, weights float32 (default: auto for "
                    "fashion-alexnet: bf16 where the device has it natively; off for "
