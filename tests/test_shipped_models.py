@@ -68,9 +68,6 @@ def test_mixture_is_balanced(fp32_runs):
     assert share.max() <= 3 / model.mixture.experts, share  # 3x the fair share at most
 
 
-# Issue 4 stays open on this too since fashion-alexnet was made twice as wide (stop 15).
-@pytest.mark.xfail(strict=True, reason="fashion-moe (92.55%) is 1.06 points below the "
-                   "shipped fashion-alexnet (93.61%)")  # fmt: skip
 def test_mixture_is_within_a_point_of_its_baseline(fp32_runs):
     _, _, labels, pred, _ = fp32_runs["fashion-moe"]
     baseline = fp32_runs["fashion-alexnet"][3]
