@@ -9,6 +9,7 @@ scratch buffer for the convolutions' im2col panels.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,19 +196,35 @@ class Network:
 
         Blocks until the result is back. `plan(n)` gives the buffers and the recorded
         launches for callers that chain networks on the device (the mixture)."""
+        return self.submit(x)()
+
+    def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
+        """Queue a forward pass of `x` and return a function that waits for its output.
+
+        The host can prepare the next batch while the device runs this one: the queue
+        runs in order, so a pass queued behind this one on the same plan's buffers only
+        overwrites them once this pass's output has been read back."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
             raise ValueError(f"expected input (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")  # fmt: skip
         n = x.shape[0]
         p = self.plan(n)
-        self.device.write(p.input, x)
+        written = self.device.write(p.input, x)
         p.tape.replay()
-        if len(self.output_shape) == 3:  # ends in CNHW: back to NCHW, flattened per image
-            c, h, w = self.output_shape
-            y = self.device.read(p.output, (c, n, h, w)).transpose(1, 0, 2, 3)
-            return np.ascontiguousarray(y.reshape(n, -1))
-        return self.device.read(p.output, (n, *self.output_shape))
+        cnhw = len(self.output_shape) == 3  # ends in CNHW: back to NCHW, flattened per image
+        c, *rest = self.output_shape
+        shape = (c, n, *rest) if cnhw else (n, c, *rest)
+        out, read = self.device.read_later(p.output, shape)
+
+        def wait() -> np.ndarray:
+            written.wait()  # kept until here: dropping it earlier would wait for it
+            read.wait()
+            if cnhw:
+                return np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(n, -1))
+            return out
+
+        return wait
 
 
 class _Flatten:

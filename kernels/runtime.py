@@ -360,8 +360,11 @@ class Device:
             self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=host
         )
 
-    def write(self, buffer: Any, array: np.ndarray) -> None:
-        cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array), is_blocking=False)
+    def write(self, buffer: Any, array: np.ndarray) -> Any:
+        """Queue a copy of `array` into `buffer` and return its event. The event holds
+        the host array and, when dropped, waits for the copy (pyopencl's NannyEvent):
+        a caller that queues more work behind the copy keeps it until that work is done."""
+        return cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array), is_blocking=False)
 
     def copy(self, dst: Any, src: Any, nbytes: int, dst_offset: int = 0) -> None:
         """Device-to-device copy of `nbytes` from the start of `src`."""
@@ -371,6 +374,13 @@ class Device:
         out = np.empty(shape, dtype=dtype)
         cl.enqueue_copy(self.queue, out, buffer, is_blocking=True)
         return out
+
+    def read_later(
+        self, buffer: Any, shape: tuple[int, ...], dtype: Any = np.float32
+    ) -> tuple[np.ndarray, Any]:
+        """Queue a read of `buffer`; the array holds the data once the event is done."""
+        out = np.empty(shape, dtype=dtype)
+        return out, cl.enqueue_copy(self.queue, out, buffer, is_blocking=False)
 
     def read_all(self, reads: list[tuple[Any, tuple[int, ...], Any]]) -> list[np.ndarray]:
         """Several (buffer, shape, dtype) reads for one wait: the queue runs in order,

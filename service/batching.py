@@ -4,7 +4,8 @@ Requests are queued per key; the device's single worker thread takes the key who
 oldest request has waited longest, waits until that key has `max_batch_size` images
 or its oldest request has waited `max_queue_delay`, and runs them as one batch. Under
 load the device is busy while requests pile up, so batches fill without waiting;
-alone, a request waits at most the delay.
+alone, a request waits at most the delay. The next batch is queued on the device
+while the current one runs (see `Batcher.run`).
 
 The queue is bounded (`QueueFull`, answered 503 with Retry-After) so overload turns
 into fast refusals instead of unbounded latency and memory; a request past its
@@ -22,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from service.engine import ExpertChoice, InferResult
 log = logging.getLogger("moe_alexnet.batching")
 
 BatchKey = tuple[str, str, int | None]  # (model, precision, k)
+IN_FLIGHT = 2  # batches queued on the device at once: the running one and the next
 
 
 class QueueFull(Exception):
@@ -64,7 +67,18 @@ class Job:
     future: Future = field(default_factory=Future)
 
 
-RunBatch = Callable[[BatchKey, np.ndarray], InferResult]
+# Queues a batch on the device; the function it returns waits for the result.
+@dataclass
+class Submitted:
+    """A batch queued on the device, waiting for the completion thread."""
+
+    key: BatchKey
+    jobs: list[Job]
+    wait: Callable[[], InferResult]
+    at: float  # time.monotonic() when it was queued
+
+
+RunBatch = Callable[[BatchKey, np.ndarray], Callable[[], InferResult]]
 OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
 
 
@@ -89,6 +103,7 @@ class Batcher:
         self._queues: dict[BatchKey, deque[Job]] = {}
         self._pending = 0
         self._closed = False
+        self._in_flight = 0  # batches queued on the device and not yet answered
         self._cond = threading.Condition()
 
     # -- the asyncio side ----------------------------------------------------------------
@@ -137,31 +152,55 @@ class Batcher:
     # -- the device thread ---------------------------------------------------------------
 
     def run(self) -> None:
-        """The batch loop: returns once closed and empty."""
-        while True:
-            taken = self._next_batch()
-            if taken is None:
-                return
-            key, jobs = taken
-            if jobs:
-                self._execute(key, jobs)
+        """The batch loop: returns once closed, empty and every queued batch answered.
+
+        Two batches are in flight at most: while the device runs one, this thread forms
+        the next and queues it behind, and a completion thread waits for each in turn
+        and answers its jobs, so the host work between batches (joining the inputs,
+        answering the futures, metrics) does not leave the device idle. While a batch
+        is in flight the next one waits to be full (not just for the delay): it could
+        not start earlier anyway, and a part-filled batch wastes the device's time."""
+        finished: SimpleQueue[Submitted | None] = SimpleQueue()
+        completer = threading.Thread(
+            target=self._complete, args=(finished,), name="batch-results", daemon=True
+        )
+        completer.start()
+        try:
+            while (taken := self._next_batch()) is not None:
+                submitted = self._submit(*taken) if taken[1] else None
+                if submitted is None:
+                    self._landed()
+                else:
+                    finished.put(submitted)
+        finally:
+            finished.put(None)
+            completer.join()
 
     def _next_batch(self) -> tuple[BatchKey, list[Job]] | None:
+        """Wait for a slot on the device and a batch to fill it; None once closed and empty."""
         with self._cond:
             while True:
                 heads = [(q[0].enqueued, key) for key, q in self._queues.items() if q]
-                if not heads:
-                    if self._closed:
-                        return None
+                if not heads and self._closed:
+                    return None
+                if not heads or self._in_flight >= IN_FLIGHT:
                     self._cond.wait()
                     continue
                 oldest, key = min(heads, key=lambda item: item[0])
                 queue = self._queues[key]
                 images = sum(len(job.inputs) for job in queue)
                 wait = oldest + self.max_delay - time.monotonic()
-                if images >= self.max_batch_size or wait <= 0 or self._closed:
+                idle = self._in_flight == 0
+                if images >= self.max_batch_size or self._closed or (idle and wait <= 0):
+                    self._in_flight += 1
                     return key, self._take(key, queue)
-                self._cond.wait(wait)
+                self._cond.wait(wait if idle else None)
+
+    def _landed(self) -> None:
+        """A batch left the device (answered, failed, or all its jobs dropped)."""
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
 
     def _take(self, key: BatchKey, queue: deque[Job]) -> list[Job]:
         """Pop up to max_batch_size images; drop cancelled and expired jobs."""
@@ -186,18 +225,45 @@ class Batcher:
         """Requests queued for this model and precision (any k); called under the lock."""
         return sum(len(q) for other, q in self._queues.items() if other[:2] == key[:2])
 
-    def _execute(self, key: BatchKey, jobs: list[Job]) -> None:
+    def _submit(self, key: BatchKey, jobs: list[Job]) -> Submitted | None:
         batch = np.concatenate([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
-        start = time.monotonic()
+        at = time.monotonic()
         try:
-            result = self.run_batch(key, batch)
+            wait = self.run_batch(key, batch)
         except Exception as exc:  # one bad batch must not stop the loop
-            log.exception("batch of %d for %s failed", len(batch), key[0])
-            for job in jobs:
-                job.future.set_exception(exc)
-            self._report(key, jobs, None, time.monotonic() - start)
-            return
-        compute = time.monotonic() - start
+            self._fail(key, jobs, exc, time.monotonic() - at)
+            return None
+        return Submitted(key, jobs, wait, at)
+
+    def _complete(self, finished: SimpleQueue[Submitted | None]) -> None:
+        """The completion thread: wait for each batch in submission order, answer its jobs."""
+        last_end = 0.0
+        while (item := finished.get()) is not None:
+            try:
+                result = item.wait()
+            except Exception as exc:
+                result = exc
+            end = time.monotonic()
+            # On the device from when it was queued or the batch before it finished.
+            start = max(item.at, last_end)
+            last_end = end
+            if isinstance(result, Exception):
+                self._fail(item.key, item.jobs, result, end - start)
+            else:
+                self._answer(item.key, item.jobs, result, start, end - start)
+            self._landed()
+
+    def _fail(self, key: BatchKey, jobs: list[Job], exc: Exception, compute: float) -> None:
+        log.error("batch of %d for %s failed", sum(len(j.inputs) for j in jobs), key[0],
+                  exc_info=exc)  # fmt: skip
+        for job in jobs:
+            job.future.set_exception(exc)
+        self._report(key, jobs, None, compute)
+
+    def _answer(
+        self, key: BatchKey, jobs: list[Job], result: InferResult, start: float, compute: float
+    ) -> None:
+        size = sum(len(job.inputs) for job in jobs)
         offset = 0
         for job in jobs:
             n = len(job.inputs)
@@ -208,7 +274,7 @@ class Batcher:
                     routing,
                     start - job.enqueued,
                     compute,
-                    len(batch),
+                    size,
                 )
             )
             offset += n

@@ -2,18 +2,23 @@
 
 The HTTP side sees only `Engine.infer(model, precision, k, batch) -> InferResult`
 (class probabilities plus, for mixture-of-experts models, which experts each image
-went to with their gate weights). Everything that varies per model kind or precision
-is a `Runner` built by `build_runner`: new precisions (fp16, int16, int8) and the
-mixture engine plug in there without the routes, batching or metrics changing.
+went to with their gate weights), or its two halves: `Engine.submit` queues a batch
+and returns a function that waits for its result, so the batcher can queue the next
+batch before this one is done and the device never idles between batches.
+Everything that varies per model kind or precision is a `Runner` built by
+`build_runner`: new precisions (fp16, int16, int8) and the mixture engine plug in
+there without the routes, batching or metrics changing.
 
 A Device and its kernels are not thread-safe: every method here except the
 constructor and the metadata is called from the device's single worker thread
-(see service/state.py).
+(see service/state.py). The functions `submit` returns only wait for events and
+read host arrays; the batcher calls them from its completion thread.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,12 +86,15 @@ class InferResult:
     routing: list[list[ExpertChoice]] | None = None
 
 
+Pending = Callable[[], InferResult]  # waits for a submitted batch's result
+
+
 class Runner(Protocol):
     """One model at one precision on one device."""
 
     weight_bytes: int
 
-    def run(self, batch: np.ndarray, k: int | None) -> InferResult: ...
+    def submit(self, batch: np.ndarray, k: int | None) -> Pending: ...
 
     def warm_up(self) -> None: ...
 
@@ -142,7 +150,7 @@ class NetworkRunner:
         self.network.max_plans = max(getattr(self.network, "max_plans", 4), len(buckets))
         self.weight_bytes = int(self.network.weight_bytes)
 
-    def run(self, batch: np.ndarray, k: int | None) -> InferResult:
+    def submit(self, batch: np.ndarray, k: int | None) -> Pending:
         from service.scores import probabilities
 
         n = len(batch)
@@ -150,8 +158,8 @@ class NetworkRunner:
         if size != n:
             pad = np.zeros((size - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
-        outputs = self.network.run(batch)[:n]
-        return InferResult(probabilities(self.scores, outputs))
+        outputs = self.network.submit(batch)
+        return lambda: InferResult(probabilities(self.scores, outputs()[:n]))
 
     def warm_up(self) -> None:
         """Run every bucket size once: kernels built, plans recorded, caches warm."""
@@ -183,7 +191,8 @@ class MixtureRunner:
             part.max_plans = max(getattr(part, "max_plans", 4), max_batch)
         self.weight_bytes = int(self.network.weight_bytes)
 
-    def run(self, batch: np.ndarray, k: int | None) -> InferResult:
+    def submit(self, batch: np.ndarray, k: int | None) -> Pending:
+        """Runs the batch before returning: routing reads the gate back mid-way."""
         from service.scores import probabilities
 
         scores, routing = self.network.run(batch, k)
@@ -191,7 +200,8 @@ class MixtureRunner:
             [ExpertChoice(int(e), float(w)) for e, w in zip(idx, gates, strict=True)]
             for idx, gates in zip(routing.indices, routing.gates, strict=True)
         ]
-        return InferResult(probabilities(self.scores, scores), routes)
+        result = InferResult(probabilities(self.scores, scores), routes)
+        return lambda: result
 
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
@@ -311,4 +321,7 @@ class Engine:
             )
 
     def infer(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> InferResult:
-        return self._runners[(model, precision)].run(batch, k)
+        return self.submit(model, precision, k, batch)()
+
+    def submit(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> Pending:
+        return self._runners[(model, precision)].submit(batch, k)

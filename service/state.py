@@ -31,7 +31,7 @@ from service.batching import (
     JobResult,
     QueueFull,
 )
-from service.engine import Engine, InferResult, ModelInfo
+from service.engine import Engine, InferResult, ModelInfo, Pending
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -260,9 +260,9 @@ class ServiceState:
 
     # -- device-thread callbacks -------------------------------------------------------------
 
-    def _run_batch(self, key: BatchKey, batch: np.ndarray) -> InferResult:
+    def _run_batch(self, key: BatchKey, batch: np.ndarray) -> Pending:
         model, precision, k = key
-        return self.engine.infer(model, precision, k, batch)
+        return self.engine.submit(model, precision, k, batch)
 
     def _on_batch(
         self, key: BatchKey, jobs: list[Job], result: InferResult | None, compute: float

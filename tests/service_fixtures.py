@@ -216,13 +216,13 @@ def _slow_main(argv: list[str]) -> int:
 
     delay = float(argv[0])
     serve_args = argv[argv.index("--") + 1 :]
-    run = engine.NetworkRunner.run
+    submit = engine.NetworkRunner.submit
 
-    def slow_run(self: Any, batch: np.ndarray, k: int | None) -> Any:
+    def slow_submit(self: Any, batch: np.ndarray, k: int | None) -> Any:
         time.sleep(delay)
-        return run(self, batch, k)
+        return submit(self, batch, k)
 
-    engine.NetworkRunner.run = slow_run  # type: ignore[method-assign]
+    engine.NetworkRunner.submit = slow_submit  # type: ignore[method-assign]
     return main(["serve", *serve_args])
 
 

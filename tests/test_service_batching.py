@@ -34,7 +34,39 @@ class Recorder:
         # probs: the images' first pixel, so each job can check it got its own rows
         probs = batch[:, 0, 0, :1].astype(np.float32)
         routing = [[ExpertChoice(0, 1.0)] for _ in batch] if key[2] is not None else None
-        return InferResult(probs, routing)
+        result = InferResult(probs, routing)
+        return lambda: result
+
+
+class Queued:
+    """A fake device that queues like the real one: a batch is submitted at once and its
+    result waits until the test finishes it (`finish(i)`)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.done: list[threading.Event] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, key, batch):
+        done = threading.Event()
+        with self.changed:
+            self.sizes.append(len(batch))
+            self.done.append(done)
+            self.changed.notify_all()
+        probs = batch[:, 0, 0, :1].astype(np.float32)
+
+        def wait():
+            assert done.wait(10)
+            return InferResult(probs)
+
+        return wait
+
+    def wait_for(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.sizes) >= count, 5)
+
+    def finish(self, i: int) -> None:
+        self.done[i].set()
 
 
 def images(n: int, value: float = 0.0) -> np.ndarray:
@@ -162,6 +194,31 @@ def test_close_runs_what_is_queued_then_refuses(make):
     assert all(f.result(5) for f in futures)
     with pytest.raises(BatcherClosed):
         b.submit(("m", "fp32", None), images(1), later())
+
+
+def test_the_next_batch_is_queued_while_one_runs(make):
+    device = Queued()
+    b = make(device, max_queue_delay_s=0.05)
+    key = ("m", "fp32", None)
+    first = [b.submit(key, images(1, i), later()) for i in range(4)]
+    device.wait_for(1)
+    second = [b.submit(key, images(1, 10 + i), later()) for i in range(4)]
+    device.wait_for(2)  # queued behind the first, which has not finished
+    lone = b.submit(key, images(1, 20), later())
+    time.sleep(0.2)  # four times the delay: no third batch while two are in flight
+    assert device.sizes == [4, 4]
+    device.finish(0)
+    assert [f.result(5).probs[0, 0] for f in first] == [0, 1, 2, 3]
+    time.sleep(0.2)  # one in flight: a part-filled batch waits to be full, not for the delay
+    assert device.sizes == [4, 4]
+    device.finish(1)
+    results = [f.result(5) for f in second]
+    assert [r.probs[0, 0] for r in results] == [10, 11, 12, 13]
+    assert results[0].queue_s >= 0.2  # waiting behind the first batch counts as queueing
+    device.wait_for(3)  # the device is idle: the lone request runs after its delay
+    assert device.sizes == [4, 4, 1]
+    device.finish(2)
+    assert lone.result(5).batch_size == 1
 
 
 def test_batch_buckets():

@@ -146,9 +146,9 @@ class SlowEngine(Engine):
 
     delay = 0.0
 
-    def infer(self, *args, **kwargs):
+    def submit(self, *args, **kwargs):
         time.sleep(self.delay)
-        return super().infer(*args, **kwargs)
+        return super().submit(*args, **kwargs)
 
 
 def test_deadline_gives_504_and_the_server_recovers(tmp_path):
