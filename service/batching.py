@@ -67,7 +67,6 @@ class Job:
     future: Future = field(default_factory=Future)
 
 
-# Queues a batch on the device; the function it returns waits for the result.
 @dataclass
 class Submitted:
     """A batch queued on the device, waiting for the completion thread."""
@@ -78,6 +77,7 @@ class Submitted:
     at: float  # time.monotonic() when it was queued
 
 
+# Queues a batch on the device; the function it returns waits for the result.
 RunBatch = Callable[[BatchKey, np.ndarray], Callable[[], InferResult]]
 OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
 

@@ -1,10 +1,10 @@
 """The engine behind the server: one OpenCL device and the models loaded on it.
 
-The HTTP side sees only `Engine.infer(model, precision, k, batch) -> InferResult`
-(class probabilities plus, for mixture-of-experts models, which experts each image
-went to with their gate weights), or its two halves: `Engine.submit` queues a batch
-and returns a function that waits for its result, so the batcher can queue the next
-batch before this one is done and the device never idles between batches.
+The HTTP side sees only `Engine.submit(model, precision, k, batch)`: it queues the
+batch on the device and returns a function that waits for its `InferResult` (class
+probabilities plus, for mixture-of-experts models, which experts each image went to
+with their gate weights), so the batcher can queue the next batch before this one is
+done and the device does not idle between batches.
 Everything that varies per model kind or precision is a `Runner` built by
 `build_runner`: new precisions (fp16, int16, int8) and the mixture engine plug in
 there without the routes, batching or metrics changing.
@@ -319,9 +319,6 @@ class Engine:
                 ",".join(self.precisions),
                 device.name,
             )
-
-    def infer(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> InferResult:
-        return self.submit(model, precision, k, batch)()
 
     def submit(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> Pending:
         return self._runners[(model, precision)].submit(batch, k)
