@@ -40,7 +40,7 @@ COPY kernels/ kernels/
 # pip and setuptools are not needed at run time (~20 MB).
 RUN pip install --no-deps . \
     && pip uninstall --yes pip setuptools \
-    && python -c "import kernels, experts, service.app"
+    && python -c "import kernels, experts, service.http.app"
 
 # -- runtime -----------------------------------------------------------------------------
 FROM ${DEBIAN_IMAGE} AS runtime

@@ -25,7 +25,8 @@ the integer results match exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,12 +55,26 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Precision:
+    """One row of the table. The launchers read these columns; none re-derives them."""
+
     name: str
     weight_dtype: Any  # numpy dtype the weights are stored in on the device
+    bits: int  # integer bits of a quantised precision; 0 for floating point
     accumulate: str  # what the dot products accumulate in
-    defines: dict[str, int] = field(default_factory=dict)
+    accumulator_limit: int | None  # largest sum the integer accumulator holds (None: float)
+    byte_dot: bool  # may multiply bytes on the CPU's dot-product units (int8 on VNNI)
+    grouped: bool  # a mixture's experts can run this layer grouped, in one launch
     description: str = ""
-    bits: int = 0  # integer bits of a quantised precision; 0 for floating point
+
+    @property
+    def defines(self) -> dict[str, int]:
+        """The -D defines kernels/cl/precision.h turns into types and macros."""
+        return {"WEIGHT_HALF": int(self.weight_dtype is np.float16), "QBITS": self.bits}
+
+    @property
+    def wide_accumulator(self) -> bool:
+        """64-bit accumulator lanes: half as many fit in registers as 32-bit ones."""
+        return self.accumulate == "int64"
 
     @property
     def quantized(self) -> bool:
@@ -119,8 +134,9 @@ class Precision:
         q, weight_scale = self.quantize_weights(w)
         self.check_accumulator(q, name)
         scale, zero = self.activation_params(*input_range)
-        return Prepared(q, weight_scale * np.float32(scale), np.float32(1 / scale),
-                        np.float32(zero))  # fmt: skip
+        return Prepared(
+            q, weight_scale * np.float32(scale), np.float32(1 / scale), np.float32(zero)
+        )
 
     def check_accumulator(self, q: np.ndarray, name: str) -> None:
         """Refuse weights whose worst-case dot product would overflow the integer
@@ -130,7 +146,7 @@ class Precision:
             return
         # |q| <= qmax fits q's own dtype; the sums go to int64 without an int64 copy.
         worst = int(np.abs(q).sum(axis=1, dtype=np.int64).max(initial=0)) * (2**self.bits - 1)
-        limit = 2**31 - 1 if self.bits == 8 else 2**63 - 1
+        limit = self.accumulator_limit
         if worst > limit:
             raise ValueError(
                 f"{name}: {self.name} weights could overflow the {self.accumulate} "
@@ -139,28 +155,49 @@ class Precision:
             )
 
 
-def _quantized(name: str, bits: int, dtype: Any, accumulate: str, description: str) -> Precision:
-    return Precision(name, dtype, accumulate, {"WEIGHT_HALF": 0, "QBITS": bits}, description,
-                     bits)  # fmt: skip
-
-
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
-        Precision("fp32", np.float32, "float", {"WEIGHT_HALF": 0, "QBITS": 0}, "the reference"),
+        Precision(
+            "fp32",
+            np.float32,
+            0,
+            "float",
+            None,
+            byte_dot=False,
+            grouped=True,
+            description="the reference",
+        ),
         Precision(
             "fp16",
             np.float16,
+            0,
             "float",
-            {"WEIGHT_HALF": 1, "QBITS": 0},
-            "weights stored as half (vload_half), float arithmetic",
-        ),  # fmt: skip
-        _quantized(
-            "int16", 16, np.int16, "int64", "int16 weights and inputs, exact int64 accumulation"
-        ),  # fmt: skip
-        _quantized(
-            "int8", 8, np.int8, "int32", "int8 weights and inputs, exact int32 accumulation"
-        ),  # fmt: skip
+            None,
+            byte_dot=False,
+            grouped=True,
+            description="weights stored as half (vload_half), float arithmetic",
+        ),
+        Precision(
+            "int16",
+            np.int16,
+            16,
+            "int64",
+            2**63 - 1,
+            byte_dot=False,
+            grouped=False,
+            description="int16 weights and inputs, exact int64 accumulation",
+        ),
+        Precision(
+            "int8",
+            np.int8,
+            8,
+            "int32",
+            2**31 - 1,
+            byte_dot=True,
+            grouped=False,
+            description="int8 weights and inputs, exact int32 accumulation",
+        ),
     )
 }
 
@@ -176,3 +213,17 @@ def get_precision(name: str) -> Precision:
         raise ValueError(
             f"unknown precision {name!r}; supported: {', '.join(PRECISIONS)}"
         ) from None
+
+
+def check_precisions(names: Iterable[str]) -> list[str]:
+    """Precision names checked against the table, in order, duplicates dropped: the one
+    check of a list of precisions, wherever it comes from (flag, setting, request)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError(f"no precision given; supported: {', '.join(PRECISIONS)}")
+    unknown = [name for name in names if name not in PRECISIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown precision {', '.join(unknown)}; supported: {', '.join(PRECISIONS)}"
+        )
+    return names

@@ -160,8 +160,9 @@ def quantize(x: np.ndarray, qinv: float, qzero: float, bits: int) -> np.ndarray:
     return (q - np.float32(qzero)).astype(np.int64)
 
 
-def dequantize(acc: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, relu: bool,
-               axis: int) -> np.ndarray:  # fmt: skip
+def dequantize(
+    acc: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, relu: bool, axis: int
+) -> np.ndarray:
     """Integer accumulators -> float32 outputs: acc * scale[channel] + bias[channel]
     (float32 arithmetic, as the kernels' epilogue)."""
     shape = [1] * acc.ndim

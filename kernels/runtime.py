@@ -11,149 +11,19 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 
-try:
-    import pyopencl as cl
-except ImportError as exc:  # pragma: no cover - pyopencl is a hard dependency
-    raise ImportError("pyopencl is not installed: pip install pyopencl") from exc
+from kernels.blocking import DEFINES as BLOCKING
+from kernels.devices import DeviceError, KernelError, describe_cl_error, host_cpu_flags, select
 
 # Flags that matter for speed on PoCL: without -cl-mad-enable it emits separate
 # multiplies and adds; -cl-fast-relaxed-math lets it contract and vectorise freely.
 BUILD_OPTIONS = ("-cl-mad-enable", "-cl-fast-relaxed-math", "-cl-std=CL1.2")
-
-
-class DeviceError(RuntimeError):
-    """No usable OpenCL device, or a device selector that matches nothing."""
-
-
-class KernelError(RuntimeError):
-    """An OpenCL call or program build that failed, with the kernel named."""
-
-
-def _error_name(code: int) -> str:
-    for name in dir(cl.status_code):
-        if not name.startswith("_") and getattr(cl.status_code, name) == code:
-            return f"CL_{name}"
-    return "CL_UNKNOWN_ERROR"
-
-
-def describe_cl_error(exc: Exception, what: str) -> str:
-    """`what`: the kernel or source being built or run, named in the message."""
-    code = getattr(exc, "code", None)
-    if code is None and exc.args and hasattr(exc.args[0], "code"):
-        code = exc.args[0].code()
-    name = f"OpenCL error {code} ({_error_name(code)})" if isinstance(code, int) else "OpenCL error"
-    detail = str(exc).strip().splitlines()
-    return f"{name} in {what}: {detail[0] if detail else type(exc).__name__}"
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    index: str  # "platform:device", e.g. "0:0"
-    platform: str
-    name: str
-    kind: str  # CPU, GPU, ACCELERATOR
-    compute_units: int
-    global_mem_bytes: int
-    max_alloc_bytes: int
-    fp16: bool
-    opencl_c: str
-
-
-def _kind(device: Any) -> str:
-    t = device.type
-    if t & cl.device_type.GPU:
-        return "GPU"
-    if t & cl.device_type.CPU:
-        return "CPU"
-    return "ACCELERATOR"
-
-
-def list_devices() -> list[tuple[DeviceInfo, Any]]:
-    """Every OpenCL device on every platform, in platform order."""
-    try:
-        platforms = cl.get_platforms()
-    except cl.Error:  # the ICD loader found no platform at all
-        return []
-    found = []
-    for pi, platform in enumerate(platforms):
-        try:
-            devices = platform.get_devices()
-        except cl.Error:
-            continue
-        for di, device in enumerate(devices):
-            info = DeviceInfo(
-                index=f"{pi}:{di}",
-                platform=platform.name.strip(),
-                name=device.name.strip(),
-                kind=_kind(device),
-                compute_units=device.max_compute_units,
-                global_mem_bytes=device.global_mem_size,
-                max_alloc_bytes=device.max_mem_alloc_size,
-                fp16="cl_khr_fp16" in device.extensions,
-                opencl_c=device.opencl_c_version.strip(),
-            )
-            found.append((info, device))
-    return found
-
-
-def _is_pocl(info: DeviceInfo) -> bool:
-    return "portable computing language" in info.platform.lower() or "pocl" in info.platform.lower()
-
-
-def default_index(devices: list[tuple[DeviceInfo, Any]]) -> int:
-    """The embedded default: the first PoCL CPU device, else the first GPU, else the first."""
-    for i, (info, _) in enumerate(devices):
-        if _is_pocl(info) and info.kind == "CPU":
-            return i
-    for i, (info, _) in enumerate(devices):
-        if info.kind == "GPU":
-            return i
-    return 0
-
-
-def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
-    """Resolve a device selector.
-
-    `selector` (default: env MOE_DEVICE): empty for the default; "P:D" platform and
-    device index; "vendor:N" (pocl, nvidia, amd, intel, ... matched against the
-    platform name) for the N-th device of that platform; or any substring of the
-    device or platform name, case-insensitive.
-    """
-    if selector is None:
-        selector = os.environ.get("MOE_DEVICE", "")
-    devices = list_devices()
-    if not devices:
-        raise DeviceError(
-            "no OpenCL device found: install an OpenCL driver (e.g. apt-get install "
-            "pocl-opencl-icd, or pip install pocl-binary-distribution)"
-        )
-    sel = selector.strip().lower()
-    if not sel:
-        return devices[default_index(devices)]
-    if ":" in sel:
-        left, _, right = sel.rpartition(":")
-        if right.isdigit():
-            n = int(right)
-            if left.isdigit():
-                for info, dev in devices:
-                    if info.index == f"{int(left)}:{n}":
-                        return info, dev
-            else:
-                matches = [(i, d) for i, d in devices if left in i.platform.lower()]
-                if n < len(matches):
-                    return matches[n]
-    for info, dev in devices:
-        if sel in info.name.lower() or sel in info.platform.lower():
-            return info, dev
-    known = "; ".join(f"{i.index} {i.platform} / {i.name}" for i, _ in devices)
-    raise DeviceError(f"no OpenCL device matches {selector!r}; devices: {known}")
 
 
 # One vpdpbusd (16 int lanes, each += four unsigned x signed byte products), called
@@ -166,26 +36,14 @@ __kernel void probe(__global const int16 *u, __global const int16 *s, __global i
 """
 
 
-@lru_cache(maxsize=1)
-def host_cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this machine's CPU (Linux; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def read_source(name: str) -> str:
     """The text of kernels/cl/<name>, with `#include "x.h"` lines replaced by the text
     of kernels/cl/x.h: the program caches key on the source text, so a header edit must
     change it (an -I include would leave stale binaries behind)."""
     text = resources.files("kernels").joinpath("cl", name).read_text(encoding="utf-8")
-    return re.sub(r'^#include "([\w.]+)"\s*$', lambda m: read_source(m.group(1)), text,
-                  flags=re.MULTILINE)  # fmt: skip
+    return re.sub(
+        r'^#include "([\w.]+)"\s*$', lambda m: read_source(m.group(1)), text, flags=re.MULTILINE
+    )
 
 
 def _define(key: str, value: Any) -> str:
@@ -224,7 +82,7 @@ class Device:
         except cl.Error as exc:
             raise DeviceError(describe_cl_error(exc, f"opening {self.info.name}")) from exc
         self._programs: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._base_defines = {"MAD": "fma" if self.fast_fma else "mad"}
+        self._base_defines = {"MAD": "fma" if self.fast_fma else "mad", **BLOCKING}
         self._recording: list[tuple[Any, ...]] | None = None
         self.events: list[tuple[str, str, Any]] | None = [] if profile else None
         self._label = ""
@@ -243,8 +101,8 @@ class Device:
         """Whether fma() compiles to fused multiply-add instructions.
 
         Debian's PoCL (LLVM 15) emits vfmadd for fma() but separate multiplies and adds
-        for mad() (fma ran the GEMM at ~205 GFLOP/s against ~150); the PyPI PoCL (LLVM
-        14) calls a slow library fma, so there mad() is the fast spelling.
+        for mad(); the PyPI PoCL (LLVM 14) calls a slow library fma, so there mad() is
+        the fast spelling (docs/benchmark-log.md has the measurements).
         """
         version = self.cl_device.platform.version
         if "pocl" not in version.lower():
@@ -261,9 +119,8 @@ class Device:
         axis one image spans: 1 for an axis that is the batch itself).
 
         PoCL compiles a kernel once per local size, and left to choose (None) it picks
-        one from the whole global size: every new batch size compiled every such
-        kernel again (139 compiles, 21-22 s, in fashion-moe's warm-up with an empty
-        PoCL cache; 39 and 10 s now). What PoCL picks for one image is kept: each axis
+        one from the whole global size: every new batch size would compile every such
+        kernel again (seconds at warm-up). What PoCL picks for one image is kept: each axis
         takes the largest divisor of its extent that fits what is left of a budget,
         first axis first; the budget is the work-group limit, or less so that one image
         still makes a work-group per compute unit.
@@ -298,7 +155,7 @@ class Device:
         int8 path, same results)."""
         if os.environ.get("MOE_INT8_DOT4", "1") == "0" or not self.is_cpu:
             return False
-        if not _is_pocl(self.info) or not {"avx512_vnni", "avx512bw"} <= host_cpu_flags():
+        if not self.info.is_pocl or not {"avx512_vnni", "avx512bw"} <= host_cpu_flags():
             return False
         u = np.arange(64, dtype=np.uint8) * 4  # 0 .. 252
         s = (np.arange(64) % 7 - 3).astype(np.int8)
@@ -382,14 +239,6 @@ class Device:
         out = np.empty(shape, dtype=dtype)
         return out, cl.enqueue_copy(self.queue, out, buffer, is_blocking=False)
 
-    def read_all(self, reads: list[tuple[Any, tuple[int, ...], Any]]) -> list[np.ndarray]:
-        """Several (buffer, shape, dtype) reads for one wait: the queue runs in order,
-        so when the last (blocking) read is done, so are the ones before it."""
-        outs = [np.empty(shape, dtype=dtype) for _, shape, dtype in reads]
-        for i, ((buffer, _, _), out) in enumerate(zip(reads, outs, strict=True)):
-            cl.enqueue_copy(self.queue, out, buffer, is_blocking=i == len(reads) - 1)
-        return outs
-
     def launch(
         self,
         kernel: Any,
@@ -442,8 +291,9 @@ class Tape:
     """Recorded launches with their arguments bound once, replayed per call.
 
     A network at one batch size launches the same kernels on the same buffers every
-    time; setting arguments costs ~30 us a launch in pyopencl and enqueueing ~3 us, and
-    that host time competes with the device's worker threads for the same cores.
+    time; in pyopencl setting a launch's arguments costs several times what enqueueing
+    it does, and that host time competes with the device's worker threads for the
+    same cores.
     Each launch gets its own kernel object so that tapes never share argument state.
     """
 

@@ -107,8 +107,9 @@ class Connection:
     def __init__(self, url: str, path: str, content_type: str) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                     f"Content-Type: {content_type}\r\n").encode()  # fmt: skip
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
+        ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -262,7 +263,7 @@ def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Pope
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "service.commands.main",
         "serve",
         "--host",
         "127.0.0.1",

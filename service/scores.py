@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from experts.networks.base import Runnable
+
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
     z = scores - scores.max(axis=1, keepdims=True)
@@ -13,13 +15,13 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def probabilities(model: Any, outputs: np.ndarray) -> np.ndarray:
+def probabilities(network: Runnable, scores: np.ndarray) -> np.ndarray:
     """Class probabilities: the network's own softmax, or one applied to its logits."""
-    if model.layers[-1]["op"] == "softmax":
-        return outputs
-    return _softmax(outputs.astype(np.float64)).astype(np.float32)
+    if network.ends_in_probabilities:
+        return scores
+    return _softmax(scores.astype(np.float64)).astype(np.float32)
 
 
-def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probs, kind="stable")[:k]
+def top_predictions(probs: np.ndarray, labels: list[str], top_k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
     return [{"index": int(i), "label": labels[i], "score": float(probs[i])} for i in order]

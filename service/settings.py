@@ -1,9 +1,10 @@
 """Settings, read from the environment (prefix MOE_) by pydantic-settings; command-line
-flags override them.
+flags override them (service/commands/args.py).
 
-The server's settings live here too (`moe-alexnet serve`): one place names every knob,
-its default and its bounds, so a bad value (MOE_MAX_BATCH_SIZE=0) is refused when the
-process starts instead of surfacing later as a stuck queue.
+One place names every knob, its default and its bounds, and checks it as it enters:
+a bad value (MOE_MAX_BATCH_SIZE=0, an unknown precision) is refused when the process
+starts instead of surfacing later as a stuck queue. README.md's settings table is
+checked against this class by the tests.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from experts.repository import default_root
+from experts.model.calibration import parse_layer_precisions
+from experts.model.repository import default_root
+from kernels.precision import check_precisions
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def default_decode_workers(cpus: int | None) -> int:
     """One per core, at most 4. On a CPU OpenCL device these threads compete with the
-    device's own, but fewer starve small models of decoded images (BENCHMARKS.md)."""
+    device's own, but fewer starve small models of decoded images."""
     return max(1, min(4, cpus or 2))
 
 
@@ -34,14 +37,17 @@ def _comma_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOE_", extra="ignore")
+    # populate_by_name: flags set fields by name; the environment uses the aliases.
+    model_config = SettingsConfigDict(env_prefix="MOE_", extra="ignore", populate_by_name=True)
 
     device: str = Field("", description="OpenCL device: '' (default), 'P:D', 'pocl:0', or a name")
     model_repository: Path = Field(default_factory=default_root, description="model folder root")
     default_model: str = Field("alexnet", description="model used when none is named")
     default_precision: str = Field("fp32", description="precision used when none is named")
-    layer_precision: Annotated[dict[str, str], NoDecode] = Field(
+    layer_precisions: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
+        # MOE_LAYER_PRECISION: the older name, still read
+        validation_alias=AliasChoices("MOE_LAYER_PRECISIONS", "MOE_LAYER_PRECISION"),
         description="per-layer precision over the default, e.g. 'conv1=fp32,fc8=fp16' "
         "(every model served must have those layers; per-model maps go in model.json)",
     )
@@ -91,11 +97,19 @@ class Settings(BaseSettings):
     def _split(cls, value: Any) -> Any:
         return _comma_list(value)
 
-    @field_validator("layer_precision", mode="before")
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, value: list[str]) -> list[str]:
+        return check_precisions(value)
+
+    @field_validator("default_precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        return check_precisions([value])[0]
+
+    @field_validator("layer_precisions", mode="before")
     @classmethod
     def _layers(cls, value: Any) -> Any:
-        from experts.calibration import parse_layer_precisions
-
         return parse_layer_precisions(value) if isinstance(value, str) else value
 
     @field_validator("log_level")

@@ -9,7 +9,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def device():
-    from kernels.runtime import Device, DeviceError
+    from kernels.devices import DeviceError
+    from kernels.runtime import Device
 
     try:
         return Device()

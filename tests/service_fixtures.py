@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experts.architectures import random_weights
-from experts.repository import Repository
+from experts.model.architectures import random_weights
+from experts.model.repository import Repository
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,13 +43,12 @@ TINY: dict[str, Any] = {
     },
     "labels": ["cat", "dog", "fish"],
     "layers": [
-        {"name": "conv1", "op": "conv", "out_channels": 8, "kernel": 3, "padding": 1,
-         "relu": True},
+        {"name": "conv1", "op": "conv", "out_channels": 8, "kernel": 3, "padding": 1, "relu": True},
         {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 2},
         {"name": "flat", "op": "flatten"},
         {"name": "fc", "op": "linear", "out_features": 3},
     ],
-}  # fmt: skip
+}
 
 # A mixture of experts of the same input size: 4 experts, top-2 by default.
 TINY_MOE: dict[str, Any] = {
@@ -59,17 +58,20 @@ TINY_MOE: dict[str, Any] = {
     "kind": "mixture",
     "input": dict(TINY["input"]),
     "labels": ["cat", "dog", "fish"],
-    "stem": [{"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "relu": True},
-             {"name": "p1", "op": "maxpool", "kernel": 2, "stride": 2}],
+    "stem": [
+        {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "relu": True},
+        {"name": "p1", "op": "maxpool", "kernel": 2, "stride": 2},
+    ],
     "gate": [{"name": "gf", "op": "flatten"}, {"name": "g", "op": "linear", "out_features": 4}],
-    "expert": [{"name": "c2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1,
-                "relu": True},
-               {"name": "f", "op": "flatten"},
-               {"name": "fc", "op": "linear", "out_features": 5, "relu": True}],
+    "expert": [
+        {"name": "c2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1, "relu": True},
+        {"name": "f", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out_features": 5, "relu": True},
+    ],
     "experts": 4,
     "k": 2,
     "head": [{"name": "out", "op": "linear", "out_features": 3}],
-}  # fmt: skip
+}
 
 
 def make_repo(root: Path, mixture: bool = False) -> Path:
@@ -123,17 +125,19 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         argv = ["--host", "127.0.0.1", "--port", str(self.port), *args]
         if slow_s:
-            cmd = [sys.executable, "-m", "tests.service_fixtures", "slow", str(slow_s), "--",
-                   *argv]  # fmt: skip
+            cmd = [sys.executable, "-m", "tests.service_fixtures", "slow", str(slow_s), "--", *argv]
         else:
-            cmd = [sys.executable, "-m", "service.cli", "serve", *argv]
+            cmd = [sys.executable, "-m", "service.commands.main", "serve", *argv]
         cmd = [*wrap, *cmd]
         self.log_path = Path(env.get("MOE_TEST_LOG", os.devnull))
         self.log = open(self.log_path, "wb") if self.log_path != Path(os.devnull) else None
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
             stderr=self.log or subprocess.DEVNULL,
-        )  # fmt: skip
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         import httpx
@@ -211,18 +215,18 @@ def server(
 
 def _slow_main(argv: list[str]) -> int:
     """Serve with every batch DELAY_S slower (after warm-up)."""
-    from service import engine
-    from service.cli import main
+    from service.http import engine
+    from service.commands.main import main
 
     delay = float(argv[0])
     serve_args = argv[argv.index("--") + 1 :]
-    submit = engine.NetworkRunner.submit
+    submit = engine.Engine.submit
 
-    def slow_submit(self: Any, batch: np.ndarray, k: int | None) -> Any:
+    def slow_submit(self: Any, *args: Any) -> Any:
         time.sleep(delay)
-        return submit(self, batch, k)
+        return submit(self, *args)
 
-    engine.NetworkRunner.submit = slow_submit  # type: ignore[method-assign]
+    engine.Engine.submit = slow_submit  # type: ignore[method-assign]
     return main(["serve", *serve_args])
 
 

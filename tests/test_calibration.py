@@ -1,4 +1,4 @@
-"""Calibration (experts/calibration.py), calibration.json, per-layer precision maps and
+"""Calibration (experts/networks/calibrate.py, experts/model/calibration.py), per-layer precision maps and
 quantised networks end to end, on small models."""
 
 from __future__ import annotations
@@ -10,22 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experts.architectures import random_weights
-from experts.calibration import (
+from experts.model.architectures import random_weights
+from experts.layers import SpecError
+from experts.model.calibration import (
     Calibration,
     CalibrationError,
-    calibrate,
-    layer_precisions,
+    merge_layer_precisions,
     parse_layer_precisions,
-    synthetic_images,
     weighted_layers,
 )
-from experts.loading import build_network
-from experts.mixture import mixture_spec, part_weights, route
-from experts.network import Network
-from experts.reference_network import forward
-from experts.repository import Model, ModelError, Repository, validate
-from experts.spec import SpecError
+from experts.model.mixture import mixture_spec, part_weights
+from experts.model.model import Model, ModelError, validate
+from experts.model.repository import Repository
+from experts.model.spec import parse_layers
+from experts.networks.build import build_network
+from experts.networks.calibrate import calibrate, synthetic_images
+from experts.networks.network import Network
+from experts.networks.reference import forward, route
 from tests.service_fixtures import TINY, TINY_MOE
 
 
@@ -52,7 +53,7 @@ def test_minmax_ranges_are_the_inputs_extremes(tiny, sample):
     assert cal.samples == 12 and set(cal.ranges) == {"conv1", "fc"}
     assert cal.ranges["conv1"] == (float(sample.min()), float(sample.max()))
     seen = {}
-    forward(meta["layers"], weights, sample, lambda n, x: seen.setdefault(n, x))
+    forward(parse_layers(meta["layers"]), weights, sample, lambda n, x: seen.setdefault(n, x))
     assert cal.ranges["fc"] == (float(seen["fc"].min()), float(seen["fc"].max()))
 
 
@@ -114,11 +115,13 @@ def test_layer_precision_maps_are_checked():
     with pytest.raises(CalibrationError, match="expected LAYER=PRECISION"):
         parse_layer_precisions("conv1")
     with pytest.raises(CalibrationError, match="has no conv or linear layer of that name"):
-        layer_precisions(TINY, {"pool1": "fp32"})
+        merge_layer_precisions(TINY, {"pool1": "fp32"})
     with pytest.raises(CalibrationError, match="unknown precision 'fp8'"):
-        layer_precisions(TINY, {"fc": "fp8"})
+        merge_layer_precisions(TINY, {"fc": "fp8"})
+    with pytest.raises(CalibrationError, match="unknown precision 'fp8'"):
+        parse_layer_precisions("fc=fp8")
     meta = {**TINY, "layer_precisions": {"conv1": "fp16"}}
-    assert layer_precisions(meta, {"fc": "int8"}) == {"conv1": "fp16", "fc": "int8"}
+    assert merge_layer_precisions(meta, {"fc": "int8"}) == {"conv1": "fp16", "fc": "int8"}
     with pytest.raises(ModelError, match="layer precision for 'conv7'"):
         validate({**TINY, "layer_precisions": {"conv7": "fp16"}}, random_weights(TINY, 1), "t")
 
@@ -130,8 +133,8 @@ def test_per_layer_override_runs_that_layer_at_its_precision(device, tiny, sampl
     net = build_network(model, device, "int8", {"fc": "fp32"})
     kinds = {s.name: s.op.precision.name for s in net.steps if hasattr(s.op, "precision")}
     assert kinds == {"conv1": "int8", "fc": "fp32"}
-    fp32 = build_network(model, device, "fp32").run(sample)
-    mixed = net.run(sample)
+    fp32 = build_network(model, device, "fp32").run(sample).scores
+    mixed = net.run(sample).scores
     err = np.mean((mixed - fp32) ** 2) / np.mean(fp32**2)
     assert 0 < err < 1e-3  # quantised conv1 (not exact), close
 
@@ -144,17 +147,29 @@ def test_quantized_network_matches_the_twins_layer_by_layer(device, tiny, sample
 
     meta, weights = tiny
     cal = calibrate(meta, weights, [sample])
-    net = Network(device, meta["layers"], meta["input"]["shape"], weights, precision="int8",
-                  ranges=cal.ranges)  # fmt: skip
+    layers = parse_layers(meta["layers"])
+    net = Network(device, layers, meta["input"]["shape"], weights, precision="int8", ranges=cal.ranges)
     p = PRECISIONS["int8"]
     w1 = weights["conv1.weight"]
     c1 = p.prepare(w1.reshape(len(w1), -1), cal.ranges["conv1"])
-    h = ref.conv2d_quantized(sample, c1.weights.reshape(w1.shape), c1.scale, c1.qinv,
-                             c1.qzero, 8, weights["conv1.bias"], 1, 1, relu=True)  # fmt: skip
+    h = ref.conv2d_quantized(
+        sample,
+        c1.weights.reshape(w1.shape),
+        c1.scale,
+        c1.qinv,
+        c1.qzero,
+        8,
+        weights["conv1.bias"],
+        1,
+        1,
+        relu=True,
+    )
     h = ref.maxpool2d(h, 2, 2, 0, False).reshape(len(sample), -1)
     fc = p.prepare(weights["fc.weight"], cal.ranges["fc"])
     want = ref.linear_quantized(h, fc.weights, fc.scale, fc.qinv, fc.qzero, 8, weights["fc.bias"])
-    np.testing.assert_allclose(net.run(sample), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(
+        net.run(sample).scores, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()
+    )
 
 
 def test_uncalibrated_model_warns_and_uses_synthetic_ranges(device, tiny):
@@ -174,7 +189,7 @@ def test_uncalibrated_model_warns_and_uses_synthetic_ranges(device, tiny):
 def test_quantized_layer_without_range_is_refused(device, tiny):
     meta, weights = tiny
     with pytest.raises(SpecError, match="conv1: int8 needs the calibrated range"):
-        Network(device, meta["layers"], meta["input"]["shape"], weights, precision="int8")
+        Network(device, parse_layers(meta["layers"]), meta["input"]["shape"], weights, precision="int8")
 
 
 def test_no_sample_reaching_an_expert_borrows_its_peers_range(sample):
@@ -184,7 +199,7 @@ def test_no_sample_reaching_an_expert_borrows_its_peers_range(sample):
 
 
 def test_calibrate_cli_writes_calibration_json(tmp_path: Path, capsys, monkeypatch, sample):
-    from service.cli import main
+    from service.commands.main import main
     from tests.service_fixtures import make_repo
 
     root = make_repo(tmp_path / "models")
@@ -199,10 +214,22 @@ def test_calibrate_cli_writes_calibration_json(tmp_path: Path, capsys, monkeypat
     assert Repository(root).load("tiny").calibration.samples == 3
     assert main(["calibrate", "--model", "tiny", "--images", str(tmp_path / "none")]) == 1
     assert "not a folder of images" in capsys.readouterr().err
-    code = main(["classify", "--model", "tiny", "--precision", "int8", "--layer-precision",
-                 "fc=fp16", str(images / "0.npy"), "--json"])  # fmt: skip
+    code = main(
+        [
+            "classify",
+            "--model",
+            "tiny",
+            "--precision",
+            "int8",
+            "--layer-precision",
+            "fc=fp16",
+            str(images / "0.npy"),
+            "--json",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["precision"] == "int8"
-    code = main(["classify", "--model", "tiny", "--layer-precision", "nope=int8",
-                 str(images / "0.npy")])  # fmt: skip
+    code = main(
+        ["classify", "--model", "tiny", "--layer-precision", "nope=int8", str(images / "0.npy")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "'nope'" in err[0]

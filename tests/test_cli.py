@@ -1,4 +1,4 @@
-"""The moe-alexnet command end to end, in-process through service.cli.main: every
+"""The moe-alexnet command end to end, in-process through service.commands.main.main: every
 expected failure is one line on stderr and a non-zero exit, and leaves nothing
 half-written in the model repository."""
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experts.architectures import random_weights
-from experts.network import fuse_relu
-from experts.repository import Repository
-from service.cli import main
+from experts.model.architectures import random_weights
+from experts.model.spec import parse_layers
+from experts.networks.network import fuse_relu
+from experts.model.repository import Repository
+from service.commands.main import main
 from tests.service_fixtures import TINY
 
 
@@ -74,7 +75,7 @@ def test_classify_photo_json(capsys, repo, photo):
 
 
 def test_classify_npy_batch_matches_reference(capsys, repo, tmp_path):
-    from experts.reference_network import forward
+    from experts.networks.reference import forward
     from kernels.reference import softmax
 
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
@@ -84,7 +85,7 @@ def test_classify_npy_batch_matches_reference(capsys, repo, tmp_path):
     assert code == 0, err
     results = json.loads(out)["results"]
     assert [r["input"] for r in results] == [f"{path}[{i}]" for i in range(3)]
-    want = softmax(forward(TINY["layers"], Repository(repo).load("tiny").weights, x))
+    want = softmax(forward(parse_layers(TINY["layers"]), Repository(repo).load("tiny").weights, x))
     for r, probs in zip(results, want, strict=True):
         top = r["predictions"][0]
         assert top["index"] == int(np.argmax(probs))
@@ -138,10 +139,11 @@ def test_unknown_precision_is_a_usage_error(capsys, repo):
         main(["classify", "x.jpg", "--precision", "fp64"])
     assert exc.value.code == 2
     assert "unknown precision fp64" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "--model", "tiny", "--layer-precision", "fc=int4"])
-    assert exc.value.code == 2
-    assert "unknown precision int4" in capsys.readouterr().err
+    for flag in ("--layer-precisions", "--layer-precision"):  # the older spelling too
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", "--model", "tiny", flag, "fc=int4"])
+        assert exc.value.code == 2
+        assert "layer precision for 'fc': unknown precision 'int4'" in capsys.readouterr().err
 
 
 def test_corrupt_weights_are_reported(capsys, repo, photo):
@@ -153,7 +155,7 @@ def test_corrupt_weights_are_reported(capsys, repo, photo):
 
 def test_import_onnx_round_trip(capsys, repo, tmp_path, photo):
     pytest.importorskip("onnx", reason="onnx (test extra) is not installed")
-    from experts.onnx_export import to_onnx
+    from experts.onnx.export import to_onnx
 
     meta = {**TINY, "name": "exported"}
     weights = random_weights(meta, seed=5)
@@ -161,8 +163,9 @@ def test_import_onnx_round_trip(capsys, repo, tmp_path, photo):
     onnx_path.write_bytes(to_onnx(meta, weights).SerializeToString())
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nfish\n")
-    code, out, err = run(capsys, "import-onnx", str(onnx_path), "--name", "imported",
-                         "--labels", str(labels))  # fmt: skip
+    code, out, err = run(
+        capsys, "import-onnx", str(onnx_path), "--name", "imported", "--labels", str(labels)
+    )
     assert code == 0, err
     model = Repository(repo).load("imported")
     assert model.labels == ["cat", "dog", "fish"]
@@ -177,15 +180,41 @@ def test_import_onnx_round_trip(capsys, repo, tmp_path, photo):
 
 def test_bench_json_rows_with_onnxruntime(capsys, repo):
     pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
-    code, out, err = run(capsys, "bench", "--model", "tiny", "--batch", "1,3", "--iterations", "3",
-                         "--warmup", "1", "--compare", "onnxruntime", "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--model",
+        "tiny",
+        "--batch",
+        "1,3",
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--compare",
+        "onnxruntime",
+        "--json",
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["runtime"], r["batch"]) for r in rows] == [
-        ("moe-alexnet", 1), ("onnxruntime", 1), ("moe-alexnet", 3), ("onnxruntime", 3)
-    ]  # fmt: skip
-    keys = {"runtime", "model", "precision", "batch", "images_per_s", "latency_ms_p50",
-            "latency_ms_p90", "weight_bytes", "peak_rss_bytes", "device"}  # fmt: skip
+        ("moe-alexnet", 1),
+        ("onnxruntime", 1),
+        ("moe-alexnet", 3),
+        ("onnxruntime", 3),
+    ]
+    keys = {
+        "runtime",
+        "model",
+        "precision",
+        "batch",
+        "images_per_s",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "weight_bytes",
+        "peak_rss_bytes",
+        "device",
+    }
     for row in rows:
         assert keys <= set(row)
         assert row["images_per_s"] > 0 and row["latency_ms_p90"] >= row["latency_ms_p50"]
@@ -209,8 +238,9 @@ def moe_repo(repo: Path) -> Path:
 def test_classify_mixture_reports_experts(capsys, moe_repo, tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32))
-    code, out, err = run(capsys, "classify", str(path), "--model", "small-moe", "--experts", "3",
-                         "--json")  # fmt: skip
+    code, out, err = run(
+        capsys, "classify", str(path), "--model", "small-moe", "--k", "3", "--json"
+    )
     assert code == 0, err
     for result in json.loads(out)["results"]:
         experts = result["experts"]
@@ -235,24 +265,47 @@ def test_mixture_errors(capsys, moe_repo, tmp_path, argv, needle):
 
 
 def test_bench_mixture_rows_per_k(capsys, moe_repo):
-    argv = ["bench", "--model", "small-moe", "--batch", "4", "--experts", "1,2",
-            "--iterations", "2", "--warmup", "1", "--json"]  # fmt: skip
+    argv = [
+        "bench",
+        "--model",
+        "small-moe",
+        "--batch",
+        "4",
+        "--experts",
+        "1,2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [r["experts_per_image"] for r in rows] == [1, 2]
+    assert [r["k"] for r in rows] == [1, 2]
     assert all(r["activation_bytes"] > 0 for r in rows)
 
 
 def test_bench_profile_gives_each_layer_its_device_time(capsys, moe_repo):
     """--profile: one entry per layer in launch order, named as in model.json (with the
     mixture part in front), each with its kernels and a device time."""
-    argv = ["bench", "--model", "tiny,small-moe", "--batch", "2", "--iterations", "2",
-            "--warmup", "1", "--profile", "--json"]  # fmt: skip
+    argv = [
+        "bench",
+        "--model",
+        "tiny,small-moe",
+        "--batch",
+        "2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--profile",
+        "--json",
+    ]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     tiny, moe = [json.loads(line) for line in out.splitlines()]
-    layers = [layer["name"] for layer in fuse_relu(TINY["layers"])]
+    layers = [layer.name for layer in fuse_relu(parse_layers(TINY["layers"]))]
     assert [p["layer"] for p in tiny["profile"]] == ["input", *layers]
     assert all(p["ms"] >= 0 and p["kernels"] for p in tiny["profile"])
     assert tiny["profile"][1]["ms"] > 0  # conv1 takes measurable time
@@ -272,16 +325,30 @@ def test_split(tmp_path, monkeypatch) -> Path:
     data = tmp_path / "fashion"
     data.mkdir()
     rng = np.random.default_rng(0)
-    write_split(data, "test", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-                rng.integers(0, 10, 40, dtype=np.uint8))  # fmt: skip
+    write_split(
+        data,
+        "test",
+        rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 40, dtype=np.uint8),
+    )
     monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
     return data
 
 
 def test_eval_reports_accuracy_and_routing(capsys, test_split):
     data = test_split
-    code, out, err = run(capsys, "eval", "--model", "fashion-moe", "--random-weights",
-                         "--data-dir", str(data), "--batch", "16", "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "eval",
+        "--model",
+        "fashion-moe",
+        "--random-weights",
+        "--data-dir",
+        str(data),
+        "--batch",
+        "16",
+        "--json",
+    )
     assert code == 0, err
     (result,) = [json.loads(line) for line in out.splitlines()]
     assert result["images"] == 40 and 0 <= result["top1"] <= result["top5"] <= 1
@@ -291,37 +358,97 @@ def test_eval_reports_accuracy_and_routing(capsys, test_split):
 
 
 def test_eval_without_dataset_is_one_line(capsys, tmp_path):
-    code, _, err = run(capsys, "eval", "--model", "fashion-alexnet", "--random-weights",
-                       "--data-dir", str(tmp_path / "nowhere"))  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "eval",
+        "--model",
+        "fashion-alexnet",
+        "--random-weights",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+    )
     assert "dataset-fashion-mnist" in one_line_error(code, err)
 
 
 def test_bench_on_dataset_images_reports_the_experts_used(capsys, tmp_path, test_split):
     data = test_split
-    code, out, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
-                         "--dataset", "fashion-mnist", "--data-dir", str(data), "--batch", "8",
-                         "--iterations", "4", "--warmup", "0", "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--model",
+        "fashion-moe",
+        "--random-weights",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(data),
+        "--batch",
+        "8",
+        "--iterations",
+        "4",
+        "--warmup",
+        "0",
+        "--json",
+    )
     assert code == 0, err
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["inputs"] == "fashion-mnist" and 1.0 <= row["experts_per_batch"] <= 4.0
-    code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights", "--dataset",
-                       "fashion-mnist", "--data-dir", str(data), "--batch", "41")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "bench",
+        "--model",
+        "fashion-moe",
+        "--random-weights",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(data),
+        "--batch",
+        "41",
+    )
     assert "fewer than batch 41" in one_line_error(code, err)
     missing = str(tmp_path / "none")
-    code, _, err = run(capsys, "bench", "--model", "fashion-moe", "--random-weights",
-                       "--dataset", "fashion-mnist", "--data-dir", missing)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "bench",
+        "--model",
+        "fashion-moe",
+        "--random-weights",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        missing,
+    )
     assert "does not exist" in one_line_error(code, err)
 
 
 def test_bench_times_several_models_together(capsys, moe_repo):
     """Rows of one batch size come out per model and k, in the order asked."""
-    argv = ["bench", "--model", "tiny,small-moe", "--batch", "2,3", "--experts", "1,2",
-            "--iterations", "4", "--rounds", "2", "--warmup", "1", "--json"]  # fmt: skip
+    argv = [
+        "bench",
+        "--model",
+        "tiny,small-moe",
+        "--batch",
+        "2,3",
+        "--experts",
+        "1,2",
+        "--iterations",
+        "4",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [(r["model"], r["batch"], r.get("experts_per_image")) for r in rows] == [
-        ("tiny", 2, None), ("small-moe", 2, 1), ("small-moe", 2, 2),
-        ("tiny", 3, None), ("small-moe", 3, 1), ("small-moe", 3, 2),
-    ]  # fmt: skip
+    assert [(r["model"], r["batch"], r.get("k")) for r in rows] == [
+        ("tiny", 2, None),
+        ("small-moe", 2, 1),
+        ("small-moe", 2, 2),
+        ("tiny", 3, None),
+        ("small-moe", 3, 1),
+        ("small-moe", 3, 2),
+    ]
     assert all(r["images_per_s"] > 0 for r in rows)

@@ -77,9 +77,23 @@ def container() -> Iterator[Container]:
     # As docker/k8s/deployment.yaml runs it: read-only root filesystem (podman mounts a
     # tmpfs on /tmp, as the pod's emptyDir), no capabilities, no privilege escalation.
     # --health-interval disable: no systemd timer (absent in CI); `healthcheck run` works.
-    podman("run", "--detach", "--name", c.name, "--publish", f"127.0.0.1:{port}:8000",
-           "--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges",
-           "--health-interval", "disable", *SERVE_ENV, IMAGE)  # fmt: skip
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        c.name,
+        "--publish",
+        f"127.0.0.1:{port}:8000",
+        "--read-only",
+        "--cap-drop",
+        "all",
+        "--security-opt",
+        "no-new-privileges",
+        "--health-interval",
+        "disable",
+        *SERVE_ENV,
+        IMAGE,
+    )
     try:
         c.ready_after_s = wait_ready(c, started)
         yield c
@@ -88,8 +102,10 @@ def container() -> Iterator[Container]:
 
 
 def test_comes_up_ready(container):
-    print(f"\ncontainer-test: cold start {container.ready_after_s:.1f} s "
-          "(podman run -> first 200 from /v2/health/ready)")  # fmt: skip
+    print(
+        f"\ncontainer-test: cold start {container.ready_after_s:.1f} s "
+        "(podman run -> first 200 from /v2/health/ready)"
+    )
     assert container.state("Running") == "true"
 
 
@@ -123,13 +139,13 @@ def test_classifies_a_photo(container):
 
 @pytest.mark.parametrize(
     "setting",
-    ["MOE_DEVICE=nonexistent", "MOE_MODELS=missing", "MOE_PRECISIONS=int3",
-     "MOE_MAX_BATCH_SIZE=0"],
-)  # fmt: skip
+    ["MOE_DEVICE=nonexistent", "MOE_MODELS=missing", "MOE_PRECISIONS=int3", "MOE_MAX_BATCH_SIZE=0"],
+)
 def test_a_bad_setting_exits_at_once_with_one_line(setting):
     started = time.monotonic()
-    proc = podman("run", "--rm", "--no-healthcheck", *SERVE_ENV, "-e", setting, IMAGE,
-                  timeout=60, check=False)  # fmt: skip
+    proc = podman(
+        "run", "--rm", "--no-healthcheck", *SERVE_ENV, "-e", setting, IMAGE, timeout=60, check=False
+    )
     elapsed = time.monotonic() - started
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1, proc.stderr

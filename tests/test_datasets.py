@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experts.architectures import FASHION_INPUT
-from experts.datasets import (
+from experts.model.architectures import FASHION_INPUT
+from experts.data.fashion_mnist import (
     DEFAULT_DIR,
     FILES,
     DatasetError,

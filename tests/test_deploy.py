@@ -83,7 +83,7 @@ def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
 @functools.cache
 def routes() -> set[str]:
     """The app's GET paths (probes, health checks and scrapes all GET)."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     paths = create_app(Settings()).openapi()["paths"]
     return {path for path, operations in paths.items() if "get" in operations}
@@ -276,13 +276,17 @@ def test_kserve_serving_runtime():
     assert spec["supportedModelFormats"] and all(f["name"] for f in spec["supportedModelFormats"])
     (container,) = spec["containers"]
     assert container["name"] == "kserve-container" and container["image"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
-           "spec": {"containers": [container]}}  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "check"},
+        "spec": {"containers": [container]},
+    }
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(pod, version, strict=True)
 
     # The arguments are the command's own, the port is the one it listens on.
-    from service.cli import build_parser
+    from service.commands.main import build_parser
 
     command, *argv = container["args"]
     assert command == "moe-alexnet"
@@ -349,8 +353,19 @@ def test_prometheus_scrapes_the_server_and_grafana_reads_prometheus():
 
 
 # Words of PromQL that are not metric names (aggregation modifiers and operators).
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                   "and", "or", "unless", "offset"}  # fmt: skip
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+}
 IDENTIFIER = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?")
 
 
@@ -366,8 +381,10 @@ def queried_metrics(expr: str) -> set[str]:
 
 
 def test_queried_metrics_parser():
-    expr = ('histogram_quantile(0.95, sum by (le, model) (rate(moe_x_bucket{a=~"b|c"}'
-            "[$__rate_interval]))) / sum(rate(moe_y_total[5m])) + 1e3")  # fmt: skip
+    expr = (
+        'histogram_quantile(0.95, sum by (le, model) (rate(moe_x_bucket{a=~"b|c"}'
+        "[$__rate_interval]))) / sum(rate(moe_y_total[5m])) + 1e3"
+    )
     assert queried_metrics(expr) == {"moe_x_bucket", "moe_y_total"}
 
 
@@ -382,7 +399,7 @@ def exported(tmp_path_factory) -> dict[str, set[str]]:
     from fastapi.testclient import TestClient
     from prometheus_client.parser import text_string_to_metric_families
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     repo = make_repo(tmp_path_factory.mktemp("models"), mixture=True)
     app = create_app(Settings(model_repository=repo, max_batch_size=2, max_queue_delay_ms=1))
@@ -390,15 +407,20 @@ def exported(tmp_path_factory) -> dict[str, set[str]]:
         wait_loaded(app)
         for model in ("tiny", "tiny-moe"):
             response = client.post(
-                "/v1/classify", params={"model": model}, content=encode(random_rgb()),
+                "/v1/classify",
+                params={"model": model},
+                content=encode(random_rgb()),
                 headers={"content-type": "image/png"},
-            )  # fmt: skip
+            )
             assert response.status_code == 200, response.text
         text = client.get("/metrics").text
     families = list(text_string_to_metric_families(text))
     # The series a family of each type exposes (prometheus_client's names).
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",),
-                "histogram": ("_bucket", "_sum", "_count", "_created")}  # fmt: skip
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+    }
     return {
         "families": {f.name + s for f in families for s in suffixes.get(f.type, ("",))},
         "samples": {s.name for f in families for s in f.samples},
@@ -426,10 +448,19 @@ def test_dashboard_queries_only_exported_metrics(exported):
 def test_dashboard_shows_what_operators_need():
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     queried = queried_metrics(exprs)
-    assert {"moe_requests_total", "moe_request_duration_seconds_bucket", "moe_queue_depth",
-            "moe_batch_size_bucket", "moe_expert_images_total"} <= queried  # fmt: skip
-    latency = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]
-               if "moe_request_duration_seconds_bucket" in t["expr"]]  # fmt: skip
+    assert {
+        "moe_requests_total",
+        "moe_request_duration_seconds_bucket",
+        "moe_queue_depth",
+        "moe_batch_size_bucket",
+        "moe_expert_images_total",
+    } <= queried
+    latency = [
+        t["expr"]
+        for p in dashboard()["panels"]
+        for t in p["targets"]
+        if "moe_request_duration_seconds_bucket" in t["expr"]
+    ]
     quantiles = {q for e in latency for q in re.findall(r"histogram_quantile\((0\.\d+),", e)}
     assert quantiles == {"0.5", "0.95", "0.99"}
     assert 'status=~"5.."' in exprs, "an error rate"

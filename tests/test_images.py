@@ -272,16 +272,16 @@ def test_real_photo(tmp_path: Path) -> None:
     photo = Image.fromarray(data.astronaut())
     path = tmp_path / "astronaut.png"
     photo.save(path)
-    m = meta(shape=[3, 224, 224], resize=256, mean=[0.485, 0.456, 0.406],
-             std=[0.229, 0.224, 0.225])  # fmt: skip
+    m = meta(shape=[3, 224, 224], resize=256, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     x = load_input(path, m)
     assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
     want = photo.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
     np.testing.assert_allclose(pixels(x[0], m), np.asarray(want).transpose(2, 0, 1), atol=1e-3)
     jpeg = tmp_path / "astronaut.jpg"
     photo.save(jpeg, quality=90)
-    grey = load_input(jpeg, {**m, "shape": [1, 224, 224], "color": "L", "mean": [0.5],
-                             "std": [0.5]})  # fmt: skip
+    grey = load_input(
+        jpeg, {**m, "shape": [1, 224, 224], "color": "L", "mean": [0.5], "std": [0.5]}
+    )
     assert grey.shape == (1, 1, 224, 224) and np.isfinite(grey).all()
 
 

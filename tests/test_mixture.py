@@ -6,25 +6,33 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experts.architectures import alexnet_moe, fashion_moe, random_weights
-from experts.mixture import mixture_params, mixture_spec, reference_forward, route
-from experts.mixture_network import MixtureNetwork
-from experts.repository import ModelError, validate
-from experts.spec import SpecError
+from experts.model.architectures import alexnet_moe, fashion_moe, random_weights
+from experts.layers import SpecError
+from experts.model.mixture import mixture_params, mixture_spec
+from experts.model.model import ModelError, validate
+from experts.networks.mixture import MixtureNetwork
+from experts.networks.reference import mixture_forward as reference_forward
+from experts.networks.reference import route
 
 SMALL = {
-    "format": 1, "name": "small-moe", "kind": "mixture",
+    "format": 1,
+    "name": "small-moe",
+    "kind": "mixture",
     "input": {"shape": [3, 12, 12], "mean": [0.5] * 3, "std": [0.5] * 3},
-    "stem": [{"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "relu": True},
-             {"name": "p1", "op": "maxpool", "kernel": 2, "stride": 2}],
+    "stem": [
+        {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "relu": True},
+        {"name": "p1", "op": "maxpool", "kernel": 2, "stride": 2},
+    ],
     "gate": [{"name": "gf", "op": "flatten"}, {"name": "g", "op": "linear", "out_features": 5}],
-    "expert": [{"name": "c2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1,
-                "relu": True},
-               {"name": "f", "op": "flatten"}, {"name": "fc", "op": "linear", "out_features": 7,
-                                               "relu": True}],
-    "experts": 5, "k": 2,
+    "expert": [
+        {"name": "c2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1, "relu": True},
+        {"name": "f", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out_features": 7, "relu": True},
+    ],
+    "experts": 5,
+    "k": 2,
     "head": [{"name": "out", "op": "linear", "out_features": 3}, {"name": "sm", "op": "softmax"}],
-}  # fmt: skip
+}
 
 
 # The same mixture with 5x5 expert convolutions over few channels, which have no
@@ -111,12 +119,18 @@ def test_grouped_experts_at_fp16(device, n, k):
 
 def test_quantised_or_mixed_experts_run_one_by_one(device):
     weights = random_weights(SMALL, seed=4)
-    mixed = MixtureNetwork(device, SMALL, weights,
-                           layer_precisions={"experts.1.fc": "fp16"})  # fmt: skip
+    mixed = MixtureNetwork(device, SMALL, weights, layer_precisions={"experts.1.fc": "fp16"})
     assert mixed.grouped is None and len(mixed.experts) == 5
     x = images(7)
-    np.testing.assert_allclose(mixed.run(x, 2)[0], reference_forward(SMALL, weights, x, 2)[0],
-                               rtol=2e-2, atol=2e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        mixed.run(x, 2)[0], reference_forward(SMALL, weights, x, 2)[0], rtol=2e-2, atol=2e-3
+    )
+
+
+def test_every_batch_size_runs_unpadded(small):
+    """A padding image would be routed to experts: a mixture runs every batch size."""
+    _, _, net = small
+    assert net.batch_sizes(4) == [1, 2, 3, 4]
 
 
 def test_default_k_and_k_range(small):
@@ -152,9 +166,12 @@ def test_shipped_geometries_check(arch):
 
 def test_alexnet_moe_is_tschopps_geometry():
     spec = mixture_spec(alexnet_moe())
-    assert spec.experts == 16 and spec.stem[0]["out_channels"] == 48
-    widths = [layer.get("out_channels", layer.get("out_features")) for layer in spec.expert
-              if layer["op"] in ("conv", "linear")]  # fmt: skip
+    assert spec.experts == 16 and spec.stem[0].out_channels == 48
+    widths = [
+        getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        for layer in spec.expert
+        if layer.weighted
+    ]
     assert widths == [64, 96, 96, 64, 1024, 2048]
     assert spec.num_classes == 1000
 

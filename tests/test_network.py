@@ -6,16 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experts.architectures import alexnet, caffenet, random_weights
-from experts.network import Network, fuse_relu
-from experts.reference_network import forward
+from experts.model.architectures import alexnet, caffenet, random_weights
+from experts.networks.network import Network, fuse_relu
+from experts.model.spec import parse_layers
+from experts.networks.calibrate import calibrate
+from experts.networks.reference import forward
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
 pytest.importorskip("onnx", reason="onnx (test extra) is not installed")
 
 
 def run_onnxruntime(meta: dict, weights: dict, x: np.ndarray) -> np.ndarray:
-    from experts.onnx_export import to_onnx
+    from experts.onnx.export import to_onnx
 
     session = ort.InferenceSession(
         to_onnx(meta, weights).SerializeToString(), providers=["CPUExecutionProvider"]
@@ -27,14 +29,15 @@ def run_onnxruntime(meta: dict, weights: dict, x: np.ndarray) -> np.ndarray:
 def built(request, device):
     meta = {"alexnet": alexnet, "caffenet": caffenet}[request.param]()
     weights = random_weights(meta, seed=7)
-    return meta, weights, Network(device, meta["layers"], meta["input"]["shape"], weights)
+    layers = parse_layers(meta["layers"])
+    return meta, weights, Network(device, layers, meta["input"]["shape"], weights)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_matches_onnxruntime(built, batch):
     meta, weights, net = built
     x = np.random.default_rng(batch).standard_normal((batch, *meta["input"]["shape"]), np.float32)
-    ours = net.run(x)
+    ours = net.run(x).scores
     theirs = run_onnxruntime(meta, weights, x)
     assert ours.shape == theirs.shape == (batch, 1000)
     # Max error relative to the largest logit (or probability) of the batch.
@@ -49,8 +52,8 @@ def test_batches_are_independent(built):
     reused buffers, tiles or padding columns)."""
     meta, _, net = built
     x = np.random.default_rng(0).standard_normal((7, *meta["input"]["shape"]), np.float32)
-    together = net.run(x)
-    alone = np.concatenate([net.run(x[i : i + 1]) for i in range(7)])
+    together = net.run(x).scores
+    alone = np.concatenate([net.run(x[i : i + 1]).scores for i in range(7)])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
 
 
@@ -60,9 +63,9 @@ def test_passes_queued_back_to_back_keep_their_own_outputs(built):
     meta, _, net = built
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((3, *meta["input"]["shape"]), np.float32) for _ in range(3)]
-    expected = [net.run(x) for x in xs]
+    expected = [net.run(x).scores for x in xs]
     waits = [net.submit(x) for x in xs]
-    got = [waits[i]() for i in (2, 0, 1)]
+    got = [waits[i]().scores for i in (2, 0, 1)]
     for out, i in zip(got, (2, 0, 1), strict=True):
         np.testing.assert_array_equal(out, expected[i])
 
@@ -87,23 +90,30 @@ def test_small_network_matches_numpy_twins(device):
     for channels in (4, 1):  # one channel: NCHW is already CNHW, no layout swap
         meta = {"input": {"shape": [channels, 15, 13]}, "layers": layers}
         weights = random_weights(meta, seed=3)
-        net = Network(device, layers, (channels, 15, 13), weights)
+        net = Network(device, parse_layers(layers), (channels, 15, 13), weights)
         x = np.random.default_rng(1).standard_normal((5, channels, 15, 13), np.float32)
-        want = forward(layers, weights, x)
-        np.testing.assert_allclose(net.run(x), want, rtol=1e-4, atol=1e-6)
+        want = forward(parse_layers(layers), weights, x)
+        np.testing.assert_allclose(net.run(x).scores, want, rtol=1e-4, atol=1e-6)
 
 
 def test_fuse_relu_folds_into_conv_and_drops_dropout():
-    layers = [
-        {"name": "c", "op": "conv", "relu": False},
+    layers = parse_layers([
+        {"name": "c", "op": "conv", "out_channels": 4, "kernel": 3, "relu": False},
         {"name": "r", "op": "relu"},
         {"name": "d", "op": "dropout"},
-        {"name": "p", "op": "maxpool"},
+        {"name": "p", "op": "maxpool", "kernel": 2},
         {"name": "r2", "op": "relu"},
-    ]
+    ])
     fused = fuse_relu(layers)
-    assert [layer["name"] for layer in fused] == ["c", "p", "r2"]
-    assert fused[0]["relu"] is True
+    assert [layer.name for layer in fused] == ["c", "p", "r2"]
+    assert fused[0].relu is True
+
+
+def test_batch_sizes_are_powers_of_two_and_the_maximum(built):
+    _, _, net = built
+    assert net.batch_sizes(1) == [1]
+    assert net.batch_sizes(8) == [1, 2, 4, 8]
+    assert net.batch_sizes(12) == [1, 2, 4, 8, 12]
 
 
 def test_wrong_input_shape_is_refused(built):
@@ -154,9 +164,10 @@ def test_fp16_weights_against_onnxruntime_fp32(device, arch):
     meta = arch()
     weights = random_weights(meta, seed=7)
     x = np.random.default_rng(5).standard_normal((4, *meta["input"]["shape"]), np.float32)
-    fp32 = Network(device, meta["layers"], meta["input"]["shape"], weights)
-    fp16 = Network(device, meta["layers"], meta["input"]["shape"], weights, precision="fp16")
-    ours, theirs = fp16.run(x), run_onnxruntime(meta, weights, x)
+    layers = parse_layers(meta["layers"])
+    fp32 = Network(device, layers, meta["input"]["shape"], weights)
+    fp16 = Network(device, layers, meta["input"]["shape"], weights, precision="fp16")
+    ours, theirs = fp16.run(x).scores, run_onnxruntime(meta, weights, x)
     assert np.mean((ours - theirs) ** 2) / np.mean(theirs**2) < 1e-5
     assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).all()
     assert fp16.weight_bytes < 0.51 * fp32.weight_bytes
@@ -165,8 +176,6 @@ def test_fp16_weights_against_onnxruntime_fp32(device, arch):
 @pytest.fixture(scope="module")
 def alexnet_calibrated():
     """alexnet on seeded weights, calibrated on 8 inputs other than the test's."""
-    from experts.calibration import calibrate
-
     meta = alexnet()
     weights = random_weights(meta, seed=7)
     sample = np.random.default_rng(11).standard_normal((8, 3, 224, 224), np.float32)
@@ -185,9 +194,15 @@ QUANT_NMSE = {"int16": 1e-4, "int8": 1e-2}
 def test_quantized_alexnet_against_onnxruntime_fp32(device, alexnet_calibrated, precision):
     meta, weights, calibration = alexnet_calibrated
     x = np.random.default_rng(5).standard_normal((4, 3, 224, 224), np.float32)
-    net = Network(device, meta["layers"], meta["input"]["shape"], weights,
-                  precision=precision, ranges=calibration.ranges)  # fmt: skip
-    ours, theirs = net.run(x), run_onnxruntime(meta, weights, x)
+    net = Network(
+        device,
+        parse_layers(meta["layers"]),
+        meta["input"]["shape"],
+        weights,
+        precision=precision,
+        ranges=calibration.ranges,
+    )
+    ours, theirs = net.run(x).scores, run_onnxruntime(meta, weights, x)
     err = np.mean((ours - theirs) ** 2) / np.mean(theirs**2)
     assert err < QUANT_NMSE[precision], err
     # Same top-1 wherever onnxruntime's own margin is clear of the quantisation noise.

@@ -14,10 +14,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from experts.onnx_export import to_onnx  # noqa: E402
-from experts.onnx_import import OnnxImportError, import_onnx  # noqa: E402
-from experts.reference_network import forward  # noqa: E402
-from experts.spec import expected_params, normalise_layers  # noqa: E402
+from experts.onnx.export import to_onnx  # noqa: E402
+from experts.onnx.importer import OnnxImportError, import_onnx  # noqa: E402
+from experts.networks.reference import forward  # noqa: E402
+from experts.model.spec import expected_params, parse_layers  # noqa: E402
 
 RNG = np.random.default_rng(20240607)
 
@@ -86,7 +86,7 @@ def assert_same_in_ort(
 
 
 def check_weights(meta: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
-    layers = normalise_layers(meta["layers"])
+    layers = parse_layers(meta["layers"])
     want = expected_params(layers, meta["input"]["shape"])
     assert {k: v.shape for k, v in weights.items()} == want
     assert all(v.dtype == np.float32 for v in weights.values())
@@ -97,15 +97,29 @@ def check_weights(meta: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
 
 def alexnet_like(opset: int, pool: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     w = {
-        "conv1": rand(8, 2, 3, 3), "conv1b": rand(8), "conv2": rand(6, 8, 3, 3),
-        "conv2b": rand(6), "fc1": rand(10, 24 if pool == "avg" else 6), "fc1b": rand(10),
-        "fc2": rand(10, 5), "fc2b": rand(1, 5),
-    }  # fmt: skip
+        "conv1": rand(8, 2, 3, 3),
+        "conv1b": rand(8),
+        "conv2": rand(6, 8, 3, 3),
+        "conv2b": rand(6),
+        "fc1": rand(10, 24 if pool == "avg" else 6),
+        "fc1b": rand(10),
+        "fc2": rand(10, 5),
+        "fc2b": rand(1, 5),
+    }
     net = Net(("N", 4, 15, 15))
-    net.add("Conv", "conv1", w["conv1"], w["conv1b"], group=2, pads=[1, 1, 1, 1],
-            strides=[2, 2], kernel_shape=[3, 3])  # fmt: skip
-    net.add("Relu", "relu1").add("MaxPool", "pool1", kernel_shape=[3, 3], strides=[2, 2],
-                                  ceil_mode=1)  # fmt: skip
+    net.add(
+        "Conv",
+        "conv1",
+        w["conv1"],
+        w["conv1b"],
+        group=2,
+        pads=[1, 1, 1, 1],
+        strides=[2, 2],
+        kernel_shape=[3, 3],
+    )
+    net.add("Relu", "relu1").add(
+        "MaxPool", "pool1", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1
+    )
     net.add("LRN", "norm1", size=3, alpha=1e-3, beta=0.75, bias=2.0)
     net.add("Conv", "conv2", w["conv2"], w["conv2b"], pads=[1, 1, 1, 1]).add("Relu", "relu2")
     if pool == "avg":
@@ -130,29 +144,46 @@ def test_import_alexnet_like(opset: int, pool: str) -> None:
     meta, weights = import_onnx(model, "tiny", labels=[f"c{i}" for i in range(5)])
 
     pool2 = (
-        {"name": "pool2", "op": "avgpool", "kernel": 3, "stride": 2, "padding": 1,
-         "count_include_pad": False}
+        {
+            "name": "pool2",
+            "op": "avgpool",
+            "kernel": 3,
+            "stride": 2,
+            "padding": 1,
+            "count_include_pad": False,
+        }
         if pool == "avg"
         else {"name": "pool2", "op": "adaptive_avgpool", "output_size": 1}
-    )  # fmt: skip
+    )
     assert meta["layers"] == [
-        {"name": "conv1", "op": "conv", "out_channels": 8, "kernel": 3, "stride": 2,
-         "padding": 1, "groups": 2, "relu": True},
+        {
+            "name": "conv1",
+            "op": "conv",
+            "out_channels": 8,
+            "kernel": 3,
+            "stride": 2,
+            "padding": 1,
+            "groups": 2,
+            "relu": True,
+        },
         {"name": "pool1", "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True},
         {"name": "norm1", "op": "lrn", "size": 3, "alpha": 0.001, "k": 2.0},
-        {"name": "conv2", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1,
-         "relu": True},
+        {"name": "conv2", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1, "relu": True},
         pool2,
         {"name": "flatten", "op": "flatten"},
         {"name": "fc1", "op": "linear", "out_features": 10, "relu": True},
         {"name": "drop", "op": "dropout", "ratio": 0.3},
         {"name": "fc2", "op": "linear", "out_features": 5},
         {"name": "prob", "op": "softmax"},
-    ]  # fmt: skip
+    ]
     assert meta["input"] == {
-        "shape": [4, 15, 15], "layout": "NCHW", "color": "L", "resize": None,
-        "mean": [0.5], "std": [0.5],
-    }  # fmt: skip
+        "shape": [4, 15, 15],
+        "layout": "NCHW",
+        "color": "L",
+        "resize": None,
+        "mean": [0.5],
+        "std": [0.5],
+    }
     assert meta["labels"] == ["c0", "c1", "c2", "c3", "c4"]
     assert meta["format"] == 1 and meta["name"] == "tiny"
     check_weights(meta, weights)
@@ -200,8 +231,11 @@ def test_import_reshape_flatten(target: list[int], batches: tuple[int, ...]) -> 
     model = net.model(15)
     meta, weights = import_onnx(model, "r")
     assert [(layer["name"], layer["op"]) for layer in meta["layers"]] == [
-        ("conv", "conv"), ("pool", "maxpool"), ("reshape", "flatten"), ("fc", "linear"),
-    ]  # fmt: skip
+        ("conv", "conv"),
+        ("pool", "maxpool"),
+        ("reshape", "flatten"),
+        ("fc", "linear"),
+    ]
     assert meta["layers"][1]["stride"] == 1
     check_weights(meta, weights)
     assert_same_in_ort(model, meta, weights, 15, batches)
@@ -216,8 +250,14 @@ def test_generated_and_sanitised_names() -> None:
     net.add("Gemm", "fc", rand(3, 3), transB=1).add("Softmax", "")
     meta, _ = import_onnx(net.model(13), "names")
     assert [layer["name"] for layer in meta["layers"]] == [
-        "conv1", "pool1", "features_features_3_Conv", "flatten", "fc", "fc_2", "prob",
-    ]  # fmt: skip
+        "conv1",
+        "pool1",
+        "features_features_3_Conv",
+        "flatten",
+        "fc",
+        "fc_2",
+        "prob",
+    ]
 
 
 def test_file_path_labels_and_input_defaults(tmp_path) -> None:
@@ -246,8 +286,16 @@ def test_float16_weights_become_float32() -> None:
 # -- export: hand-written specs --------------------------------------------------------
 
 HAND_LAYERS = [
-    {"name": "conv1", "op": "conv", "out_channels": 6, "kernel": [3, 2], "stride": [1, 2],
-     "padding": [1, 0], "groups": 3, "relu": True},
+    {
+        "name": "conv1",
+        "op": "conv",
+        "out_channels": 6,
+        "kernel": [3, 2],
+        "stride": [1, 2],
+        "padding": [1, 0],
+        "groups": 3,
+        "relu": True,
+    },
     {"name": "norm1", "op": "lrn", "size": 4, "alpha": 1e-3, "beta": 0.75, "k": 2.0},
     # ceil mode whose last row window would start in the padding: exported with a trim
     {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 2, "padding": 1, "ceil_mode": True},
@@ -259,12 +307,12 @@ HAND_LAYERS = [
     {"name": "drop1", "op": "dropout"},
     {"name": "fc2", "op": "linear", "out_features": 4, "bias": False},
     {"name": "prob", "op": "softmax"},
-]  # fmt: skip
+]
 
 
 def hand_model(layers: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     meta = {"name": "hand", "input": {"shape": [3, 11, 21]}, "layers": layers}
-    params = expected_params(normalise_layers(layers), meta["input"]["shape"])
+    params = expected_params(parse_layers(layers), meta["input"]["shape"])
     return meta, {key: rand(*shape) for key, shape in params.items()}
 
 
@@ -276,7 +324,7 @@ def test_export_then_import_keeps_layers(opset: int) -> None:
     assert ops.count("Slice") == 1 and ops.count("MatMul") == 2 and "Dropout" not in ops
     back, back_weights = import_onnx(model, "hand")
     without_dropout = [layer for layer in HAND_LAYERS if layer["op"] != "dropout"]
-    assert normalise_layers(back["layers"]) == normalise_layers(without_dropout)
+    assert parse_layers(back["layers"]) == parse_layers(without_dropout)
     assert back["input"]["shape"] == [3, 11, 21]
     assert back_weights.keys() == weights.keys()
     for key, value in weights.items():
@@ -291,7 +339,7 @@ def test_export_matches_numpy_reference(opset: int) -> None:
     meta, weights = hand_model(layers)
     x = rand(2, 3, 11, 21)
     got = run_ort(to_onnx(meta, weights, opset), x)
-    np.testing.assert_allclose(got, forward(layers, weights, x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, forward(parse_layers(layers), weights, x), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -305,7 +353,7 @@ def test_export_adaptive_pool(size: int, out: int, op: str) -> None:
     assert model.graph.node[0].op_type == op
     x = rand(3, 2, size, size)
     got = run_ort(model, x).reshape(3, -1)
-    np.testing.assert_allclose(got, forward(layers, {}, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, forward(parse_layers(layers), {}, x), rtol=1e-5, atol=1e-7)
 
 
 def test_export_rejects_wrong_weights() -> None:

@@ -186,10 +186,18 @@ def test_swap_outer(device, rng, batch_outer):
 
 @pytest.mark.parametrize(
     ("extents", "limit", "units", "want"),
-    [((27, 64), 4096, 2, (27, 32)), ((13, 192), 4096, 2, (13, 96)), ((16, 256), 4096, 2, (16, 128)),
-     ((13, 640), 4096, 1, (13, 160)), ((7, 1), 4096, 2, (1, 1)), ((1, 40), 4096, 16, (1, 2)),
-     ((64, 64), 256, 2, (64, 4)), ((97,), 64, 2, (1,)), ((1,), 4096, 8, (1,))],
-)  # fmt: skip
+    [
+        ((27, 64), 4096, 2, (27, 32)),
+        ((13, 192), 4096, 2, (13, 96)),
+        ((16, 256), 4096, 2, (16, 128)),
+        ((13, 640), 4096, 1, (13, 160)),
+        ((7, 1), 4096, 2, (1, 1)),
+        ((1, 40), 4096, 16, (1, 2)),
+        ((64, 64), 256, 2, (64, 4)),
+        ((97,), 64, 2, (1,)),
+        ((1,), 4096, 8, (1,)),
+    ],
+)
 def test_work_group_divides_the_per_image_extents(extents, limit, units, want):
     """PoCL's own choices at batch 1 on 2 compute units are the first three."""
     from kernels.runtime import _work_group
@@ -219,7 +227,9 @@ def test_profiling_labels_direct_and_recorded_launches(device, rng):
     prof.tape(launches).replay()
     prof.finish()
     assert [(label, name) for label, name, _ in prof.events] == [
-        ("net.swap", "swap_outer"), ("net.taped", "swap_outer")]  # fmt: skip
+        ("net.swap", "swap_outer"),
+        ("net.taped", "swap_outer"),
+    ]
     assert all(e.profile.end >= e.profile.start > 0 for _, _, e in prof.events)
 
 
@@ -291,8 +301,9 @@ def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
     if not p.quantized:
         return ref.conv2d(x, p.round_trip(wt), b, stride, pad, groups, relu), None
     m, mg = wt.shape[0], wt.shape[0] // groups
-    parts = [p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range)
-             for g in range(groups)]  # fmt: skip
+    parts = [
+        p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range) for g in range(groups)
+    ]
     q = np.concatenate([pp.weights for pp in parts]).reshape(wt.shape)
     scale = np.concatenate([pp.scale for pp in parts])
     qinv, qzero = parts[0].qinv, parts[0].qzero
@@ -353,16 +364,25 @@ def test_direct_conv2d(device, rng, name, case):
 def test_conv2d_picks_direct(device, shape, stride, precision, options, direct):
     if not device.is_cpu:
         pytest.skip("the direct convolution is a default on CPU devices only")
-    op = ops.Conv2d(device, (shape[1], 28, 28), np.zeros(shape, np.float32), None,
-                    (stride, stride), (2, 2), precision=PRECISIONS[precision],
-                    input_range=(-1.0, 1.0), **options)  # fmt: skip
+    op = ops.Conv2d(
+        device,
+        (shape[1], 28, 28),
+        np.zeros(shape, np.float32),
+        None,
+        (stride, stride),
+        (2, 2),
+        precision=PRECISIONS[precision],
+        input_range=(-1.0, 1.0),
+        **options,
+    )
     assert op.direct == direct
 
 
 def test_direct_conv2d_needs_stride_one(device):
     with pytest.raises(ValueError, match="direct convolution needs stride 1"):
-        ops.Conv2d(device, (1, 28, 28), np.zeros((8, 1, 5, 5), np.float32), None, (2, 2),
-                   direct=True)  # fmt: skip
+        ops.Conv2d(
+            device, (1, 28, 28), np.zeros((8, 1, 5, 5), np.float32), None, (2, 2), direct=True
+        )
 
 
 def skip_unless_dot4(device, dot4: bool) -> None:
@@ -381,8 +401,21 @@ def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None)
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     input_range = (-2.5, 3.0)  # some inputs fall outside and saturate
-    op = ops.Conv2d(device, (c, h, w), wt, b, (sh, sw), (ph, pw), groups, relu, implicit,
-                    precision=p, input_range=input_range, dot4=dot4, direct=direct)  # fmt: skip
+    op = ops.Conv2d(
+        device,
+        (c, h, w),
+        wt,
+        b,
+        (sh, sw),
+        (ph, pw),
+        groups,
+        relu,
+        implicit,
+        precision=p,
+        input_range=input_range,
+        dot4=dot4,
+        direct=direct,
+    )
     got = run4d(device, op, x, op.scratch_bytes(n))
     want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
     if p.quantized:
@@ -417,8 +450,21 @@ def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4, dire
     x = rng.uniform(-1, 10, (2, 64, 5, 5)).astype(np.float32)
     x[0] = 10.0  # saturates at offset 255
     input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
-    op = ops.Conv2d(device, (64, 5, 5), wt, None, (1, 1), (0, 0), 1, False, implicit,
-                    precision=p, input_range=input_range, dot4=dot4, direct=direct)  # fmt: skip
+    op = ops.Conv2d(
+        device,
+        (64, 5, 5),
+        wt,
+        None,
+        (1, 1),
+        (0, 0),
+        1,
+        False,
+        implicit,
+        precision=p,
+        input_range=input_range,
+        dot4=dot4,
+        direct=direct,
+    )
     assert (op.dot4, op.direct) == (bool(dot4), direct)
     got = run4d(device, op, x, op.scratch_bytes(2))
     want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
@@ -500,8 +546,9 @@ def test_int8_linear_byte_dot_products(device, rng, n, i, o, dot4):
 @pytest.mark.parametrize("name", QUANTIZED)
 def test_quantized_layers_need_a_range(device, rng, name):
     with pytest.raises(ValueError, match=f"linear: {name} needs the calibrated range"):
-        ops.Linear(device, rng.standard_normal((4, 8), np.float32), None,
-                   precision=PRECISIONS[name])  # fmt: skip
+        ops.Linear(
+            device, rng.standard_normal((4, 8), np.float32), None, precision=PRECISIONS[name]
+        )
 
 
 def test_accumulator_overflow_is_refused_before_upload(device):
@@ -570,8 +617,17 @@ def test_winograd_fp16_weights(device, rng, r):
 def test_conv2d_picks_winograd(device, shape, stride, groups, precision, winograd):
     wt = np.zeros(shape, np.float32)
     c = shape[1] * groups
-    op = ops.conv2d(device, (c, 13, 13), wt, None, (stride, stride), (1, 1), groups,
-                    precision=PRECISIONS[precision], input_range=(-1.0, 1.0))  # fmt: skip
+    op = ops.conv2d(
+        device,
+        (c, 13, 13),
+        wt,
+        None,
+        (stride, stride),
+        (1, 1),
+        groups,
+        precision=PRECISIONS[precision],
+        input_range=(-1.0, 1.0),
+    )
     assert isinstance(op, WinogradConv2d) == winograd
 
 
@@ -610,12 +666,17 @@ def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m, r):
     wt = rng.standard_normal((e, m, c, r, r), np.float32)
     b = rng.standard_normal((e, m), np.float32)
     seg, expert_of = segment_table(device, counts)
-    op = ops.grouped_conv2d(device, (c, hw, hw), wt, b, (1, 1), pad, 1, True,
-                            get_precision(name), seg)  # fmt: skip
+    op = ops.grouped_conv2d(
+        device, (c, hw, hw), wt, b, (1, 1), pad, 1, True, get_precision(name), seg
+    )
     assert op.tile == (2 if r == 3 and hw <= 8 else 4)  # GROUPED_SMALL_TILE_MAX
     got = run4d(device, op, x, op.scratch_bytes(n))[: n - 3]
-    want = np.concatenate([ref.conv2d(x[i : i + 1], wt[expert_of[i]], b[expert_of[i]], 1,
-                                      pad, 1, True) for i in range(n - 3)])  # fmt: skip
+    want = np.concatenate(
+        [
+            ref.conv2d(x[i : i + 1], wt[expert_of[i]], b[expert_of[i]], 1, pad, 1, True)
+            for i in range(n - 3)
+        ]
+    )
     # half U: F(4x4, 5x5)'s transforms amplify its rounding more (1.7e-5 measured)
     assert nmse(got, want) < (FP32_NMSE if name == "fp32" else 1e-5 if r == 3 else 3e-5)
 
@@ -635,8 +696,9 @@ def test_grouped_linear(device, rng, name, counts, i, o, split):
     device.write(y, np.full((n + 2, o), 7.0, np.float32))
     op(n + 2, device.upload(x), y)
     got = device.read(y, (n + 2, o))
-    want = np.stack([ref.linear(x[r : r + 1], wt[expert_of[r]], b[expert_of[r]], True)[0]
-                     for r in range(n)])  # fmt: skip
+    want = np.stack(
+        [ref.linear(x[r : r + 1], wt[expert_of[r]], b[expert_of[r]], True)[0] for r in range(n)]
+    )
     assert nmse(got[:n], want) < (FP32_NMSE if name == "fp32" else 1e-5)
     assert (got[n:] == 7.0).all()
 
@@ -644,11 +706,28 @@ def test_grouped_linear(device, rng, name, counts, i, o, split):
 def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
     seg, _ = segment_table(device, [1, 1])
     with pytest.raises(ValueError, match="stride-1 ungrouped 3x3"):
-        ops.grouped_conv2d(device, (3, 8, 8), rng.standard_normal((2, 4, 3, 5, 5), np.float32),
-                           None, (1, 1), (2, 2), 1, False, get_precision("fp32"), seg)  # fmt: skip
-    with pytest.raises(ValueError, match="floating-point"):
-        ops.Linear(device, rng.standard_normal((2, 4, 8), np.float32), None, False,
-                   get_precision("int8"), (-1.0, 1.0), segments=seg)  # fmt: skip
+        ops.grouped_conv2d(
+            device,
+            (3, 8, 8),
+            rng.standard_normal((2, 4, 3, 5, 5), np.float32),
+            None,
+            (1, 1),
+            (2, 2),
+            1,
+            False,
+            get_precision("fp32"),
+            seg,
+        )
+    with pytest.raises(ValueError, match="grouped experts cannot run int8"):
+        ops.Linear(
+            device,
+            rng.standard_normal((2, 4, 8), np.float32),
+            None,
+            False,
+            get_precision("int8"),
+            (-1.0, 1.0),
+            segments=seg,
+        )
 
 
 @pytest.mark.parametrize("n,e,k", [(1, 4, 1), (13, 16, 4), (64, 4, 1), (5, 3, 3), (9, 7, 2)])
@@ -661,8 +740,10 @@ def test_topk_buckets(device, rng, n, e, k, ties):
     bufs = [device.alloc(4 * size) for size in (n * k, n * k, e + 1, n * k, n * k)]
     op(n, k, device.upload(scores), *bufs)
     shapes = [(n, k), (n, k), (e + 1,), (n * k,), (n * k,)]
-    got = [device.read(b, s, np.float32 if i == 1 else np.int32)
-           for i, (b, s) in enumerate(zip(bufs, shapes, strict=True))]  # fmt: skip
+    got = [
+        device.read(b, s, np.float32 if i == 1 else np.int32)
+        for i, (b, s) in enumerate(zip(bufs, shapes, strict=True))
+    ]
     want = ref.topk_buckets(scores, k)
     for i in (0, 2, 3, 4):
         np.testing.assert_array_equal(got[i], want[i])
@@ -676,5 +757,13 @@ def test_dot4_only_for_implicit_int8_where_the_device_has_it(device, rng, monkey
     monkeypatch.setenv("MOE_INT8_DOT4", "0")
     assert not Device(device.info.index).dot4
     with pytest.raises(ValueError, match="dot4 needs"):
-        ops.Conv2d(Device(device.info.index), (3, 8, 8), wt, None, implicit=True,
-                   precision=PRECISIONS["int8"], input_range=(-1.0, 1.0), dot4=True)  # fmt: skip
+        ops.Conv2d(
+            Device(device.info.index),
+            (3, 8, 8),
+            wt,
+            None,
+            implicit=True,
+            precision=PRECISIONS["int8"],
+            input_range=(-1.0, 1.0),
+            dot4=True,
+        )

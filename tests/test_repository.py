@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import experts.repository as repository
-from experts.repository import Model, ModelError, Repository, default_root, validate
-from experts.spec import expected_params, normalise_layers
+import experts.model.repository as repository
+from experts.model.model import Model, ModelError, validate
+from experts.model.repository import Repository, default_root
+from experts.model.spec import expected_params, parse_layers
 
 TINY: dict[str, Any] = {
     "format": 1,
@@ -43,7 +44,7 @@ def tiny_meta(**changes: Any) -> dict[str, Any]:
 def tiny_weights(meta: dict[str, Any] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     meta = meta or TINY
     rng = np.random.default_rng(seed)
-    params = expected_params(normalise_layers(meta["layers"]), meta["input"]["shape"])
+    params = expected_params(parse_layers(meta["layers"]), meta["input"]["shape"])
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in params.items()}
 
 
@@ -74,8 +75,8 @@ def test_round_trip(repo: Repository, saved: dict[str, np.ndarray]) -> None:
     assert model.input_shape == (3, 8, 8)
     assert model.num_classes == 3
     assert model.labels == ["0", "1", "2"]
-    assert [layer["name"] for layer in model.layers] == ["conv1", "flat", "fc"]
-    assert model.layers[0]["kernel"] == (3, 3)
+    assert [layer.name for layer in model.layers] == ["conv1", "flat", "fc"]
+    assert model.layers[0].kernel == (3, 3)
     assert set(model.weights) == set(saved)
     for key, value in saved.items():
         assert model.weights[key].dtype == np.float32
@@ -143,7 +144,7 @@ def test_names_skips_temp_and_non_models(repo: Repository, saved: Any) -> None:
 
 def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MOE_MODEL_REPOSITORY", raising=False)
-    assert default_root() == Path(repository.__file__).resolve().parent.parent / "models"
+    assert default_root() == Path(repository.__file__).resolve().parents[2] / "models"
     monkeypatch.setenv("MOE_MODEL_REPOSITORY", str(tmp_path))
     assert default_root() == tmp_path
 
@@ -236,16 +237,20 @@ def _nan_weight() -> np.ndarray:
 @pytest.mark.parametrize(
     ("weights", "message"),
     [
-        (_weights_with(conv1__weight=np.zeros((4, 3, 3, 2), np.float32)),
-         r"tensor 'conv1\.weight' has shape \(4, 3, 3, 2\), expected \(4, 3, 3, 3\)"),
+        (
+            _weights_with(conv1__weight=np.zeros((4, 3, 3, 2), np.float32)),
+            r"tensor 'conv1\.weight' has shape \(4, 3, 3, 2\), expected \(4, 3, 3, 3\)",
+        ),
         (_weights_with(fc__bias=None), r"missing weight tensors \['fc\.bias'\]"),
-        (_weights_with(fc2__weight=np.zeros(3, np.float32)),
-         r"unexpected weight tensors \['fc2\.weight'\]"),
+        (
+            _weights_with(fc2__weight=np.zeros(3, np.float32)),
+            r"unexpected weight tensors \['fc2\.weight'\]",
+        ),
         (_weights_with(conv1__weight=_nan_weight()), r"'conv1\.weight' has 1 non-finite"),
         (_weights_with(fc__bias=np.array([1e300, 0, 0])), r"'fc\.bias' has 1 non-finite"),
         (_weights_with(fc__bias=np.zeros(3, np.int32)), r"'fc\.bias' has dtype int32"),
     ],
-)  # fmt: skip
+)
 def test_bad_weights(repo: Repository, weights: dict[str, np.ndarray], message: str) -> None:
     with pytest.raises(ModelError, match=r"model 'tiny': .*" + message):
         repo.save("tiny", tiny_meta(), weights)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experts.reference_network import forward
-from experts.repository import Repository
+from experts.model.spec import parse_layers
+from experts.networks.reference import forward
+from experts.model.repository import Repository
 from kernels.reference import softmax
 from service.images import decode_image, preprocess
 from service.settings import Settings
@@ -37,7 +38,7 @@ def repo(tmp_path_factory) -> Path:
 def app(repo):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     settings = Settings(
         model_repository=repo,
@@ -68,7 +69,7 @@ def classify(client, data: bytes = PNG, ctype: str = "image/png", **params):
 
 def reference_probs(repo: Path, data: bytes) -> np.ndarray:
     x = preprocess(decode_image(data, "ref"), TINY["input"])[np.newaxis]
-    return softmax(forward(TINY["layers"], Repository(repo).load("tiny").weights, x))[0]
+    return softmax(forward(parse_layers(TINY["layers"]), Repository(repo).load("tiny").weights, x))[0]
 
 
 def assert_error(response, status: int, contains: str = "") -> str:
@@ -220,7 +221,7 @@ def test_v1_body_limits(client):
         ({"top_k": 0}, 400, "top_k"),
         ({"top_k": 4}, 400, "top_k"),
         ({"top_k": "abc"}, 400, "top_k"),
-        ({"k": 1}, 400, "not a mixture"),
+        ({"k": 1}, 400, "applies only to mixture-of-experts models"),
         ({"model": "tiny-moe", "k": 0}, 400, "between 1 and 4"),
         ({"model": "tiny-moe", "k": 5}, 400, "between 1 and 4"),
     ],
@@ -240,7 +241,7 @@ def test_v1_bad_multipart(client):
     )
     assert_error(r, 400, "file upload")
     files = [("image", (f"{i}.png", PNG, "image/png")) for i in range(5)]  # max batch is 4
-    assert_error(client.post("/v1/classify", files=files), 400, "too many files")
+    assert_error(client.post("/v1/classify", files=files), 400, "batch of 5, at most 4")
     r = client.post(
         "/v1/classify",
         content=b"--xyz\r\nnot multipart",
@@ -314,7 +315,7 @@ def tensor(n: int = 2, seed: int = 0) -> np.ndarray:
 
 
 def ref_tensor_probs(repo: Path, x: np.ndarray) -> np.ndarray:
-    return softmax(forward(TINY["layers"], Repository(repo).load("tiny").weights, x))
+    return softmax(forward(parse_layers(TINY["layers"]), Repository(repo).load("tiny").weights, x))
 
 
 def binary_request(doc: dict, *blobs: bytes) -> tuple[bytes, dict[str, str]]:
@@ -527,7 +528,7 @@ V2_BAD_JSON = {
         _fp32_doc([1, 3, 16, 16], parameters={"precision": "int4"}),
         "unknown precision",
     ),
-    "k on a plain model": (_fp32_doc([1, 3, 16, 16], parameters={"k": 2}), "not a mixture"),
+    "k on a plain model": (_fp32_doc([1, 3, 16, 16], parameters={"k": 2}), "applies only to mixture"),
     "top_k out of range": (_fp32_doc([1, 3, 16, 16], parameters={"top_k": 7}), "top_k"),
     "bad base64": (_fp32_doc([1], data=["%%%"], datatype="BYTES", name="image"), "base64"),
     "bytes not an image": (
@@ -653,7 +654,14 @@ def test_classify_at_int8(client, model):
     b = {p["index"]: p["score"] for p in int8.json()["predictions"]}
     assert set(a) == set(b) and all(abs(a[i] - b[i]) < 0.05 for i in a)
     metrics = client.get("/metrics").text
-    weights = {p: float(re.search(rf'moe_resident_weight_bytes\{{model="{model}",'
-                                  rf'precision="{p}"\}} (\S+)', metrics).group(1))
-               for p in ("fp32", "int8")}  # fmt: skip
+    weights = {
+        p: float(
+            re.search(
+                rf'moe_resident_weight_bytes\{{model="{model}",'
+                rf'precision="{p}"\}} (\S+)',
+                metrics,
+            ).group(1)
+        )
+        for p in ("fp32", "int8")
+    }
     assert weights["int8"] < 0.5 * weights["fp32"]

@@ -10,8 +10,8 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
-from service.engine import ExpertChoice, InferResult, batch_buckets, bucket_for
+from service.http.batching import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
+from service.http.engine import ExpertChoice, InferResult
 
 
 class Recorder:
@@ -151,8 +151,6 @@ def test_queue_bound(make):
     b.submit(("m", "fp32", None), images(1), later())
     with pytest.raises(QueueFull):
         b.submit(("m", "fp32", None), images(1), later())
-    with pytest.raises(ValueError):
-        b.submit(("m", "fp32", None), images(5), later())
     device.release.set()
 
 
@@ -219,12 +217,3 @@ def test_the_next_batch_is_queued_while_one_runs(make):
     assert device.sizes == [4, 4, 1]
     device.finish(2)
     assert lone.result(5).batch_size == 1
-
-
-def test_batch_buckets():
-    assert batch_buckets(1) == [1]
-    assert batch_buckets(8) == [1, 2, 4, 8]
-    assert batch_buckets(12) == [1, 2, 4, 8, 12]
-    assert [bucket_for(n, [1, 2, 4, 8]) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
-    with pytest.raises(ValueError):
-        bucket_for(9, [1, 2, 4, 8])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.engine import Engine
+from service.commands.main import main
+from service.http.engine import Engine
 from service.settings import Settings, default_decode_workers
 from tests.service_fixtures import encode, make_repo, random_rgb, wait_loaded
 
@@ -32,7 +32,7 @@ class GatedEngine(Engine):
 def test_ready_only_after_warm_up_and_not_while_draining(tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     settings = Settings(model_repository=make_repo(tmp_path / "models"), max_batch_size=2)
     engine = GatedEngine(settings)
@@ -68,7 +68,7 @@ def test_ready_only_after_warm_up_and_not_while_draining(tmp_path):
 def test_a_model_that_fails_to_load_never_becomes_ready(tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     root = make_repo(tmp_path / "models")
     (root / "tiny" / "weights.safetensors").write_bytes(b"garbage")
@@ -154,10 +154,11 @@ class SlowEngine(Engine):
 def test_deadline_gives_504_and_the_server_recovers(tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
-    settings = Settings(model_repository=make_repo(tmp_path / "models"), request_timeout_s=0.3,
-                        max_batch_size=1)  # fmt: skip
+    settings = Settings(
+        model_repository=make_repo(tmp_path / "models"), request_timeout_s=0.3, max_batch_size=1
+    )
     engine = SlowEngine(settings)
     app = create_app(settings, engine=engine)
     with TestClient(app) as client:
@@ -167,8 +168,12 @@ def test_deadline_gives_504_and_the_server_recovers(tmp_path):
         assert r.status_code == 504 and "MOE_REQUEST_TIMEOUT_S" in r.json()["error"]
         # A client's shorter v2 timeout (microseconds, as tritonclient sends it) applies too.
         engine.delay = 0.15
-        doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16],
-                           "data": [0.0] * 768}], "parameters": {"timeout": 50_000}}  # fmt: skip
+        doc = {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 768}
+            ],
+            "parameters": {"timeout": 50_000},
+        }
         assert client.post("/v2/models/tiny/infer", json=doc).status_code == 504
         engine.delay = 0.0
         time.sleep(0.7)  # the timed-out batches finish on the device thread

@@ -11,8 +11,8 @@ import zlib
 import numpy as np
 import pytest
 
-from service import protocol
-from service.protocol import (
+from service.http import protocol
+from service.http.protocol import (
     PayloadTooLarge,
     ProtocolError,
     ResponseOutput,

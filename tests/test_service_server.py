@@ -183,10 +183,19 @@ def test_startup_failure_exits_non_zero_in_one_line(tmp_path):
     ready, and the process ends with status 1 and one error line on stderr."""
     root = make_repo(tmp_path / "models")
     (root / "tiny" / "weights.safetensors").write_bytes(b"garbage")
-    env = {**os.environ, "MOE_MODEL_REPOSITORY": str(root), "MOE_PORT": "0",
-           "MOE_HOST": "127.0.0.1"}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = {
+        **os.environ,
+        "MOE_MODEL_REPOSITORY": str(root),
+        "MOE_PORT": "0",
+        "MOE_HOST": "127.0.0.1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.commands.main", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("moe-alexnet: error: startup failed: model 'tiny'"), proc.stderr
@@ -202,8 +211,17 @@ def test_load_test_script_against_a_live_server(repo, tmp_path):
     finally:
         sys.path.pop(0)
     with server(repo, log=tmp_path / "server.log", max_batch_size="4") as srv:
-        argv = ["--url", srv.url, "--server-pid", str(srv.server_pid()), "-n", "40", "-c", "4",
-                "--json"]  # fmt: skip
+        argv = [
+            "--url",
+            srv.url,
+            "--server-pid",
+            str(srv.server_pid()),
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "--json",
+        ]
         ok = loadtest.run_report(*loadtest.parse_args(argv))
         missing = loadtest.run_report(*loadtest.parse_args([*argv, "--model", "nope", "-n", "6"]))
     assert ok["requests"] == ok["ok"] == 40 and ok["errors"] == 0

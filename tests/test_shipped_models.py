@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experts.datasets import DatasetError, load_fashion_mnist, to_model_input
-from experts.loading import build_network, forward
-from experts.repository import Repository, default_root
+from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_model_input
+from experts.model.repository import Repository, default_root
+from experts.networks.build import build_network
 
 # Issue targets: top-1 at fp32, and the most a precision may lose against fp32.
 MIN_TOP1 = {"fashion-alexnet": 0.930, "fashion-moe": 0.925}
@@ -35,7 +35,7 @@ def shipped(name: str):
 def top1(network, x: np.ndarray, batch: int = 250) -> tuple[np.ndarray, np.ndarray | None]:
     preds, experts = [], []
     for start in range(0, len(x), batch):
-        scores, routing = forward(network, x[start : start + batch])
+        scores, routing = network.run(x[start : start + batch])
         preds.append(scores.argmax(axis=1))
         if routing is not None:
             experts.append(routing.indices[:, 0])
@@ -79,7 +79,7 @@ def test_parity_with_pytorch(fp32_runs, name):
     """The weights as trained (PyTorch) and as our kernels run them agree on >= 99.9%
     of the test set's top-1."""
     pytest.importorskip("torch", reason="torch (the training extra) is not installed")
-    from experts.training_nets import build_model, load_weights, torch_predictions
+    from experts.training.nets import build_model, load_weights, torch_predictions
 
     model, x, _, pred, _ = fp32_runs[name]
     net = build_model(model.meta)

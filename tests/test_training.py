@@ -14,14 +14,19 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
 
-from experts.architectures import FASHION_INPUT, fashion_alexnet, fashion_moe  # noqa: E402
-from experts.datasets import DEFAULT_DIR, to_model_input  # noqa: E402
-from experts.mixture import mixture_params, reference_forward, route  # noqa: E402
-from experts.reference_network import forward  # noqa: E402
-from experts.repository import Repository, validate  # noqa: E402
-from experts.training import TrainingError, native_bf16, routing_warning, train  # noqa: E402
-from experts.training_loop import augment, normalise  # noqa: E402
-from experts.training_nets import (  # noqa: E402
+from experts.model.architectures import FASHION_INPUT, fashion_alexnet, fashion_moe  # noqa: E402
+from experts.data.fashion_mnist import DEFAULT_DIR, to_model_input  # noqa: E402
+from experts.layers.lrn import Lrn  # noqa: E402
+from experts.model.mixture import mixture_params  # noqa: E402
+from experts.model.model import validate  # noqa: E402
+from experts.model.repository import Repository  # noqa: E402
+from experts.model.spec import parse_layers  # noqa: E402
+from experts.networks.reference import forward, route  # noqa: E402
+from experts.networks.reference import mixture_forward as reference_forward  # noqa: E402
+from experts.training.report import routing_warning  # noqa: E402
+from experts.training.train import TrainingError, native_bf16, train  # noqa: E402
+from experts.training.loop import augment, normalise  # noqa: E402
+from experts.training.nets import (  # noqa: E402
     MixtureNet,
     SpecNet,
     balance_loss,
@@ -30,25 +35,39 @@ from experts.training_nets import (  # noqa: E402
     load_weights,
     torch_predictions,
 )
-from service.cli import main  # noqa: E402
+from service.commands.main import main  # noqa: E402
 
 EVERY_OP = [
     {"name": "c1", "op": "conv", "out_channels": 8, "kernel": 3, "padding": 1, "relu": True},
     {"name": "n1", "op": "lrn", "size": 3, "alpha": 0.01, "beta": 0.75, "k": 2.0},
     {"name": "p1", "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True},
-    {"name": "c2", "op": "conv", "out_channels": 6, "kernel": [3, 5], "stride": [1, 2],
-     "padding": [1, 2], "groups": 2},
+    {
+        "name": "c2",
+        "op": "conv",
+        "out_channels": 6,
+        "kernel": [3, 5],
+        "stride": [1, 2],
+        "padding": [1, 2],
+        "groups": 2,
+    },
     {"name": "r2", "op": "relu"},
     {"name": "n2", "op": "lrn", "size": 4, "alpha": 0.05, "beta": 0.5, "k": 1.0},
-    {"name": "p2", "op": "avgpool", "kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-     "count_include_pad": False},
+    {
+        "name": "p2",
+        "op": "avgpool",
+        "kernel": 3,
+        "stride": 2,
+        "padding": 1,
+        "ceil_mode": True,
+        "count_include_pad": False,
+    },
     {"name": "p3", "op": "adaptive_avgpool", "output_size": [3, 2]},
     {"name": "flat", "op": "flatten"},
     {"name": "drop", "op": "dropout", "ratio": 0.3},
     {"name": "fc1", "op": "linear", "out_features": 12, "relu": True},
     {"name": "fc2", "op": "linear", "out_features": 5, "bias": False},
     {"name": "prob", "op": "softmax"},
-]  # fmt: skip
+]
 HAVE_DATA = (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="dataset-fashion-mnist is not installed")
 
@@ -87,10 +106,10 @@ def spread_routing(net: MixtureNet, x: np.ndarray) -> None:
 )
 def test_specnet_matches_numpy_reference(layers, shape):
     torch.manual_seed(0)
-    net = SpecNet(layers, shape)
+    net = SpecNet(parse_layers(layers), shape)
     noisy_biases(net)
     x = images(5, shape)
-    want = forward(layers, export_weights(net), x)
+    want = forward(parse_layers(layers), export_weights(net), x)
     got = torch_predictions(net, x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -99,16 +118,15 @@ def test_specnet_matches_numpy_reference(layers, shape):
 def test_lrn_matches_torch_for_odd_sizes():
     """The banded-convolution LRN is torch's formula (which our engine shares for odd
     sizes; for even ones the numpy reference above is the oracle)."""
-    from experts.training_nets import ChannelLRN
-
     x = torch.randn(3, 32, 13, 13) * 3
     for size in (1, 3, 5):
         want = torch.nn.LocalResponseNorm(size, 1e-3, 0.75, 2.0)(x)
-        torch.testing.assert_close(ChannelLRN(32, size, 1e-3, 0.75, 2.0)(x), want)
+        ours = Lrn("n", size, 1e-3, 0.75, 2.0).torch_module((32, 13, 13))
+        torch.testing.assert_close(ours(x), want)
 
 
 def test_specnet_logits_skip_the_final_softmax():
-    net = SpecNet(EVERY_OP, (4, 17, 17)).eval()
+    net = SpecNet(parse_layers(EVERY_OP), (4, 17, 17)).eval()
     x = torch.from_numpy(images(3, (4, 17, 17)))
     with torch.no_grad():
         logits, probs = net(x, logits=True), net(x)
@@ -245,7 +263,7 @@ def test_export_names_and_shapes_validate(meta):
 
 
 def test_load_weights_round_trip():
-    from experts.architectures import random_weights
+    from experts.model.architectures import random_weights
 
     meta = fashion_moe()
     weights = random_weights(meta, seed=6)
@@ -267,10 +285,15 @@ def test_augment_crops_and_flips_within_padding():
     assert out.shape == (200, 28, 28) and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(base, (2, 2, 2, 2))
     variants = {
-        (dy, dx, flip): (padded[dy : dy + 28, dx : dx + 28].flip(1) if flip
-                         else padded[dy : dy + 28, dx : dx + 28])
-        for dy in range(5) for dx in range(5) for flip in (False, True)
-    }  # fmt: skip
+        (dy, dx, flip): (
+            padded[dy : dy + 28, dx : dx + 28].flip(1)
+            if flip
+            else padded[dy : dy + 28, dx : dx + 28]
+        )
+        for dy in range(5)
+        for dx in range(5)
+        for flip in (False, True)
+    }
     hits = {next(key for key, v in variants.items() if torch.equal(v, img)) for img in out}
     assert len(hits) > 30  # both flips and many offsets occur
 
@@ -308,23 +331,35 @@ def test_a_collapsed_gate_is_flagged():
     assert "4.0x" in routing_warning(collapsed) and "collapsed" in routing_warning(collapsed)
 
 
-def test_imports_without_torch():
-    """Without torch the module imports and says what to install."""
+def test_without_torch_the_command_says_what_to_install():
+    """Without torch everything imports, and `train` fails in one line with the hint."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import experts.training as t\n"
-        "try:\n    t.SpecNet\nexcept t.TrainingError as e:\n    print(e)\n"
+        "from service.commands.main import main\n"
+        "sys.exit(main(['train', '--arch', 'fashion-moe', '--limit', '1']))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).parent.parent, check=True)  # fmt: skip
-    assert "pip install 'moe-alexnet[train]'" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "pip install 'moe-alexnet[train]'" in result.stderr
 
 
 @needs_data
 @pytest.mark.parametrize("arch", ["fashion-moe", "fashion-alexnet"])
 def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
-    summary = train(arch, epochs=1, limit=512, out_dir=tmp_path, progress=False,
-                    command=["moe-alexnet", "train"])  # fmt: skip
+    summary = train(
+        arch,
+        epochs=1,
+        limit=512,
+        out_dir=tmp_path,
+        progress=False,
+        command=["moe-alexnet", "train"],
+    )
     model = Repository(tmp_path).load(arch)
     assert model.name == arch and model.meta["input"]["mean"] == [0.2860]
     record = json.loads((tmp_path / arch / "training.json").read_text())
@@ -349,8 +384,9 @@ def test_tiny_training_run_saves_a_loadable_model(arch, tmp_path):
 def test_bf16_autocast_trains_and_exports_float32(tmp_path):
     """bfloat16 forward passes still export float32 weights that the engine runs as
     PyTorch does (the parity check runs in float32)."""
-    record = train("fashion-alexnet", epochs=1, limit=256, out_dir=tmp_path, progress=False,
-                   autocast="bf16")  # fmt: skip
+    record = train(
+        "fashion-alexnet", epochs=1, limit=256, out_dir=tmp_path, progress=False, autocast="bf16"
+    )
     assert record["autocast"] == "bf16" and record["parity"]["same_top1"]
     weights = Repository(tmp_path).load("fashion-alexnet").weights
     assert all(w.dtype == np.float32 for w in weights.values())
@@ -360,22 +396,43 @@ def test_bf16_autocast_trains_and_exports_float32(tmp_path):
 def test_distillation_from_a_repository_teacher(tmp_path):
     teachers = tmp_path / "teachers"
     train("fashion-alexnet", epochs=1, limit=256, out_dir=teachers, progress=False)
-    record = train("fashion-moe", epochs=1, limit=256, out_dir=tmp_path / "out",
-                   progress=False, teacher="fashion-alexnet", teacher_dir=teachers,
-                   distill=0.7)  # fmt: skip
+    record = train(
+        "fashion-moe",
+        epochs=1,
+        limit=256,
+        out_dir=tmp_path / "out",
+        progress=False,
+        teacher="fashion-alexnet",
+        teacher_dir=teachers,
+        distill=0.7,
+    )
     want = json.loads((teachers / "fashion-alexnet" / "training.json").read_text())
     assert record["teacher"] == "fashion-alexnet" and record["distill"] == 0.7
     assert record["teacher_test_accuracy"] == want["test_accuracy"]  # same 256 test images
     assert record["parity"]["same_routing"]
     with pytest.raises(TrainingError, match="teacher 'nope'"):
-        train("fashion-moe", epochs=1, limit=64, out_dir=tmp_path / "x", progress=False,
-              teacher="nope", teacher_dir=teachers)  # fmt: skip
+        train(
+            "fashion-moe",
+            epochs=1,
+            limit=64,
+            out_dir=tmp_path / "x",
+            progress=False,
+            teacher="nope",
+            teacher_dir=teachers,
+        )
     grey = json.loads((teachers / "fashion-alexnet" / "model.json").read_text())
     grey["input"]["mean"] = [0.5]
     (teachers / "fashion-alexnet" / "model.json").write_text(json.dumps(grey))
     with pytest.raises(TrainingError, match="takes other inputs"):
-        train("fashion-moe", epochs=1, limit=64, out_dir=tmp_path / "x", progress=False,
-              teacher="fashion-alexnet", teacher_dir=teachers)  # fmt: skip
+        train(
+            "fashion-moe",
+            epochs=1,
+            limit=64,
+            out_dir=tmp_path / "x",
+            progress=False,
+            teacher="fashion-alexnet",
+            teacher_dir=teachers,
+        )
 
 
 def test_distillation_loss():
@@ -383,7 +440,7 @@ def test_distillation_loss():
     adds nothing; one that does not adds a positive KL term."""
     from types import SimpleNamespace
 
-    from experts.training_loop import Trainer
+    from experts.training.loop import Trainer
 
     scores = torch.randn(8, 10)
     task = torch.tensor(1.5)
@@ -398,8 +455,7 @@ def test_distillation_loss():
 @needs_data
 def test_same_seed_same_weights(tmp_path):
     def run(folder: str) -> dict[str, np.ndarray]:
-        train("fashion-moe", epochs=1, limit=256, seed=7, out_dir=tmp_path / folder,
-              progress=False)  # fmt: skip
+        train("fashion-moe", epochs=1, limit=256, seed=7, out_dir=tmp_path / folder, progress=False)
         return Repository(tmp_path / folder).load("fashion-moe").weights
 
     first, second = run("a"), run("b")
@@ -408,11 +464,36 @@ def test_same_seed_same_weights(tmp_path):
 
 @needs_data
 def test_cli_train(tmp_path, capsys):
-    code = main(["train", "--arch", "fashion-moe", "--epochs", "1", "--limit", "256",
-                 "--out", str(tmp_path), "--seed", "3", "--batch-size", "64",
-                 "--lr", "0.001", "--dropout", "0.1", "--clean-fraction", "1",
-                 "--no-route-clean", "--threads", "1", "--device", "cpu",
-                 "--autocast", "off"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--arch",
+            "fashion-moe",
+            "--epochs",
+            "1",
+            "--limit",
+            "256",
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "3",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.001",
+            "--dropout",
+            "0.1",
+            "--clean-fraction",
+            "1",
+            "--no-route-clean",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--autocast",
+            "off",
+        ]
+    )
     assert code == 0
     assert Repository(tmp_path).names() == ["fashion-moe"]
     record = json.loads((tmp_path / "fashion-moe" / "training.json").read_text())
@@ -425,8 +506,17 @@ def test_cli_train(tmp_path, capsys):
 
 
 def test_cli_train_without_dataset(tmp_path, capsys):
-    code = main(["train", "--arch", "fashion-moe", "--data-dir", str(tmp_path / "none"),
-                 "--out", str(tmp_path)])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--arch",
+            "fashion-moe",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "apt-get install dataset-fashion-mnist" in err
@@ -435,8 +525,9 @@ def test_cli_train_without_dataset(tmp_path, capsys):
 @needs_data
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch has no CUDA GPU")
 def test_training_on_a_gpu_exports_what_the_engine_runs(tmp_path):
-    record = train("fashion-moe", epochs=1, limit=256, out_dir=tmp_path, progress=False,
-                   device="cuda")  # fmt: skip
+    record = train(
+        "fashion-moe", epochs=1, limit=256, out_dir=tmp_path, progress=False, device="cuda"
+    )
     assert record["device"] == "cuda" and record["gpu"]
     assert record["parity"]["same_top1"] and record["parity"]["same_routing"]
     assert Repository(tmp_path).load("fashion-moe").calibration is not None

@@ -32,7 +32,12 @@
 // the runtime sets DOT4 only where the CPU has it (runtime.py: Device.dot4).
 #include "precision.h"
 
-#define NB (16 * NV)
+// ROW_BLOCK and LANES come from kernels/blocking.py as -D defines; the macros below
+// unroll exactly 8 rows of 16-float vectors, so other values must not build.
+#if ROW_BLOCK != 8 || LANES != 16
+#error "gemm.cl unrolls 8 rows of float16 lanes: kernels/blocking.py must say ROW_BLOCK 8, LANES 16"
+#endif
+#define NB (LANES * NV)
 
 // EACH(X, r): X(r, q) for the NV column vectors q of block row r.
 #if NV == 3
@@ -86,10 +91,10 @@
     const float bb = bias[m0 + r], sc = scale[m0 + r]; \
     __global float *o = C + (size_t)(c_row0 + m0 + r) * ldc + n0; \
     for (int q = 0; q < NV; ++q) { \
-        const int e0 = max(lo - n0 - 16 * q, 0), e1 = min(hi - n0 - 16 * q, 16); \
-        if (e0 == 0 && e1 == 16) vstore16(ACT(v[q] * sc + bb), q, o); \
-        else if (e0 == 0) store_head(ACT(v[q] * sc + bb), e1, o + 16 * q); \
-        else for (int e = e0; e < e1; ++e) o[16 * q + e] = ACT(v[q][e] * sc + bb); } }
+        const int e0 = max(lo - n0 - LANES * q, 0), e1 = min(hi - n0 - LANES * q, LANES); \
+        if (e0 == 0 && e1 == LANES) vstore16(ACT(v[q] * sc + bb), q, o); \
+        else if (e0 == 0) store_head(ACT(v[q] * sc + bb), e1, o + LANES * q); \
+        else for (int e = e0; e < e1; ++e) o[LANES * q + e] = ACT(v[q][e] * sc + bb); } }
 
 // The first n (< 16) lanes of v to o: the last, partial vector of a row or panel.
 inline void store_head(const float16 v, const int n, __global float *o)
@@ -142,7 +147,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     const int mt = get_global_id(0);  // row blocks fastest: they share one B panel in cache
     const int nt = get_global_id(1);
     const int g = get_global_id(2);
-    const int m0 = mt * 8, n0 = nt * NB;
+    const int m0 = mt * ROW_BLOCK, n0 = nt * NB;
     __global const float *bp = Bp + (size_t)g * b_stride + (size_t)nt * K * NB;
     C += (size_t)g * c_stride;
 #if GROUPED
@@ -150,12 +155,12 @@ __kernel void gemm_packed(const int M, const int N, const int K,
         const int lo = max(n0, seg[x] * cols), hi = min(min(n0 + NB, N), seg[x + 1] * cols);
         if (lo >= hi) continue;
         __global const wtype *a = Ap + (size_t)x * a_expert + (size_t)g * a_stride
-                                  + (size_t)mt * K * 8;
+                                  + (size_t)mt * K * ROW_BLOCK;
         BLOCK(bp, __global, K)
     }
 #else
     const int lo = n0, hi = N;
-    __global const wtype *a = Ap + (size_t)g * a_stride + (size_t)mt * K * 8;
+    __global const wtype *a = Ap + (size_t)g * a_stride + (size_t)mt * K * ROW_BLOCK;
     BLOCK(bp, __global, K)
 #endif
 }
@@ -182,10 +187,10 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 {
     const int item = get_global_id(0), mt = get_global_id(1);
     const int chunk = item % chunks, row = item / chunks;  // row = b * OH + oy
-    const int b = row / OH, oy = row % OH, m0 = mt * 8;
+    const int b = row / OH, oy = row % OH, m0 = mt * ROW_BLOCK;
     const size_t plane = (size_t)batch * HP * WP;
     __global const float *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy) * WP + chunk * NB;
-    __global const wtype *a = Ap + (size_t)mt * K * 8;
+    __global const wtype *a = Ap + (size_t)mt * K * ROW_BLOCK;
     ROWS(DECL)
     const int cg = K / (KH * KW);
     int k = 0;
@@ -270,12 +275,12 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
         }
     }
 #endif
-    const int blocks = (M + 7) / 8;
+    const int blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
-        const int m0 = mt * 8;
-        __global const wtype *a = Ap + (size_t)mt * steps * (DOT4 ? 32 : 8);
+        const int m0 = mt * ROW_BLOCK;
+        __global const wtype *a = Ap + (size_t)mt * steps * ROW_BLOCK * (DOT4 ? 4 : 1);
         BLOCK(panel, __local, steps)
     }
 }

@@ -6,7 +6,16 @@ connected layers take and give [N][features].
 """
 
 from kernels.ops.conv import Conv2d
-from kernels.ops.elementwise import GatherImages, Merge, Relu, Softmax, SwapOuter, TopKBuckets
+from kernels.ops.elementwise import (
+    Flatten,
+    GatherImages,
+    Merge,
+    Relu,
+    Softmax,
+    SwapOuter,
+    TopKBuckets,
+)
+from kernels.ops.launcher import Launcher
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
@@ -15,8 +24,10 @@ from kernels.ops.winograd import WinogradConv2d, conv2d, grouped_conv2d
 __all__ = [
     "AdaptiveAvgPool2d",
     "Conv2d",
+    "Flatten",
     "GatherImages",
     "LRN",
+    "Launcher",
     "Linear",
     "Merge",
     "Pool2d",

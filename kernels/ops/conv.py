@@ -7,32 +7,33 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
+from kernels.blocking import LANES, ROW_BLOCK
 from kernels.geometry import conv_out
+from kernels.ops.launcher import Launcher
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
 # Largest K = channels * KH * KW that runs as a direct convolution by default (stride 1,
-# CPUs). Against the implicit GEMM on PoCL, batch 8: K = 25 143 vs 178 us, 75 353 vs
-# 485, 144 201 vs 203, 288 394 vs 382; 1 x 1 filters (nothing to gather) and int16
-# (long accumulators: 520 vs 443 us at K = 25) were slower direct.
+# CPUs): above it, gathering GEMM panels pays for itself (BENCHMARKS.md; 1 x 1 filters,
+# with nothing to gather, and int16, with its long accumulators, run the GEMM).
 DIRECT_MAX_K = 144
 
 
-# Relative speed per column of the GEMM at each panel width (8 x 16*NV blocks), as
-# measured on PoCL's CPU device: narrower blocks reload A more often per FLOP.
+# Relative speed per column of the GEMM at each panel width (ROW_BLOCK x LANES*NV
+# blocks) on PoCL's CPU device: narrower blocks reload A more often per FLOP.
 PANEL_SPEED = {3: 1.0, 2: 0.9, 1: 0.6}
 
 
 def choose_nv(columns: int, widest: int = 3) -> int:
-    """Panel width (16 * NV columns, NV <= `widest`) for a GEMM with `columns` columns:
-    the one that finishes first, counting the padding of the last panel (49 Winograd
-    tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
+    """Panel width (LANES * NV columns, NV <= `widest`) for a GEMM with `columns`
+    columns: the one that finishes first, counting the padding of the last panel (49
+    Winograd tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
     widths = [nv for nv in PANEL_SPEED if nv <= widest]
-    return min(widths, key=lambda nv: -(-columns // (16 * nv)) * 16 * nv / PANEL_SPEED[nv])
+    return min(widths, key=lambda nv: -(-columns // (LANES * nv)) * nv / PANEL_SPEED[nv])
 
 
-def pack_rows(a: np.ndarray, block: int = 8, group: int = 1) -> np.ndarray:
+def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarray:
     """[M][K] -> [ceil(M/block)][ceil(K/group)][block][group], zero rows and columns
     appended: the GEMM's A panels (group 4: gemm.cl's DOT4 reads four k at a time)."""
     m, k = a.shape
@@ -50,7 +51,7 @@ def channels_last(w: np.ndarray, c: int, padded: int) -> np.ndarray:
     return np.pad(taps, ((0, 0), (0, 0), (0, padded - c))).reshape(len(w), -1)
 
 
-class Conv2d:
+class Conv2d(Launcher):
     """Convolution on [C][N][H][W] activations, bias and ReLU fused in the GEMM.
 
     Where a B panel (K x NB floats) fits the device's local memory (CPUs), the
@@ -93,17 +94,23 @@ class Conv2d:
         self.ow = conv_out(self.w, self.kw, self.sw, self.pw)
         self.k = self.cg * self.kh * self.kw
         self.mg = self.m // groups
-        self.blocks = -(-self.mg // 8)
-        # The implicit GEMM gathers a K x 16*NV float panel into local memory: the
+        self.blocks = -(-self.mg // ROW_BLOCK)
+        # The implicit GEMM gathers a K x LANES*NV float panel into local memory: the
         # widest NV that fits (GPUs have 48-64 KiB, PoCL 1 MiB).
         local_bytes = device.cl_device.local_mem_size
-        fits = [nv for nv in PANEL_SPEED if 64 * self.k * nv <= local_bytes]
+        fits = [nv for nv in PANEL_SPEED if self._panel_bytes(nv) <= local_bytes]
         self.widest_nv = min(max(fits, default=0), device.widest_panel)
         stride1 = (self.sh, self.sw) == (1, 1)
         if direct is None:  # asking for a path (implicit, dot4) rules the default out
-            direct = (implicit is None and dot4 is None and device.is_cpu and stride1
-                      and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
-                      and precision.bits != 16)  # fmt: skip
+            direct = (
+                implicit is None
+                and dot4 is None
+                and device.is_cpu
+                and stride1
+                and 1 < self.kh * self.kw
+                and self.k <= DIRECT_MAX_K
+                and not precision.wide_accumulator
+            )
         elif direct and not stride1:
             raise ValueError("direct convolution needs stride 1")
         self.direct = direct
@@ -111,11 +118,11 @@ class Conv2d:
             implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         elif implicit and not self.widest_nv:
             raise ValueError(
-                f"implicit convolution needs {64 * self.k} bytes of local memory for one "
+                f"implicit convolution needs {self._panel_bytes(1)} bytes of local memory for one "
                 f"panel of K={self.k}; the device has {local_bytes}"
             )
         self.implicit = implicit and not direct
-        byte_dot = self.implicit and precision.bits == 8
+        byte_dot = self.implicit and precision.byte_dot
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -127,8 +134,10 @@ class Conv2d:
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
         self.cg4 = -(-self.cg // 4) * 4
         if self.dot4:
-            self.a = [device.upload(pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4))
-                      for p in prepared]  # fmt: skip
+            self.a = [
+                device.upload(pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4))
+                for p in prepared
+            ]
         else:
             self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
         self.scale = [device.upload(p.scale) for p in prepared]
@@ -145,11 +154,15 @@ class Conv2d:
         self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
 
+    def _panel_bytes(self, nv: int) -> int:
+        """Local memory for one float panel of K x LANES * nv columns."""
+        return 4 * self.k * LANES * nv
+
     def kernels(self, nv: int) -> dict[str, Any]:
-        """The kernels for panels of 16 * nv columns, built on first use."""
+        """The kernels for panels of LANES * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
-            d, nb = self.device, {"NB": 16 * nv}
+            d, nb = self.device, {"NB": LANES * nv}
             defines = {"NV": nv, "RELU": self.relu, **self.defines}
             if self.direct:
                 found = {"direct": d.kernel("gemm.cl", "conv_direct", defines)}
@@ -157,9 +170,11 @@ class Conv2d:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
             else:
                 nb = {**nb, **self.precision.defines}
-                found = {"gemm": d.kernel("gemm.cl", "gemm_packed", defines),
-                         "im2col": d.kernel("im2col.cl", "im2col_packed", nb),
-                         "tail": d.kernel("im2col.cl", "im2col_tail", nb)}  # fmt: skip
+                found = {
+                    "gemm": d.kernel("gemm.cl", "gemm_packed", defines),
+                    "im2col": d.kernel("im2col.cl", "im2col_packed", nb),
+                    "tail": d.kernel("im2col.cl", "im2col_tail", nb),
+                }
             self._kernels[nv] = found
         return found
 
@@ -170,14 +185,14 @@ class Conv2d:
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
             hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-            return 4 * (self.c * n * hp * wp + 16 * self.direct_nv)
+            return 4 * (self.c * n * hp * wp + LANES * self.direct_nv)
         if self.implicit:
             padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
             if self.dot4:
                 return n * padded * self.groups * self.cg4
             return 4 * self.c * n * padded if self.pad is not None else 0
         cols = n * self.oh * self.ow
-        nb = 16 * choose_nv(cols, self.device.widest_panel)
+        nb = LANES * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
 
     @property
@@ -196,80 +211,170 @@ class Conv2d:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         if self.dot4:
             self.device.launch(
-                self.pad, (hp, n), self.device.work_group(hp, 1), x, scratch,
-                I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
-                I32(self.c), I32(n), I32(self.cg), I32(self.cg4),
-            )  # fmt: skip
+                self.pad,
+                (hp, n),
+                self.device.work_group(hp, 1),
+                x,
+                scratch,
+                I32(self.h),
+                I32(self.w),
+                I32(self.ph),
+                I32(self.pw),
+                self.qinv,
+                self.qzero,
+                I32(self.c),
+                I32(n),
+                I32(self.cg),
+                I32(self.cg4),
+            )
             x = scratch
         elif self.pad is not None:
             self._pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
         nv = choose_nv(cols, self.widest_nv)
-        panels = -(-cols // (16 * nv))
+        panels = -(-cols // (LANES * nv))
         # Few panels (small batch, small images): split the row blocks too, so every
         # core gets two items; each part gathers its own copy of the panel, so more
-        # splitting costs more than it balances (a mixture's gate, 32 -> 16 channels
-        # at batch 8: 9 panels, 128 us split in two against 90 us whole).
+        # splitting costs more than it balances.
         items = 2 * self.device.info.compute_units
         parts = min(self.blocks, -(-items // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
         # DOT4: K over (i, j, channel) with the channels padded, one byte each.
         k, c0 = (self.kh * self.kw * self.cg4, self.cg4) if self.dot4 else (self.k, self.cg)
-        local = cl.LocalMemory((1 if self.dot4 else 4) * k * 16 * nv)
+        local = cl.LocalMemory((1 if self.dot4 else 4) * k * LANES * nv)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
             dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
             self.device.launch(
-                conv, (panels, parts), (1, 1),
-                I32(self.mg), I32(cols), I32(k), self.a[g], x, self.bias[g],
+                conv,
+                (panels, parts),
+                (1, 1),
+                I32(self.mg),
+                I32(cols),
+                I32(k),
+                self.a[g],
+                x,
+                self.bias[g],
                 self.scale[g],
-                y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * c0),
-                I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.oh), I32(self.ow), I32(per_item), local, *dot4,
-            )  # fmt: skip
+                y,
+                I32(cols),
+                I32(g * self.mg),
+                I32(n),
+                I32(hp),
+                I32(wp),
+                I32(g * c0),
+                I32(self.kh),
+                I32(self.kw),
+                I32(self.sh),
+                I32(self.sw),
+                I32(self.oh),
+                I32(self.ow),
+                I32(per_item),
+                local,
+                *dot4,
+            )
 
     def _pad(self, n: int, x: Any, scratch: Any) -> None:
         """pad2d: x zero-padded (and quantised) into scratch, [C][N][HP][WP] floats."""
         hp = self.h + 2 * self.ph
         self.device.launch(
-            self.pad, (hp, self.c * n), self.device.work_group(hp, self.c), x, scratch,
-            I32(self.h), I32(self.w), I32(self.ph), I32(self.pw), self.qinv, self.qzero,
-        )  # fmt: skip
+            self.pad,
+            (hp, self.c * n),
+            self.device.work_group(hp, self.c),
+            x,
+            scratch,
+            I32(self.h),
+            I32(self.w),
+            I32(self.ph),
+            I32(self.pw),
+            self.qinv,
+            self.qzero,
+        )
 
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self._pad(n, x, scratch)
         nv = self.direct_nv
-        chunks = -(-self.ow // (16 * nv))
+        chunks = -(-self.ow // (LANES * nv))
         cols = n * self.oh * self.ow
         for g in range(self.groups):
             self.device.launch(
-                self.kernels(nv)["direct"], (n * self.oh * chunks, self.blocks), (1, 1),
-                I32(self.mg), I32(self.k), self.a[g], scratch, self.bias[g], self.scale[g],
-                y, I32(cols), I32(g * self.mg), I32(n), I32(hp), I32(wp), I32(g * self.cg),
-                I32(self.kh), I32(self.kw), I32(self.oh), I32(self.ow), I32(chunks),
-            )  # fmt: skip
+                self.kernels(nv)["direct"],
+                (n * self.oh * chunks, self.blocks),
+                (1, 1),
+                I32(self.mg),
+                I32(self.k),
+                self.a[g],
+                scratch,
+                self.bias[g],
+                self.scale[g],
+                y,
+                I32(cols),
+                I32(g * self.mg),
+                I32(n),
+                I32(hp),
+                I32(wp),
+                I32(g * self.cg),
+                I32(self.kh),
+                I32(self.kw),
+                I32(self.oh),
+                I32(self.ow),
+                I32(chunks),
+            )
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         cols = n * self.oh * self.ow
         nv = choose_nv(cols, self.device.widest_panel)
-        nb, panels, kern = 16 * nv, -(-cols // (16 * nv)), self.kernels(nv)
+        nb, panels, kern = LANES * nv, -(-cols // (LANES * nv)), self.kernels(nv)
         for g in range(self.groups):
             self.device.launch(
-                kern["im2col"], (-(-self.k // 16) * 16, n * self.oh), (16, 1), x, scratch,
-                I32(n), I32(self.h), I32(self.w), I32(g * self.cg),
-                I32(self.kh), I32(self.kw), I32(self.sh), I32(self.sw),
-                I32(self.ph), I32(self.pw), I32(self.oh), I32(self.ow), I32(self.k),
-                self.qinv, self.qzero,
-            )  # fmt: skip
+                kern["im2col"],
+                (-(-self.k // 16) * 16, n * self.oh),
+                (16, 1),
+                x,
+                scratch,
+                I32(n),
+                I32(self.h),
+                I32(self.w),
+                I32(g * self.cg),
+                I32(self.kh),
+                I32(self.kw),
+                I32(self.sh),
+                I32(self.sw),
+                I32(self.ph),
+                I32(self.pw),
+                I32(self.oh),
+                I32(self.ow),
+                I32(self.k),
+                self.qinv,
+                self.qzero,
+            )
             if cols % nb:
-                self.device.launch(kern["tail"], (self.k,), self.device.work_group(self.k),
-                                   scratch, I32(self.k), I32(cols))  # fmt: skip
+                self.device.launch(
+                    kern["tail"],
+                    (self.k,),
+                    self.device.work_group(self.k),
+                    scratch,
+                    I32(self.k),
+                    I32(cols),
+                )
             self.device.launch(
-                kern["gemm"], (self.blocks, panels, 1), self.device.each_alone(3),
-                I32(self.mg), I32(cols), I32(self.k), self.a[g], scratch, self.bias[g],
+                kern["gemm"],
+                (self.blocks, panels, 1),
+                self.device.each_alone(3),
+                I32(self.mg),
+                I32(cols),
+                I32(self.k),
+                self.a[g],
+                scratch,
+                self.bias[g],
                 self.scale[g],
-                y, I32(cols), I32(g * self.mg), I32(0), I32(0), I32(0),
-            )  # fmt: skip
+                y,
+                I32(cols),
+                I32(g * self.mg),
+                I32(0),
+                I32(0),
+                I32(0),
+            )

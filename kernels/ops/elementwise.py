@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.ops.launcher import Launcher
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -24,7 +25,22 @@ class SwapOuter:
         self.device.launch(self.kernel, (b, a), local, x, y, I32(a), I32(b), I32(self.inner))
 
 
-class Relu:
+class Flatten(Launcher):
+    """[C][N][H][W] -> [N][C*H*W] (PyTorch's flatten order for the fc layers); one image
+    is laid out alike in both, so at batch 1 nothing runs."""
+
+    def __init__(self, device: Device, shape: tuple[int, ...]) -> None:
+        self.c, self.inner = shape[0], int(np.prod(shape[1:]))
+        self.swap = SwapOuter(device, self.inner, batch_outer=False)
+
+    def runs_at(self, n: int) -> bool:
+        return n > 1
+
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+        self.swap(self.c, n, x, y)
+
+
+class Relu(Launcher):
     def __init__(self, device: Device, features: int) -> None:
         self.device, self.features = device, features
         self.kernel = device.kernel("elementwise.cl", "relu")
@@ -35,7 +51,7 @@ class Relu:
         self.device.launch(self.kernel, (total,), local, x, y, I32(total))
 
 
-class Softmax:
+class Softmax(Launcher):
     """Softmax over the features of each image ([N][F])."""
 
     def __init__(self, device: Device, features: int) -> None:
@@ -56,10 +72,16 @@ class Merge:
 
     def __call__(self, n: int, topk: int, outputs: Any, idx: Any, gates: Any, y: Any) -> None:
         self.device.launch(
-            self.kernel, (self.features, n), self.device.work_group(self.features, 1),
-            outputs, idx, gates, y,
-            I32(self.features), I32(topk),
-        )  # fmt: skip
+            self.kernel,
+            (self.features, n),
+            self.device.work_group(self.features, 1),
+            outputs,
+            idx,
+            gates,
+            y,
+            I32(self.features),
+            I32(topk),
+        )
 
 
 class GatherImages:
@@ -70,13 +92,22 @@ class GatherImages:
         self.device, self.channels, self.inner = device, channels, inner
         self.kernel = device.kernel("elementwise.cl", "gather_images")
 
-    def __call__(self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0,
-                 batch: int | None = None) -> None:  # fmt: skip
+    def __call__(
+        self, n: int, m: int, x: Any, idx: Any, y: Any, first: int = 0, batch: int | None = None
+    ) -> None:
         self.device.launch(
-            self.kernel, (m, self.channels), self.device.work_group(1, self.channels),
-            x, y, idx, I32(first), I32(n), I32(m), I32(m if batch is None else batch),
+            self.kernel,
+            (m, self.channels),
+            self.device.work_group(1, self.channels),
+            x,
+            y,
+            idx,
+            I32(first),
+            I32(n),
+            I32(m),
+            I32(m if batch is None else batch),
             I32(self.inner),
-        )  # fmt: skip
+        )
 
 
 class TopKBuckets:
@@ -88,7 +119,9 @@ class TopKBuckets:
         self.device = device
         self.kernel = device.kernel("elementwise.cl", "topk_buckets", {"BUCKETS": buckets})
 
-    def __call__(self, n: int, k: int, scores: Any, index: Any, weight: Any, start: Any,
-                 src: Any, dst: Any) -> None:  # fmt: skip
-        self.device.launch(self.kernel, (1,), (1,), scores, I32(n), I32(k), index, weight,
-                           start, src, dst)  # fmt: skip
+    def __call__(
+        self, n: int, k: int, scores: Any, index: Any, weight: Any, start: Any, src: Any, dst: Any
+    ) -> None:
+        self.device.launch(
+            self.kernel, (1,), (1,), scores, I32(n), I32(k), index, weight, start, src, dst
+        )

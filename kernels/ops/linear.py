@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.ops.launcher import Launcher
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -15,12 +16,12 @@ I32 = np.int32
 SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
 
 
-class Linear:
+class Linear(Launcher):
     """y[N][O] = x[N][I] W^T + b, ReLU optional.
 
     Memory-bound at small batch. On CPUs (`linear`) each work-item reads RO weight rows
-    once per tile of RB images: RO=4 streamed fc6 fastest on PoCL (~30 GB/s at batch 1
-    and 8), and RB=8 covers the usual serving batch in one pass over the weights.
+    once per tile of RB images: RO=4 streamed fc6 fastest on PoCL (BENCHMARKS.md), and
+    RB=8 covers the usual serving batch in one pass over the weights.
     Elsewhere (`linear_split`, `split`) a work-group of SPLIT_ITEMS shares each row, so
     a GPU has enough work-items in flight to stream at its own bandwidth.
 
@@ -44,13 +45,16 @@ class Linear:
         self.split = not device.is_cpu if split is None else split
         self.segments = segments  # grouped: weight [E][O][I], rows sorted by expert
         self.experts = experts = weight.shape[0] if segments is not None else 1
-        if segments is not None and precision.quantized:
-            raise ValueError("grouped experts run floating-point precisions only")
+        if segments is not None and not precision.grouped:
+            raise ValueError(f"grouped experts cannot run {precision.name}")
         self.o, self.i = weight.shape[-2:]
         weight = weight.reshape(experts * self.o, self.i)
         self.relu = relu
-        bias = (np.zeros(experts * self.o, np.float32) if bias is None
-                else bias.astype(np.float32).ravel())  # fmt: skip
+        bias = (
+            np.zeros(experts * self.o, np.float32)
+            if bias is None
+            else bias.astype(np.float32).ravel()
+        )
         prepared = precision.prepare(weight, input_range, "linear")
         self.w = device.upload(prepared.weights)
         self.scale = device.upload(prepared.scale)
@@ -58,7 +62,7 @@ class Linear:
         self.b = device.upload(bias)
         self.weight_bytes = prepared.nbytes + bias.nbytes
         self.precision = precision
-        byte_dot = precision.bits == 8 and not self.split and self.i % 4 == 0
+        byte_dot = precision.byte_dot and not self.split and self.i % 4 == 0
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -79,7 +83,7 @@ class Linear:
         if self.segments is not None:
             return (1 if self.split else 4), 1
         if self.split:  # an int16 lane is a long16: 32 registers per image
-            return 1, 1 if self.precision.bits == 16 else min(n, 4)
+            return 1, 1 if self.precision.wide_accumulator else min(n, 4)
         if self.dot4:  # RO * RB int16 accumulators and RB inputs within 32 registers
             return 2, min(n, 8)
         return 4, min(n, 8)
@@ -95,14 +99,27 @@ class Linear:
         kernel = self._kernels.get(rb)
         if kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
-            defines = {**shape, "RB": rb, "RELU": self.relu,
-                       "GROUPED": self.segments is not None, **self.defines}  # fmt: skip
+            defines = {
+                **shape,
+                "RB": rb,
+                "RELU": self.relu,
+                "GROUPED": self.segments is not None,
+                **self.defines,
+            }
             name = "linear_split" if self.split else "linear"
             kernel = self._kernels[rb] = self.device.kernel("linear.cl", name, defines)
         if self.precision.quantized:
             count = n * self.i
-            self.device.launch(self.quantize, (count,), self.device.work_group(self.i),
-                               x, scratch, I32(count), self.qinv, self.qzero)  # fmt: skip
+            self.device.launch(
+                self.quantize,
+                (count,),
+                self.device.work_group(self.i),
+                x,
+                scratch,
+                I32(count),
+                self.qinv,
+                self.qzero,
+            )
             x = scratch
         rows, tiles = -(-self.o // ro), -(-n // rb)
         if self.split:
@@ -110,8 +127,17 @@ class Linear:
         else:
             grid, local = (rows, tiles), self.device.each_alone(2)
         self.device.launch(
-            kernel, grid, local,
-            I32(n), I32(self.i), I32(self.o), x, self.w, self.b, self.scale, y,
+            kernel,
+            grid,
+            local,
+            I32(n),
+            I32(self.i),
+            I32(self.o),
+            x,
+            self.w,
+            self.b,
+            self.scale,
+            y,
             *(() if self.segments is None else (self.segments, I32(self.experts))),
             *((self.corr,) if self.dot4 else ()),
-        )  # fmt: skip
+        )

@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from kernels.ops.launcher import Launcher
 from kernels.runtime import Device
 
 I32, I64, F32 = np.int32, np.int64, np.float32
 
 
-class LRN:
+class LRN(Launcher):
     """AlexNet's cross-channel LRN on [C][N][H][W] activations."""
 
     def __init__(
@@ -39,7 +40,16 @@ class LRN:
         if local is not None:
             items = -(-items // local[0]) * local[0]
         self.device.launch(
-            self.kernel, (items, 1), local, x, y,
-            I32(self.c), I32(inner), I64(inner), I32(self.size),
-            F32(self.alpha / self.size), F32(self.beta), F32(self.k),
-        )  # fmt: skip
+            self.kernel,
+            (items, 1),
+            local,
+            x,
+            y,
+            I32(self.c),
+            I32(inner),
+            I64(inner),
+            I32(self.size),
+            F32(self.alpha / self.size),
+            F32(self.beta),
+            F32(self.k),
+        )

@@ -5,9 +5,8 @@ F(4x4, 3x3) does 4x fewer multiplies than direct convolution (F(2x2, 3x3) 2.25x)
 F(4x4, 5x5) 6.25x; AlexNet's conv3-conv5 (3x3) are 55% of its convolution work and
 conv2 (5x5) 34%, and 4x4 tiles cover conv3-conv5's 13x13 outputs in 16 tiles an image
 (a whole GEMM panel at batch 1). The transforms come from Toom-Cook interpolation at
-0, 1, -1, 1/2, -1/2 (and 2, -2 for F(4x4, 5x5)) and infinity; the extra rounding
-measured ~1e-5 of a layer's largest output (~6e-6 for F(4x4, 5x5)) and ~1e-6 on
-AlexNet's logits (tests/test_ops.py, tests/test_network.py bound both).
+0, 1, -1, 1/2, -1/2 (and 2, -2 for F(4x4, 5x5)) and infinity; the extra rounding this
+costs is bounded per layer and on whole networks by the kernel and network tests.
 """
 
 from __future__ import annotations
@@ -16,21 +15,22 @@ from typing import Any
 
 import numpy as np
 
+from kernels.blocking import LANES, ROW_BLOCK
 from kernels.ops.conv import Conv2d, choose_nv, pack_rows
+from kernels.ops.launcher import Launcher
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
 I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
 TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
-# 5x5 filters run Winograd from this many input channels on (measured on PoCL, 2
-# cores: 1.1-1.4x faster than direct at 48 channels, even at 32, mostly slower below).
+# 5x5 filters run Winograd from this many input channels on: with fewer, the
+# transforms cost more than the multiplies they save (BENCHMARKS.md).
 WINOGRAD_5X5_CHANNELS = 48
 # Grouped 3x3 layers with outputs at most this wide run F(2x2, 3x3): on a 6 x 6 map
 # both tiles cost the same multiplies (4x4 tiles cover 8 x 8), but 2x2 tiles give 9
-# GEMM columns an image instead of 4, so fewer 16-column panels straddle two experts
-# (a straddling panel runs once per expert): 10-11% faster per layer for fashion-moe's
-# experts at batch 8, where a plain network's layers gained nothing.
+# GEMM columns an image instead of 4, so fewer panels straddle two experts (a
+# straddling panel runs once per expert); a plain network's layers gained nothing.
 GROUPED_SMALL_TILE_MAX = 8
 
 
@@ -70,7 +70,7 @@ def _values(matrix: np.ndarray) -> str:
     return ",".join(f"{float(v)!r}f" for v in matrix.ravel())
 
 
-class WinogradConv2d:
+class WinogradConv2d(Launcher):
     """Same contract as Conv2d: [C][N][H][W] in, [M][N][OH][OW] out, bias + ReLU.
 
     Grouped (`segments` given): the E experts of a mixture in one set of launches.
@@ -105,44 +105,62 @@ class WinogradConv2d:
         self.tile = tile
         self.alpha = tile + r - 1
         self.th, self.tw = -(-self.oh // tile), -(-self.ow // tile)
-        self.blocks = -(-self.m // 8)
+        self.blocks = -(-self.m // ROW_BLOCK)
         if precision.quantized:  # the transforms would mix quantised integers
             raise ValueError(f"Winograd runs floating-point precisions only, not {precision.name}")
         per_expert = weight.reshape(self.experts, self.m, *weight.shape[1:])
-        packed = precision.store(np.stack([
-            np.stack([pack_rows(ue) for ue in transform_weights(w, tile)]) for w in per_expert
-        ]))  # fmt: skip
+        packed = precision.store(
+            np.stack(
+                [np.stack([pack_rows(ue) for ue in transform_weights(w, tile)]) for w in per_expert]
+            )
+        )
         self.a_stride, self.a_expert = packed[0, 0].size, packed[0].size
         self.u = device.upload(packed)
-        bias = (np.zeros(self.experts * self.m, np.float32) if bias is None
-                else bias.astype(np.float32).ravel())  # fmt: skip
+        bias = (
+            np.zeros(self.experts * self.m, np.float32)
+            if bias is None
+            else bias.astype(np.float32).ravel()
+        )
         self.bias = device.upload(bias)
-        self.zero_bias = device.upload(np.zeros(self.blocks * 8, np.float32))
-        self.ones = device.upload(np.ones(self.blocks * 8, np.float32))
+        self.zero_bias = device.upload(np.zeros(self.blocks * ROW_BLOCK, np.float32))
+        self.ones = device.upload(np.ones(self.blocks * ROW_BLOCK, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
         self.precision = precision
         at, _, bt = transforms(tile, r)
-        self.defines = {"ALPHA": self.alpha, "MT": tile, "RELU": relu,
-                        "BT_VALUES": _values(bt), "AT_VALUES": _values(at),
-                        "GROUPED": segments is not None}  # fmt: skip
+        self.defines = {
+            "ALPHA": self.alpha,
+            "MT": tile,
+            "RELU": relu,
+            "BT_VALUES": _values(bt),
+            "AT_VALUES": _values(at),
+            "GROUPED": segments is not None,
+        }
         self._kernels: dict[int, dict[str, Any]] = {}
-        # The input transform: one work-item per 4x4 tile (1.2-1.7x faster than one per
-        # row of tiles on AlexNet's and the fashion models' 13 x 13 layers, measured on
-        # PoCL, bit for bit the same V), one per row of tiles for 2x2 tiles (9 tiles an
-        # image on a 6 x 6 map, where per tile was 10-35% slower).
+        # The input transform: one work-item per 4x4 tile (faster than one per row of
+        # tiles on 13 x 13 layers, bit for bit the same V), one per row of tiles for
+        # 2x2 tiles (9 tiles an image on a 6 x 6 map, where per tile was slower).
         self.per_tile = tile == 4
 
     def kernels(self, nv: int) -> dict[str, Any]:
-        """The kernels for tile panels of 16 * nv columns, built on first use."""
+        """The kernels for tile panels of LANES * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
-            d, defines = self.device, {**self.defines, "NB": 16 * nv}
+            d, defines = self.device, {**self.defines, "NB": LANES * nv}
             name = "winograd_input_tiles" if self.per_tile else "winograd_input"
-            found = {"input": d.kernel("winograd.cl", name, defines),
-                     "output": d.kernel("winograd.cl", "winograd_output", defines),
-                     "gemm": d.kernel("gemm.cl", "gemm_packed",
-                                      {"NV": nv, "RELU": 0, "GROUPED": self.defines["GROUPED"],
-                                       **self.precision.defines})}  # fmt: skip
+            found = {
+                "input": d.kernel("winograd.cl", name, defines),
+                "output": d.kernel("winograd.cl", "winograd_output", defines),
+                "gemm": d.kernel(
+                    "gemm.cl",
+                    "gemm_packed",
+                    {
+                        "NV": nv,
+                        "RELU": 0,
+                        "GROUPED": self.defines["GROUPED"],
+                        **self.precision.defines,
+                    },
+                ),
+            }
             self._kernels[nv] = found
         return found
 
@@ -160,13 +178,20 @@ class WinogradConv2d:
         tiles = n * self.th * self.tw
         # Grouped: narrow panels, as a panel straddling experts is computed once per expert.
         nv = choose_nv(tiles, self.device.widest_panel) if self.segments is None else 1
-        panels = -(-tiles // (16 * nv))
+        panels = -(-tiles // (LANES * nv))
         e = self.alpha * self.alpha
-        v_es = panels * self.c * 16 * nv + 16
+        v_es = panels * self.c * LANES * nv + 16
         m_off = -(-e * v_es // tiles) * tiles  # M starts on a whole row of tiles
         m_es = self.m * tiles + 16
-        return {"tiles": tiles, "nv": nv, "panels": panels, "v_es": v_es, "m_off": m_off,
-                "m_es": m_es, "floats": m_off + e * m_es}  # fmt: skip
+        return {
+            "tiles": tiles,
+            "nv": nv,
+            "panels": panels,
+            "v_es": v_es,
+            "m_off": m_off,
+            "m_es": m_es,
+            "floats": m_off + e * m_es,
+        }
 
     def scratch_bytes(self, n: int) -> int:
         return 4 * self._sizes(n)["floats"]
@@ -176,30 +201,66 @@ class WinogradConv2d:
         tiles, kern, d = z["tiles"], self.kernels(z["nv"]), self.device
         rows = self.th * (self.tw if self.per_tile else 1)  # work-items along axis 0 an image
         d.launch(
-            kern["input"], (n * rows, self.c), d.work_group(rows, self.c), x, scratch,
-            I32(n), I32(self.h), I32(self.w), I32(self.ph), I32(self.pw),
-            I32(self.th), I32(self.tw), I32(self.c), I32(tiles), I32(z["v_es"]),
-        )  # fmt: skip
+            kern["input"],
+            (n * rows, self.c),
+            d.work_group(rows, self.c),
+            x,
+            scratch,
+            I32(n),
+            I32(self.h),
+            I32(self.w),
+            I32(self.ph),
+            I32(self.pw),
+            I32(self.th),
+            I32(self.tw),
+            I32(self.c),
+            I32(tiles),
+            I32(z["v_es"]),
+        )
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
         grouped = ()
         if self.segments is not None:
-            grouped = (self.segments, I32(self.experts), I32(self.th * self.tw),
-                       I32(self.a_expert))  # fmt: skip
+            grouped = (self.segments, I32(self.experts), I32(self.th * self.tw), I32(self.a_expert))
         d.launch(
-            kern["gemm"], (self.blocks, z["panels"], self.alpha * self.alpha), d.each_alone(3),
-            I32(self.m), I32(tiles), I32(self.c), self.u, scratch, self.zero_bias,
-            self.ones, scratch, I32(tiles), I32(z["m_off"] // tiles),
-            I32(self.a_stride), I32(z["v_es"]), I32(z["m_es"]), *grouped,
-        )  # fmt: skip
+            kern["gemm"],
+            (self.blocks, z["panels"], self.alpha * self.alpha),
+            d.each_alone(3),
+            I32(self.m),
+            I32(tiles),
+            I32(self.c),
+            self.u,
+            scratch,
+            self.zero_bias,
+            self.ones,
+            scratch,
+            I32(tiles),
+            I32(z["m_off"] // tiles),
+            I32(self.a_stride),
+            I32(z["v_es"]),
+            I32(z["m_es"]),
+            *grouped,
+        )
         d.launch(
             # PoCL's own local size, one compile per batch size: any size fixed across
-            # batches (one image's tiles, or a padded 64) ran AlexNet's b8 0.5-0.9 ms
-            # slower than the 128 x 32 it picks there.
-            kern["output"], (tiles, self.m), None, scratch, I32(z["m_off"]), self.bias, y,
-            I32(self.m), I32(tiles), I32(n), I32(self.oh), I32(self.ow),
-            I32(self.th), I32(self.tw), I32(z["m_es"]), *grouped[:2],
-        )  # fmt: skip
+            # batches (one image's tiles, or a padded 64) ran slower than its pick.
+            kern["output"],
+            (tiles, self.m),
+            None,
+            scratch,
+            I32(z["m_off"]),
+            self.bias,
+            y,
+            I32(self.m),
+            I32(tiles),
+            I32(n),
+            I32(self.oh),
+            I32(self.ow),
+            I32(self.th),
+            I32(self.tw),
+            I32(z["m_es"]),
+            *grouped[:2],
+        )
 
 
 def winograd_fits(shape: tuple[int, ...], stride: tuple[int, int], groups: int) -> bool:
@@ -223,17 +284,26 @@ def conv2d(
     input_range: tuple[float, float] | None = None,
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
-    stride-1 ungrouped layers with 3x3 filters (1.5-2.5x faster than direct on
-    AlexNet's conv3-conv5) or 5x5 ones over at least WINOGRAD_5X5_CHANNELS input
-    channels (about 2x on AlexNet's conv2: 4 multiplies an output instead of 25; with
+    stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at least
+    WINOGRAD_5X5_CHANNELS input channels (4 multiplies an output instead of 25; with
     fewer channels the transforms cost more than the multiplies saved, and F(2x2, 5x5)
     saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
     precisions run direct: Winograd's transforms would turn exact integer products into
     rounded float ones."""
     if winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized:
         return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
-    return Conv2d(device, in_shape, weight, bias, stride, padding, groups, relu,
-                  precision=precision, input_range=input_range)  # fmt: skip
+    return Conv2d(
+        device,
+        in_shape,
+        weight,
+        bias,
+        stride,
+        padding,
+        groups,
+        relu,
+        precision=precision,
+        input_range=input_range,
+    )
 
 
 def grouped_conv2d(
@@ -258,5 +328,6 @@ def grouped_conv2d(
     r = weight.shape[-1]
     out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1
     tile = 2 if r == 3 and out <= GROUPED_SMALL_TILE_MAX else TILE
-    return WinogradConv2d(device, in_shape, weight, bias, padding, relu, tile,
-                          precision=precision, segments=segments)  # fmt: skip
+    return WinogradConv2d(
+        device, in_shape, weight, bias, padding, relu, tile, precision=precision, segments=segments
+    )

@@ -1,0 +1,257 @@
+"""A mixture of experts compiled for one OpenCL device, with sparse execution.
+
+The stem and the gate run on the whole batch; the (image, expert) pairs are then
+sorted by expert and the experts run on their own images only: grouped (all experts
+as one network, one launch per layer, each image with its expert's weights) where
+every expert layer has a grouped kernel, else one expert after the other (an expert
+no image chose costs nothing either way). The chosen experts' features are merged
+back in image order, weighted by the renormalised gate weights, and the shared head
+runs on the merged batch.
+
+Grouped, the routing happens on the device too: a batch is queued to the end without
+a wait, and one wait reads the scores with the routing, so batches pipeline as a
+plain network's do. One by one, the host reads the gate's logits to route (a wait in
+`submit`), then enqueues the gathers, the experts, the merge and the head, and the
+returned function waits for the scores. Each wait costs PoCL's threads a sleep and a
+wake-up, which at this network size is the main cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from experts.layers import SpecError
+from experts.model.mixture import MixtureSpec, mixture_spec, part_weights
+from experts.networks.base import Output, Pending, Routing, Runnable
+from experts.networks.network import Network
+from experts.networks.reference import route
+from kernels import ops
+from kernels.precision import get_precision
+from kernels.runtime import Device
+
+
+class MixtureNetwork(Runnable):
+    """Run a mixture on NCHW float32 batches: scores and each image's routing."""
+
+    def __init__(
+        self,
+        device: Device,
+        meta: dict[str, Any],
+        weights: dict[str, np.ndarray],
+        precision: str = "fp32",
+        layer_precisions: dict[str, str] | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        self.device = device
+        self.mixture: MixtureSpec = mixture_spec(meta)
+        s = self.mixture
+        if len(s.stem_shape) != 3:
+            raise SpecError(f"mixture stem: must end in C x H x W features, gives {s.stem_shape}")
+
+        def part(layers: list, shape: tuple[int, ...], prefix: str, **kw: Any) -> Network:
+            # Per-layer maps name a part's layers with its prefix ("experts.3.conv2").
+            return Network(
+                device,
+                layers,
+                shape,
+                part_weights(weights, prefix),
+                precision=precision,
+                name=prefix,
+                layer_precisions=part_weights(layer_precisions or {}, prefix),
+                ranges=part_weights(ranges or {}, prefix),
+                **kw,
+            )
+
+        self.stem = part(s.stem, s.input_shape, "stem")
+        self.gate = part(s.gate, s.stem_shape, "gate", input_layout="cnhw")
+        self.segments = device.alloc(4 * (s.experts + 1))
+        self.grouped = self._grouped(weights, precision, layer_precisions or {})
+        # Otherwise each expert runs on its own images, so it sees every sub-batch size
+        # from 1 to the batch: keep all their plans.
+        self.experts = (
+            []
+            if self.grouped is not None
+            else [
+                part(s.expert, s.stem_shape, f"experts.{i}", max_plans=64, input_layout="cnhw")
+                for i in range(s.experts)
+            ]
+        )
+        self.head = part(s.head, (s.features,), "head")
+        parts = [self.stem, self.gate, *self.experts, self.head]
+        parts += [self.grouped] if self.grouped is not None else []
+        self.weight_bytes = sum(p.weight_bytes for p in parts)
+        self.input_shape = s.input_shape
+        self.ends_in_probabilities = self.head.ends_in_probabilities
+        c, h, w = s.stem_shape
+        self.gather = ops.GatherImages(device, c, h * w)
+        self.merge = ops.Merge(device, s.features)
+        self.topk = ops.TopKBuckets(device, s.experts)
+        self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _grouped(
+        self, weights: dict[str, np.ndarray], precision: str, layer_precisions: dict[str, str]
+    ) -> Network | None:
+        """All experts as one network (one launch per layer, whatever the routing), where
+        every expert layer has a grouped kernel: float precisions, the same for every
+        expert, and Winograd-shaped convolutions. None: run the experts one by one."""
+        s = self.mixture
+        names = {layer.name for layer in s.expert}
+        chosen = {
+            n: {layer_precisions.get(f"experts.{i}.{n}", precision) for i in range(s.experts)}
+            for n in names
+        }
+        if any(len(p) > 1 or not get_precision(next(iter(p))).grouped for p in chosen.values()):
+            return None
+        per_expert = [part_weights(weights, f"experts.{i}") for i in range(s.experts)]
+        stacked = {key: np.stack([w[key] for w in per_expert]) for key in per_expert[0]}
+        try:
+            return Network(
+                self.device,
+                s.expert,
+                s.stem_shape,
+                stacked,
+                max_plans=64,
+                input_layout="cnhw",
+                precision=precision,
+                name="experts",
+                layer_precisions={n: next(iter(p)) for n, p in chosen.items()},
+                segments=self.segments,
+            )
+        except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 convolution)
+            return None
+
+    def activation_bytes(self, n: int) -> int:
+        """Device buffers held for batch size n (the experts' for every sub-batch size)."""
+        stem = self.stem.plan(n)
+        plans = [stem, self.gate.plan(n, source=stem.output), self.head.plan(n)]
+        total = sum(p.activation_bytes for p in plans)
+        experts = self.experts + ([self.grouped] if self.grouped is not None else [])
+        return total + sum(p.planned_bytes() for p in experts)
+
+    def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
+        """Per (batch, k): the image of each sorted pair, expert output rows, the sorted
+        row of each pair, gate weights, and the chosen experts."""
+        found = self._scratch.get((n, k))
+        if found is None:
+            d = self.device
+            found = (
+                d.alloc(4 * n * k),
+                d.alloc(4 * n * k * self.mixture.features),
+                d.alloc(4 * n * k),
+                d.alloc(4 * n * k),
+                d.alloc(4 * n * k),
+            )
+            self._scratch[(n, k)] = found
+        return found
+
+    def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
+        """Each image goes to its top-k experts (default: the model's own k)."""
+        k = self.mixture.check_k(k)
+        x = self.check_input(x)
+        d, n = self.device, len(x)
+        stem = self.stem.plan(n)
+        written = [d.write(stem.input, x)]  # kept until the wait: dropping one waits for it
+        stem.tape.replay()
+        gate = self.gate.plan(n, source=stem.output)
+        gate.tape.replay()
+        if self.grouped is not None:
+            return self._submit_grouped(n, k, stem.output, gate.output, written)
+        logits = d.read(gate.output, (n, self.mixture.experts))
+        indices, gates = route(logits, k)
+
+        # Images sorted by expert: expert e's images are order[start[e]:start[e+1]], and
+        # row r of `rows` holds the features of pair order[r] (image, slot).
+        pairs = indices.ravel()
+        order = np.argsort(pairs, kind="stable").astype(np.int32)
+        start = np.searchsorted(pairs[order], np.arange(self.mixture.experts + 1))
+        row_of_pair = np.empty(n * k, np.int32)
+        row_of_pair[order] = np.arange(n * k, dtype=np.int32)
+        images = (order // k).astype(np.int32)
+        image_buf, rows, row_buf, gate_buf, _ = self._buffers(n, k)
+        written += [
+            d.write(image_buf, images),
+            d.write(row_buf, row_of_pair),
+            d.write(gate_buf, gates),
+        ]
+        width = 4 * self.mixture.features
+        for e in range(self.mixture.experts):
+            m = int(start[e + 1] - start[e])
+            if m == 0:
+                continue
+            expert = self.experts[e].plan(m)
+            with d.labelled("route"):
+                self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
+            expert.tape.replay()
+            d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
+        head = self.head.plan(n)
+        with d.labelled("route"):
+            self.merge(n, k, rows, row_buf, gate_buf, head.input)
+        head.tape.replay()
+        scores, read = d.read_later(head.output, (n, self.mixture.num_classes))
+        routing = Routing(indices, gates, _confidence(logits))
+
+        def wait() -> Output:
+            for event in (*written, read):
+                event.wait()
+            return Output(scores, routing)
+
+        return wait
+
+    def _submit_grouped(
+        self, n: int, k: int, stem: Any, logits: Any, written: list[Any]
+    ) -> Pending:
+        """The grouped experts route on the device too: the batch is queued to the end
+        with no wait, and the returned function reads the scores with the routing."""
+        d, e = self.device, self.mixture.experts
+        image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
+        # Rows padded to a power of two: few plans (and launch geometries to build)
+        # whatever the batch and k; the grouped kernels leave the padding rows alone.
+        rows = 1 << (n * k - 1).bit_length()
+        plan = self.grouped.plan(rows)
+        with d.labelled("route"):
+            self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
+            self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=rows)
+        plan.tape.replay()
+        head = self.head.plan(n)
+        with d.labelled("route"):
+            self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
+        head.tape.replay()
+        reads = [
+            d.read_later(logits, (n, e)),
+            d.read_later(index_buf, (n, k), np.int32),
+            d.read_later(gate_buf, (n, k)),
+            d.read_later(head.output, (n, self.mixture.num_classes)),
+        ]
+
+        def wait() -> Output:
+            for event in (*written, *(event for _, event in reads)):
+                event.wait()
+            z, indices, gates, scores = (array for array, _ in reads)
+            return Output(scores, Routing(indices, gates, _confidence(z)))
+
+        return wait
+
+    def batch_sizes(self, max_batch: int) -> list[int]:
+        """Every size up to `max_batch`: a padding image would be routed to experts and
+        cost them real work, so batches run at their own size."""
+        return list(range(1, max_batch + 1))
+
+    def warm_up(self, max_batch: int) -> None:
+        """Run every batch size (the stem, gate and head keep a plan for each), with
+        k = E where the experts run one by one, so every expert is built at every
+        sub-batch size; grouped experts run n * k rows, so there every (n, k)."""
+        for part in (self.stem, self.gate, self.head):
+            part.max_plans = max(part.max_plans, max_batch)
+        rng = np.random.default_rng(0)
+        experts = self.mixture.experts
+        for k in range(1, experts + 1) if self.grouped is not None else [experts]:
+            for size in self.batch_sizes(max_batch):
+                self.run(rng.standard_normal((size, *self.input_shape), dtype=np.float32), k)
+
+
+def _confidence(logits: np.ndarray) -> np.ndarray:
+    """The gate's softmax probability of each image's first choice."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z.max(axis=1) / z.sum(axis=1)).astype(np.float32)

@@ -1,0 +1,218 @@
+"""A sequential network compiled for one OpenCL device.
+
+Layers become kernel launches once, at load time (weights packed and uploaded then);
+buffers are planned per batch size and reused between calls: two activation buffers
+used in turn (no layer needs more than its input and its output alive) and one
+scratch buffer for the convolutions' im2col panels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from experts.layers import Build, Layer, Shape, SpecError, Weights
+from experts.layers.relu import Relu
+from experts.layers.softmax import Softmax
+from experts.model.mixture import check_k
+from experts.networks.base import Output, Pending, Runnable
+from kernels import ops
+from kernels.precision import get_precision
+from kernels.runtime import Device
+
+
+@dataclass
+class Step:
+    name: str
+    op: ops.Launcher | None  # None: the layer's output is its input
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass
+class Plan:
+    """The device buffers for one batch size."""
+
+    batch: int
+    input: Any
+    ping: Any
+    pong: Any
+    scratch: Any
+    activation_bytes: int
+    output: Any = None  # the buffer the last step writes
+    tape: Any = None  # the recorded launches (kernels.runtime.Tape)
+
+
+def fuse_relu(layers: Sequence[Layer]) -> list[Layer]:
+    """Fold a relu layer into the layer before it where that layer can apply it; drop
+    the layers that compute nothing at inference (dropout)."""
+    out: list[Layer] = []
+    for layer in layers:
+        if layer.inference_identity:
+            continue
+        if isinstance(layer, Relu) and out and out[-1].fuses_relu:
+            out[-1] = replace(out[-1], relu=True)
+            continue
+        out.append(layer)
+    return out
+
+
+class Network(Runnable):
+    """Run a list of layers on NCHW float32 batches; its scores are [N][features]."""
+
+    mixture = None
+
+    def __init__(
+        self,
+        device: Device,
+        layers: Sequence[Layer],
+        input_shape: Shape,
+        weights: Weights,
+        max_plans: int = 4,
+        input_layout: str = "nchw",
+        precision: str = "fp32",
+        layer_precisions: dict[str, str] | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        segments: Any = None,
+        name: str = "",
+    ) -> None:
+        self.device = device
+        self.name = name  # the launches' label prefix when profiling ("stem", "experts.3")
+        # Grouped (a mixture's experts as one network): weights carry a leading expert
+        # axis and the rows, sorted by expert, are split by the `segments` buffer.
+        self.segments = segments
+        self.precision = get_precision(precision)
+        # Per conv/linear layer: its own precision, and (quantised) its input's range.
+        self.layer_precisions = layer_precisions or {}
+        self.ranges = ranges or {}
+        # "cnhw": the plan's input buffer is filled on the device in the internal layout
+        # (by the mixture), so no layout change runs first.
+        self.input_layout = input_layout
+        self.max_plans = max_plans  # batch sizes whose buffers stay allocated
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.steps: list[Step] = []
+        shape = self.input_shape
+        layers = fuse_relu(layers)
+        for layer in layers:
+            out = layer.output_shape(shape)
+            self.steps.append(Step(layer.name, self._launcher(layer, shape, weights), shape, out))
+            shape = out
+        self.output_shape = shape
+        self.ends_in_probabilities = isinstance(layers[-1], Softmax)
+        self.to_cnhw = ops.SwapOuter(device, int(np.prod(self.input_shape[1:])), batch_outer=True)
+        self.weight_bytes = sum(s.op.weight_bytes for s in self.steps if s.op is not None)
+        self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
+
+    def _launcher(self, layer: Layer, shape: Shape, weights: Weights) -> ops.Launcher | None:
+        build = Build(self.device, segments=self.segments)
+        if layer.weighted:
+            p = get_precision(self.layer_precisions.get(layer.name, self.precision.name))
+            span = self.ranges.get(layer.name)
+            if p.quantized and span is None:
+                raise SpecError(f"{layer.name}: {p.name} needs the calibrated range of its input")
+            build = replace(build, precision=p, input_range=span)
+        try:
+            return layer.launcher(build, shape, weights)
+        except SpecError:
+            raise
+        except ValueError as exc:  # e.g. an accumulator that could overflow
+            raise SpecError(f"{layer.name}: {exc}") from exc
+
+    def plan(self, n: int, source: Any = None) -> Plan:
+        """Buffers and the recorded launches for batch size n, made once and kept (a
+        few at a time). `source`: read the input from this buffer (another network's
+        output, as a mixture's gate reads its stem's) instead of a buffer of its own."""
+        key = (n, None if source is None else id(source))  # the plan keeps `source` alive
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
+        act = 4 * n * max(sizes)
+        scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
+        d = self.device
+        own_input = 4 * n * sizes[-1] if source is None else 0
+        plan = Plan(
+            n,
+            source if source is not None else d.alloc(own_input),
+            d.alloc(act),
+            d.alloc(act),
+            d.alloc(scratch),
+            2 * act + scratch + own_input,
+        )
+        with d.record() as launches:
+            plan.output = self._enqueue(plan)
+        plan.tape = d.tape(launches)
+        self._plans[key] = plan
+        while len(self._plans) > self.max_plans:
+            self._plans.popitem(last=False)
+        return plan
+
+    def planned_bytes(self) -> int:
+        """Device bytes held by the buffers of every batch size planned so far."""
+        return sum(p.activation_bytes for p in self._plans.values())
+
+    def _enqueue(self, p: Plan) -> Any:
+        """Launch every step on the plan's buffers; returns the buffer holding the output."""
+        n, d = p.batch, self.device
+        with d.labelled(self.name):
+            # One image, or one channel, is laid out alike in NCHW and CNHW: no copy
+            # (nor in _Flatten).
+            nchw = len(self.input_shape) == 3 and self.input_layout == "nchw"
+            if nchw and n > 1 and self.input_shape[0] > 1:
+                with d.labelled("input"):
+                    self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
+                cur, spare = p.ping, p.pong
+            else:
+                cur, spare = p.input, p.ping
+            for step in self.steps:
+                if step.op is None or not step.op.runs_at(n):
+                    continue
+                with d.labelled(step.name):
+                    step.op(n, cur, spare, p.scratch)
+                cur, spare = spare, (p.pong if spare is p.ping else p.ping)
+        return cur
+
+    def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
+        check_k(None, k)
+        x = self.check_input(x)
+        n = x.shape[0]
+        p = self.plan(n)
+        written = self.device.write(p.input, x)
+        p.tape.replay()
+        cnhw = len(self.output_shape) == 3  # ends in CNHW: back to NCHW, flattened per image
+        c, *rest = self.output_shape
+        shape = (c, n, *rest) if cnhw else (n, c, *rest)
+        out, read = self.device.read_later(p.output, shape)
+
+        def wait() -> Output:
+            written.wait()  # kept until here: dropping it earlier would wait for it
+            read.wait()
+            if cnhw:
+                return Output(np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(n, -1)))
+            return Output(out)
+
+        return wait
+
+    def activation_bytes(self, n: int) -> int:
+        return self.plan(n).activation_bytes
+
+    def batch_sizes(self, max_batch: int) -> list[int]:
+        """Powers of two below `max_batch`, and `max_batch`: a handful of sizes, each
+        planned once, for any batch (a padded image costs only its own compute)."""
+        sizes, b = [], 1
+        while b < max_batch:
+            sizes.append(b)
+            b *= 2
+        return [*sizes, max_batch]
+
+    def warm_up(self, max_batch: int) -> None:
+        """Run every batch size once: kernels built, plans recorded, all of them kept."""
+        sizes = self.batch_sizes(max_batch)
+        self.max_plans = max(self.max_plans, len(sizes))
+        for size in sizes:
+            self.run(np.zeros((size, *self.input_shape), dtype=np.float32))

@@ -1,0 +1,1 @@
+"""ONNX import (importer.py, graph.py) and export (export.py): the `onnx` extra."""

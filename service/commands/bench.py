@@ -1,0 +1,310 @@
+"""`moe-alexnet bench`: latency, throughput and memory per (model, precision, batch),
+optionally beside onnxruntime on the same network and weights, in the same process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_model_input
+from experts.model.model import ModelError
+from experts.model.resolve import resolve_model
+from experts.networks.base import Runnable
+from experts.networks.build import build_network
+from kernels.runtime import Device
+from service.commands import args as common
+
+HELP = "latency, throughput and memory per model/batch"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.model_args(p, many=True)
+    p.add_argument("--batch", type=common.csv(common.positive), default=[1, 8], help="batch sizes")
+    p.add_argument("--iterations", type=common.positive, default=20, help="timed runs per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument(
+        "--rounds",
+        type=common.positive,
+        default=3,
+        help="rows of one precision and batch (models, k, runtimes) take turns in this many rounds",
+    )
+    p.add_argument(
+        "--compare",
+        choices=["onnxruntime"],
+        default=None,
+        help="also run the same network and weights in onnxruntime",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["fashion-mnist"],
+        default=None,
+        help="time on real test images, a different batch each run (a "
+        "mixture's speed depends on how its gate spreads them), not noise",
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help=common.FASHION_DIR_HELP)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also the device time of each layer (OpenCL profiling events, "
+        "medians of a few more runs per row)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set now (Linux; None elsewhere): unlike the peak, it
+    drops again once loading and calibration have freed their temporaries."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize()
+
+
+def time_runs(run: Callable[[], Any], warmup: int, iterations: int, label: str) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in tqdm(
+        range(iterations), desc=label, unit="run", leave=False, file=sys.stderr, disable=None
+    ):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: list[float], batch: int) -> dict[str, float]:
+    """Median and p90 latency; throughput from the median (robust to a noisy machine)."""
+    p50, p90 = np.percentile(times, [50, 90])
+    return {
+        "images_per_s": round(batch / p50, 2),
+        "latency_ms_p50": round(p50 * 1e3, 3),
+        "latency_ms_p90": round(p90 * 1e3, 3),
+    }
+
+
+def onnxruntime_session(model: Any) -> Any:
+    import onnxruntime as ort  # the onnx extra
+
+    from experts.onnx.export import to_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    proto = to_onnx(model.meta, model.weights)
+    return ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rows per (precision, batch), each for every model (and k) and runtime asked for.
+
+    The rows of one (precision, batch) are timed together, taking turns in
+    `args.rounds` rounds, so the machine's drifts (other tenants) fall on all of them
+    alike and their ratios hold even where the absolute figures wander.
+    """
+    settings = common.settings(args)
+    names = args.model or [settings.default_model]
+    precisions = args.precision or [settings.default_precision]
+    device = Device(settings.device, profile=args.profile)
+    rng = np.random.default_rng(args.seed)
+    images = None
+    if args.dataset is not None:  # read once, however many models and batch sizes
+        images = load_fashion_mnist("test", args.data_dir)[0]
+    models = []
+    for name in names:
+        model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
+        if args.compare and model.is_mixture:
+            raise ModelError(f"{name}: --compare onnxruntime runs sequential models only")
+        session = onnxruntime_session(model) if args.compare else None
+        ks = (args.k or [model.mixture.k]) if model.is_mixture else [None]
+        models.append((name, model, session, ks))
+    for precision in precisions:
+        networks = [
+            build_network(m, device, precision, settings.layer_precisions) for _, m, _, _ in models
+        ]
+        for batch in args.batch:
+            rows, runners, spreads = [], {}, {}
+            for (name, model, session, ks), network in zip(models, networks, strict=True):
+                inputs = _inputs(images, model, batch, rng)
+                for k in ks:
+                    key = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
+                    spreads[key] = []
+                    runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
+                    if session is not None:
+                        feeds = [{session.get_inputs()[0].name: x} for x in inputs]
+                        runners[f"{key} onnxruntime"] = partial(_run_session, session, cycle(feeds))
+                    rows.append((key, name, model, session, network, k))
+            # Warm-up sees every input batch once: a mixture plans buffers per expert
+            # sub-batch size the first time each size occurs.
+            warmup = max(args.warmup, BATCHES if args.dataset else 0)
+            times = time_rounds(runners, args, warmup)
+            for key, name, model, session, network, k in rows:
+                row = {
+                    "runtime": "moe-alexnet",
+                    "model": name,
+                    "precision": precision,
+                    "batch": batch,
+                    **({"k": k} if k else {}),
+                    **summarise(times[key], batch),
+                    "weight_bytes": network.weight_bytes,
+                    "activation_bytes": network.activation_bytes(batch),
+                    "rss_bytes": rss_bytes(),
+                    "peak_rss_bytes": peak_rss_bytes(),
+                    "device": device.name,
+                    "int8_dot_products": device.dot4,
+                    "inputs": args.dataset or "noise",
+                }
+                if spreads[key]:  # a mixture: distinct experts per batch run
+                    row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
+                if args.profile:
+                    row["profile"] = profile_layers(device, runners[key])
+                _emit(row, args.json)
+                if session is not None:
+                    _emit(_onnxruntime_row(model, times[f"{key} onnxruntime"], row), args.json)
+    return 0
+
+
+BATCHES = 16  # distinct input batches per row, taken in turn
+PROFILE_RUNS = 5  # profiled runs per row (`--profile`), after the timed ones
+
+
+def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:
+    """Device time per layer: each launch's OpenCL profiling event, summed per label
+    (the layer's name, "stem.conv1" in a mixture; the kernel's where a launch has
+    none), the median over PROFILE_RUNS runs (0 in a run that did not reach the
+    layer: a mixture's experts vary with the batch), in first-launch order."""
+    runs: list[dict[str, float]] = []
+    kernels: dict[str, list[str]] = {}
+    for _ in range(PROFILE_RUNS):
+        device.events.clear()
+        run()
+        device.finish()
+        ms: dict[str, float] = {}
+        for label, name, event in device.events:
+            layer = label or name
+            ms[layer] = ms.get(layer, 0.0) + (event.profile.end - event.profile.start) * 1e-6
+            names = kernels.setdefault(layer, [])
+            if name not in names:
+                names.append(name)
+        runs.append(ms)
+    device.events.clear()
+    return [
+        {
+            "layer": layer,
+            "kernels": names,
+            "ms": round(float(np.median([r.get(layer, 0.0) for r in runs])), 4),
+        }
+        for layer, names in kernels.items()
+    ]
+
+
+def _inputs(
+    images: np.ndarray | None, model: Any, batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Input batches: standard normal noise, or consecutive real test images (uint8)."""
+    if images is None:
+        return [rng.standard_normal((batch, *model.input_shape), dtype=np.float32)]
+    if len(images) < batch:
+        raise DatasetError(f"the test split has {len(images)} images, fewer than batch {batch}")
+    x = to_model_input(images[: batch * BATCHES], model.meta["input"])
+    return [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)]
+
+
+def _run(
+    network: Runnable, batches: Iterator[np.ndarray], k: int | None, spread: list[int]
+) -> None:
+    """Forward the next input batch; for a mixture note how many experts it used."""
+    routing = network.run(next(batches), k).routing
+    if routing is not None:
+        spread.append(len(np.unique(routing.indices)))
+
+
+def _run_session(session: Any, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+    session.run(None, next(feeds))
+
+
+def _onnxruntime_row(model: Any, times: list[float], ours: dict[str, Any]) -> dict:
+    row = {
+        "runtime": "onnxruntime",
+        "model": ours["model"],
+        "precision": "fp32",
+        "batch": ours["batch"],
+        **summarise(times, ours["batch"]),
+        "weight_bytes": sum(w.nbytes for w in model.weights.values()),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "device": "CPUExecutionProvider",
+    }
+    row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
+    return row
+
+
+def time_rounds(
+    runners: dict[str, Callable[[], Any]], args: argparse.Namespace, warmup: int
+) -> dict[str, list[float]]:
+    """Time each runner in turn, in `args.rounds` rounds of blocks.
+
+    Runners (models, k, runtimes) take turns by blocks, not by single runs:
+    onnxruntime's threads keep spinning for a while after a run and would slow
+    whatever runs next. Several rounds spread the machine's slow drifts (other
+    tenants) over all of them. Each block starts with untimed warm-up runs (all of
+    them in the first round, one after).
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    per_round = -(-args.iterations // args.rounds)
+    for r in range(args.rounds):
+        for name, run in runners.items():
+            times[name] += time_runs(run, warmup if r == 0 else 1, per_round, name)
+    return times
+
+
+def _emit(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row), flush=True)
+        return
+    k = f" k={row['k']}" if "k" in row else ""
+    if "experts_per_batch" in row:
+        k += f" ({row['experts_per_batch']:.1f} experts/batch)"
+    line = (
+        f"{row['runtime']:12s} {row['model']:15s} {row['precision']:5s} b={row['batch']:<3d}{k} "
+        f"{row['images_per_s']:9.1f} img/s  p50 {row['latency_ms_p50']:8.2f} ms  "
+        f"p90 {row['latency_ms_p90']:8.2f} ms  weights {row['weight_bytes'] / 2**20:7.1f} MiB  "
+        + (
+            f"activations {row['activation_bytes'] / 2**20:6.1f} MiB  "
+            if "activation_bytes" in row
+            else ""
+        )
+        + (f"RSS {row['rss_bytes'] / 2**20:7.1f} MiB  " if row.get("rss_bytes") else "")
+        + f"peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
+    )
+    if "ratio" in row:
+        line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
+    print(line, flush=True)
+    layers = row.get("profile")
+    if layers:
+        total = sum(layer["ms"] for layer in layers)
+        print(f"    device time per layer (median of {PROFILE_RUNS} runs): {total:.3f} ms in all")
+        for layer in layers:
+            share = 100 * layer["ms"] / total if total else 0.0
+            print(
+                f"    {layer['layer']:24s} {layer['ms']:8.3f} ms {share:5.1f}%  "
+                f"{' '.join(layer['kernels'])}"
+            )

@@ -1,0 +1,187 @@
+"""The engine behind the server: one OpenCL device and the models loaded on it.
+
+The HTTP side sees only `Engine.submit(model, precision, k, batch)`: it queues the
+batch on the device and returns a function that waits for its `InferResult` (class
+probabilities plus, for mixture-of-experts models, which experts each image went to
+with their gate weights), so the batcher can queue the next batch before this one is
+done and the device does not idle between batches. Every model, plain or mixture, at
+every precision, is one network behind experts/networks/base.py's interface.
+
+A Device and its kernels are not thread-safe: every method here except the
+constructor and the metadata is called from the device's single worker thread
+(see service/http/state.py). The functions `submit` returns only wait for events and
+read host arrays; the batcher calls them from its completion thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from experts.model.architectures import ARCHITECTURES
+from experts.model.mixture import MixtureSpec
+from experts.model.model import Model, ModelError
+from experts.model.repository import Repository
+from experts.model.resolve import resolve_model
+from experts.networks.base import Output, Runnable
+from experts.networks.build import build_network
+from kernels.runtime import Device
+from service.scores import probabilities
+from service.settings import Settings
+
+log = logging.getLogger("moe_alexnet.engine")
+
+
+# -- what the HTTP side knows of a model -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model's metadata: enough to validate requests and preprocess images."""
+
+    name: str
+    version: str
+    labels: list[str]
+    input_meta: dict[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mixture: MixtureSpec | None = None  # its parts, E experts and default k
+
+    @classmethod
+    def from_model(cls, model: Model) -> ModelInfo:
+        mixture = model.mixture if model.is_mixture else None
+        return cls(
+            model.name,
+            model.version,
+            model.labels,
+            dict(model.meta["input"]),
+            model.input_shape,
+            int(model.num_classes),
+            mixture,
+        )
+
+
+@dataclass(frozen=True)
+class ExpertChoice:
+    """One expert an image was routed to, and its gate weight (weights sum to 1)."""
+
+    expert: int
+    weight: float
+
+
+@dataclass
+class InferResult:
+    """probs: (N, classes) float32; routing: per image its experts (None: not a mixture)."""
+
+    probs: np.ndarray
+    routing: list[list[ExpertChoice]] | None = None
+
+    @classmethod
+    def from_output(cls, network: Runnable, out: Output, n: int) -> InferResult:
+        """The first n images of a (padded) batch's output."""
+        routing = None
+        if out.routing is not None:
+            routing = [
+                [ExpertChoice(int(e), float(w)) for e, w in zip(idx, gates, strict=True)]
+                for idx, gates in zip(out.routing.indices[:n], out.routing.gates[:n], strict=True)
+            ]
+        return cls(probabilities(network, out.scores[:n]), routing)
+
+
+Pending = Callable[[], InferResult]  # waits for a submitted batch's result
+
+
+# -- model selection ---------------------------------------------------------------------
+
+
+def model_names(settings: Settings) -> list[str]:
+    """The models to serve: `settings.models`, else every model in the repository, or
+    with `random_weights` the default built-in architecture."""
+    if settings.models:
+        return list(dict.fromkeys(settings.models))
+    if settings.random_weights:
+        return [settings.default_model]
+    return Repository(settings.model_repository).names()
+
+
+def check_models(settings: Settings) -> list[str]:
+    """Names to serve, checked without loading any weights (fast, for fail-fast startup):
+    raises ModelError naming what is wrong."""
+    names = model_names(settings)
+    repo = Repository(settings.model_repository)
+    if not names:
+        raise ModelError(
+            f"no models to serve: the repository {repo.root} is empty; add one with "
+            "`moe-alexnet import-onnx`, point MOE_MODEL_REPOSITORY elsewhere, or pass "
+            "--random-weights to serve a built-in architecture"
+        )
+    present = set(repo.names())
+    for name in names:
+        if settings.random_weights and name in ARCHITECTURES:
+            continue
+        if name not in present:
+            hint = (
+                " (a built-in architecture: add --random-weights)" if name in ARCHITECTURES else ""
+            )
+            available = ", ".join(sorted(present)) or "none"
+            raise ModelError(
+                f"unknown model {name!r}{hint}; the repository {repo.root} has: {available}"
+            )
+    return names
+
+
+# -- the engine --------------------------------------------------------------------------
+
+
+class Engine:
+    """One device, the configured models on it at every configured precision.
+
+    `load()` opens the device, reads the models and warms every (model, precision,
+    batch size) up; it is slow (seconds per AlexNet) and runs on the device thread
+    while the server already answers liveness probes.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.precisions = settings.precisions
+        self.device_name = ""
+        self.models: dict[str, ModelInfo] = {}
+        self.weight_bytes: dict[tuple[str, str], int] = {}
+        self._networks: dict[tuple[str, str], Runnable] = {}
+        self._sizes: dict[tuple[str, str], list[int]] = {}
+
+    def load(self) -> None:
+        s = self.settings
+        device = Device(s.device)
+        self.device_name = device.name
+        for name in model_names(s):
+            model = resolve_model(name, s.model_repository, s.random_weights, s.seed)
+            for precision in self.precisions:
+                network = build_network(model, device, precision, s.layer_precisions)
+                network.warm_up(s.max_batch_size)
+                self._networks[(name, precision)] = network
+                self._sizes[(name, precision)] = network.batch_sizes(s.max_batch_size)
+                self.weight_bytes[(name, precision)] = network.weight_bytes
+            self.models[name] = ModelInfo.from_model(model)
+            log.info(
+                "loaded model %s v%s (%s) on %s",
+                name,
+                model.version,
+                ",".join(self.precisions),
+                device.name,
+            )
+
+    def submit(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> Pending:
+        """Queue a batch (padded up to the next batch size the network runs)."""
+        network = self._networks[(model, precision)]
+        n = len(batch)
+        size = next(size for size in self._sizes[(model, precision)] if size >= n)
+        if size != n:
+            pad = np.zeros((size - n, *batch.shape[1:]), dtype=np.float32)
+            batch = np.concatenate([batch, pad])
+        pending = network.submit(batch, k)
+        return lambda: InferResult.from_output(network, pending(), n)

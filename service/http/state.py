@@ -1,0 +1,285 @@
+"""The state one app instance shares between its routes: settings, metrics, engine,
+batcher, the device thread, readiness and draining.
+
+Lifecycle: `start()` (in the lifespan) launches the device thread, which opens the
+device, loads and warms every model, flips `ready`, then runs the batch loop. The
+server is live meanwhile and answers 503 to inference until ready. SIGTERM sets
+`draining` (readiness false) while uvicorn lets in-flight requests finish; `stop()`
+(lifespan shutdown) then closes the batcher, which runs what is still queued, and
+joins the thread within the drain timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from experts.layers import SpecError
+from experts.model.mixture import check_k
+from kernels.precision import PRECISIONS
+from service.failures import EXPECTED
+from service.http.batching import (
+    Batcher,
+    BatcherClosed,
+    BatchKey,
+    DeadlineExceeded,
+    Job,
+    JobResult,
+    QueueFull,
+)
+from service.http.engine import Engine, InferResult, ModelInfo, Pending
+from service.http.errors import ApiError
+from service.http.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("moe_alexnet.server")
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated request target: which model, precision and k a request runs with."""
+
+    model: ModelInfo
+    precision: str
+    k: int | None
+
+    @property
+    def key(self) -> BatchKey:
+        return (self.model.name, self.precision, self.k)
+
+
+class ServiceState:
+    """See the module docstring."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.max_batch_size)
+        self.engine = engine if engine is not None else Engine(settings)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_s=settings.max_queue_delay_ms / 1e3,
+            max_queue_size=settings.max_queue_size,
+            on_batch=self._on_batch,
+            on_depth=self._on_depth,
+        )
+        # Decoding is CPU and memory heavy (an image of max_image_pixels is ~120 MB
+        # decoded): a small pool bounds both, instead of Starlette's 40 threads.
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=settings.decode_workers, thread_name_prefix="decode"
+        )
+        self.ready = False
+        self.draining = False
+        self.fatal: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None  # set by `moe-alexnet serve`
+        self._thread: threading.Thread | None = None
+        self._loaded = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._device_main, name="device", daemon=True)
+        self._thread.start()
+
+    def _device_main(self) -> None:
+        """The one thread that touches the device: load, warm up, then run batches."""
+        started = time.monotonic()
+        try:
+            self.engine.load()
+        except Exception as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            self.fatal = message
+            log.error("startup failed: %s", message, exc_info=not isinstance(exc, EXPECTED))
+            self.batcher.close()
+            self.batcher.fail_pending(ApiError(503, f"the server failed to start: {message}"))
+            self._loaded.set()
+            if self.on_fatal is not None:
+                self.on_fatal(message)
+            return
+        for (model, precision), nbytes in self.engine.weight_bytes.items():
+            self.metrics.weight_bytes.labels(model, precision).set(nbytes)
+        self.ready = True
+        self._update_ready()
+        self._loaded.set()
+        log.info(
+            "ready: %d model(s) on %s in %.1f s",
+            len(self.engine.models),
+            self.engine.device_name,
+            time.monotonic() - started,
+        )
+        self.batcher.run()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until loading finished (ready or failed); for tests and tools."""
+        return self._loaded.wait(timeout)
+
+    def begin_drain(self) -> None:
+        """Readiness goes false; requests already accepted still complete."""
+        if not self.draining:
+            log.info("draining: readiness is now false")
+        self.draining = True
+        self._update_ready()
+
+    def stop(self, timeout: float) -> None:
+        """Run what is queued, stop the device thread (bounded by `timeout`)."""
+        self.begin_drain()
+        self.batcher.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("device thread still busy after %.1f s; leaving it", timeout)
+                self.batcher.fail_pending(ApiError(503, "the server is shutting down"))
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining and self.fatal is None
+
+    def _update_ready(self) -> None:
+        self.metrics.ready.set(1 if self.is_ready else 0)
+
+    # -- request validation ----------------------------------------------------------------
+
+    def require_ready(self) -> None:
+        if self.fatal is not None:
+            raise ApiError(503, f"the server failed to start: {self.fatal}")
+        if not self.ready:
+            raise ApiError(
+                503,
+                "the server is still loading its models; retry shortly",
+                {"Retry-After": RETRY_AFTER_S},
+            )
+
+    def model(self, name: str | None, version: str | None = None) -> ModelInfo:
+        """A served model (404 for unknown names or versions); None: the default model."""
+        self.require_ready()
+        models = self.engine.models
+        if name is None:
+            return next(iter(models.values()))
+        info = models.get(name)
+        if info is None:
+            raise ApiError(404, f"unknown model {name!r}; served: {', '.join(models)}")
+        if version is not None and version != info.version:
+            raise ApiError(
+                404, f"model {name!r} has no version {version!r}; served: {info.version}"
+            )
+        return info
+
+    def target(
+        self, info: ModelInfo, precision: str | None, top_k: int | None, k: Any
+    ) -> tuple[Target, int]:
+        """Check precision, top_k and k against the model: (target, top_k)."""
+        served = self.engine.precisions
+        if precision is None:
+            default = self.settings.default_precision
+            precision = default if default in served else served[0]
+        if precision not in served:
+            if precision in PRECISIONS:
+                raise ApiError(
+                    400,
+                    f"precision {precision!r} is not enabled on this server; "
+                    f"enabled: {', '.join(served)}",
+                )
+            raise ApiError(400, f"unknown precision {precision!r}; supported: {', '.join(served)}")
+        if top_k is None:
+            top_k = min(5, info.num_classes)
+        if (
+            isinstance(top_k, bool)
+            or not isinstance(top_k, int)
+            or not 1 <= top_k <= info.num_classes
+        ):
+            raise ApiError(
+                400,
+                f"top_k must be an integer between 1 and {info.num_classes} "
+                f"(the model's classes), got {top_k!r}",
+            )
+        try:
+            k = check_k(info.mixture, k)
+        except SpecError as exc:
+            raise ApiError(400, f"model {info.name!r}: {exc}") from exc
+        return Target(info, precision, k), top_k
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def deadline(self, started: float | None, timeout_s: float | None = None) -> float:
+        """The request's deadline (time.monotonic): the server's timeout, or a shorter one
+        the client asked for."""
+        limit = self.settings.request_timeout_s
+        if timeout_s is not None:
+            limit = min(limit, timeout_s)
+        return (started if started is not None else time.monotonic()) + limit
+
+    def check_batch_size(self, n: int, what: str) -> None:
+        """The one check of a request's image count (v1 files, v2 tensor rows)."""
+        if n > self.settings.max_batch_size:
+            raise ApiError(
+                400,
+                f"{what}: batch of {n}, at most "
+                f"{self.settings.max_batch_size} (setting MOE_MAX_BATCH_SIZE)",
+            )
+
+    async def infer(self, target: Target, batch: np.ndarray, deadline: float) -> JobResult:
+        """Queue a batch of preprocessed images (checked by `check_batch_size`) and
+        wait for its result."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ApiError(504, "request deadline passed before inference")
+        try:
+            future = self.batcher.submit(target.key, batch, deadline)
+        except QueueFull as exc:
+            raise ApiError(
+                503, f"server busy: {exc}; retry later", {"Retry-After": RETRY_AFTER_S}
+            ) from exc
+        except BatcherClosed as exc:
+            raise ApiError(
+                503, "the server is shutting down", {"Retry-After": RETRY_AFTER_S}
+            ) from exc
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+        except (TimeoutError, DeadlineExceeded) as exc:
+            raise ApiError(
+                504,
+                f"request deadline of {self.settings.request_timeout_s:g} s "
+                "exceeded (setting MOE_REQUEST_TIMEOUT_S)",
+            ) from exc
+
+    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (decode, preprocess, tensor parsing) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    # -- device-thread callbacks -------------------------------------------------------------
+
+    def _run_batch(self, key: BatchKey, batch: np.ndarray) -> Pending:
+        model, precision, k = key
+        return self.engine.submit(model, precision, k, batch)
+
+    def _on_batch(
+        self, key: BatchKey, jobs: list[Job], result: InferResult | None, compute: float
+    ) -> None:
+        model, precision, _ = key
+        m = self.metrics
+        images = sum(len(job.inputs) for job in jobs)
+        m.batch_size.labels(model, precision).observe(images)
+        m.compute.labels(model, precision).observe(compute)
+        now = time.monotonic()
+        for job in jobs:
+            m.queue_wait.labels(model, precision).observe(max(0.0, now - compute - job.enqueued))
+        if result is not None and result.routing is not None:
+            counts: dict[int, int] = {}
+            for choices in result.routing:
+                for choice in choices:
+                    counts[choice.expert] = counts.get(choice.expert, 0) + 1
+            for expert, count in counts.items():
+                m.expert_images.labels(model, str(expert)).inc(count)
+
+    def _on_depth(self, key: BatchKey, depth: int) -> None:
+        self.metrics.queue_depth.labels(key[0], key[1]).set(depth)
