@@ -127,6 +127,20 @@ def test_quantised_or_mixed_experts_run_one_by_one(device):
     )
 
 
+def test_batches_queued_back_to_back_keep_their_own_outputs(small):
+    """`submit` queues a batch and returns: batches submitted on the same buffers (one
+    batch size and k) and collected out of order each give what `run` gives, as the
+    server's batcher queues them (two in flight)."""
+    _, _, net = small
+    xs = [images(4, seed=90 + i) for i in range(3)]
+    expected = [net.run(x, 2) for x in xs]
+    waits = [net.submit(x, 2) for x in xs]
+    for i in (2, 0, 1):
+        got = waits[i]()
+        np.testing.assert_array_equal(got.scores, expected[i].scores)
+        np.testing.assert_array_equal(got.routing.indices, expected[i].routing.indices)
+
+
 def test_every_batch_size_runs_unpadded(small):
     """A padding image would be routed to experts: a mixture runs every batch size."""
     _, _, net = small
