@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh Debian machine with Python 3.11:
-#   make test    install what is needed, then run the tests
+#   make test    install what is needed, lint (ruff), then run the tests
 #   make serve   install what is needed, then serve the shipped models
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,11 +31,12 @@ $(VENV)/.installed: pyproject.toml
 		$(BIN)/pip install -q -e '.[pocl]'; fi
 	touch $@
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The shipped mixture first (the default of /v1/classify), its monolithic baseline
 # beside it, at fp32 and int8; override with e.g. `make serve SERVE_MODELS=fashion-alexnet`.
