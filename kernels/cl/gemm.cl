@@ -4,7 +4,7 @@
 // 16*NV columns laid out [K][NB], so a work-item streams two contiguous panels and
 // keeps an 8 x NB block of C in 8*NV float16 registers: each k step broadcasts 8
 // scalars of A against NV vectors of B. No local-memory tiling: on PoCL's CPU
-// device GPU-style tiles ran 10x slower than this (see OPENCL-NOTES).
+// device GPU-style tiles ran far slower than this (docs/benchmark-log.md).
 //
 // Two entry points share the inner block:
 //  - conv_packed: implicit-GEMM convolution. A work-group (one work-item) gathers its

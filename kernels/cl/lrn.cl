@@ -5,7 +5,7 @@
 // One work-item walks all channels of 8 neighbouring pixels, keeping the window's sum
 // of squares as a running sum (each input read once, not `size` times), in float8 so
 // that the power, taken as exp2(-beta * log2(.)), runs on vectors: scalar pow() per
-// element was 85% of this layer's time on PoCL. The last partial group of pixels goes
+// element dominated this layer's time on PoCL. The last partial group of pixels goes
 // through the same code one pixel at a time.
 // BETA_075 (AlexNet's and Caffe's beta, 0.75): t^-0.75 = rsqrt(t) * rsqrt(sqrt(t)),
 // square roots being far cheaper than the logarithm and exponential of the general

@@ -15,7 +15,7 @@ from kernels.runtime import Device
 
 I32 = np.int32
 # Largest K = channels * KH * KW that runs as a direct convolution by default (stride 1,
-# CPUs): above it, gathering GEMM panels pays for itself (BENCHMARKS.md; 1 x 1 filters,
+# CPUs): above it, gathering GEMM panels pays for itself (docs/benchmark-log.md; 1 x 1 filters,
 # with nothing to gather, and int16, with its long accumulators, run the GEMM).
 DIRECT_MAX_K = 144
 

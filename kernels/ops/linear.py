@@ -20,7 +20,7 @@ class Linear(Launcher):
     """y[N][O] = x[N][I] W^T + b, ReLU optional.
 
     Memory-bound at small batch. On CPUs (`linear`) each work-item reads RO weight rows
-    once per tile of RB images: RO=4 streamed fc6 fastest on PoCL (BENCHMARKS.md), and
+    once per tile of RB images: RO=4 streamed fc6 fastest on PoCL (docs/benchmark-log.md), and
     RB=8 covers the usual serving batch in one pass over the weights.
     Elsewhere (`linear_split`, `split`) a work-group of SPLIT_ITEMS shares each row, so
     a GPU has enough work-items in flight to stream at its own bandwidth.

@@ -25,7 +25,7 @@ I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
 TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
 # 5x5 filters run Winograd from this many input channels on: with fewer, the
-# transforms cost more than the multiplies they save (BENCHMARKS.md).
+# transforms cost more than the multiplies they save (docs/benchmark-log.md).
 WINOGRAD_5X5_CHANNELS = 48
 # Grouped 3x3 layers with outputs at most this wide run F(2x2, 3x3): on a 6 x 6 map
 # both tiles cost the same multiplies (4x4 tiles cover 8 x 8), but 2x2 tiles give 9
