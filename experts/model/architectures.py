@@ -60,7 +60,8 @@ def alexnet(num_classes: int = 1000) -> dict[str, Any]:
         _fc("fc7", 4096),
         _fc("fc8", num_classes, relu=False),
     ]
-    return _meta("alexnet", "AlexNet, torchvision geometry", [3, 224, 224], 256, layers)
+    meta = _imagenet_meta("alexnet", "AlexNet, torchvision geometry", [3, 224, 224], num_classes)
+    return {**meta, "layers": layers}
 
 
 def caffenet(num_classes: int = 1000) -> dict[str, Any]:
@@ -85,7 +86,8 @@ def caffenet(num_classes: int = 1000) -> dict[str, Any]:
         _fc("fc8", num_classes, relu=False),
         {"name": "prob", "op": "softmax"},
     ]
-    return _meta("caffenet", "CaffeNet (AlexNet with LRN and groups)", [3, 227, 227], 256, layers)
+    description = "CaffeNet (AlexNet with LRN and groups)"
+    return {**_imagenet_meta("caffenet", description, [3, 227, 227], num_classes), "layers": layers}
 
 
 def imagenet_labels() -> list[str]:
@@ -95,12 +97,11 @@ def imagenet_labels() -> list[str]:
     return text.splitlines()
 
 
-def _meta(
-    name: str, description: str, shape: list[int], resize: int, layers: list[dict[str, Any]]
+def _imagenet_meta(
+    name: str, description: str, shape: list[int], num_classes: int
 ) -> dict[str, Any]:
-    num_classes = layers[-1]["out_features"] if layers[-1]["op"] == "linear" else None
-    if num_classes is None:
-        num_classes = layers[-2]["out_features"]
+    """Everything of an ImageNet model's model.json but its layers: input size and
+    preprocessing (resize to 256, centre crop), and the labels at 1000 classes."""
     labels = imagenet_labels() if num_classes == 1000 else None
     return {
         "format": 1,
@@ -111,11 +112,10 @@ def _meta(
             "shape": shape,
             "layout": "NCHW",
             "color": "RGB",
-            "resize": resize,
+            "resize": 256,
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
         },
-        "layers": layers,
         **({"labels": labels} if labels else {}),
     }
 
@@ -233,16 +233,9 @@ def alexnet_moe(k: int = 1) -> dict[str, Any]:
         {"name": "drop7", "op": "dropout"},
         _fc("fc7", 2048),
     ]
-    meta = _meta(
-        "alexnet-moe",
-        "Tschopp's mixture-of-experts AlexNet (16 experts)",
-        [3, 224, 224],
-        256,
-        [_fc("fc8", 1000, relu=False)],
-    )
-    del meta["layers"]
+    description = "Tschopp's mixture-of-experts AlexNet (16 experts)"
     return {
-        **meta,
+        **_imagenet_meta("alexnet-moe", description, [3, 224, 224], 1000),
         "kind": "mixture",
         "stem": stem,
         "gate": gate,
