@@ -78,8 +78,7 @@ class Lrn(Layer):
             raise SpecError(f"{where}: lrn needs size >= 1, k > 0 and beta >= 0")
 
     def output_shape(self, shape: Shape) -> Shape:
-        if len(shape) != 3:
-            raise SpecError(f"{self.name}: lrn needs a CHW input, got {shape}")
+        self.chw(shape)
         return shape
 
     def launcher(self, build: Build, in_shape: Shape, weights: Weights) -> ops.Launcher:

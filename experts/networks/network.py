@@ -161,7 +161,7 @@ class Network(Runnable):
         n, d = p.batch, self.device
         with d.labelled(self.name):
             # One image, or one channel, is laid out alike in NCHW and CNHW: no copy
-            # (nor in _Flatten).
+            # (nor in the flatten before the fully connected layers).
             nchw = len(self.input_shape) == 3 and self.input_layout == "nchw"
             if nchw and n > 1 and self.input_shape[0] > 1:
                 with d.labelled("input"):
