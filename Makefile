@@ -52,7 +52,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
 # The image end to end: builds it with podman from a locally made Debian base, runs it on
-# 127.0.0.1 and checks it (tests/test_container.py), then removes what it made. Prints
+# 127.0.0.1 and checks it (tests/deploy/test_container.py), then removes what it made. Prints
 # "SKIPPED: ..." and succeeds where podman cannot start a container on this machine.
 .PHONY: container-test
 container-test: setup

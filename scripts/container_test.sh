@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make container-test: build the image with podman, then check it end to end
-# (tests/test_container.py: ready, classify a photo, bad settings, SIGTERM), and remove
+# (tests/deploy/test_container.py: ready, classify a photo, bad settings, SIGTERM), and remove
 # the containers and images made here.
 #
 # No Docker engine or registry is needed: the base image is made locally with
@@ -145,4 +145,4 @@ size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 say "built in $(($(date +%s) - started)) s; image size $((size / 1000000)) MB ($size bytes)"
 
 # -- run and check ------------------------------------------------------------------------
-MOE_CONTAINER_IMAGE=$IMAGE "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/test_container.py
+MOE_CONTAINER_IMAGE=$IMAGE "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/deploy/test_container.py

@@ -1,10 +1,23 @@
-"""Shared fixtures: one OpenCL device for the whole session (building programs is
-the slow part, and the device memoises them)."""
+"""Fixtures for the whole suite: one OpenCL device for the session (building programs is
+the slow part, and the device memoises them), a seeded generator, the tiny network's and
+the tiny mixture's model.json (fresh copies per test), inputs of their shape, and the
+read-only model repositories that servers and in-process apps in several folders share.
+
+Narrower fixtures live beside their users: tests/experts/conftest.py (the tiny network
+with weights), tests/service/conftest.py (a repository of one's own, to modify) and
+tests/service/commands/conftest.py.
+"""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+
+from tests.helpers import TINY, TINY_MOE, make_repo
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +36,34 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-def nmse(got: np.ndarray, want: np.ndarray) -> float:
-    """Normalised mean squared error, the per-op error measure (as in ggml's tests)."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.mean((got - want) ** 2) / max(np.mean(want**2), 1e-30))
+@pytest.fixture
+def tiny_meta() -> dict[str, Any]:
+    """The tiny network's model.json: conv, maxpool, flatten, linear on 3 x 16 x 16
+    inputs, labels cat, dog and fish."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_moe_meta() -> dict[str, Any]:
+    """The tiny mixture's model.json (tiny-moe): the same inputs and labels, 4 experts,
+    top-2 by default."""
+    return copy.deepcopy(TINY_MOE)
+
+
+@pytest.fixture
+def sample(rng) -> np.ndarray:
+    """Twelve random inputs of the tiny models' shape (3 x 16 x 16)."""
+    return rng.standard_normal((12, 3, 16, 16), np.float32)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_repo(tmp_path_factory) -> Path:
+    """A repository holding tiny, shared by the session's tests: read it, never write."""
+    return make_repo(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def shared_repo(tmp_path_factory) -> Path:
+    """A repository holding tiny and tiny-moe, shared by the session's tests: read it,
+    never write."""
+    return make_repo(tmp_path_factory.mktemp("models"), mixture=True)

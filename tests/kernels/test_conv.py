@@ -1,0 +1,268 @@
+"""The convolution launcher (kernels/ops/conv.py: Conv2d) against its numpy twin on
+awkward shapes (odd sizes that are no multiple of any tile, batch 1 and 7, groups,
+padding): the implicit GEMM, the im2col fallback and the direct kernel, at every
+precision, int8 on byte dot products, and the choices between them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import ops
+from kernels import reference as ref
+from kernels.precision import PRECISIONS
+from kernels.runtime import Device
+from tests.kernels.helpers import (
+    FP32_NMSE,
+    assert_dequantized_close,
+    nmse,
+    run4d,
+    skip_unless_dot4,
+    skip_unless_panel_fits,
+)
+
+CONV_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu)
+    (1, 3, 17, 19, 5, 3, 1, 1, 1, True),
+    (7, 4, 13, 11, 6, 3, 2, 0, 2, False),
+    (2, 3, 31, 29, 9, 11, 4, 2, 1, True),
+    (3, 6, 9, 9, 10, (5, 3), (1, 2), (2, 1), 2, True),
+    (1, 16, 7, 7, 50, 1, 1, 0, 1, False),
+    (7, 12, 6, 5, 20, 3, 1, 1, 4, True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(device, rng, case):
+    n, c, h, w, m, k, stride, pad, groups, relu = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    op = ops.Conv2d(device, (c, h, w), wt, b, stride, pad, groups, relu)
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want = ref.conv2d(x, wt, b, stride, pad, groups, relu)
+    assert got.shape == want.shape
+    assert nmse(got, want) < FP32_NMSE
+
+
+def test_conv2d_without_bias(device, rng):
+    x = rng.standard_normal((2, 3, 8, 8), np.float32)
+    wt = rng.standard_normal((4, 3, 3, 3), np.float32)
+    op = ops.Conv2d(device, (3, 8, 8), wt, None, (1, 1), (1, 1))
+    assert nmse(run4d(device, op, x, op.scratch_bytes(2)), ref.conv2d(x, wt, padding=1)) < FP32_NMSE
+
+
+def test_conv2d_im2col_fallback(device, rng):
+    """The path taken where a B panel does not fit the device's local memory (GPUs)."""
+    x = rng.standard_normal((3, 6, 9, 10), np.float32)
+    wt = rng.standard_normal((10, 3, 3, 5), np.float32)
+    b = rng.standard_normal(10, np.float32)
+    op = ops.Conv2d(device, (6, 9, 10), wt, b, (2, 1), (1, 2), 2, True, implicit=False)
+    got = run4d(device, op, x, op.scratch_bytes(3))
+    assert nmse(got, ref.conv2d(x, wt, b, (2, 1), (1, 2), 2, True)) < FP32_NMSE
+
+
+# -- precisions (kernels/precision.py): the twins compute with the stored weights ----------
+
+
+def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
+    """The numpy result for a Conv2d at precision p, and the tolerance scale."""
+    if not p.quantized:
+        return ref.conv2d(x, p.round_trip(wt), b, stride, pad, groups, relu), None
+    m, mg = wt.shape[0], wt.shape[0] // groups
+    parts = [
+        p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range) for g in range(groups)
+    ]
+    q = np.concatenate([pp.weights for pp in parts]).reshape(wt.shape)
+    scale = np.concatenate([pp.scale for pp in parts])
+    qinv, qzero = parts[0].qinv, parts[0].qzero
+    want = ref.conv2d_quantized(x, q, scale, qinv, qzero, p.bits, b, stride, pad, groups, relu)
+    raw = ref.conv2d_quantized(x, q, scale, qinv, qzero, p.bits, None, stride, pad, groups)
+    return want, np.abs(raw) + np.abs(b).reshape(1, m, 1, 1)
+
+
+def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None):
+    n, c, h, w, m, k, stride, pad, groups, relu = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    if implicit:
+        skip_unless_panel_fits(device, c // groups * kh * kw)
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c // groups, kh, kw), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    input_range = (-2.5, 3.0)  # some inputs fall outside and saturate
+    op = ops.Conv2d(
+        device,
+        (c, h, w),
+        wt,
+        b,
+        (sh, sw),
+        (ph, pw),
+        groups,
+        relu,
+        implicit,
+        precision=p,
+        input_range=input_range,
+        dot4=dot4,
+        direct=direct,
+    )
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
+    if p.quantized:
+        assert_dequantized_close(got, want, scale_of)
+    else:
+        assert nmse(got, want) < FP32_NMSE
+    return op
+
+
+@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("case", CONV_CASES[:4])
+def test_conv2d_precisions(device, rng, name, implicit, case):
+    check_conv_precision(device, rng, PRECISIONS[name], case, implicit)
+
+
+@pytest.mark.parametrize("dot4", [True, False])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_int8_conv_byte_dot_products(device, rng, case, dot4):
+    """int8 on VNNI's byte dot products (K in groups of four, inputs offset by 128)
+    and in float lanes: the same exact sums, on every awkward shape."""
+    skip_unless_dot4(device, dot4)
+    op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, dot4)
+    assert op.dot4 == dot4
+
+
+DIRECT_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu): stride 1 only
+    (8, 1, 28, 28, 32, 5, 1, 2, 1, True),  # the Fashion-MNIST stem's conv1
+    (1, 3, 17, 19, 5, 3, 1, 1, 1, True),  # fewer filters than a block of 8
+    (3, 6, 9, 9, 10, (5, 3), 1, (2, 1), 2, True),  # groups, a non-square filter
+    (2, 2, 11, 61, 13, 3, 1, 1, 1, False),  # rows of 61 columns: two chunks each
+    (7, 12, 6, 5, 20, 3, 1, 1, 4, True),  # rows narrower than one vector
+    (1, 20, 5, 5, 9, 3, 1, 0, 1, False),  # K = 180, past the default's limit
+]
+
+
+@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_conv2d(device, rng, name, case):
+    """gemm.cl's conv_direct against the numpy twin at every precision."""
+    op = check_conv_precision(device, rng, PRECISIONS[name], case, None, direct=True)
+    assert op.direct and not op.implicit
+
+
+@pytest.mark.parametrize(
+    "shape,stride,precision,options,direct",
+    [
+        ((32, 1, 5, 5), 1, "fp32", {}, True),
+        ((32, 1, 5, 5), 1, "int8", {}, True),
+        ((32, 1, 5, 5), 1, "int16", {}, False),  # long accumulators: slower direct
+        ((32, 1, 5, 5), 2, "fp32", {}, False),
+        ((32, 16, 1, 1), 1, "fp32", {}, False),  # a plain GEMM: nothing to gather
+        ((32, 17, 3, 3), 1, "fp32", {}, False),  # K = 153 > DIRECT_MAX_K
+        ((32, 1, 5, 5), 1, "fp32", {"implicit": True}, False),
+        ((32, 1, 5, 5), 1, "int8", {"dot4": False}, False),
+    ],
+)
+def test_conv2d_picks_direct(device, shape, stride, precision, options, direct):
+    if not device.is_cpu:
+        pytest.skip("the direct convolution is a default on CPU devices only")
+    op = ops.Conv2d(
+        device,
+        (shape[1], 28, 28),
+        np.zeros(shape, np.float32),
+        None,
+        (stride, stride),
+        (2, 2),
+        precision=PRECISIONS[precision],
+        input_range=(-1.0, 1.0),
+        **options,
+    )
+    assert op.direct == direct
+
+
+def test_direct_conv2d_needs_stride_one(device):
+    with pytest.raises(ValueError, match="direct convolution needs stride 1"):
+        ops.Conv2d(
+            device, (1, 28, 28), np.zeros((8, 1, 5, 5), np.float32), None, (2, 2), direct=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("implicit", "dot4", "direct"),
+    [(True, True, False), (True, False, False), (False, False, False), (None, None, True)],
+)
+def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4, direct):
+    """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
+    times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
+    2^24, where a float would start dropping integers); with dot4, 1600 products of
+    127 * 255 in an int lane, less the offset correction."""
+    skip_unless_dot4(device, dot4)
+    if implicit:
+        skip_unless_panel_fits(device, 1600)
+    p = PRECISIONS["int8"]
+    wt = np.where(rng.random((9, 64, 5, 5)) < 0.5, -1.0, 1.0).astype(np.float32)
+    wt[0] = 1.0
+    x = rng.uniform(-1, 10, (2, 64, 5, 5)).astype(np.float32)
+    x[0] = 10.0  # saturates at offset 255
+    input_range = (0.0, 1.0)  # zero point -128: offsets 0 .. 255
+    op = ops.Conv2d(
+        device,
+        (64, 5, 5),
+        wt,
+        None,
+        (1, 1),
+        (0, 0),
+        1,
+        False,
+        implicit,
+        precision=p,
+        input_range=input_range,
+        dot4=dot4,
+        direct=direct,
+    )
+    assert (op.dot4, op.direct) == (bool(dot4), direct)
+    got = run4d(device, op, x, op.scratch_bytes(2))
+    want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
+    assert_dequantized_close(got, want, scale_of)
+    assert want[0, 0, 0, 0] == pytest.approx(1600.0, rel=1e-6)  # 1600 * 127 * 255 * scale
+
+
+def test_implicit_conv_panel_width_fits_local_memory(device, rng):
+    """A forced implicit convolution takes the widest panel the device's local memory
+    holds (GPUs: often one of 16 columns), and refuses, before any upload, a K whose
+    narrowest panel does not fit."""
+    have = device.cl_device.local_mem_size
+    k_one = have // 64 // 9  # channels whose 3x3 panel just fits at NV=1
+    wt = rng.standard_normal((4, k_one, 3, 3), np.float32)
+    op = ops.Conv2d(device, (k_one, 5, 5), wt, None, (1, 1), (1, 1), 1, False, True)
+    assert op.widest_nv == min(device.widest_panel, have // (64 * k_one * 9))
+    x = rng.standard_normal((1, k_one, 5, 5), np.float32)
+    got = run4d(device, op, x, op.scratch_bytes(1))
+    assert nmse(got, ref.conv2d(x, wt, None, 1, 1)) < FP32_NMSE
+    too_wide = np.zeros((4, have // 64 + 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="local memory"):
+        ops.Conv2d(device, (too_wide.shape[1], 2, 2), too_wide, None, implicit=True)
+
+
+def test_dot4_only_for_implicit_int8_where_the_device_has_it(device, rng, monkeypatch):
+    wt = rng.standard_normal((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="dot4 needs an implicit int8 convolution"):
+        ops.Conv2d(device, (3, 8, 8), wt, None, dot4=True)  # fp32
+    monkeypatch.setenv("MOE_INT8_DOT4", "0")
+    assert not Device(device.info.index).dot4
+    with pytest.raises(ValueError, match="dot4 needs"):
+        ops.Conv2d(
+            Device(device.info.index),
+            (3, 8, 8),
+            wt,
+            None,
+            implicit=True,
+            precision=PRECISIONS["int8"],
+            input_range=(-1.0, 1.0),
+            dot4=True,
+        )

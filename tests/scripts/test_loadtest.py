@@ -1,0 +1,45 @@
+"""scripts/loadtest.py against a live server (a subprocess on 127.0.0.1): its lean
+keep-alive client counts every answer, errors by status included, reads the server's
+figures, and refuses any address but loopback."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.service.servers import server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
+    """scripts/loadtest.py (its lean keep-alive client): a bounded run on loopback
+    counts every answer, errors by status included, and reads the server's figures."""
+    pytest.importorskip("skimage.data", reason="scikit-image is not installed (photos)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import loadtest
+    finally:
+        sys.path.pop(0)
+    with server(shared_tiny_repo, log=tmp_path / "server.log", max_batch_size="4") as srv:
+        argv = [
+            "--url",
+            srv.url,
+            "--server-pid",
+            str(srv.server_pid()),
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "--json",
+        ]
+        ok = loadtest.run_report(*loadtest.parse_args(argv))
+        missing = loadtest.run_report(*loadtest.parse_args([*argv, "--model", "nope", "-n", "6"]))
+    assert ok["requests"] == ok["ok"] == 40 and ok["errors"] == 0
+    assert 1 <= ok["mean_batch_size"] <= 4 and ok["latency_ms_p50"] > 0
+    assert ok["rss_mib_first_500"] > 0 and ok["server_cpu_ms_per_request"] > 0
+    assert missing["errors_by_status"] == {"404": 6} and missing["ok"] == 0
+    with pytest.raises(SystemExit, match="only loopback"):
+        loadtest.run_report(*loadtest.parse_args(["--url", "http://192.0.2.1:8000", "-n", "1"]))
