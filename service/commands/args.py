@@ -107,6 +107,10 @@ def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
 def source_args(p: argparse.ArgumentParser) -> None:
     """--device and --models-dir."""
     p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
+    models_dir_arg(p)
+
+
+def models_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models-dir",
         type=Path,

@@ -53,12 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", type=common.positive, default=64, help="images per run")
     p.add_argument("--data-dir", type=Path, default=None, help=common.FASHION_DIR_HELP)
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help="model repository (default: MOE_MODEL_REPOSITORY)",
-    )
+    common.models_dir_arg(p)
 
 
 def _image_files(folder: Path, samples: int) -> list[Path]:

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="the .onnx file")
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--labels", type=Path, default=None, help="text file, one label per line")
-    p.add_argument("--models-dir", type=Path, default=None, help="model repository")
+    common.models_dir_arg(p)
     p.add_argument("--force", action="store_true", help="replace an existing model")
 
 

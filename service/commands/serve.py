@@ -15,7 +15,6 @@ drain_timeout_s) and runs the lifespan shutdown, which completes queued batches.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -47,13 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma list of precisions (default: MOE_PRECISIONS or fp32)",
     )
-    p.add_argument("--device", default=None, help="OpenCL device (default: MOE_DEVICE)")
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help="model repository (default: MOE_MODEL_REPOSITORY)",
-    )
+    common.source_args(p)
     p.add_argument(
         "--random-weights",
         action="store_true",
