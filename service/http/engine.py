@@ -152,7 +152,6 @@ class Engine:
         self.models: dict[str, ModelInfo] = {}
         self.weight_bytes: dict[tuple[str, str], int] = {}
         self._networks: dict[tuple[str, str], Runnable] = {}
-        self._sizes: dict[tuple[str, str], list[int]] = {}
 
     def load(self) -> None:
         s = self.settings
@@ -164,7 +163,6 @@ class Engine:
                 network = build_network(model, device, precision, s.layer_precisions)
                 network.warm_up(s.max_batch_size)
                 self._networks[(name, precision)] = network
-                self._sizes[(name, precision)] = network.batch_sizes(s.max_batch_size)
                 self.weight_bytes[(name, precision)] = network.weight_bytes
             self.models[name] = ModelInfo.from_model(model)
             log.info(
@@ -179,7 +177,8 @@ class Engine:
         """Queue a batch (padded up to the next batch size the network runs)."""
         network = self._networks[(model, precision)]
         n = len(batch)
-        size = next(size for size in self._sizes[(model, precision)] if size >= n)
+        sizes = network.batch_sizes(self.settings.max_batch_size)
+        size = next(size for size in sizes if size >= n)
         if size != n:
             pad = np.zeros((size - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
