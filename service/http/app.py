@@ -1,7 +1,7 @@
 """The HTTP service: `create_app(settings)` builds one FastAPI app.
 
 No module-level state: every app owns its settings, metrics registry, engine, batcher
-and device thread (service/state.py), created here and started in the lifespan, so
+and device thread (service/http/state.py), created here and started in the lifespan, so
 importing this module opens no device and several apps can live in one process
 (the tests make many). Routes live in routes_v1 (the simple JSON API), routes_v2 (the
 Open Inference Protocol) and routes_metrics.
