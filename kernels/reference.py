@@ -243,3 +243,13 @@ def topk_buckets(scores: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     dst = np.empty(n * k, np.int64)
     dst[order] = np.arange(n * k)
     return index, weight, start, order // k, dst
+
+
+def skip_insensitive(
+    y: np.ndarray, estimate: np.ndarray, threshold: float | np.ndarray
+) -> np.ndarray:
+    """Dual-module inference (linear.cl, SKIP): the layer's ReLU output `y` where the
+    little module's `estimate` of the pre-activation reaches the threshold, else the
+    0 ReLU gives a clearly negative one. `threshold` broadcasts over rows (per image:
+    a grouped layer's images each have their expert's)."""
+    return np.where(estimate >= threshold, y, np.float32(0)).astype(np.float32)

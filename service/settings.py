@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from experts.model.calibration import parse_layer_precisions
+from experts.model.dual_module import parse_dual_request
 from experts.model.repository import default_root
 from kernels.precision import check_precisions
 
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MOE_LAYER_PRECISIONS", "MOE_LAYER_PRECISION"),
         description="per-layer precision over the default, e.g. 'conv1=fp32,fc8=fp16' "
         "(every model served must have those layers; per-model maps go in model.json)",
+    )
+
+    dual_module: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="layers run with their little modules (dual-module inference), e.g. "
+        "'fc6,fc7' or 'all'; '' or 'none': off (requests choose with dual_module)",
     )
 
     # -- the HTTP server (moe-alexnet serve) ------------------------------------------
@@ -111,6 +118,11 @@ class Settings(BaseSettings):
     @classmethod
     def _layers(cls, value: Any) -> Any:
         return parse_layer_precisions(value) if isinstance(value, str) else value
+
+    @field_validator("dual_module", mode="before")
+    @classmethod
+    def _dual(cls, value: Any) -> Any:
+        return parse_dual_request(value) if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

@@ -62,6 +62,7 @@ class Layer:
     weighted: ClassVar[bool] = False  # has weights: a precision and a calibration apply
     fuses_relu: ClassVar[bool] = False  # a relu right after it folds into it (`relu` key)
     inference_identity: ClassVar[bool] = False  # computes nothing at inference (dropout)
+    dual_module: ClassVar[bool] = False  # with its ReLU fused, can skip rows (dual_launcher)
     onnx_name: ClassVar[str] = ""  # name of an unnamed imported node: conv1, pool2, ...
     onnx_numbered: ClassVar[bool] = True  # numbered by the weighted layers before it
     onnx_import: ClassVar[Mapping[str, OnnxConverter]] = {}  # ONNX op type -> converter
@@ -133,6 +134,11 @@ class Layer:
         """The OpenCL launcher of the layer on [C][N][H][W] (or [N][features]) buffers;
         None where the output is the input."""
         raise NotImplementedError(f"{self.op}: no launcher")
+
+    def dual_launcher(self, build: Build, big: Launcher, little: Any) -> Launcher:
+        """Dual-module inference (experts/model/dual_module.py): `big`, the layer's own
+        launcher, shared, run for the outputs `little` (a `Little`) cannot rule out."""
+        raise SpecError(f"{self.name}: {self.op} has no dual-module kernel")
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:
         """The numpy twin on NCHW (or N x features) float32: the oracle of the tests."""

@@ -81,6 +81,7 @@ class Linear(Layer):
     op: ClassVar[str] = "linear"
     weighted: ClassVar[bool] = True
     fuses_relu: ClassVar[bool] = True
+    dual_module: ClassVar[bool] = True
     onnx_name: ClassVar[str] = "fc"
     onnx_import: ClassVar = {"Gemm": _from_gemm, "MatMul": _from_matmul}
 
@@ -108,6 +109,14 @@ class Linear(Layer):
             build.input_range,
             build.segments,
         )
+
+    def dual_launcher(self, build: Build, big: Any, little: Any) -> ops.Launcher:
+        """The little module at the layer's precision: its projection quantises the
+        layer's input with the layer's range, its estimate the projection's own."""
+        d, p, seg = build.device, build.precision, build.segments
+        project = ops.Linear(d, little.project, little.shift, False, p, build.input_range, seg)
+        estimate = ops.Linear(d, little.weight, little.bias, False, p, little.z_range, seg)
+        return ops.DualLinear(big, project, estimate, little.threshold)
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:
         return ref.linear(

@@ -18,6 +18,7 @@ import numpy as np
 
 from experts.layers import Layer, SpecError
 from experts.model.calibration import Calibration, CalibrationError, merge_layer_precisions
+from experts.model.dual_module import DualModule
 from experts.model.mixture import MixtureSpec, is_mixture, mixture_params, mixture_spec
 from experts.model.spec import expected_params, infer_shapes, parse_layers
 
@@ -45,6 +46,7 @@ class Model:
     weights: dict[str, np.ndarray]
     path: Path | None = None
     calibration: Calibration | None = None  # calibration.json, checked against the model
+    dual_module: DualModule | None = None  # dual-module.safetensors, checked likewise
 
     @property
     def name(self) -> str:

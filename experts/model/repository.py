@@ -22,6 +22,7 @@ import safetensors.numpy
 from safetensors import SafetensorError
 
 from experts.model.calibration import CALIBRATION_FILE, Calibration, CalibrationError
+from experts.model.dual_module import DUAL_MODULE_FILE, DualModule, DualModuleError
 from experts.model.model import NAME_RE, Model, ModelError, check_name, validate
 
 META_FILE = "model.json"
@@ -114,7 +115,13 @@ class Repository:
                 calibration = Calibration.from_json(doc, meta, f"{where}: {CALIBRATION_FILE}")
             except CalibrationError as exc:
                 raise ModelError(str(exc)) from exc
-        return Model(meta, weights, folder, calibration)
+        dual = None
+        if (folder / DUAL_MODULE_FILE).is_file():
+            try:
+                dual = DualModule.load(folder / DUAL_MODULE_FILE, meta)
+            except DualModuleError as exc:
+                raise ModelError(f"{where}: {exc}") from exc
+        return Model(meta, weights, folder, calibration, dual)
 
     @staticmethod
     def _read_meta(path: Path, where: str) -> Any:

@@ -5,9 +5,11 @@ tensors the whole list needs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from experts.layers import Layer, Shape, SpecError, parse_layer
+from experts.layers.relu import Relu
 
 
 def parse_layers(docs: Any) -> list[Layer]:
@@ -40,3 +42,17 @@ def expected_params(layers: Sequence[Layer], input_shape: Sequence[int]) -> dict
         params.update(layer.param_shapes(shape))
         shape = layer.output_shape(shape)
     return params
+
+
+def fuse_relu(layers: Sequence[Layer]) -> list[Layer]:
+    """Fold a relu layer into the layer before it where that layer can apply it; drop
+    the layers that compute nothing at inference (dropout)."""
+    out: list[Layer] = []
+    for layer in layers:
+        if layer.inference_identity:
+            continue
+        if isinstance(layer, Relu) and out and out[-1].fuses_relu:
+            out[-1] = replace(out[-1], relu=True)
+            continue
+        out.append(layer)
+    return out

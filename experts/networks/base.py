@@ -6,14 +6,15 @@ commands, the tests) never ask which kind they hold."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from experts.layers import Shape
 from experts.model.mixture import MixtureSpec
+from kernels.ops import SkipStats
 
 
 @dataclass
@@ -74,6 +75,21 @@ class Runnable(ABC):
     def warm_up(self, max_batch: int) -> None:
         """Build everything batches of up to `max_batch` need (kernels, buffer plans),
         so that none of it happens while serving."""
+
+    @abstractmethod
+    def with_dual_module(self, littles: Mapping[str, Any]) -> Runnable:
+        """The same network with little modules (layer full name -> `Little`,
+        experts/model/dual_module.py) on those layers, sharing every weight buffer."""
+
+    @property
+    @abstractmethod
+    def little_bytes(self) -> int:
+        """Device bytes of its little modules (0 without)."""
+
+    @abstractmethod
+    def take_skip_stats(self) -> dict[str, SkipStats]:
+        """Per layer with a little module (full name), what its big layer did since
+        the last call: images, weight rows read, outputs computed."""
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """x as contiguous float32, or a ValueError naming the shape expected."""

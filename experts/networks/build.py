@@ -3,13 +3,40 @@ the one interface of experts/networks/base.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from experts.model.calibration import merge_layer_precisions, needs_ranges
+from experts.model.dual_module import DUAL_MODULE_FILE, DualModuleError, Little, resolve_layers
 from experts.model.model import Model
 from experts.networks.base import Runnable
 from experts.networks.calibrate import default_calibration
+from experts.networks.dual_fit import default_dual_module
 from experts.networks.mixture import MixtureNetwork
 from experts.networks.network import Network
 from kernels.runtime import Device
+
+
+def little_modules(model: Model, request: Sequence[str]) -> dict[str, Little]:
+    """The little modules a dual-module request (layer names, or "all") asks for,
+    from the model's dual-module file, or (with a warning, fitted once per model and
+    layer) from a synthetic calibration set where the model has no such file."""
+    names = resolve_layers(model.meta, request)
+    have = model.dual_module.layers if model.dual_module is not None else {}
+    missing = [n for n in names if n not in have]
+    if missing and model.dual_module is not None and model.path is not None:
+        raise DualModuleError(
+            f"{model.path / DUAL_MODULE_FILE}: no little module for {', '.join(missing)}; "
+            f"re-run `moe-alexnet calibrate --model {model.name} --dual-module "
+            f"{','.join(names)}`"
+        )
+    if missing:
+        fitted = default_dual_module(model.meta, model.weights, missing)
+        if model.dual_module is None:
+            model.dual_module = fitted
+        else:
+            model.dual_module.layers.update(fitted.layers)
+        have = model.dual_module.layers
+    return {n: have[n] for n in names}
 
 
 def build_network(
@@ -17,10 +44,21 @@ def build_network(
     device: Device,
     precision: str = "fp32",
     layer_precisions: dict[str, str] | None = None,
+    dual_module: Sequence[str] = (),
 ) -> Runnable:
     """`layer_precisions` (layer -> precision) go over model.json's own. Quantised
     layers take their input ranges from the model's calibration.json, or (with a
-    warning, computed once per model) from a synthetic calibration set."""
+    warning, computed once per model) from a synthetic calibration set.
+    `dual_module`: layers to run with their little modules (`little_modules`)."""
+    network = _build(model, device, precision, layer_precisions)
+    if dual_module:
+        return network.with_dual_module(little_modules(model, dual_module))
+    return network
+
+
+def _build(
+    model: Model, device: Device, precision: str, layer_precisions: dict[str, str] | None
+) -> Runnable:
     merged = merge_layer_precisions(model.meta, layer_precisions)
     ranges = None
     if needs_ranges(model.meta, precision, merged):

@@ -65,7 +65,7 @@ def _prefixed(observe: Observe, prefix: str) -> Observe:
     return lambda name, x: observe(prefix + name, x)
 
 
-def _run(
+def run_observed(
     meta: dict[str, Any], weights: dict[str, np.ndarray], x: np.ndarray, observe: Observe
 ) -> None:
     """One batch through the fp32 twins, every weighted layer's input observed; a
@@ -113,7 +113,7 @@ def calibrate(
     ranges = _Ranges(method)
     samples = 0
     for x in batches:
-        _run(meta, weights, np.ascontiguousarray(x, np.float32), ranges.observe)
+        run_observed(meta, weights, np.ascontiguousarray(x, np.float32), ranges.observe)
         samples += len(x)
         if progress:
             progress(len(x))

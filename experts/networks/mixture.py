@@ -18,16 +18,20 @@ wake-up, which at this network size is the main cost.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from experts.layers import SpecError
+from experts.model.dual_module import Little
 from experts.model.mixture import MixtureSpec, mixture_spec, part_weights
 from experts.networks.base import Output, Pending, Routing, Runnable
 from experts.networks.network import Network
 from experts.networks.reference import route
 from kernels import ops
+from kernels.ops import SkipStats
 from kernels.precision import get_precision
 from kernels.runtime import Device
 
@@ -79,9 +83,7 @@ class MixtureNetwork(Runnable):
             ]
         )
         self.head = part(s.head, (s.features,), "head")
-        parts = [self.stem, self.gate, *self.experts, self.head]
-        parts += [self.grouped] if self.grouped is not None else []
-        self.weight_bytes = sum(p.weight_bytes for p in parts)
+        self.weight_bytes = sum(p.weight_bytes for p in self._parts())
         self.input_shape = s.input_shape
         self.ends_in_probabilities = self.head.ends_in_probabilities
         c, h, w = s.stem_shape
@@ -121,6 +123,55 @@ class MixtureNetwork(Runnable):
             )
         except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 convolution)
             return None
+
+    def with_dual_module(self, littles: Mapping[str, Little]) -> MixtureNetwork:
+        """Little modules by full name ("experts.3.fc6"); grouped experts take one on
+        every expert's layer or on none. The stem, gate and head (and their buffers)
+        are shared unless a little module names their layers."""
+        twin = copy.copy(self)
+
+        def part(net: Network) -> Network:
+            mine = part_weights(dict(littles), net.name)
+            return net.with_dual_module(mine) if mine else net
+
+        twin.stem, twin.gate, twin.head = (part(p) for p in (self.stem, self.gate, self.head))
+        twin.experts = [part(p) for p in self.experts]
+        if self.grouped is not None:
+            experts = self.mixture.experts
+            per_expert = [part_weights(dict(littles), f"experts.{i}") for i in range(experts)]
+            names = set().union(*per_expert)
+            for name in sorted(names):
+                if any(name not in mine for mine in per_expert):
+                    raise SpecError(
+                        f"dual module: the grouped experts take a little module on every "
+                        f"expert's {name} or on none; ask for {name!r}"
+                    )
+            stacked = {n: Little.stack([mine[n] for mine in per_expert]) for n in names}
+            twin.grouped = self.grouped.with_dual_module(stacked) if stacked else self.grouped
+        known = set(self._parts_names())
+        unknown = sorted({n.rsplit(".", 1)[0] for n in littles} - known)
+        if unknown:
+            raise SpecError(f"dual module: no part {', '.join(unknown)} in the mixture")
+        twin.weight_bytes = self.weight_bytes + twin.little_bytes
+        return twin
+
+    def _parts(self) -> list[Network]:
+        grouped = [self.grouped] if self.grouped is not None else []
+        return [self.stem, self.gate, *self.experts, self.head, *grouped]
+
+    def _parts_names(self) -> list[str]:
+        return ["stem", "gate", "head", *(f"experts.{i}" for i in range(self.mixture.experts))]
+
+    @property
+    def little_bytes(self) -> int:
+        return sum(p.little_bytes for p in self._parts())
+
+    def take_skip_stats(self) -> dict[str, SkipStats]:
+        """Grouped experts count their layers together, as "experts.fc6"."""
+        out: dict[str, SkipStats] = {}
+        for p in self._parts():
+            out |= p.take_skip_stats()
+        return out
 
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""

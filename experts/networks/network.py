@@ -8,17 +8,18 @@ scratch buffer for the convolutions' im2col panels.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from experts.layers import Build, Layer, Shape, SpecError, Weights
-from experts.layers.relu import Relu
 from experts.layers.softmax import Softmax
 from experts.model.mixture import check_k
+from experts.model.spec import fuse_relu
 from experts.networks.base import Output, Pending, Runnable
 from kernels import ops
 from kernels.precision import get_precision
@@ -45,20 +46,6 @@ class Plan:
     activation_bytes: int
     output: Any = None  # the buffer the last step writes
     tape: Any = None  # the recorded launches (kernels.runtime.Tape)
-
-
-def fuse_relu(layers: Sequence[Layer]) -> list[Layer]:
-    """Fold a relu layer into the layer before it where that layer can apply it; drop
-    the layers that compute nothing at inference (dropout)."""
-    out: list[Layer] = []
-    for layer in layers:
-        if layer.inference_identity:
-            continue
-        if isinstance(layer, Relu) and out and out[-1].fuses_relu:
-            out[-1] = replace(out[-1], relu=True)
-            continue
-        out.append(layer)
-    return out
 
 
 class Network(Runnable):
@@ -97,6 +84,7 @@ class Network(Runnable):
         self.steps: list[Step] = []
         shape = self.input_shape
         layers = fuse_relu(layers)
+        self.layers = {layer.name: layer for layer in layers}
         for layer in layers:
             out = layer.output_shape(shape)
             self.steps.append(Step(layer.name, self._launcher(layer, shape, weights), shape, out))
@@ -107,7 +95,7 @@ class Network(Runnable):
         self.weight_bytes = sum(s.op.weight_bytes for s in self.steps if s.op is not None)
         self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
 
-    def _launcher(self, layer: Layer, shape: Shape, weights: Weights) -> ops.Launcher | None:
+    def _build(self, layer: Layer) -> Build:
         build = Build(self.device, segments=self.segments)
         if layer.weighted:
             p = get_precision(self.layer_precisions.get(layer.name, self.precision.name))
@@ -115,12 +103,58 @@ class Network(Runnable):
             if p.quantized and span is None:
                 raise SpecError(f"{layer.name}: {p.name} needs the calibrated range of its input")
             build = replace(build, precision=p, input_range=span)
+        return build
+
+    def _launcher(self, layer: Layer, shape: Shape, weights: Weights) -> ops.Launcher | None:
         try:
-            return layer.launcher(build, shape, weights)
+            return layer.launcher(self._build(layer), shape, weights)
         except SpecError:
             raise
         except ValueError as exc:  # e.g. an accumulator that could overflow
             raise SpecError(f"{layer.name}: {exc}") from exc
+
+    def with_dual_module(self, littles: Mapping[str, Any]) -> Network:
+        """This network with little modules (experts/model/dual_module.py: layer name ->
+        `Little`) on those layers: a second network sharing every launcher and weight
+        buffer of this one, only the little modules added, and buffers of its own."""
+        unknown = sorted(set(littles) - set(self.layers))
+        if unknown:
+            raise SpecError(
+                f"dual module: no layer {', '.join(unknown)} in {self.name or 'the network'}"
+            )
+        twin = copy.copy(self)
+        twin.steps = []
+        for step in self.steps:
+            little = littles.get(step.name)
+            if little is not None:
+                layer = self.layers[step.name]
+                if not (layer.dual_module and getattr(layer, "relu", False)):
+                    raise SpecError(
+                        f"dual module: {step.name} is not followed by ReLU, whose negative "
+                        "outputs could be skipped"
+                    )
+                try:
+                    op = layer.dual_launcher(self._build(layer), step.op, little)
+                except ValueError as exc:
+                    raise SpecError(f"{step.name}: {exc}") from exc
+                step = replace(step, op=op)
+            twin.steps.append(step)
+        twin.weight_bytes = sum(s.op.weight_bytes for s in twin.steps if s.op is not None)
+        twin._plans = OrderedDict()
+        return twin
+
+    @property
+    def little_bytes(self) -> int:
+        """Device bytes of the little modules (the rest is shared with the plain network)."""
+        return sum(getattr(s.op, "little_bytes", 0) for s in self.steps)
+
+    def take_skip_stats(self) -> dict[str, ops.SkipStats]:
+        """Per layer with a little module, what its big layer did since the last call."""
+        return {
+            f"{self.name}.{s.name}" if self.name else s.name: s.op.take_stats()
+            for s in self.steps
+            if isinstance(s.op, ops.DualLinear)
+        }
 
     def plan(self, n: int, source: Any = None) -> Plan:
         """Buffers and the recorded launches for batch size n, made once and kept (a

@@ -5,7 +5,7 @@
 // rows of X, reading every weight once per batch tile. Quantised precisions get X
 // already quantised (quantize_input, once per layer rather than once per row tile)
 // and accumulate exactly (precision.h).
-// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS, DOT4 (precision.h).
+// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS, DOT4 (precision.h), SKIP (below).
 #include "precision.h"
 
 #if RELU
@@ -29,12 +29,60 @@
     scale += ex * O;
 #else
 #define GROUP_ARGS
-#define EXPERT_ROWS(b0)
+#define EXPERT_ROWS(b0) const int ex = 0;
+#endif
+
+// SKIP (dual-module inference, kernels/ops/dual.py; needs RELU): little[b][o] is the
+// little module's estimate of row o's pre-activation for image b, and an image whose
+// estimate is below its expert's threshold[ex] gets the 0 that ReLU would give it,
+// unread. A row's weights are read only when some image of the tile needs it:
+// need[r] holds, as bits, the images of the tile that need row o0 + r. stats counts,
+// for the bytes-read figures: [0] row reads, [1] images (counted by the work-items of
+// row 0), [2] (image, row) outputs the big module computed.
+#if SKIP
+#if !RELU
+#error "SKIP needs RELU"
+#endif
+#define SKIP_ARGS , __global const float *restrict little, \
+    __global const float *restrict threshold, __global int *restrict stats
+#define SENSITIVE(need, rows, o0, b0, first) \
+    uint need[rows]; \
+    { \
+        uint any = 0; \
+        int reads = 0, computed = 0; \
+        for (int r = 0; r < (rows); ++r) { \
+            need[r] = 0; \
+            for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) \
+                if (little[(size_t)((b0) + q) * O + (o0) + r] >= threshold[ex]) \
+                    need[r] |= 1u << q; \
+            any |= need[r]; \
+            reads += need[r] != 0; \
+            computed += popcount(need[r]); \
+            if ((first) && !need[r] && (o0) + r < O) \
+                for (int q = 0; q < RB && (b0) + q < B; ++q) \
+                    Y[(size_t)((b0) + q) * O + (o0) + r] = 0.0f; \
+        } \
+        if (first) { \
+            if ((o0) == 0) atomic_add(stats + 1, min(RB, B - (b0))); \
+            if (reads) { \
+                atomic_add(stats, reads); \
+                atomic_add(stats + 2, computed); \
+            } \
+        } \
+        if (!any) return; \
+    }
+#define KEEP(need, q, v) (((need) >> (q)) & 1u ? (v) : 0.0f)
+#else
+#define SKIP_ARGS
+#define SENSITIVE(need, rows, o0, b0, first) \
+    uint need[rows]; \
+    for (int r = 0; r < (rows); ++r) need[r] = ~0u;
+#define KEEP(need, q, v) (v)
 #endif
 #define LINEAR_ARGS const int B, const int I, const int O, \
     __global const float *restrict X, __global const wtype *restrict W, \
     __global const float *restrict bias, __global const float *restrict scale, \
-    __global float *restrict Y GROUP_ARGS
+    __global float *restrict Y GROUP_ARGS SKIP_ARGS
 
 #if defined(RO) && !DOT4
 __kernel void linear(LINEAR_ARGS)
@@ -42,6 +90,7 @@ __kernel void linear(LINEAR_ARGS)
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
     EXPERT_ROWS(b0)
+    SENSITIVE(need, RO, o0, b0, true)
     __global const wtype *w[RO];
     __global const float *x[RB];
 #pragma unroll
@@ -63,6 +112,7 @@ __kernel void linear(LINEAR_ARGS)
             for (int q = 0; q < RB; ++q) xv[q] = vload16(0, x[q] + i);
 #pragma unroll
             for (int r = 0; r < RO; ++r) {
+                if (!need[r]) continue;  // skipped (SKIP): its weights are not read
                 const float16 wv = LOADW16(0, w[r] + i);
 #pragma unroll
                 for (int q = 0; q < RB; ++q) acc[r][q] = MACC(wv, xv[q], acc[r][q]);
@@ -84,8 +134,10 @@ __kernel void linear(LINEAR_ARGS)
         for (int q = 0; q < RB; ++q) {
             if (b0 + q >= B) break;
             accs s = tot[r][q];
+            if (!need[r]) break;
             for (int i = I16; i < I; ++i) s += (accs)LOADW(i, w[r]) * (accs)x[q][i];
-            Y[(size_t)(b0 + q) * O + o0 + r] = ACT((float)s * scale[o0 + r] + bias[o0 + r]);
+            Y[(size_t)(b0 + q) * O + o0 + r] =
+                KEEP(need[r], q, ACT((float)s * scale[o0 + r] + bias[o0 + r]));
         }
     }
 }
@@ -107,6 +159,7 @@ void linear_split(LINEAR_ARGS)
     const int t = get_local_id(0);
     const int b0 = get_global_id(1) * RB;
     EXPERT_ROWS(b0)
+    SENSITIVE(need, 1, o, b0, t == 0)
     __global const wtype *w = W + (size_t)o * I;
     __global const float *x[RB];
     acc16 acc[RB];
@@ -145,7 +198,9 @@ void linear_split(LINEAR_ARGS)
     if (t == 0) {
 #pragma unroll
         for (int q = 0; q < RB; ++q)
-            if (b0 + q < B) Y[(size_t)(b0 + q) * O + o] = ACT((float)part[q][0] * scale[o] + bias[o]);
+            if (b0 + q < B)
+                Y[(size_t)(b0 + q) * O + o] =
+                    KEEP(need[0], q, ACT((float)part[q][0] * scale[o] + bias[o]));
     }
 }
 #endif
@@ -160,7 +215,7 @@ void linear_split(LINEAR_ARGS)
     __global const float *restrict bias, __global const float *restrict scale, \
     __global float *restrict Y, __global const int *restrict corr
 
-TARGET void linear_dot4(const int o0, const int b0, DOT4_ARGS)
+TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS)
 {
     __global const char *w[RO];
     __global const uchar *x[RB];
@@ -180,26 +235,29 @@ TARGET void linear_dot4(const int o0, const int b0, DOT4_ARGS)
         for (int q = 0; q < RB; ++q) xv[q] = vload16(0, (__global const int *)(x[q] + i));
 #pragma unroll
         for (int r = 0; r < RO; ++r) {
+            if (!need[r]) continue;
             const int16 wv = vload16(0, (__global const int *)(w[r] + i));
 #pragma unroll
             for (int q = 0; q < RB; ++q) acc[r][q] = DOT4_MAC(acc[r][q], xv[q], wv);
         }
     }
     for (int r = 0; r < RO && o0 + r < O; ++r) {
-        for (int q = 0; q < RB && b0 + q < B; ++q) {
+        for (int q = 0; q < RB && b0 + q < B && need[r]; ++q) {
             const int8 s8 = acc[r][q].lo + acc[r][q].hi;
             const int4 s4 = s8.lo + s8.hi;
             int s = s4.x + s4.y + s4.z + s4.w - corr[o0 + r];
             for (int i = I64; i < I; ++i) s += (int)w[r][i] * (int)x[q][i];
-            Y[(size_t)(b0 + q) * O + o0 + r] = ACT((float)s * scale[o0 + r] + bias[o0 + r]);
+            Y[(size_t)(b0 + q) * O + o0 + r] =
+                KEEP(need[r], q, ACT((float)s * scale[o0 + r] + bias[o0 + r]));
         }
     }
 }
 
-__kernel void linear(DOT4_ARGS)
+__kernel void linear(DOT4_ARGS SKIP_ARGS)
 {
-    linear_dot4(get_global_id(0) * RO, get_global_id(1) * RB, B, I, O, X, W, bias, scale, Y,
-                corr);
+    const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB, ex = 0;
+    SENSITIVE(need, RO, o0, b0, true)
+    linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr);
 }
 #endif
 

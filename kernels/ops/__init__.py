@@ -6,6 +6,7 @@ connected layers take and give [N][features].
 """
 
 from kernels.ops.conv import Conv2d
+from kernels.ops.dual import DualLinear, SkipStats
 from kernels.ops.elementwise import (
     Flatten,
     GatherImages,
@@ -24,6 +25,7 @@ from kernels.ops.winograd import WinogradConv2d, conv2d, grouped_conv2d
 __all__ = [
     "AdaptiveAvgPool2d",
     "Conv2d",
+    "DualLinear",
     "Flatten",
     "GatherImages",
     "LRN",
@@ -32,6 +34,7 @@ __all__ = [
     "Merge",
     "Pool2d",
     "Relu",
+    "SkipStats",
     "Softmax",
     "SwapOuter",
     "TopKBuckets",

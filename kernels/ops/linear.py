@@ -71,7 +71,7 @@ class Linear(Launcher):
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
-        self._kernels: dict[int, Any] = {}
+        self._kernels: dict[tuple[int, bool], Any] = {}
 
     @property
     def out_shape(self) -> tuple[int]:
@@ -95,8 +95,18 @@ class Linear(Launcher):
         return n * self.i * (1 if self.dot4 else 4)
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+        self.launch(n, x, y, scratch)
+
+    def launch(
+        self, n: int, x: Any, y: Any, scratch: Any = None, skip: tuple[Any, ...] = ()
+    ) -> None:
+        """`skip` (dual-module inference, kernels/ops/dual.py; needs the fused ReLU):
+        the device buffers of the little module's estimates [n][O], the threshold of
+        each expert, and the int[3] statistics the kernel adds to (linear.cl, SKIP)."""
+        if skip and not self.relu:
+            raise ValueError("skipping rows needs the layer's ReLU")
         ro, rb = self._tile(n)
-        kernel = self._kernels.get(rb)
+        kernel = self._kernels.get((rb, bool(skip)))
         if kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
             defines = {
@@ -104,10 +114,12 @@ class Linear(Launcher):
                 "RB": rb,
                 "RELU": self.relu,
                 "GROUPED": self.segments is not None,
+                "SKIP": bool(skip),
                 **self.defines,
             }
             name = "linear_split" if self.split else "linear"
-            kernel = self._kernels[rb] = self.device.kernel("linear.cl", name, defines)
+            kernel = self.device.kernel("linear.cl", name, defines)
+            self._kernels[(rb, bool(skip))] = kernel
         if self.precision.quantized:
             count = n * self.i
             self.device.launch(
@@ -140,4 +152,5 @@ class Linear(Launcher):
             y,
             *(() if self.segments is None else (self.segments, I32(self.experts))),
             *((self.corr,) if self.dot4 else ()),
+            *skip,
         )

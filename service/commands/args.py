@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from experts.model.calibration import CalibrationError, parse_layer_precisions
+from experts.model.dual_module import DualModuleError, parse_dual_request
 from kernels.precision import PRECISIONS, check_precisions
 from service.failures import UsageError
 from service.settings import Settings
@@ -58,6 +59,13 @@ def layer_precisions(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def dual_module(text: str) -> tuple[str, ...]:
+    try:
+        return parse_dual_request(text)
+    except DualModuleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     """--model, --precision, --layer-precisions, --k and the model source flags;
     `many`: comma lists where a command compares several."""
@@ -84,6 +92,15 @@ def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
         metavar="LAYER=PRECISION,...",
         help="per-layer precision over --precision, e.g. conv1=fp32 (default: "
         "MOE_LAYER_PRECISIONS; mixtures: stem.conv1, experts.0.fc6, ...)",
+    )
+    p.add_argument(
+        "--dual-module",
+        dest="dual_module",
+        type=dual_module,
+        default=None,
+        metavar="LAYERS",
+        help="run these fully connected layers with their little modules (dual-module "
+        "inference), e.g. fc6,fc7 or all; none: off (default: MOE_DUAL_MODULE)",
     )
     # --experts: the older spelling, still accepted
     p.add_argument(
@@ -120,7 +137,7 @@ def models_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 # Flags that set the setting of their name (and --models-dir, model_repository).
-MODEL_FLAGS = ("device", "layer_precisions")
+MODEL_FLAGS = ("device", "layer_precisions", "dual_module")
 
 
 def settings(args: argparse.Namespace, flags: tuple[str, ...] = MODEL_FLAGS) -> Settings:

@@ -22,7 +22,7 @@ from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_mode
 from experts.model.model import ModelError
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network
+from experts.networks.build import build_network, little_modules
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -137,25 +137,39 @@ def run(args: argparse.Namespace) -> int:
         session = onnxruntime_session(model) if args.compare else None
         ks = (args.k or [model.mixture.k]) if model.is_mixture else [None]
         models.append((name, model, session, ks))
+    littles = [
+        little_modules(m, settings.dual_module) if settings.dual_module else {}
+        for _, m, _, _ in models
+    ]
     for precision in precisions:
-        networks = [
-            build_network(m, device, precision, settings.layer_precisions) for _, m, _, _ in models
-        ]
+        networks = []
+        for (_, m, _, _), little in zip(models, littles, strict=True):
+            network = build_network(m, device, precision, settings.layer_precisions)
+            # With the little modules beside the same network without: one run compares.
+            dual = network.with_dual_module(little) if little else None
+            networks.append((network, dual))
         for batch in args.batch:
             rows, runners, spreads = [], {}, {}
-            for (name, model, session, ks), network in zip(models, networks, strict=True):
+            for (name, model, session, ks), pair in zip(models, networks, strict=True):
                 inputs = _inputs(images, model, batch, rng)
                 for k in ks:
-                    key = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
-                    spreads[key] = []
-                    runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
+                    base = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
+                    for network in filter(None, pair):
+                        dual = network is pair[1]
+                        key = base + (" dual-module" if dual else "")
+                        spreads[key] = []
+                        runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
+                        rows.append((key, name, model, None if dual else session, network, k))
                     if session is not None:
                         feeds = [{session.get_inputs()[0].name: x} for x in inputs]
-                        runners[f"{key} onnxruntime"] = partial(_run_session, session, cycle(feeds))
-                    rows.append((key, name, model, session, network, k))
+                        ort = partial(_run_session, session, cycle(feeds))
+                        runners[f"{base} onnxruntime"] = ort
             # Warm-up sees every input batch once: a mixture plans buffers per expert
             # sub-batch size the first time each size occurs.
             warmup = max(args.warmup, BATCHES if args.dataset else 0)
+            for _, dual in networks:
+                if dual is not None:
+                    dual.take_skip_stats()  # counted from here: the timed runs' inputs
             times = time_rounds(runners, args, warmup)
             for key, name, model, session, network, k in rows:
                 row = {
@@ -175,11 +189,15 @@ def run(args: argparse.Namespace) -> int:
                 }
                 if spreads[key]:  # a mixture: distinct experts per batch run
                     row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
+                stats = network.take_skip_stats()
+                if stats:
+                    row["dual_module"] = {n: st.as_dict() for n, st in stats.items()}
                 if args.profile:
                     row["profile"] = profile_layers(device, runners[key])
                 _emit(row, args.json)
                 if session is not None:
-                    _emit(_onnxruntime_row(model, times[f"{key} onnxruntime"], row), args.json)
+                    ort = times[f"{key} onnxruntime"]  # the plain row's key
+                    _emit(_onnxruntime_row(model, ort, row), args.json)
     return 0
 
 
@@ -298,6 +316,13 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
     if "ratio" in row:
         line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
     print(line, flush=True)
+    for layer, s in row.get("dual_module", {}).items():
+        print(
+            f"    dual module {layer:14s} big module computed {100 * s['computed_share']:5.1f}% "
+            f"of outputs, read {s['big_bytes_per_image'] / 2**10:8.1f} KiB of "
+            f"{s['big_bytes'] / 2**10:8.1f} KiB per image (+ little module "
+            f"{s['little_bytes'] / 2**10:.1f} KiB)"
+        )
     layers = row.get("profile")
     if layers:
         total = sum(layer["ms"] for layer in layers)

@@ -15,14 +15,19 @@ from tqdm import tqdm
 
 from experts.data.fashion_mnist import calibration_subset, load_fashion_mnist, to_model_input
 from experts.model.calibration import CALIBRATION_FILE
+from experts.model.dual_module import DUAL_MODULE_FILE, resolve_layers
 from experts.model.repository import Repository
 from experts.model.resolve import resolve_model
 from experts.networks.calibrate import METHODS, calibrate
+from experts.networks.dual_fit import DEFAULT_SKIP, fit_dual_module
 from service.commands import args as common
 from service.failures import UsageError
 from service.images import load_input
 
-HELP = "measure layer input ranges for int8/int16 (writes calibration.json beside the weights)"
+HELP = (
+    "measure layer input ranges for int8/int16 (calibration.json), or fit the little "
+    "modules of dual-module inference (--dual-module: dual-module.safetensors)"
+)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".npy"}
 
 
@@ -52,6 +57,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "0.01-99.99th percentiles (clips outliers)",
     )
     p.add_argument("--batch", type=common.positive, default=64, help="images per run")
+    p.add_argument(
+        "--dual-module",
+        type=common.dual_module,
+        default=None,
+        metavar="LAYERS",
+        help="instead of ranges, fit little modules for these layers (e.g. fc6,fc7 or all) "
+        "and write dual-module.safetensors",
+    )
+    p.add_argument(
+        "--skip-target",
+        type=float,
+        default=DEFAULT_SKIP,
+        help="--dual-module: share of outputs to skip at most, in (0, 1); outputs the "
+        "little module estimates positive are always computed",
+    )
+    p.add_argument(
+        "--rank",
+        type=common.positive,
+        default=None,
+        help="--dual-module: directions per little module (default: min(32, the layer's "
+        "smaller side / 10))",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help=common.FASHION_DIR_HELP)
     common.models_dir_arg(p)
 
@@ -85,19 +112,36 @@ def _samples(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.ndarray
 def run(args: argparse.Namespace) -> int:
     settings = common.settings(args, flags=())
     model = resolve_model(args.model or settings.default_model, settings.model_repository)
+    layers = resolve_layers(model.meta, args.dual_module) if args.dual_module else []
+    if layers and not 0 < args.skip_target < 1:
+        raise UsageError(f"--skip-target must lie in (0, 1), got {args.skip_target}")
     x, source = _samples(args, model.meta)
     start = time.perf_counter()
+    repository = Repository(settings.model_repository)
     with tqdm(
         total=len(x), desc=f"calibrate {model.name}", unit="img", file=sys.stderr, leave=False
     ) as bar:
-        result = calibrate(
-            model.meta, model.weights, _batches(x, args.batch), args.method, source, bar.update
-        )
-    path = Repository(settings.model_repository).write_file(
-        model.name, CALIBRATION_FILE, result.to_json(model.meta).encode("utf-8")
-    )
+        batches = _batches(x, args.batch)
+        if layers:
+            dual = fit_dual_module(
+                model.meta,
+                model.weights,
+                batches,
+                layers,
+                args.rank,
+                args.skip_target,
+                source,
+                bar.update,
+            )
+            data, fname = dual.to_bytes(model.meta), DUAL_MODULE_FILE
+            what = f"little modules for {len(layers)} layers", f"skip target {args.skip_target}"
+        else:
+            result = calibrate(model.meta, model.weights, batches, args.method, source, bar.update)
+            data, fname = result.to_json(model.meta).encode("utf-8"), CALIBRATION_FILE
+            what = f"{len(result.ranges)} layers", args.method
+    path = repository.write_file(model.name, fname, data)
     print(
-        f"calibrated {model.name}: {len(result.ranges)} layers, {result.samples} images "
-        f"({source}), {args.method}, {time.perf_counter() - start:.1f} s -> {path}"
+        f"calibrated {model.name}: {what[0]}, {len(x)} images ({source}), {what[1]}, "
+        f"{time.perf_counter() - start:.1f} s -> {path}"
     )
     return 0

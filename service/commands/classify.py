@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
     batches = [(path, load_input(path, model.meta["input"])) for path in args.inputs]
     device = Device(settings.device)
-    network = build_network(model, device, precision, settings.layer_precisions)
+    network = build_network(
+        model, device, precision, settings.layer_precisions, settings.dual_module
+    )
     results = []
     for path, x in batches:
         out = network.run(x, args.k)

@@ -17,7 +17,7 @@ from experts.data.fashion_mnist import load_fashion_mnist, to_model_input
 from experts.model.model import Model
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network
+from experts.networks.build import build_network, little_modules
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -113,27 +113,43 @@ def run(args: argparse.Namespace) -> int:
     device = Device(settings.device)
     reference = None
     torch_top1 = _torch_top1(model, x) if args.parity else None
+    littles = little_modules(model, settings.dual_module) if settings.dual_module else {}
     for precision in args.precision or [settings.default_precision]:
         network = build_network(model, device, precision, settings.layer_precisions)
-        result = evaluate(network, x, labels, args.k, args.batch, f"{name} {precision}")
-        pred = result.pop("predictions")
-        if reference is None:
-            reference = pred
-        result = {
-            "model": name,
-            "precision": precision,
-            "dataset": "fashion-mnist",
-            **({"k": args.k or model.mixture.k} if model.is_mixture else {}),
-            **result,
-            "agreement_with_first": round(float((pred == reference).mean()), 5),
-            **(
-                {"agreement_with_torch": round(float((pred == torch_top1).mean()), 5)}
-                if torch_top1 is not None
-                else {}
-            ),
-            "device": device.name,
-        }
-        _emit(result, args.json)
+        variants = [(network, None)]
+        if littles:  # with and without, so the accuracy cost is measured, not assumed
+            variants.append((network.with_dual_module(littles), list(littles)))
+        plain: dict[str, Any] = {}
+        plain_pred = None
+        for net, dual in variants:
+            label = f"{name} {precision}" + (" dual-module" if dual else "")
+            result = evaluate(net, x, labels, args.k, args.batch, label)
+            pred = result.pop("predictions")
+            if reference is None:
+                reference = pred
+            row = {
+                "model": name,
+                "precision": precision,
+                "dataset": "fashion-mnist",
+                **({"k": args.k or model.mixture.k} if model.is_mixture else {}),
+                **result,
+                "agreement_with_first": round(float((pred == reference).mean()), 5),
+                **(
+                    {"agreement_with_torch": round(float((pred == torch_top1).mean()), 5)}
+                    if torch_top1 is not None
+                    else {}
+                ),
+                "device": device.name,
+            }
+            if dual:
+                row["dual_module"] = {
+                    "top1_without": plain["top1"],
+                    "agreement_without": round(float((pred == plain_pred).mean()), 5),
+                    "layers": {n: s.as_dict() for n, s in net.take_skip_stats().items()},
+                }
+            else:
+                plain, plain_pred = row, pred
+            _emit(row, args.json)
     return 0
 
 
@@ -161,6 +177,19 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
             else ""
         )
     )
+    dual = result.get("dual_module")
+    if dual:
+        print(
+            f"  dual module: top-1 {100 * result['top1']:.2f}% against "
+            f"{100 * dual['top1_without']:.2f}% without; same top-1 on "
+            f"{100 * dual['agreement_without']:.2f}% of images"
+        )
+        for layer, s in dual["layers"].items():
+            print(
+                f"    {layer:16s} big module computed {100 * s['computed_share']:5.1f}% of "
+                f"outputs; weight bytes read at batch 1: "
+                f"{100 * s['read_share_at_batch_1']:5.1f}% (little module included)"
+            )
     if "routing_share" in result:
         shares = " ".join(f"{100 * s:.1f}%" for s in result["routing_share"])
         accs = " ".join("-" if a is None else f"{100 * a:.1f}%" for a in result["expert_top1"])

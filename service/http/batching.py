@@ -1,4 +1,5 @@
-"""Dynamic batching: requests for the same (model, precision, k) run together.
+"""Dynamic batching: requests for the same (model, precision, k, dual module) run
+together.
 
 Requests are queued per key; the device's single worker thread takes the key whose
 oldest request has waited longest, waits until that key has `max_batch_size` images
@@ -31,7 +32,7 @@ from service.http.engine import ExpertChoice, InferResult
 
 log = logging.getLogger("moe_alexnet.batching")
 
-BatchKey = tuple[str, str, int | None]  # (model, precision, k)
+BatchKey = tuple[str, str, int | None, tuple[str, ...]]  # (model, precision, k, dual module)
 IN_FLIGHT = 2  # batches queued on the device at once: the running one and the next
 
 

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from experts.model.architectures import ARCHITECTURES
+from experts.model.dual_module import DualModuleError, Little, resolve_layers
 from experts.model.mixture import MixtureSpec
 from experts.model.model import Model, ModelError
 from experts.model.repository import Repository
 from experts.model.resolve import resolve_model
 from experts.networks.base import Output, Runnable
-from experts.networks.build import build_network
+from experts.networks.build import build_network, little_modules
 from kernels.runtime import Device
 from service.scores import probabilities
 from service.settings import Settings
@@ -152,6 +153,12 @@ class Engine:
         self.models: dict[str, ModelInfo] = {}
         self.weight_bytes: dict[tuple[str, str], int] = {}
         self._networks: dict[tuple[str, str], Runnable] = {}
+        # Dual-module inference: per model, the little modules on offer (its
+        # dual-module file's, and MOE_DUAL_MODULE's layers), and the networks with them,
+        # made on first use: each shares its plain network's weights.
+        self._metas: dict[str, dict[str, Any]] = {}
+        self._littles: dict[str, dict[str, Little]] = {}
+        self._duals: dict[tuple[str, str, tuple[str, ...]], Runnable] = {}
 
     def load(self) -> None:
         s = self.settings
@@ -159,11 +166,18 @@ class Engine:
         self.device_name = device.name
         for name in model_names(s):
             model = resolve_model(name, s.model_repository, s.random_weights, s.seed)
+            self._metas[name] = model.meta
+            littles = dict(model.dual_module.layers) if model.dual_module else {}
+            default = tuple(resolve_layers(model.meta, s.dual_module)) if s.dual_module else ()
+            littles |= little_modules(model, default) if default else {}
+            self._littles[name] = littles
             for precision in self.precisions:
                 network = build_network(model, device, precision, s.layer_precisions)
                 network.warm_up(s.max_batch_size)
                 self._networks[(name, precision)] = network
                 self.weight_bytes[(name, precision)] = network.weight_bytes
+                if default:  # the default little modules, warmed up like the rest
+                    self._network(name, precision, default).warm_up(s.max_batch_size)
             self.models[name] = ModelInfo.from_model(model)
             log.info(
                 "loaded model %s v%s (%s) on %s",
@@ -173,9 +187,45 @@ class Engine:
                 device.name,
             )
 
-    def submit(self, model: str, precision: str, k: int | None, batch: np.ndarray) -> Pending:
-        """Queue a batch (padded up to the next batch size the network runs)."""
+    def dual_target(self, model: str, request: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The layers a request's dual_module (None: the server's default) names in
+        `model`, checked: a DualModuleError naming the layer where it cannot run one."""
+        if request is None:
+            request = self.settings.dual_module
+        if not request:
+            return ()
+        names = resolve_layers(self._metas[model], request)
+        missing = [n for n in names if n not in self._littles[model]]
+        if missing:
+            offered = ", ".join(self._littles[model]) or "none"
+            raise DualModuleError(
+                f"model {model!r} has no little module for {', '.join(missing)} on this "
+                f"server (offered: {offered}; fit one with `moe-alexnet calibrate "
+                "--dual-module`, or set MOE_DUAL_MODULE)"
+            )
+        return tuple(names)
+
+    def _network(self, model: str, precision: str, dual: tuple[str, ...]) -> Runnable:
         network = self._networks[(model, precision)]
+        if not dual:
+            return network
+        key = (model, precision, dual)
+        if key not in self._duals:
+            littles = {n: self._littles[model][n] for n in dual}
+            self._duals[key] = network.with_dual_module(littles)
+        return self._duals[key]
+
+    def submit(
+        self,
+        model: str,
+        precision: str,
+        k: int | None,
+        batch: np.ndarray,
+        dual: tuple[str, ...] = (),
+    ) -> Pending:
+        """Queue a batch (padded up to the next batch size the network runs); `dual`:
+        the layers to run with their little modules (`dual_target`)."""
+        network = self._network(model, precision, dual)
         n = len(batch)
         sizes = network.batch_sizes(self.settings.max_batch_size)
         size = next(size for size in sizes if size >= n)

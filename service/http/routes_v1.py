@@ -46,6 +46,9 @@ class Classification(BaseModel):
     experts: list[Expert] | None = Field(
         None, description="mixture-of-experts models only: the experts this image went to"
     )
+    dual_module: list[str] | None = Field(
+        None, description="the layers run with their little modules (dual-module inference)"
+    )
     timings_ms: Timings
 
 
@@ -170,13 +173,22 @@ async def classify(
             examples=[2],
         ),
     ] = None,
+    dual_module: Annotated[
+        str | None,
+        Query(
+            description="dual-module inference on these layers (comma list, 'all' or "
+            "'none'; default: MOE_DUAL_MODULE): outputs a little module rules out are 0, "
+            "their weights unread",
+            examples=["fc6,fc7"],
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Answers the top `top_k` classes with softmax scores, and where the time went."""
     state = _state(request)
     started = getattr(request.state, "started", time.monotonic())
     info = state.model(model)
     request.state.model = info.name
-    target, top_k = state.target(info, precision, top_k, k)
+    target, top_k = state.target(info, precision, top_k, k, dual_module)
     request.state.precision = target.precision
 
     images, batch_form = await _read_images(request, state.settings.max_batch_size)
@@ -209,6 +221,8 @@ async def classify(
             answer["experts"] = [
                 {"expert": c.expert, "weight": round(c.weight, 6)} for c in result.routing[i]
             ]
+        if target.dual:
+            answer["dual_module"] = list(target.dual)
         answer["timings_ms"] = timings
         answers.append(answer)
     return JSONResponse(answers if batch_form else answers[0])

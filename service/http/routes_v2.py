@@ -6,7 +6,8 @@ the model's `input` block says; or "image", BYTES [N], encoded image files (bina
 base64 strings in JSON). Outputs: "probabilities", FP32 [N, classes]; for mixtures also
 "experts" (INT32 [N, k]) and "expert_weights" (FP32 [N, k]). Request parameters:
 "precision", "top_k" (classification of every output that does not ask otherwise),
-"k" (mixtures), "binary_data_output", "timeout" (microseconds, as tritonclient sends).
+"k" (mixtures), "dual_module" (layers, as a comma list), "binary_data_output", "timeout"
+(microseconds, as tritonclient sends).
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if precision is not None and not isinstance(precision, str):
         raise ApiError(400, "parameter precision must be a string")
     top_k_param = params.get("top_k")
-    target, top_k = state.target(info, precision, top_k_param, params.get("k"))
+    target, top_k = state.target(
+        info, precision, top_k_param, params.get("k"), params.get("dual_module")
+    )
     request.state.precision = target.precision
     default_classes = top_k if top_k_param is not None else None
     outputs = _requested_outputs(req.outputs, params, info, default_classes)
@@ -204,6 +207,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     }
     if target.k is not None:
         response_params["k"] = target.k
+    if target.dual:
+        response_params["dual_module"] = ",".join(target.dual)
     content, header_length = protocol.encode_response(
         info.name, info.version, req.id, response_params, tensors
     )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from experts.layers import SpecError
+from experts.model.dual_module import DualModuleError, parse_dual_request
 from experts.model.mixture import check_k
 from kernels.precision import PRECISIONS
 from service.failures import EXPECTED
@@ -51,10 +52,11 @@ class Target:
     model: ModelInfo
     precision: str
     k: int | None
+    dual: tuple[str, ...] = ()  # layers run with their little modules
 
     @property
     def key(self) -> BatchKey:
-        return (self.model.name, self.precision, self.k)
+        return (self.model.name, self.precision, self.k, self.dual)
 
 
 class ServiceState:
@@ -175,9 +177,15 @@ class ServiceState:
         return info
 
     def target(
-        self, info: ModelInfo, precision: str | None, top_k: int | None, k: Any
+        self,
+        info: ModelInfo,
+        precision: str | None,
+        top_k: int | None,
+        k: Any,
+        dual_module: Any = None,
     ) -> tuple[Target, int]:
-        """Check precision, top_k and k against the model: (target, top_k)."""
+        """Check precision, top_k, k and dual_module (a comma list of layers, "all" or
+        "none"; None: MOE_DUAL_MODULE) against the model: (target, top_k)."""
         served = self.engine.precisions
         if precision is None:
             default = self.settings.default_precision
@@ -206,7 +214,14 @@ class ServiceState:
             k = check_k(info.mixture, k)
         except SpecError as exc:
             raise ApiError(400, f"model {info.name!r}: {exc}") from exc
-        return Target(info, precision, k), top_k
+        if dual_module is not None and not isinstance(dual_module, str):
+            raise ApiError(400, f"dual_module must be a comma list of layers, got {dual_module!r}")
+        try:
+            request = None if dual_module is None else parse_dual_request(dual_module)
+            dual = self.engine.dual_target(info.name, request)
+        except DualModuleError as exc:
+            raise ApiError(400, str(exc)) from exc
+        return Target(info, precision, k, dual), top_k
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -259,13 +274,13 @@ class ServiceState:
     # -- device-thread callbacks -------------------------------------------------------------
 
     def _run_batch(self, key: BatchKey, batch: np.ndarray) -> Pending:
-        model, precision, k = key
-        return self.engine.submit(model, precision, k, batch)
+        model, precision, k, dual = key
+        return self.engine.submit(model, precision, k, batch, dual)
 
     def _on_batch(
         self, key: BatchKey, jobs: list[Job], result: InferResult | None, compute: float
     ) -> None:
-        model, precision, _ = key
+        model, precision = key[:2]
         m = self.metrics
         images = sum(len(job.inputs) for job in jobs)
         m.batch_size.labels(model, precision).observe(images)

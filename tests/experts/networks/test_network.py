@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from experts.model.architectures import alexnet, caffenet, random_weights
-from experts.model.spec import parse_layers
+from experts.model.spec import fuse_relu, parse_layers
 from experts.networks.calibrate import calibrate
-from experts.networks.network import Network, fuse_relu
+from experts.networks.network import Network
 from experts.networks.reference import forward
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")

@@ -9,8 +9,7 @@ import json
 import pytest
 
 from experts.model.architectures import random_weights
-from experts.model.spec import parse_layers
-from experts.networks.network import fuse_relu
+from experts.model.spec import fuse_relu, parse_layers
 from tests.service.commands.cli import one_line_error, run
 
 
