@@ -71,6 +71,24 @@ TINY_MOE: dict[str, Any] = {
     "head": [{"name": "out", "op": "linear", "out_features": 3}],
 }
 
+# Dual-module inference's network: fc6 with a fused ReLU, fc7 with a relu layer (and a
+# dropout) after it, fc8 without.
+DUAL_NET: dict[str, Any] = {
+    **TINY,
+    "name": "dual-net",
+    "layers": [
+        {"name": "conv1", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1, "relu": True},
+        {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 2},
+        {"name": "flat", "op": "flatten"},
+        {"name": "fc6", "op": "linear", "out_features": 48, "relu": True},
+        {"name": "fc7", "op": "linear", "out_features": 32},
+        {"name": "r7", "op": "relu"},
+        {"name": "d7", "op": "dropout"},
+        {"name": "fc8", "op": "linear", "out_features": 3},
+    ],
+}
+
+
 # A mixture on 12 x 12 inputs with 5 experts (top-2) and a softmax head: the mixture
 # network's tests (experts/networks/mixture.py) and the commands' mixture rows.
 SMALL: dict[str, Any] = {

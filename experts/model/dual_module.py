@@ -62,9 +62,30 @@ class Little:
         z = x.astype(np.float64) @ self.project.T.astype(np.float64) + self.shift
         return z @ self.weight.T.astype(np.float64) + self.bias
 
+    def never_skipping(self) -> Little:
+        """A little module of the same shapes that skips nothing (a grouped expert whose
+        layer runs without one while the others' have theirs)."""
+        zeros = [np.zeros_like(a) for a in (self.project, self.shift, self.weight, self.bias)]
+        return Little(*zeros, np.full_like(self.threshold, -np.inf), (0.0, 0.0))
+
+    def padded(self, rank: int) -> Little:
+        """The same estimates from `rank` directions: the extra ones are zero."""
+        extra = rank - self.rank
+        return Little(
+            np.pad(self.project, ((0, extra), (0, 0))),
+            np.pad(self.shift, (0, extra)),
+            np.pad(self.weight, ((0, 0), (0, extra))),
+            self.bias,
+            self.threshold,
+            self.z_range,
+        )
+
     @staticmethod
     def stack(parts: Sequence[Little]) -> Little:
-        """The little modules of every expert's same layer, as grouped experts run them."""
+        """The little modules of every expert's same layer, as grouped experts run them
+        (an expert that saw few calibration images may have fewer directions)."""
+        rank = max(p.rank for p in parts)
+        parts = [p.padded(rank) for p in parts]
         lows, highs = zip(*(p.z_range for p in parts), strict=True)
         return Little(
             *(np.stack([getattr(p, key) for p in parts]) for key in KEYS[:4]),

@@ -66,10 +66,15 @@ def _prefixed(observe: Observe, prefix: str) -> Observe:
 
 
 def run_observed(
-    meta: dict[str, Any], weights: dict[str, np.ndarray], x: np.ndarray, observe: Observe
+    meta: dict[str, Any],
+    weights: dict[str, np.ndarray],
+    x: np.ndarray,
+    observe: Observe,
+    every_expert: bool = False,
 ) -> None:
     """One batch through the fp32 twins, every weighted layer's input observed; a
-    mixture routes as at inference (its own k) and each expert sees its images only."""
+    mixture routes as at inference (its own k) and each expert sees its images only,
+    or with `every_expert`, every image (for an expert the gate sent none)."""
     if not is_mixture(meta):
         forward(parse_layers(meta["layers"]), weights, x, observe)
         return
@@ -81,14 +86,14 @@ def run_observed(
     merged = np.zeros((len(x), spec.features))
     for e in range(spec.experts):
         rows, slot = np.nonzero(indices == e)
+        expert = part_weights(weights, f"experts.{e}")
+        seen: Observe | None = _prefixed(observe, f"experts.{e}.")
+        if every_expert:
+            forward(spec.expert, expert, stem, seen)
+            seen = None
         if not len(rows):
             continue
-        out = forward(
-            spec.expert,
-            part_weights(weights, f"experts.{e}"),
-            stem[rows],
-            _prefixed(observe, f"experts.{e}."),
-        )
+        out = forward(spec.expert, expert, stem[rows], seen)
         merged[rows] += out * gates[rows, slot][:, None]
     forward(
         spec.head,

@@ -84,12 +84,15 @@ def fit_dual_module(
         if name in wanted and len(x):
             seen[name].append(x.reshape(len(x), -1).copy())
 
-    samples = 0
-    for x in batches:
-        run_observed(meta, weights, np.ascontiguousarray(x, np.float32), observe)
-        samples += len(x)
+    kept = [np.ascontiguousarray(x, np.float32) for x in batches]
+    for x in kept:
+        run_observed(meta, weights, x, observe)
         if progress:
             progress(len(x))
+    wanted = {name for name in layers if not seen[name]}
+    if wanted:  # experts the gate sent no image: fitted on every image instead
+        for x in kept:
+            run_observed(meta, weights, x, observe, every_expert=True)
     fitted = {}
     for name in layers:
         if not seen[name]:
@@ -98,7 +101,7 @@ def fit_dual_module(
         w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
         r = rank or default_rank(*reversed(w.shape))
         fitted[name] = fit_little(x, w, b, r, skip_target)
-    return DualModule(fitted, skip_target, samples, source)
+    return DualModule(fitted, skip_target, sum(len(x) for x in kept), source)
 
 
 def default_dual_module(

@@ -125,9 +125,8 @@ class MixtureNetwork(Runnable):
             return None
 
     def with_dual_module(self, littles: Mapping[str, Little]) -> MixtureNetwork:
-        """Little modules by full name ("experts.3.fc6"); grouped experts take one on
-        every expert's layer or on none. The stem, gate and head (and their buffers)
-        are shared unless a little module names their layers."""
+        """Little modules by full name ("experts.3.fc6"). The stem, gate and head (and
+        their buffers) are shared unless a little module names their layers."""
         twin = copy.copy(self)
 
         def part(net: Network) -> Network:
@@ -137,16 +136,15 @@ class MixtureNetwork(Runnable):
         twin.stem, twin.gate, twin.head = (part(p) for p in (self.stem, self.gate, self.head))
         twin.experts = [part(p) for p in self.experts]
         if self.grouped is not None:
+            # One launch runs every expert: one whose layer has no little module of its
+            # own takes one that skips nothing.
             experts = self.mixture.experts
             per_expert = [part_weights(dict(littles), f"experts.{i}") for i in range(experts)]
-            names = set().union(*per_expert)
-            for name in sorted(names):
-                if any(name not in mine for mine in per_expert):
-                    raise SpecError(
-                        f"dual module: the grouped experts take a little module on every "
-                        f"expert's {name} or on none; ask for {name!r}"
-                    )
-            stacked = {n: Little.stack([mine[n] for mine in per_expert]) for n in names}
+            stacked = {}
+            for name in sorted(set().union(*per_expert)):
+                like = next(mine[name] for mine in per_expert if name in mine)
+                parts = [mine.get(name, like.never_skipping()) for mine in per_expert]
+                stacked[name] = Little.stack(parts)
             twin.grouped = self.grouped.with_dual_module(stacked) if stacked else self.grouped
         known = set(self._parts_names())
         unknown = sorted({n.rsplit(".", 1)[0] for n in littles} - known)

@@ -4,26 +4,37 @@ calibration observes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from experts.layers import Layer, Weights
 from experts.model.mixture import mixture_spec, part_weights
+from kernels import reference as ref
 
 Observe = Callable[[str, np.ndarray], None]  # (layer name, that layer's input)
 
 
 def forward(
-    layers: Sequence[Layer], weights: Weights, x: np.ndarray, observe: Observe | None = None
+    layers: Sequence[Layer],
+    weights: Weights,
+    x: np.ndarray,
+    observe: Observe | None = None,
+    littles: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """x: (N, C, H, W) float32 -> (N, features). `observe(name, input)` sees the input
-    of every weighted layer (calibration)."""
+    of every weighted layer (calibration). `littles` (layer -> `Little`): those layers
+    with dual-module inference, their outputs 0 where the little module's estimate
+    is below its threshold (before or after the ReLU: 0 either way)."""
     for layer in layers:
         if observe is not None and layer.weighted:
             observe(layer.name, x)
-        x = layer.reference(x, weights)
+        little = (littles or {}).get(layer.name)
+        y = layer.reference(x, weights)
+        if little is not None:
+            y = ref.skip_insensitive(y, little.estimate(x), little.threshold[0])
+        x = y
     return x.reshape(x.shape[0], -1)
 
 

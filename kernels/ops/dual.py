@@ -27,7 +27,7 @@ class SkipStats(NamedTuple):
     computed: int  # (image, output) pairs the big layer computed
     outputs: int  # outputs per image
     row_bytes: int  # weight bytes of one row
-    big_bytes: int  # weight bytes of the big layer (every expert's, grouped)
+    big_bytes: int  # weight bytes of the big layer (grouped: of one expert's)
     little_bytes: int  # device bytes of the little module (likewise)
 
     @property
@@ -108,5 +108,5 @@ class DualLinear(Launcher):
         self.device.write(self.stats, np.zeros(3, np.int32)).wait()
         big = self.big
         row_bytes = big.i * np.dtype(big.precision.weight_dtype).itemsize
-        whole = row_bytes * big.o * big.experts
-        return SkipStats(images, row_reads, computed, big.o, row_bytes, whole, self.little_bytes)
+        little = self.little_bytes // big.experts
+        return SkipStats(images, row_reads, computed, big.o, row_bytes, row_bytes * big.o, little)

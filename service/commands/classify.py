@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from experts.model.dual_module import resolve_layers
 from experts.model.resolve import resolve_model
 from experts.networks.build import build_network
 from kernels.runtime import Device
@@ -50,17 +51,20 @@ def run(args: argparse.Namespace) -> int:
                     for e, w in zip(out.routing.indices[j], out.routing.gates[j], strict=True)
                 ]
             results.append(result)
-    doc = {
+    doc: dict[str, Any] = {
         "model": model.name,
         "version": model.version,
         "precision": precision,
         "device": device.name,
-        "results": results,
     }
+    if settings.dual_module:
+        doc["dual_module"] = resolve_layers(model.meta, settings.dual_module)
+    doc["results"] = results
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"model {model.name} v{model.version}, {precision}, on {device.name}")
+    dual = f", little modules on {','.join(doc['dual_module'])}" if "dual_module" in doc else ""
+    print(f"model {model.name} v{model.version}, {precision}{dual}, on {device.name}")
     for result in results:
         print(result["input"])
         if "experts" in result:

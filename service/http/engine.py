@@ -158,6 +158,7 @@ class Engine:
         # made on first use: each shares its plain network's weights.
         self._metas: dict[str, dict[str, Any]] = {}
         self._littles: dict[str, dict[str, Little]] = {}
+        self._default_dual: dict[str, tuple[str, ...]] = {}  # MOE_DUAL_MODULE, per model
         self._duals: dict[tuple[str, str, tuple[str, ...]], Runnable] = {}
 
     def load(self) -> None:
@@ -168,9 +169,10 @@ class Engine:
             model = resolve_model(name, s.model_repository, s.random_weights, s.seed)
             self._metas[name] = model.meta
             littles = dict(model.dual_module.layers) if model.dual_module else {}
-            default = tuple(resolve_layers(model.meta, s.dual_module)) if s.dual_module else ()
+            default = self._default_layers(model)
             littles |= little_modules(model, default) if default else {}
             self._littles[name] = littles
+            self._default_dual[name] = default
             for precision in self.precisions:
                 network = build_network(model, device, precision, s.layer_precisions)
                 network.warm_up(s.max_batch_size)
@@ -187,11 +189,23 @@ class Engine:
                 device.name,
             )
 
+    def _default_layers(self, model: Model) -> tuple[str, ...]:
+        """MOE_DUAL_MODULE's layers in `model`; none where it names no layer of it that
+        can take a little module (a server of several models: the setting applies to
+        those it fits, with a warning for the rest)."""
+        if not self.settings.dual_module:
+            return ()
+        try:
+            return tuple(resolve_layers(model.meta, self.settings.dual_module))
+        except DualModuleError as exc:
+            log.warning("MOE_DUAL_MODULE does not apply to model %s: %s", model.name, exc)
+            return ()
+
     def dual_target(self, model: str, request: tuple[str, ...] | None) -> tuple[str, ...]:
         """The layers a request's dual_module (None: the server's default) names in
         `model`, checked: a DualModuleError naming the layer where it cannot run one."""
         if request is None:
-            request = self.settings.dual_module
+            return self._default_dual[model]
         if not request:
             return ()
         names = resolve_layers(self._metas[model], request)

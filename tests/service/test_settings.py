@@ -92,3 +92,17 @@ def test_precisions_are_checked_as_they_enter(monkeypatch, variable, value, mess
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "value,want", [("fc6, fc7", ("fc6", "fc7")), ("all", ("all",)), ("none", ()), ("", ())]
+)
+def test_dual_module_from_the_environment(monkeypatch, value, want):
+    monkeypatch.setenv("MOE_DUAL_MODULE", value)
+    assert Settings().dual_module == want
+
+
+def test_dual_module_none_with_layers_is_refused(monkeypatch):
+    monkeypatch.setenv("MOE_DUAL_MODULE", "none,fc6")
+    with pytest.raises(ValidationError, match="'none' cannot be combined"):
+        Settings()
