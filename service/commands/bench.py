@@ -202,14 +202,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 BATCHES = 16  # distinct input batches per row, taken in turn
-PROFILE_RUNS = 5  # profiled runs per row (`--profile`), after the timed ones
+PROFILE_RUNS = 9  # profiled runs per row (`--profile`), after the timed ones
 
 
 def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:
     """Device time per layer: each launch's OpenCL profiling event, summed per label
     (the layer's name, "stem.conv1" in a mixture; the kernel's where a launch has
-    none), the median over PROFILE_RUNS runs (0 in a run that did not reach the
-    layer: a mixture's experts vary with the batch), in first-launch order."""
+    none), over PROFILE_RUNS runs (`_typical`), in first-launch order."""
     runs: list[dict[str, float]] = []
     kernels: dict[str, list[str]] = {}
     for _ in range(PROFILE_RUNS):
@@ -226,13 +225,19 @@ def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:
         runs.append(ms)
     device.events.clear()
     return [
-        {
-            "layer": layer,
-            "kernels": names,
-            "ms": round(float(np.median([r.get(layer, 0.0) for r in runs])), 4),
-        }
+        {"layer": layer, "kernels": names, "ms": round(_typical(runs, layer), 4)}
         for layer, names in kernels.items()
     ]
+
+
+def _typical(runs: list[dict[str, float]], layer: str) -> float:
+    """The median over the runs of a layer every run reached; the mean (0 for runs that
+    did not) of one they did not all reach: a mixture's expert, whose median would be 0
+    when most batches went elsewhere, so summing the experts gives the time per batch."""
+    values = [r.get(layer, 0.0) for r in runs]
+    if all(layer in r for r in runs):
+        return float(np.median(values))
+    return float(np.mean(values))
 
 
 def _inputs(
@@ -326,7 +331,10 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
     layers = row.get("profile")
     if layers:
         total = sum(layer["ms"] for layer in layers)
-        print(f"    device time per layer (median of {PROFILE_RUNS} runs): {total:.3f} ms in all")
+        print(
+            f"    device time per layer ({PROFILE_RUNS} runs: median, or mean where not every "
+            f"run reached it): {total:.3f} ms in all"
+        )
         for layer in layers:
             share = 100 * layer["ms"] / total if total else 0.0
             print(
