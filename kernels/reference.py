@@ -245,6 +245,21 @@ def topk_buckets(scores: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     return index, weight, start, order // k, dst
 
 
+def little_estimate(
+    x: np.ndarray,
+    project: np.ndarray,
+    pscale: np.ndarray,
+    shift: np.ndarray,
+    weight: np.ndarray,
+    wscale: np.ndarray,
+    bias: np.ndarray,
+) -> np.ndarray:
+    """Twin of little.cl: z = (x P^T) * pscale + shift, estimate = (z A^T) * wscale +
+    bias, from the weights as stored (float, half, or int8 with a scale per row)."""
+    z = x.astype(np.float64) @ project.astype(np.float64).T * pscale + shift
+    return (z @ weight.astype(np.float64).T * wscale + bias).astype(np.float32)
+
+
 def skip_insensitive(
     y: np.ndarray, estimate: np.ndarray, threshold: float | np.ndarray
 ) -> np.ndarray:

@@ -111,12 +111,9 @@ class Linear(Layer):
         )
 
     def dual_launcher(self, build: Build, big: Any, little: Any) -> ops.Launcher:
-        """The little module at the layer's precision: its projection quantises the
-        layer's input with the layer's range, its estimate the projection's own."""
-        d, p, seg = build.device, build.precision, build.segments
-        project = ops.Linear(d, little.project, little.shift, False, p, build.input_range, seg)
-        estimate = ops.Linear(d, little.weight, little.bias, False, p, little.z_range, seg)
-        return ops.DualLinear(big, project, estimate, little.threshold)
+        return ops.DualLinear(
+            big, little.project, little.shift, little.weight, little.bias, little.threshold
+        )
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:
         return ref.linear(

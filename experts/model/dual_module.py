@@ -12,13 +12,11 @@ rate, whose accuracy cost `eval` reports. experts/networks/dual_fit.py fits it.
 The file holds, per layer (full names, as calibration.json's: "fc6",
 "experts.3.fc6"), the tensors `<layer>.project` [r][I], `<layer>.shift` [r],
 `<layer>.weight` [O][r], `<layer>.bias` [O] and `<layer>.threshold` [1], and in its
-metadata the model's name, the skip target, the calibration source and each
-projection's output range (the quantised precisions need it).
+metadata the model's name, the skip target and the calibration source.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,6 @@ class Little:
     weight: np.ndarray  # [O][r]
     bias: np.ndarray  # [O]
     threshold: np.ndarray  # [1]
-    z_range: tuple[float, float]  # of z = P x + p on the calibration images
 
     @property
     def rank(self) -> int:
@@ -66,7 +63,7 @@ class Little:
         """A little module of the same shapes that skips nothing (a grouped expert whose
         layer runs without one while the others' have theirs)."""
         zeros = [np.zeros_like(a) for a in (self.project, self.shift, self.weight, self.bias)]
-        return Little(*zeros, np.full_like(self.threshold, -np.inf), (0.0, 0.0))
+        return Little(*zeros, np.full_like(self.threshold, -np.inf))
 
     def padded(self, rank: int) -> Little:
         """The same estimates from `rank` directions: the extra ones are zero."""
@@ -77,7 +74,6 @@ class Little:
             np.pad(self.weight, ((0, 0), (0, extra))),
             self.bias,
             self.threshold,
-            self.z_range,
         )
 
     @staticmethod
@@ -86,11 +82,9 @@ class Little:
         (an expert that saw few calibration images may have fewer directions)."""
         rank = max(p.rank for p in parts)
         parts = [p.padded(rank) for p in parts]
-        lows, highs = zip(*(p.z_range for p in parts), strict=True)
         return Little(
             *(np.stack([getattr(p, key) for p in parts]) for key in KEYS[:4]),
             np.concatenate([p.threshold for p in parts]),
-            (min(lows), max(highs)),
         )
 
 
@@ -188,7 +182,6 @@ class DualModule:
             "skip_target": repr(self.skip_target),
             "samples": str(self.samples),
             "source": self.source,
-            "z_ranges": json.dumps({n: list(v.z_range) for n, v in self.layers.items()}),
         }
         return safetensors.numpy.save(tensors, metadata=info)
 
@@ -208,7 +201,6 @@ class DualModule:
                 f"{where}: fitted for model {info.get('model')!r}, not {meta['name']!r}"
             )
         try:
-            z_ranges = json.loads(info["z_ranges"])
             skip_target = float(info["skip_target"])
         except (KeyError, ValueError, TypeError) as exc:
             raise DualModuleError(f"{where}: metadata lacks {exc}; re-run the fit") from exc
@@ -221,15 +213,13 @@ class DualModule:
                     f"{where}: {name} is not a layer of {meta['name']!r} followed by ReLU"
                 )
             got = {key: tensors.get(f"{name}.{key}") for key in KEYS}
-            layers[name] = _checked(got, z_ranges.get(name), capable[name], f"{where}: {name}")
+            layers[name] = _checked(got, capable[name], f"{where}: {name}")
         if not layers:
             raise DualModuleError(f"{where}: holds no little module")
         return cls(layers, skip_target, int(info.get("samples", 0)), info.get("source", ""))
 
 
-def _checked(
-    got: dict[str, np.ndarray | None], z_range: Any, io: tuple[int, int], where: str
-) -> Little:
+def _checked(got: dict[str, np.ndarray | None], io: tuple[int, int], where: str) -> Little:
     missing = [key for key, value in got.items() if value is None]
     if missing:
         raise DualModuleError(f"{where}: missing {', '.join(missing)}")
@@ -244,8 +234,4 @@ def _checked(
             )
         if not np.isfinite(got[key]).all():
             raise DualModuleError(f"{where}: {key} holds values that are not finite")
-    ok = isinstance(z_range, list) and len(z_range) == 2
-    if not ok or not all(isinstance(v, int | float) and np.isfinite(v) for v in z_range):
-        raise DualModuleError(f"{where}: projection range must be [low, high], got {z_range!r}")
-    arrays = [np.ascontiguousarray(got[key], np.float32) for key in KEYS]
-    return Little(*arrays, (float(z_range[0]), float(z_range[1])))
+    return Little(*(np.ascontiguousarray(got[key], np.float32) for key in KEYS))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,15 +51,9 @@ def fit_little(
         (w @ directions.T).astype(np.float32),
         (w @ mean + b).astype(np.float32),
         np.zeros(1, np.float32),
-        (0.0, 0.0),
     )
-    z = x @ little.project.T.astype(np.float64) + little.shift
     threshold = min(float(np.quantile(little.estimate(x), skip_target)), 0.0)
-    return Little(
-        *(little.project, little.shift, little.weight, little.bias),
-        np.array([threshold], np.float32),
-        (float(z.min()), float(z.max())),
-    )
+    return replace(little, threshold=np.array([threshold], np.float32))
 
 
 def fit_dual_module(

@@ -32,29 +32,44 @@
 #define EXPERT_ROWS(b0) const int ex = 0;
 #endif
 
-// SKIP (dual-module inference, kernels/ops/dual.py; needs RELU): little[b][o] is the
-// little module's estimate of row o's pre-activation for image b, and an image whose
-// estimate is below its expert's threshold[ex] gets the 0 that ReLU would give it,
-// unread. A row's weights are read only when some image of the tile needs it:
-// need[r] holds, as bits, the images of the tile that need row o0 + r. stats counts,
-// for the bytes-read figures: [0] row reads, [1] images (counted by the work-items of
-// row 0), [2] (image, row) outputs the big module computed.
+// SKIP (dual-module inference, kernels/ops/dual.py; needs RELU): the little module's
+// estimate of row o's pre-activation for image b is (A[o] . z[b]) * ascale[o] +
+// abias[o] (A [O][RANK] stored as W is; z from little.cl), and an image whose estimate
+// is below its expert's threshold[ex] gets the 0 that ReLU would give it, unread. A
+// row's weights are read only when some image of the tile needs it: need[r] holds, as
+// bits, the images of the tile that need row o0 + r. stats counts, for the bytes-read
+// figures: [0] row reads, [1] images (counted by the work-items of row 0), [2] (image,
+// row) outputs the big module computed.
 #if SKIP
 #if !RELU
 #error "SKIP needs RELU"
 #endif
-#define SKIP_ARGS , __global const float *restrict little, \
+#define SKIP_ARGS , __global const float *restrict z, __global const wtype *restrict A, \
+    __global const float *restrict ascale, __global const float *restrict abias, \
     __global const float *restrict threshold, __global int *restrict stats
+#if GROUPED
+#define LITTLE_ROWS(ex) \
+    A += (size_t)(ex) * O * RANK; \
+    ascale += (ex) * O; \
+    abias += (ex) * O;
+#else
+#define LITTLE_ROWS(ex)
+#endif
 #define SENSITIVE(need, rows, o0, b0, first) \
     uint need[rows]; \
     { \
+        LITTLE_ROWS(ex) \
         uint any = 0; \
         int reads = 0, computed = 0; \
         for (int r = 0; r < (rows); ++r) { \
             need[r] = 0; \
-            for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) \
-                if (little[(size_t)((b0) + q) * O + (o0) + r] >= threshold[ex]) \
-                    need[r] |= 1u << q; \
+            const int row_ = min((o0) + r, O - 1); \
+            for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) { \
+                float e = 0; \
+                for (int k = 0; k < RANK; ++k) \
+                    e += LOADW(k, A + (size_t)row_ * RANK) * z[(size_t)((b0) + q) * RANK + k]; \
+                if (e * ascale[row_] + abias[row_] >= threshold[ex]) need[r] |= 1u << q; \
+            } \
             any |= need[r]; \
             reads += need[r] != 0; \
             computed += popcount(need[r]); \

@@ -1,12 +1,12 @@
 """Dual-module inference of a fully connected layer with ReLU (Liu et al., ICML 2020).
 
 A little module estimates every pre-activation from a low-dimensional projection of
-the input: z = P x + p (r x I), estimate = A z + c (O x r), two small Linear launches
-at the layer's precision. Outputs estimated below the layer's threshold are clearly
-negative, so ReLU makes them 0 whatever their exact value: the big layer writes 0 there
-without reading their weight rows, and computes the rest exactly (Linear.launch with
-`skip`). The big Linear is shared, not copied: a network with and without the little
-module holds one set of big weights.
+the input: z = P x + p (r x I, kernels/cl/little.cl), then estimate = A z + c (O x r)
+inside the big layer's kernel, row by row (Linear.launch with `skip`, linear.cl's
+SKIP). Outputs estimated below the layer's threshold are clearly negative, so ReLU
+makes them 0 whatever their exact value: the big layer writes 0 there without reading
+their weight rows, and computes the rest exactly. The big Linear is shared, not
+copied: a network with and without the little module holds one set of big weights.
 """
 
 from __future__ import annotations
@@ -17,6 +17,15 @@ import numpy as np
 
 from kernels.ops.launcher import Launcher
 from kernels.ops.linear import Linear
+from kernels.precision import Precision
+
+
+def little_weights(w: np.ndarray, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+    """[M][K] float -> (weights stored as the layer's own, per-row scale): the little
+    module's P and A, read in float (a quantised one with its scale, input unquantised)."""
+    if precision.quantized:
+        return precision.quantize_weights(w)
+    return precision.store(w), np.ones(len(w), np.float32)
 
 
 class SkipStats(NamedTuple):
@@ -57,50 +66,75 @@ class SkipStats(NamedTuple):
 
 
 class DualLinear(Launcher):
+    """`big` (a Linear with its ReLU) run with its little module: `project` [r][I] and
+    `shift` [r], `weight` [O][r] and `bias` [O] (grouped experts: each with a leading
+    expert axis), and each expert's threshold."""
+
     def __init__(
-        self, big: Linear, project: Linear, little: Linear, thresholds: np.ndarray
+        self,
+        big: Linear,
+        project: np.ndarray,
+        shift: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        thresholds: np.ndarray,
     ) -> None:
         if not big.relu:
             raise ValueError("dual-module inference needs the layer's ReLU")
-        if project.o != little.i or little.o != big.o or project.i != big.i:
-            raise ValueError(
-                f"little module {project.i}->{project.o}->{little.o} does not fit "
-                f"the layer's {big.i}->{big.o}"
-            )
+        experts, rank = big.experts, project.shape[-2]
+        shapes = (project.shape, shift.shape, weight.shape, bias.shape)
+        lead = (experts,) if big.segments is not None else ()
+        want = ((*lead, rank, big.i), (*lead, rank), (*lead, big.o, rank), (*lead, big.o))
+        if shapes != want:
+            raise ValueError(f"little module shapes {shapes} do not fit the layer's {want}")
         thresholds = np.asarray(thresholds, np.float32).reshape(-1)
-        if len(thresholds) != big.experts:
-            raise ValueError(f"{len(thresholds)} thresholds for {big.experts} experts")
+        if len(thresholds) != experts:
+            raise ValueError(f"{len(thresholds)} thresholds for {experts} experts")
         self.device = device = big.device
-        self.big, self.project, self.little = big, project, little
-        self.threshold = device.upload(thresholds)
+        self.big, self.rank = big, rank
+        p = big.precision
+        p_w, p_scale = little_weights(project.reshape(-1, big.i), p)
+        a_w, a_scale = little_weights(weight.reshape(-1, rank), p)
+        shift, bias = (v.astype(np.float32).ravel() for v in (shift, bias))
+        self.project = [device.upload(a) for a in (p_w, p_scale, shift)]
+        self.little = [device.upload(a) for a in (a_w, a_scale, bias, thresholds)]
         self.stats = device.upload(np.zeros(3, np.int32))
-        self.little_bytes = project.weight_bytes + little.weight_bytes + thresholds.nbytes
+        arrays = (p_w, p_scale, shift, a_w, a_scale, bias, thresholds)
+        self.little_bytes = sum(a.nbytes for a in arrays)
         self.weight_bytes = big.weight_bytes + self.little_bytes
-        self._estimates: dict[int, tuple[Any, Any]] = {}
+        defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
+        self.kernel = device.kernel("little.cl", "little_project", defines)
+        self._z: dict[int, Any] = {}
 
     @property
     def out_shape(self) -> tuple[int]:
         return self.big.out_shape
 
     def scratch_bytes(self, n: int) -> int:
-        return max(op.scratch_bytes(n) for op in (self.big, self.project, self.little))
+        return self.big.scratch_bytes(n)
 
-    def _buffers(self, n: int) -> tuple[Any, Any]:
-        """The projection [n][r] and the estimates [n][O] for batch size n."""
-        found = self._estimates.get(n)
+    def projections(self, n: int) -> Any:
+        """The device buffer of z [n][rank] for batch size n."""
+        found = self._z.get(n)
         if found is None:
-            found = self._estimates[n] = (
-                self.device.alloc(4 * n * self.project.o),
-                self.device.alloc(4 * n * self.big.o),
-            )
+            found = self._z[n] = self.device.alloc(4 * n * self.rank)
         return found
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
-        z, estimate = self._buffers(n)
+        z, big = self.projections(n), self.big
+        grouped = () if big.segments is None else (big.segments, np.int32(big.experts))
         with self.device.labelled("little"):
-            self.project(n, x, z, scratch)
-            self.little(n, z, estimate, scratch)
-        self.big.launch(n, x, y, scratch, (estimate, self.threshold, self.stats))
+            self.device.launch(
+                self.kernel,
+                (self.rank, n),
+                self.device.each_alone(2),
+                np.int32(big.i),
+                x,
+                *self.project,
+                z,
+                *grouped,
+            )
+        big.launch(n, x, y, scratch, (z, *self.little, self.stats), self.rank)
 
     def take_stats(self) -> SkipStats:
         """The counts since the last call (waits for the queue), and starts them again."""

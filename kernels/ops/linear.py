@@ -71,7 +71,7 @@ class Linear(Launcher):
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
-        self._kernels: dict[tuple[int, bool], Any] = {}
+        self._kernels: dict[tuple[int, int], Any] = {}  # by (RB, little module's rank)
 
     @property
     def out_shape(self) -> tuple[int]:
@@ -98,15 +98,16 @@ class Linear(Launcher):
         self.launch(n, x, y, scratch)
 
     def launch(
-        self, n: int, x: Any, y: Any, scratch: Any = None, skip: tuple[Any, ...] = ()
+        self, n: int, x: Any, y: Any, scratch: Any = None, skip: tuple[Any, ...] = (), rank: int = 0
     ) -> None:
-        """`skip` (dual-module inference, kernels/ops/dual.py; needs the fused ReLU):
-        the device buffers of the little module's estimates [n][O], the threshold of
-        each expert, and the int[3] statistics the kernel adds to (linear.cl, SKIP)."""
+        """`skip` (dual-module inference, kernels/ops/dual.py; needs the fused ReLU): the
+        device buffers of the little module's projections z [n][rank], its A [O][rank]
+        (stored as this layer's weights), A's row scales and biases, each expert's
+        threshold and the int[3] statistics the kernel adds to (linear.cl, SKIP)."""
         if skip and not self.relu:
             raise ValueError("skipping rows needs the layer's ReLU")
         ro, rb = self._tile(n)
-        kernel = self._kernels.get((rb, bool(skip)))
+        kernel = self._kernels.get((rb, rank))
         if kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
             defines = {
@@ -115,11 +116,11 @@ class Linear(Launcher):
                 "RELU": self.relu,
                 "GROUPED": self.segments is not None,
                 "SKIP": bool(skip),
+                "RANK": rank,
                 **self.defines,
             }
             name = "linear_split" if self.split else "linear"
-            kernel = self.device.kernel("linear.cl", name, defines)
-            self._kernels[(rb, bool(skip))] = kernel
+            kernel = self._kernels[(rb, rank)] = self.device.kernel("linear.cl", name, defines)
         if self.precision.quantized:
             count = n * self.i
             self.device.launch(

@@ -10,27 +10,39 @@ import pytest
 
 from kernels import ops
 from kernels import reference as ref
+from kernels.ops.dual import little_weights
 from kernels.precision import PRECISIONS, get_precision
-from tests.kernels.helpers import FP32_NMSE, nmse, segment_table, skip_unless_dot4
+from tests.kernels.helpers import nmse, segment_table, skip_unless_dot4
 
 RANGE = (-1.5, 2.0)
 
 
 def _plain_and_skipped(device, op, x, estimate, threshold, n):
-    """The layer's output without and with skipping, and the statistics."""
+    """The layer's output without and with skipping, and the statistics. The little
+    module is made to estimate `estimate` exactly: A the identity (stored as the
+    layer's weights, scale 1), z the estimates."""
+    o = op.o
+    eye = np.eye(o, dtype=np.float32)
+    a = eye.astype(op.precision.weight_dtype) if op.segments is None else eye
+    if op.segments is not None:  # each expert's A and vectors
+        a = np.concatenate([eye] * op.experts).astype(op.precision.weight_dtype)
+    rows = op.experts * o
     xb = device.upload(x)
     scratch = device.alloc(max(op.scratch_bytes(n), 4))
-    plain, skipped = device.alloc(4 * n * op.o), device.alloc(4 * n * op.o)
+    plain, skipped = device.alloc(4 * n * o), device.alloc(4 * n * o)
     op(n, xb, plain, scratch)
     stats = device.upload(np.zeros(3, np.int32))
-    thresholds = device.upload(np.asarray(threshold, np.float32).reshape(-1))
-    op.launch(n, xb, skipped, scratch, (device.upload(estimate), thresholds, stats))
-    shape = (n, op.o)
-    return (
-        device.read(plain, shape),
-        device.read(skipped, shape),
-        device.read(stats, (3,), np.int32),
-    )
+    little = [
+        device.upload(np.ascontiguousarray(estimate, np.float32)),
+        device.upload(a),
+        device.upload(np.ones(rows, np.float32)),
+        device.upload(np.zeros(rows, np.float32)),
+        device.upload(np.asarray(threshold, np.float32).reshape(-1)),
+        stats,
+    ]
+    op.launch(n, xb, skipped, scratch, tuple(little), rank=o)
+    counts = device.read(stats, (3,), np.int32)
+    return device.read(plain, (n, o)), device.read(skipped, (n, o)), counts
 
 
 def _tile_reads(need: np.ndarray, rb: int) -> int:
@@ -113,52 +125,88 @@ def test_skipping_needs_the_relu(device, rng):
     op = ops.Linear(device, rng.standard_normal((4, 8), np.float32), None, relu=False)
     buf = device.alloc(64)
     with pytest.raises(ValueError, match="needs the layer's ReLU"):
-        op.launch(1, buf, buf, None, (buf, buf, buf))
+        op.launch(1, buf, buf, None, (buf,) * 6, rank=4)
 
 
-def _little(device, rng, i, o, r, p):
-    project = rng.standard_normal((r, i), np.float32) / np.sqrt(i)
-    shift = rng.standard_normal(r, np.float32)
-    weight = rng.standard_normal((o, r), np.float32) / np.sqrt(r)
-    bias = rng.standard_normal(o, np.float32)
-    ops_ = (
-        ops.Linear(device, project, shift, precision=p, input_range=RANGE),
-        ops.Linear(device, weight, bias, precision=p, input_range=(-4.0, 4.0)),
+def _little(rng, i, o, r, experts=None):
+    lead = () if experts is None else (experts,)
+    return (
+        rng.standard_normal((*lead, r, i), np.float32) / np.sqrt(i),
+        rng.standard_normal((*lead, r), np.float32),
+        rng.standard_normal((*lead, o, r), np.float32) / np.sqrt(r),
+        rng.standard_normal((*lead, o), np.float32),
     )
-    return ops_, (project, shift, weight, bias)
+
+
+def _twin(x, project, shift, weight, bias, p):
+    """(z, estimates) in numpy, from the weights as DualLinear stores them."""
+    pw, ps = little_weights(project, p)
+    aw, a_s = little_weights(weight, p)
+    z = x.astype(np.float64) @ pw.astype(np.float64).T * ps + shift
+    return z, ref.little_estimate(x, pw, ps, shift, aw, a_s, bias)
 
 
 @pytest.mark.parametrize("name", sorted(PRECISIONS))
-def test_dual_linear_against_its_twins(device, rng, name):
-    """The whole layer: the little module's estimates against the linear twins, the
+@pytest.mark.parametrize("n,i,o,r", [(1, 200, 40, 8), (3, 37, 9, 5), (9, 1031, 70, 33)])
+def test_dual_linear_against_its_twins(device, rng, name, n, i, o, r):
+    """The whole layer: the little module's estimates against little.cl's twin, the
     output against the plain layer masked by those estimates, and the statistics."""
     p = PRECISIONS[name]
-    n, i, o, r = 3, 200, 40, 8
     x = rng.standard_normal((n, i), np.float32)
     wt = rng.standard_normal((o, i), np.float32)
     b = rng.standard_normal(o, np.float32)
     big = ops.Linear(device, wt, b, True, precision=p, input_range=RANGE)
-    (project, little), (pw, pb, lw, lb) = _little(device, rng, i, o, r, p)
-    dual = ops.DualLinear(big, project, little, np.array([0.25]))
+    little = _little(rng, i, o, r)
+    dual = ops.DualLinear(big, *little, np.array([0.25]))
     xb, y, plain = device.upload(x), device.alloc(4 * n * o), device.alloc(4 * n * o)
     scratch = device.alloc(max(dual.scratch_bytes(n), 4))
     dual(n, xb, y, scratch)
     big(n, xb, plain, scratch)
-    estimate = device.read(dual._buffers(n)[1], (n, o))
-    if not p.quantized:
-        want = ref.linear(ref.linear(x, p.round_trip(pw), pb), p.round_trip(lw), lb)
-        assert nmse(estimate, want) < (FP32_NMSE if name == "fp32" else 1e-5)
+    z, estimate = _twin(x, *little, p)
+    assert nmse(device.read(dual.projections(n), (n, r)), z) < 1e-10
     got, plain = device.read(y, (n, o)), device.read(plain, (n, o))
+    # float32 sums against float64 ones: an estimate within a hair of the threshold
+    # could land either side; there are none here.
+    assert (np.abs(estimate - 0.25) > 1e-4 * np.abs(estimate).max()).all()
     np.testing.assert_array_equal(got, ref.skip_insensitive(plain, estimate, 0.25))
     stats = dual.take_stats()
     assert (stats.images, stats.computed) == (n, int((estimate >= 0.25).sum()))
     assert stats.row_bytes == i * np.dtype(p.weight_dtype).itemsize
     assert dual.take_stats().images == 0  # taken: counting starts again
     assert dual.weight_bytes == big.weight_bytes + dual.little_bytes
+    itemsize = np.dtype(p.weight_dtype).itemsize
+    assert dual.little_bytes == itemsize * r * (i + o) + 4 * (2 * r + 2 * o + 1)
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16"])
+def test_grouped_little_modules(device, rng, name):
+    """Each row projected with its expert's little module and skipped against its
+    expert's estimate and threshold; padding rows are left alone."""
+    counts, i, o, r = [2, 0, 3], 45, 12, 4
+    n, e = sum(counts), len(counts)
+    p = get_precision(name)
+    x = rng.standard_normal((n + 1, i), np.float32)
+    seg, expert_of = segment_table(device, counts)
+    wt = rng.standard_normal((e, o, i), np.float32)
+    big = ops.Linear(device, wt, None, True, p, segments=seg)
+    little = _little(rng, i, o, r, experts=e)
+    dual = ops.DualLinear(big, *little, np.array([0.0, 0.0, 0.5]))
+    y, plain = device.alloc(4 * (n + 1) * o), device.alloc(4 * (n + 1) * o)
+    xb = device.upload(x)
+    dual(n + 1, xb, y, None)
+    big(n + 1, xb, plain, None)
+    twins = [_twin(x[b : b + 1], *(a[expert_of[b]] for a in little), p) for b in range(n)]
+    z = np.concatenate([t[0] for t in twins])
+    assert nmse(device.read(dual.projections(n + 1), (n + 1, r))[:n], z) < 1e-10
+    estimate = np.concatenate([t[1] for t in twins])
+    threshold = np.array([0.0, 0.0, 0.5])[expert_of][:, None]
+    want = ref.skip_insensitive(device.read(plain, (n + 1, o))[:n], estimate, threshold)
+    np.testing.assert_array_equal(device.read(y, (n + 1, o))[:n], want)
 
 
 def test_a_little_module_that_does_not_fit_is_refused(device, rng):
     big = ops.Linear(device, rng.standard_normal((40, 200), np.float32), None, relu=True)
-    (project, little), _ = _little(device, rng, 200, 41, 8, PRECISIONS["fp32"])
-    with pytest.raises(ValueError, match="does not fit the layer's 200->40"):
-        ops.DualLinear(big, project, little, np.zeros(1))
+    with pytest.raises(ValueError, match="do not fit the layer's"):
+        ops.DualLinear(big, *_little(rng, 200, 41, 8), np.zeros(1))
+    with pytest.raises(ValueError, match="2 thresholds for 1 experts"):
+        ops.DualLinear(big, *_little(rng, 200, 40, 8), np.zeros(2))
