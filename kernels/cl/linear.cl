@@ -47,6 +47,16 @@
 #define SKIP_ARGS , __global const float *restrict z, __global const wtype *restrict A, \
     __global const float *restrict ascale, __global const float *restrict abias, \
     __global const float *restrict threshold, __global int *restrict stats
+// A row of the little module's A against an image's z (16 lanes at a time).
+inline float estimate(__global const wtype *a, __global const float *z)
+{
+    float16 acc = 0;
+    int k = 0;
+    for (; k + 16 <= RANK; k += 16) acc = MAD(LOADW16(0, a + k), vload16(0, z + k), acc);
+    float e = fsum16(acc);
+    for (; k < RANK; ++k) e += LOADW(k, a) * z[k];
+    return e;
+}
 #if GROUPED
 #define LITTLE_ROWS(ex) \
     A += (size_t)(ex) * O * RANK; \
@@ -65,9 +75,7 @@
             need[r] = 0; \
             const int row_ = min((o0) + r, O - 1); \
             for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) { \
-                float e = 0; \
-                for (int k = 0; k < RANK; ++k) \
-                    e += LOADW(k, A + (size_t)row_ * RANK) * z[(size_t)((b0) + q) * RANK + k]; \
+                const float e = estimate(A + (size_t)row_ * RANK, z + (size_t)((b0) + q) * RANK); \
                 if (e * ascale[row_] + abias[row_] >= threshold[ex]) need[r] |= 1u << q; \
             } \
             any |= need[r]; \

@@ -33,9 +33,7 @@ __kernel void little_project(const int I, __global const float *restrict X,
     const int I16 = I & ~15;
     float16 acc = 0;
     for (int i = 0; i < I16; i += 16) acc = MAD(LOADW16(0, p + i), vload16(0, x + i), acc);
-    const float8 s8 = acc.lo + acc.hi;
-    const float4 s4 = s8.lo + s8.hi;
-    float s = s4.x + s4.y + s4.z + s4.w;
+    float s = fsum16(acc);
     for (int i = I16; i < I; ++i) s += LOADW(i, p) * x[i];
     Z[(size_t)b * RANK + r] = s * pscale[r] + shift[r];
 }

@@ -107,3 +107,11 @@ inline float hsum(float16 a)
     return s4.x + s4.y + s4.z + s4.w;
 }
 #endif
+
+// The 16 float lanes of a sum added up (whatever the precision's total type).
+inline float fsum16(float16 a)
+{
+    float8 s8 = a.lo + a.hi;
+    float4 s4 = s8.lo + s8.hi;
+    return s4.x + s4.y + s4.z + s4.w;
+}

@@ -93,15 +93,7 @@ def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
         help="per-layer precision over --precision, e.g. conv1=fp32 (default: "
         "MOE_LAYER_PRECISIONS; mixtures: stem.conv1, experts.0.fc6, ...)",
     )
-    p.add_argument(
-        "--dual-module",
-        dest="dual_module",
-        type=dual_module,
-        default=None,
-        metavar="LAYERS",
-        help="run these fully connected layers with their little modules (dual-module "
-        "inference), e.g. fc6,fc7 or all; none: off (default: MOE_DUAL_MODULE)",
-    )
+    dual_module_arg(p)
     # --experts: the older spelling, still accepted
     p.add_argument(
         "--k",
@@ -119,6 +111,17 @@ def model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
         "fashion-alexnet, fashion-moe) on seeded random weights",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+
+
+def dual_module_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dual-module",
+        type=dual_module,
+        default=None,
+        metavar="LAYERS",
+        help="run these fully connected layers with their little modules (dual-module "
+        "inference), e.g. fc6,fc7 or all; none: off (default: MOE_DUAL_MODULE)",
+    )
 
 
 def source_args(p: argparse.ArgumentParser) -> None:

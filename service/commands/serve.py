@@ -28,7 +28,17 @@ from service.http.app import create_app
 from service.http.engine import check_models
 
 HELP = "serve the models over HTTP (v1 JSON and KServe v2 APIs)"
-FLAGS = ("host", "port", "models", "precisions", "device", "random_weights", "seed", "log_level")
+FLAGS = (
+    "host",
+    "port",
+    "models",
+    "precisions",
+    "dual_module",
+    "device",
+    "random_weights",
+    "seed",
+    "log_level",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma list of precisions (default: MOE_PRECISIONS or fp32)",
     )
+    common.dual_module_arg(p)
     common.source_args(p)
     p.add_argument(
         "--random-weights",

@@ -17,7 +17,7 @@ from experts.model.dual_module import DualModuleError, Little, resolve_layers
 from experts.model.model import Model
 from experts.model.spec import parse_layers
 from experts.networks.build import build_network
-from experts.networks.dual_fit import fit_dual_module, fit_little
+from experts.networks.dual_fit import default_rank, fit_dual_module, fit_little
 from experts.networks.reference import forward
 from kernels.precision import PRECISIONS
 from tests.helpers import DUAL_NET, TINY_MOE
@@ -144,3 +144,11 @@ def test_mixtures_take_little_modules(device, sample, precision):
     others = (got.routing.indices != 0).all(axis=1)
     np.testing.assert_array_equal(got.scores[others], want.scores[others])
     assert not np.array_equal(got.scores[~others], want.scores[~others])
+
+
+@pytest.mark.parametrize(
+    "inputs,outputs,rank", [(768, 1024, 32), (9216, 4096, 32), (160, 256, 16), (256, 256, 16),
+                            (60, 100, 6), (30, 10, 4)]
+)  # fmt: skip
+def test_default_rank(inputs, outputs, rank):
+    assert default_rank(inputs, outputs) == rank

@@ -107,3 +107,16 @@ def test_a_dual_module_file_of_another_model_is_refused(capsys, dual_repo, sampl
     code, _, err = run(capsys, "classify", "--model", "other", str(images / "0.npy"))
     line = one_line_error(code, err)
     assert "fitted for model 'dual-net', not 'other'" in line and DUAL_MODULE_FILE in line
+
+
+def test_serve_takes_the_flag_over_the_environment(monkeypatch):
+    from service.commands import serve
+    from service.commands.args import settings
+    from service.commands.main import build_parser
+
+    monkeypatch.setenv("MOE_DUAL_MODULE", "fc6")
+    args = build_parser().parse_args(["serve", "--dual-module", "fc6,fc7"])
+    assert settings(args, serve.FLAGS).dual_module == ("fc6", "fc7")
+    args = build_parser().parse_args(["serve", "--dual-module", "none"])
+    assert settings(args, serve.FLAGS).dual_module == ()
+    assert settings(build_parser().parse_args(["serve"]), serve.FLAGS).dual_module == ("fc6",)
