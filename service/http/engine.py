@@ -179,7 +179,9 @@ class Engine:
                 self._networks[(name, precision)] = network
                 self.weight_bytes[(name, precision)] = network.weight_bytes
                 if default:  # the default little modules, warmed up like the rest
-                    self._network(name, precision, default).warm_up(s.max_batch_size)
+                    dual = self._network(name, precision, default)
+                    dual.warm_up(s.max_batch_size)
+                    self.weight_bytes[(name, precision)] += dual.little_bytes
             self.models[name] = ModelInfo.from_model(model)
             log.info(
                 "loaded model %s v%s (%s) on %s",

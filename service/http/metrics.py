@@ -98,7 +98,7 @@ class Metrics:
         )
         self.weight_bytes = Gauge(
             "moe_resident_weight_bytes",
-            "Bytes of weights resident on the device",
+            "Bytes of weights resident on the device (with MOE_DUAL_MODULE's little modules)",
             ["model", "precision"],
             registry=r,
         )

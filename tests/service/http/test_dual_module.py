@@ -144,3 +144,19 @@ def test_a_model_without_little_modules_says_so(client):
     assert (
         r.status_code == 400 and "fc is not a fully connected layer followed" in r.json()["error"]
     )
+
+
+def test_resident_weights_count_the_little_modules_once(client, repo):
+    """The plain and the dual network share the big weights: the gauge is the plain
+    network's bytes plus MOE_DUAL_MODULE's little modules, not a second copy."""
+    import re
+
+    metrics = client.get("/metrics").text
+    found = re.search(
+        r'moe_resident_weight_bytes\{model="tiny-moe",precision="fp32"\} (\S+)', metrics
+    )
+    model = Repository(repo).load("tiny-moe")
+    plain = build_network(model, Device(), "fp32")
+    dual = build_network(model, Device(), "fp32", dual_module=["fc"])
+    assert dual.little_bytes > 0
+    assert float(found.group(1)) == plain.weight_bytes + dual.little_bytes
