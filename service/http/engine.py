@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ class ModelInfo:
     input_shape: tuple[int, int, int]
     num_classes: int
     mixture: MixtureSpec | None = None  # its parts, E experts and default k
+    dual_layers: tuple[str, ...] = ()  # layers with a little module on offer
 
     @classmethod
     def from_model(cls, model: Model) -> ModelInfo:
@@ -182,7 +183,7 @@ class Engine:
                     dual = self._network(name, precision, default)
                     dual.warm_up(s.max_batch_size)
                     self.weight_bytes[(name, precision)] += dual.little_bytes
-            self.models[name] = ModelInfo.from_model(model)
+            self.models[name] = replace(ModelInfo.from_model(model), dual_layers=tuple(littles))
             log.info(
                 "loaded model %s v%s (%s) on %s",
                 name,

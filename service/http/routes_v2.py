@@ -76,7 +76,7 @@ def _model_metadata(info: ModelInfo) -> dict[str, Any]:
             {"name": EXPERTS, "datatype": "INT32", "shape": [-1, -1]},
             {"name": EXPERT_WEIGHTS, "datatype": "FP32", "shape": [-1, -1]},
         ]
-    return {
+    doc = {
         "name": info.name,
         "versions": [info.version],
         "platform": PLATFORM,
@@ -86,6 +86,9 @@ def _model_metadata(info: ModelInfo) -> dict[str, Any]:
         ],
         "outputs": outputs,
     }
+    if info.dual_layers:  # what the dual_module request parameter may name
+        doc["parameters"] = {"dual_module_layers": list(info.dual_layers)}
+    return doc
 
 
 @router.get("/v2/models/{name}", summary="Model metadata")

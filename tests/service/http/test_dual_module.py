@@ -160,3 +160,9 @@ def test_resident_weights_count_the_little_modules_once(client, repo):
     dual = build_network(model, Device(), "fp32", dual_module=["fc"])
     assert dual.little_bytes > 0
     assert float(found.group(1)) == plain.weight_bytes + dual.little_bytes
+
+
+def test_model_metadata_lists_the_layers_on_offer(client):
+    doc = client.get("/v2/models/tiny-moe").json()
+    assert doc["parameters"]["dual_module_layers"] == EXPERT_FC
+    assert "parameters" not in client.get("/v2/models/tiny").json()
