@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.http import errors, routes_metrics, routes_v1, routes_v2
 from service.http.access_log import RequestMiddleware
@@ -48,7 +49,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             await asyncio.to_thread(state.stop, settings.drain_timeout_s)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc from assets in the package, not a CDN, so they
+    # render where the server has no internet.
+    app = FastAPIOffline(
         title="moe-alexnet",
         description=DESCRIPTION,
         version=routes_v2._version(),

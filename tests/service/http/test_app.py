@@ -642,6 +642,14 @@ def test_metrics(client):
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
+    # Offline: every script and style sheet of /docs and /redoc is served here.
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert assets and not [a for a in assets if "://" in a], assets
+        for asset in assets:
+            r = client.get(asset)
+            assert r.status_code == 200 and len(r.content) > 10_000, asset
     spec = client.get("/openapi.json").json()
     op = spec["paths"]["/v1/classify"]["post"]
     assert {"multipart/form-data", "image/*"} <= set(op["requestBody"]["content"])
