@@ -173,6 +173,14 @@ async def classify(
             examples=[2],
         ),
     ] = None,
+    deadline_ms: Annotated[
+        float | None,
+        Query(
+            description="answer within this many milliseconds or get a 504 (at most "
+            "MOE_REQUEST_TIMEOUT_S); a request still queued at its deadline never runs",
+            examples=[500],
+        ),
+    ] = None,
     dual_module: Annotated[
         str | None,
         Query(
@@ -190,6 +198,7 @@ async def classify(
     request.state.model = info.name
     target, top_k = state.target(info, precision, top_k, k, dual_module)
     request.state.precision = target.precision
+    timeout_s = state.client_timeout_s("deadline_ms", deadline_ms, 1e-3)
 
     images, batch_form = await _read_images(request, state.settings.max_batch_size)
     state.check_batch_size(len(images), "image")
@@ -201,7 +210,7 @@ async def classify(
     except InputError as exc:
         raise ApiError(400, str(exc)) from exc
     preprocess_ms = (time.monotonic() - t0) * 1e3
-    result = await state.infer(target, batch, state.deadline(started))
+    result = await state.infer(target, batch, state.deadline(started, timeout_s))
     timings = {
         "queue": round(result.queue_s * 1e3, 3),
         "preprocess": round(preprocess_ms, 3),

@@ -7,7 +7,7 @@ base64 strings in JSON). Outputs: "probabilities", FP32 [N, classes]; for mixtur
 "experts" (INT32 [N, k]) and "expert_weights" (FP32 [N, k]). Request parameters:
 "precision", "top_k" (classification of every output that does not ask otherwise),
 "k" (mixtures), "dual_module" (layers, as a comma list), "binary_data_output", "timeout"
-(microseconds, as tritonclient sends).
+(microseconds, as tritonclient sends) and "deadline_ms".
 """
 
 from __future__ import annotations
@@ -199,7 +199,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     request.state.precision = target.precision
     default_classes = top_k if top_k_param is not None else None
     outputs = _requested_outputs(req.outputs, params, info, default_classes)
-    timeout_s = _timeout_s(params.get("timeout"))
+    limits = [
+        state.client_timeout_s("parameter timeout", params.get("timeout"), 1e-6),
+        state.client_timeout_s("parameter deadline_ms", params.get("deadline_ms"), 1e-3),
+    ]
+    timeout_s = min((t for t in limits if t is not None), default=None)
     batch = await _batch(state, info, req.inputs)
     result = await state.infer(target, batch, state.deadline(started, timeout_s))
 
@@ -229,14 +233,6 @@ def _parse(
 ) -> protocol.InferRequest:
     """Decompress and parse, in the decode pool: a JSON tensor can be megabytes."""
     return protocol.parse_infer_request(protocol.decompress(body, encoding, limit), header_length)
-
-
-def _timeout_s(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ApiError(400, "parameter timeout must be a positive integer (microseconds)")
-    return value / 1e6
 
 
 def _requested_outputs(

@@ -233,6 +233,16 @@ class ServiceState:
             limit = min(limit, timeout_s)
         return (started if started is not None else time.monotonic()) + limit
 
+    @staticmethod
+    def client_timeout_s(name: str, value: Any, unit_s: float) -> float | None:
+        """A client's deadline parameter (v1 `deadline_ms`, v2 `deadline_ms` or `timeout`
+        in microseconds) in seconds; a 400 unless a positive number."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ApiError(400, f"{name} must be a positive number, got {value!r}")
+        return float(value) * unit_s
+
     def check_batch_size(self, n: int, what: str) -> None:
         """The one check of a request's image count (v1 files, v2 tensor rows)."""
         if n > self.settings.max_batch_size:
@@ -263,8 +273,8 @@ class ServiceState:
         except (TimeoutError, DeadlineExceeded) as exc:
             raise ApiError(
                 504,
-                f"request deadline of {self.settings.request_timeout_s:g} s "
-                "exceeded (setting MOE_REQUEST_TIMEOUT_S)",
+                "request deadline exceeded (the request's deadline_ms or timeout, at most "
+                f"{self.settings.request_timeout_s:g} s: setting MOE_REQUEST_TIMEOUT_S)",
             ) from exc
 
     async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:

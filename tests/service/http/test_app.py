@@ -221,6 +221,9 @@ def test_v1_body_limits(client):
         ({"k": 1}, 400, "applies only to mixture-of-experts models"),
         ({"model": "tiny-moe", "k": 0}, 400, "between 1 and 4"),
         ({"model": "tiny-moe", "k": 5}, 400, "between 1 and 4"),
+        ({"deadline_ms": 0}, 400, "deadline_ms must be a positive number"),
+        ({"deadline_ms": -5}, 400, "deadline_ms must be a positive number"),
+        ({"deadline_ms": "soon"}, 400, "deadline_ms"),
     ],
 )
 def test_v1_bad_requests(client, kwargs, status, contains):
@@ -536,6 +539,18 @@ V2_BAD_JSON = {
         "applies only to mixture",
     ),
     "top_k out of range": (_fp32_doc([1, 3, 16, 16], parameters={"top_k": 7}), "top_k"),
+    "timeout not a number": (
+        _fp32_doc([1, 3, 16, 16], parameters={"timeout": "1s"}),
+        "parameter timeout must be a positive number",
+    ),
+    "deadline_ms zero": (
+        _fp32_doc([1, 3, 16, 16], parameters={"deadline_ms": 0}),
+        "parameter deadline_ms must be a positive number",
+    ),
+    "deadline_ms boolean": (
+        _fp32_doc([1, 3, 16, 16], parameters={"deadline_ms": True}),
+        "parameter deadline_ms must be a positive number",
+    ),
     "bad base64": (_fp32_doc([1], data=["%%%"], datatype="BYTES", name="image"), "base64"),
     "bytes not an image": (
         _fp32_doc([1], data=[base64.b64encode(b"text").decode()], datatype="BYTES", name="image"),

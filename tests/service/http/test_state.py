@@ -112,6 +112,15 @@ def test_deadline_gives_504_and_the_server_recovers(tiny_repo):
             "parameters": {"timeout": 50_000},
         }
         assert client.post("/v2/models/tiny/infer", json=doc).status_code == 504
+        doc["parameters"] = {"deadline_ms": 50}  # the same, in milliseconds
+        assert client.post("/v2/models/tiny/infer", json=doc).status_code == 504
+        r = client.post(  # v1's deadline_ms
+            "/v1/classify",
+            content=PNG,
+            headers={"content-type": "image/png"},
+            params={"deadline_ms": 50},
+        )
+        assert r.status_code == 504 and "deadline_ms" in r.json()["error"]
         engine.delay = 0.0
         time.sleep(0.7)  # the timed-out batches finish on the device thread
         r = client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
