@@ -193,7 +193,7 @@ def _parse_input(item: Any, i: int, binary: bytes, offset: int) -> tuple[Request
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where}: 'name' must be a non-empty string")
     where = f"input {name!r}"
-    if datatype not in DATATYPE_SIZES:
+    if not isinstance(datatype, str) or datatype not in DATATYPE_SIZES:
         raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
     if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
         raise ProtocolError(f"{where}: 'shape' must be an array of non-negative integers")

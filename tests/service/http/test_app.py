@@ -539,6 +539,7 @@ V2_BAD_JSON = {
         "applies only to mixture",
     ),
     "top_k out of range": (_fp32_doc([1, 3, 16, 16], parameters={"top_k": 7}), "top_k"),
+    "datatype not a string": (_fp32_doc([1, 3, 16, 16], datatype=["FP32"]), "unknown datatype"),
     "timeout not a number": (
         _fp32_doc([1, 3, 16, 16], parameters={"timeout": "1s"}),
         "parameter timeout must be a positive number",
