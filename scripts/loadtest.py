@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """A bounded load test of a moe-alexnet server, on the loopback interface only.
 
-N requests (default 2000) from C concurrent clients (default 16) post real photos
-(scikit-image's astronaut, coffee, chelsea, rocket, as JPEG) to /v1/classify, then it
-stops by itself (also after --max-seconds). It reports throughput, p50/p99 latency,
-errors by status, the mean batch size the server ran (from its /metrics), and the
+N requests (default 2000) post real photos (scikit-image's astronaut, coffee, chelsea,
+rocket, as JPEG) to /v1/classify, then it stops by itself (also after --max-seconds).
+Closed loop (default): C concurrent clients (default 16), each sending its next request
+when its answer arrives. Open loop (`--rate R`): requests arrive at R per second with
+exponential gaps (a Poisson process, as Triton's perf_analyzer does with
+`--request-distribution poisson`), whether or not earlier ones are answered, and each
+latency counts from its scheduled arrival, so a server that falls behind shows it.
+`--deadline-ms D` sends that deadline with every request; goodput counts the answers
+within it. It reports offered rate, throughput, goodput, p50/p95/p99 latency, errors by
+status, the share of answers per precision and k, the mean batch size the server ran
+(from its /metrics), and the
 server's resident memory (VmRSS) during the first and the last 500 requests, which
 shows whether memory grows under load, and the CPU time the client and the server
 spent per request (on a machine they share, the client's share is taken from the
@@ -162,6 +169,30 @@ class Run:
     done: int = 0
     rss_first: list[int] = field(default_factory=list)
     rss_last: list[int] = field(default_factory=list)
+    offered_s: float = 0.0  # open loop: from the start to the last arrival
+    sent: int = 0  # open loop: requests sent
+    used: dict[str, int] = field(default_factory=dict)  # answers per "precision k"
+
+    def note_answer(self, content: bytes) -> None:
+        """Count the precision (and a mixture's k) an answer says it ran with."""
+        try:
+            doc = json.loads(content)
+        except ValueError:
+            return
+        answers = doc if isinstance(doc, list) else [doc]
+        for answer in answers:
+            if isinstance(answer, dict):
+                key = str(answer.get("precision"))
+                if isinstance(answer.get("experts"), list):
+                    key += f" k={len(answer['experts'])}"
+                self.used[key] = self.used.get(key, 0) + 1
+
+
+def query_path(args: argparse.Namespace) -> str:
+    """/v1/classify with the run's model, precision and deadline."""
+    params = {"model": args.model, "precision": args.precision, "deadline_ms": args.deadline_ms}
+    query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v is not None)
+    return "/v1/classify" + (f"?{query}" if query else "")
 
 
 async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
@@ -184,7 +215,7 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     async with httpx.AsyncClient(timeout=args.timeout) as client:
         before = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 
-        path = "/v1/classify" + (f"?model={quote(args.model)}" if args.model else "")
+        path = query_path(args)
 
         async def worker() -> None:
             conn = Connection(url, path, "image/jpeg")
@@ -192,21 +223,44 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
                 for i in next_index:
                     if time.monotonic() > stop_at:
                         return
-                    await one(conn, images[i % len(images)][1])
+                    await one(conn, images[i % len(images)][1], time.perf_counter())
             finally:
                 await conn.close()
 
-        async def one(conn: Connection, data: bytes) -> None:
-            start = time.perf_counter()
+        idle: list[Connection] = []  # open loop: keep-alive connections not in use
+
+        async def arrive(i: int, at: float) -> None:
+            conn = idle.pop() if idle else Connection(url, path, "image/jpeg")
+            await one(conn, images[i % len(images)][1], at)
+            idle.append(conn)
+
+        async def open_loop() -> None:
+            """Requests at their Poisson arrival times, answered or not."""
+            gaps = np.random.default_rng(args.seed).exponential(1 / args.rate, args.requests)
+            start, tasks = time.perf_counter(), []
+            for i, at in enumerate(start + np.cumsum(gaps)):
+                if time.monotonic() > stop_at:
+                    break
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                tasks.append(asyncio.create_task(arrive(i, float(at))))
+            run.offered_s = time.perf_counter() - start
+            run.sent = len(tasks)
+            await asyncio.gather(*tasks)
+            for conn in idle:
+                await conn.close()
+
+        async def one(conn: Connection, data: bytes, start: float) -> None:
             try:
-                status = str((await asyncio.wait_for(conn.post(data), args.timeout))[0])
+                status, content = await asyncio.wait_for(conn.post(data), args.timeout)
+                status = str(status)
             except OSError as exc:  # TimeoutError and ConnectionError among them
                 await conn.close()
-                status = type(exc).__name__
+                status, content = type(exc).__name__, b""
             elapsed = time.perf_counter() - start
             run.done += 1
             if status == "200":
                 run.latencies.append(elapsed)
+                run.note_answer(content)
             else:
                 run.errors[status] = run.errors.get(status, 0) + 1
             if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
@@ -217,7 +271,10 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         started, client_cpu = time.perf_counter(), time.process_time()
         server_cpu = cpu_seconds(pid) if pid is not None else None
         sample_rss()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        if args.rate:
+            await open_loop()
+        else:
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         wall = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
         now = cpu_seconds(pid) if pid is not None else None
@@ -228,17 +285,28 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     lat = np.array(run.latencies) * 1e3
     batches = after[1] - before[1]
     mib = 2**20
+    within = lat if args.deadline_ms is None else lat[lat <= args.deadline_ms]
+    offered_s = run.offered_s if args.rate else wall
     return {
         "url": url,
         "model": args.model,
+        "mode": f"open loop, Poisson {args.rate:g}/s" if args.rate else "closed loop",
         "requests": run.done,
-        "concurrency": args.concurrency,
+        "concurrency": None if args.rate else args.concurrency,
+        "deadline_ms": args.deadline_ms,
         "ok": len(run.latencies),
         "errors": sum(run.errors.values()),
         "errors_by_status": run.errors,
         "wall_s": round(wall, 3),
+        "offered_rps": round((run.sent if args.rate else run.done) / offered_s, 2)
+        if offered_s
+        else 0.0,
         "throughput_rps": round(len(run.latencies) / wall, 2) if wall else 0.0,
+        "goodput_rps": round(len(within) / wall, 2) if wall else 0.0,
+        "goodput_share": round(len(within) / run.done, 4) if run.done else 0.0,
+        "answers_by_precision": run.used,
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "mean_batch_size": round((after[0] - before[0]) / batches, 3) if batches else None,
         "server_pid": pid,
@@ -317,7 +385,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument("--requests", "-n", type=int, default=2000)
     p.add_argument("--concurrency", "-c", type=int, default=16)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: Poisson arrivals at this many requests per second (not -c clients)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrivals")
+    p.add_argument("--deadline-ms", type=float, default=None, help="each request's deadline")
     p.add_argument("--model", default=None, help="model to ask for (default: the server's)")
+    p.add_argument("--precision", default=None, help="precision to ask for (default: the server's)")
     p.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="with --start")
@@ -326,6 +403,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = p.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1:
         p.error("--requests and --concurrency must be >= 1")
+    if args.rate is not None and not args.rate > 0:
+        p.error("--rate must be > 0")
+    if args.deadline_ms is not None and not args.deadline_ms > 0:
+        p.error("--deadline-ms must be > 0")
     return args, serve_args
 
 
@@ -352,12 +433,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
+    clients = f"{args.concurrency} clients" if not args.rate else report["mode"]
     print(
-        f"{report['requests']} requests, {args.concurrency} clients, {report['wall_s']} s: "
-        f"{report['throughput_rps']} req/s, p50 {report['latency_ms_p50']} ms, "
-        f"p99 {report['latency_ms_p99']} ms"
+        f"{report['requests']} requests, {clients}, {report['wall_s']} s: offered "
+        f"{report['offered_rps']} req/s, answered {report['throughput_rps']} req/s, p50 "
+        f"{report['latency_ms_p50']} ms, p95 {report['latency_ms_p95']} ms, p99 "
+        f"{report['latency_ms_p99']} ms"
     )
+    if args.deadline_ms is not None:
+        print(
+            f"goodput (answered within {args.deadline_ms:g} ms): {report['goodput_rps']} req/s, "
+            f"{100 * report['goodput_share']:.1f}% of requests"
+        )
     print(f"errors: {report['errors']} {report['errors_by_status'] or ''}".rstrip())
+    print(f"answers by precision: {report['answers_by_precision']}")
     print(f"mean batch size: {report['mean_batch_size']}")
     cpu = f"CPU per request: client {report['client_cpu_ms_per_request']} ms"
     if report["server_cpu_ms_per_request"] is not None:

@@ -37,9 +37,16 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
         ]
         ok = loadtest.run_report(*loadtest.parse_args(argv))
         missing = loadtest.run_report(*loadtest.parse_args([*argv, "--model", "nope", "-n", "6"]))
+        # Open loop: Poisson arrivals at 40/s with a deadline each.
+        poisson = [*argv[:4], "-n", "60", "--rate", "40", "--deadline-ms", "5000", "--json"]
+        opened = loadtest.run_report(*loadtest.parse_args(poisson))
     assert ok["requests"] == ok["ok"] == 40 and ok["errors"] == 0
     assert 1 <= ok["mean_batch_size"] <= 4 and ok["latency_ms_p50"] > 0
     assert ok["rss_mib_first_500"] > 0 and ok["server_cpu_ms_per_request"] > 0
     assert missing["errors_by_status"] == {"404": 6} and missing["ok"] == 0
+    assert opened["mode"] == "open loop, Poisson 40/s" and opened["ok"] == 60
+    assert 20 < opened["offered_rps"] < 80  # 60 exponential gaps of mean 25 ms
+    assert opened["goodput_share"] == 1.0 and opened["answers_by_precision"] == {"fp32": 60}
+    assert opened["latency_ms_p50"] <= opened["latency_ms_p95"] <= opened["latency_ms_p99"]
     with pytest.raises(SystemExit, match="only loopback"):
         loadtest.run_report(*loadtest.parse_args(["--url", "http://192.0.2.1:8000", "-n", "1"]))
