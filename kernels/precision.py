@@ -64,6 +64,9 @@ class Precision:
     accumulator_limit: int | None  # largest sum the integer accumulator holds (None: float)
     byte_dot: bool  # may multiply bytes on the CPU's dot-product units (int8 on VNNI)
     grouped: bool  # a mixture's experts can run this layer grouped, in one launch
+    # How close to fp32 its answers are (higher: closer), from the shipped models'
+    # top-1 (BENCHMARKS.md, "Accuracy"): the order precision=auto tries them in.
+    fidelity: int = 0
     description: str = ""
 
     @property
@@ -166,6 +169,7 @@ PRECISIONS: dict[str, Precision] = {
             None,
             byte_dot=False,
             grouped=True,
+            fidelity=3,
             description="the reference",
         ),
         Precision(
@@ -176,6 +180,7 @@ PRECISIONS: dict[str, Precision] = {
             None,
             byte_dot=False,
             grouped=True,
+            fidelity=1,
             description="weights stored as half (vload_half), float arithmetic",
         ),
         Precision(
@@ -186,6 +191,7 @@ PRECISIONS: dict[str, Precision] = {
             2**63 - 1,
             byte_dot=False,
             grouped=False,
+            fidelity=2,
             description="int16 weights and inputs, exact int64 accumulation",
         ),
         Precision(

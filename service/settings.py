@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     device: str = Field("", description="OpenCL device: '' (default), 'P:D', 'pocl:0', or a name")
     model_repository: Path = Field(default_factory=default_root, description="model folder root")
     default_model: str = Field("alexnet", description="model used when none is named")
-    default_precision: str = Field("fp32", description="precision used when none is named")
+    default_precision: str = Field(
+        "fp32",
+        description="precision used when none is named; auto: per batch, the most accurate "
+        "loaded one predicted to meet the requests' deadlines",
+    )
     layer_precisions: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         # MOE_LAYER_PRECISION: the older name, still read
@@ -112,7 +116,7 @@ class Settings(BaseSettings):
     @field_validator("default_precision")
     @classmethod
     def _precision(cls, value: str) -> str:
-        return check_precisions([value])[0]
+        return value if value == "auto" else check_precisions([value])[0]
 
     @field_validator("layer_precisions", mode="before")
     @classmethod

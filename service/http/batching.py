@@ -57,6 +57,7 @@ class JobResult:
     queue_s: float
     compute_s: float
     batch_size: int
+    precision: str = ""  # what it ran at (a request for "auto" learns it here)
 
 
 @dataclass
@@ -78,8 +79,9 @@ class Submitted:
     at: float  # time.monotonic() when it was queued
 
 
-# Queues a batch on the device; the function it returns waits for the result.
-RunBatch = Callable[[BatchKey, np.ndarray], Callable[[], InferResult]]
+# Queues a batch on the device (with the earliest deadline of its requests); the
+# function it returns waits for the result.
+RunBatch = Callable[[BatchKey, np.ndarray, float], Callable[[], InferResult]]
 OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
 
 
@@ -228,7 +230,7 @@ class Batcher:
         batch = np.concatenate([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
         at = time.monotonic()
         try:
-            wait = self.run_batch(key, batch)
+            wait = self.run_batch(key, batch, min(job.deadline for job in jobs))
         except Exception as exc:  # one bad batch must not stop the loop
             self._fail(key, jobs, exc, time.monotonic() - at)
             return None
@@ -275,6 +277,7 @@ class Batcher:
                     start - job.enqueued,
                     compute,
                     size,
+                    result.precision,
                 )
             )
             offset += n

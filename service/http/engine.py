@@ -16,6 +16,7 @@ read host arrays; the batcher calls them from its completion thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +32,7 @@ from experts.model.resolve import resolve_model
 from experts.networks.base import Output, Runnable
 from experts.networks.build import build_network, little_modules
 from kernels.runtime import Device
+from service.http.latency import LatencyModel
 from service.scores import probabilities
 from service.settings import Settings
 
@@ -81,9 +83,11 @@ class InferResult:
 
     probs: np.ndarray
     routing: list[list[ExpertChoice]] | None = None
+    precision: str = ""  # what the batch ran at
+    predicted_s: float | None = None  # precision=auto's prediction of its device time
 
     @classmethod
-    def from_output(cls, network: Runnable, out: Output, n: int) -> InferResult:
+    def from_output(cls, network: Runnable, out: Output, n: int, precision: str) -> InferResult:
         """The first n images of a (padded) batch's output."""
         routing = None
         if out.routing is not None:
@@ -91,7 +95,7 @@ class InferResult:
                 [ExpertChoice(int(e), float(w)) for e, w in zip(idx, gates, strict=True)]
                 for idx, gates in zip(out.routing.indices[:n], out.routing.gates[:n], strict=True)
             ]
-        return cls(probabilities(network, out.scores[:n]), routing)
+        return cls(probabilities(network, out.scores[:n]), routing, precision)
 
 
 Pending = Callable[[], InferResult]  # waits for a submitted batch's result
@@ -161,6 +165,7 @@ class Engine:
         self._littles: dict[str, dict[str, Little]] = {}
         self._default_dual: dict[str, tuple[str, ...]] = {}  # MOE_DUAL_MODULE, per model
         self._duals: dict[tuple[str, str, tuple[str, ...]], Runnable] = {}
+        self.latency = LatencyModel()  # precision=auto's predictions (service/http/latency.py)
 
     def load(self) -> None:
         s = self.settings
@@ -177,6 +182,7 @@ class Engine:
             for precision in self.precisions:
                 network = build_network(model, device, precision, s.layer_precisions)
                 network.warm_up(s.max_batch_size)
+                self._time(model, precision, network)
                 self._networks[(name, precision)] = network
                 self.weight_bytes[(name, precision)] = network.weight_bytes
                 if default:  # the default little modules, warmed up like the rest
@@ -191,6 +197,15 @@ class Engine:
                 ",".join(self.precisions),
                 device.name,
             )
+
+    def _time(self, model: Model, precision: str, network: Runnable) -> None:
+        """Seed the latency model: each batch size once more, now that it is warm."""
+        k = model.mixture.k if model.is_mixture else None
+        for size in network.batch_sizes(self.settings.max_batch_size):
+            x = np.zeros((size, *network.input_shape), np.float32)
+            start = time.perf_counter()
+            network.run(x, k)
+            self.latency.observe((model.name, precision, k), size, time.perf_counter() - start)
 
     def _default_layers(self, model: Model) -> tuple[str, ...]:
         """MOE_DUAL_MODULE's layers in `model`; none where it names no layer of it that
@@ -250,4 +265,4 @@ class Engine:
             pad = np.zeros((size - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
         pending = network.submit(batch, k)
-        return lambda: InferResult.from_output(network, pending(), n)
+        return lambda: InferResult.from_output(network, pending(), n, precision)

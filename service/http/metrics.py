@@ -83,6 +83,19 @@ class Metrics:
             buckets=[b for b in batch_buckets if b <= max_batch_size],
             registry=r,
         )
+        self.auto_choices = Counter(
+            "moe_auto_precision_images",
+            "Images asked at precision=auto, by the precision the scheduler ran them at",
+            ["model", "precision"],
+            registry=r,
+        )
+        self.prediction_ratio = Histogram(
+            "moe_latency_prediction_ratio",
+            "A batch's device time over precision=auto's prediction of it (1: exact)",
+            ["model", "precision"],
+            buckets=[0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0],
+            registry=r,
+        )
         self.in_flight = Gauge("moe_in_flight_requests", "Requests being handled", registry=r)
         self.queue_depth = Gauge(
             "moe_queue_depth",

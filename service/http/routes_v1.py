@@ -161,7 +161,12 @@ async def classify(
         Query(description="model name (default: the first served)", examples=["alexnet"]),
     ] = None,
     precision: Annotated[
-        str | None, Query(description="fp32 (default: MOE_DEFAULT_PRECISION)", examples=["fp32"])
+        str | None,
+        Query(
+            description="a loaded precision, or auto: the most accurate one predicted to "
+            "meet the deadline (default: MOE_DEFAULT_PRECISION)",
+            examples=["fp32"],
+        ),
     ] = None,
     top_k: Annotated[
         int | None, Query(description="predictions per image, 1..classes (default 5)", examples=[5])
@@ -211,6 +216,7 @@ async def classify(
         raise ApiError(400, str(exc)) from exc
     preprocess_ms = (time.monotonic() - t0) * 1e3
     result = await state.infer(target, batch, state.deadline(started, timeout_s))
+    request.state.precision = result.precision or target.precision  # auto: the one it ran at
     timings = {
         "queue": round(result.queue_s * 1e3, 3),
         "preprocess": round(preprocess_ms, 3),
@@ -222,7 +228,7 @@ async def classify(
         answer: dict[str, Any] = {
             "model": info.name,
             "version": info.version,
-            "precision": target.precision,
+            "precision": result.precision or target.precision,
             "device": state.engine.device_name,
             "predictions": top_predictions(probs, info.labels, top_k),
         }

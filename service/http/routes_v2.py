@@ -206,10 +206,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     timeout_s = min((t for t in limits if t is not None), default=None)
     batch = await _batch(state, info, req.inputs)
     result = await state.infer(target, batch, state.deadline(started, timeout_s))
+    request.state.precision = result.precision or target.precision  # auto: the one it ran at
 
     tensors = _output_tensors(info, target, result.probs, result.routing, outputs)
     response_params: dict[str, Any] = {
-        "precision": target.precision,
+        "precision": result.precision or target.precision,
         "device": state.engine.device_name,
     }
     if target.k is not None:

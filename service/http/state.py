@@ -38,6 +38,7 @@ from service.http.batching import (
 )
 from service.http.engine import Engine, InferResult, ModelInfo, Pending
 from service.http.errors import ApiError
+from service.http.latency import AUTO, Scheduler
 from service.http.metrics import Metrics
 from service.settings import Settings
 
@@ -66,6 +67,7 @@ class ServiceState:
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
         self.engine = engine if engine is not None else Engine(settings)
+        self.scheduler = Scheduler(self.engine.latency, self.engine.precisions)
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
@@ -189,15 +191,17 @@ class ServiceState:
         served = self.engine.precisions
         if precision is None:
             default = self.settings.default_precision
-            precision = default if default in served else served[0]
-        if precision not in served:
+            precision = default if default in (*served, AUTO) else served[0]
+        if precision not in (*served, AUTO):
             if precision in PRECISIONS:
                 raise ApiError(
                     400,
                     f"precision {precision!r} is not enabled on this server; "
-                    f"enabled: {', '.join(served)}",
+                    f"enabled: {', '.join(served)} (or auto)",
                 )
-            raise ApiError(400, f"unknown precision {precision!r}; supported: {', '.join(served)}")
+            raise ApiError(
+                400, f"unknown precision {precision!r}; supported: {', '.join(served)} or auto"
+            )
         if top_k is None:
             top_k = min(5, info.num_classes)
         if (
@@ -283,16 +287,37 @@ class ServiceState:
 
     # -- device-thread callbacks -------------------------------------------------------------
 
-    def _run_batch(self, key: BatchKey, batch: np.ndarray) -> Pending:
+    def _run_batch(self, key: BatchKey, batch: np.ndarray, deadline: float) -> Pending:
         model, precision, k, dual = key
-        return self.engine.submit(model, precision, k, batch, dual)
+        n = len(batch)
+        if precision == AUTO:
+            precision = self.scheduler.choose(model, k, n, deadline)
+        pending = self.engine.submit(model, precision, k, batch, dual)
+        predicted = self.scheduler.queued(model, precision, k, n)
+
+        def wait() -> InferResult:
+            try:
+                result = pending()
+            finally:
+                self.scheduler.landed(predicted)
+            result.predicted_s = predicted
+            return result
+
+        return wait
 
     def _on_batch(
         self, key: BatchKey, jobs: list[Job], result: InferResult | None, compute: float
     ) -> None:
-        model, precision = key[:2]
+        model, precision, k = key[:3]
         m = self.metrics
         images = sum(len(job.inputs) for job in jobs)
+        if result is not None:  # what it ran at: "auto" chose one
+            if precision == AUTO:
+                m.auto_choices.labels(model, result.precision).inc(images)
+            precision = result.precision
+            self.engine.latency.observe((model, precision, k), images, compute)
+            if result.predicted_s:
+                m.prediction_ratio.labels(model, precision).observe(compute / result.predicted_s)
         m.batch_size.labels(model, precision).observe(images)
         m.compute.labels(model, precision).observe(compute)
         now = time.monotonic()

@@ -25,7 +25,7 @@ class Recorder:
             self.release.set()
         self.fail = fail
 
-    def __call__(self, key, batch):
+    def __call__(self, key, batch, deadline):
         self.started.set()
         self.release.wait(10)
         if self.fail:
@@ -47,7 +47,7 @@ class Queued:
         self.done: list[threading.Event] = []
         self.changed = threading.Condition()
 
-    def __call__(self, key, batch):
+    def __call__(self, key, batch, deadline):
         done = threading.Event()
         with self.changed:
             self.sizes.append(len(batch))
@@ -217,3 +217,20 @@ def test_the_next_batch_is_queued_while_one_runs(make):
     assert device.sizes == [4, 4, 1]
     device.finish(2)
     assert lone.result(5).batch_size == 1
+
+
+def test_a_batch_runs_with_its_earliest_deadline():
+    """precision=auto plans for the tightest request of the batch."""
+    seen = []
+
+    def run(key, batch, deadline):
+        seen.append(deadline)
+        return lambda: InferResult(batch[:, 0, 0, :1].astype(np.float32))
+
+    b = Batcher(run, max_batch_size=4, max_queue_delay_s=0.05, max_queue_size=8)
+    now = time.monotonic()
+    futures = [b.submit(("m", "fp32", None, ()), np.zeros((1, 3, 2, 2), np.float32), now + t)
+               for t in (9.0, 5.0, 7.0)]  # fmt: skip
+    b.close()
+    b.run()
+    assert all(f.result(1) for f in futures) and seen == [now + 5.0]

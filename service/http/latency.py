@@ -1,0 +1,87 @@
+"""precision=auto: device-time predictions and the choice they drive.
+
+The engine times every (model, precision, batch size) once it is warm; each batch that
+runs updates its figure (an exponential moving average, so the predictions follow the
+machine's load). For a batch asked at precision "auto" the scheduler takes the most
+accurate loaded precision (the table's `fidelity`) whose predicted finish, after the
+batches already queued on the device (their predictions), meets the earliest deadline
+in the batch; when none does, the fastest. An explicit precision is never changed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from kernels.precision import get_precision
+
+AUTO = "auto"
+SMOOTHING = 0.2  # weight of a new measurement in the moving average
+
+Key = tuple[str, str, int | None]  # (model, precision, k)
+
+
+class LatencyModel:
+    """Seconds of device time per (model, precision, k, batch size)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[Key, int], float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, key: Key, size: int, seconds: float) -> None:
+        with self._lock:
+            old = self._seconds.get((key, size))
+            new = seconds if old is None else old + SMOOTHING * (seconds - old)
+            self._seconds[(key, size)] = new
+
+    def predict(self, key: Key, size: int) -> float | None:
+        """The figure for this size, else the nearest larger size's (a batch runs
+        padded up), else the largest's scaled by size; None if the key was never seen."""
+        with self._lock:
+            sizes = sorted(s for k, s in self._seconds if k == key)
+            if not sizes:
+                return None
+            larger = [s for s in sizes if s >= size]
+            if larger:
+                return self._seconds[(key, larger[0])]
+            return self._seconds[(key, sizes[-1])] * size / sizes[-1]
+
+
+class Scheduler:
+    """Chooses precisions for "auto" batches, and tracks when the device will be free."""
+
+    def __init__(self, model: LatencyModel, precisions: Sequence[str]) -> None:
+        self.latency = model
+        # Most accurate first.
+        self.order = sorted(precisions, key=lambda p: -get_precision(p).fidelity)
+        self._ahead = 0.0  # predicted seconds of the batches queued on the device
+        self._lock = threading.Lock()
+
+    def choose(self, model: str, k: int | None, size: int, deadline: float) -> str:
+        """The most accurate precision predicted to finish by `deadline` (monotonic
+        seconds), counting the work queued ahead; the fastest when none is."""
+        start = time.monotonic() + self._ahead
+        fastest, fastest_s = self.order[0], float("inf")
+        for precision in self.order:
+            seconds = self.latency.predict((model, precision, k), size)
+            if seconds is None:
+                continue
+            if start + seconds <= deadline:
+                return precision
+            if seconds < fastest_s:
+                fastest, fastest_s = precision, seconds
+        return fastest
+
+    def queued(self, model: str, precision: str, k: int | None, size: int) -> float | None:
+        """A batch went onto the device, ahead of the next ones. Returns the prediction,
+        for `landed` and to compare with what it took."""
+        seconds = self.latency.predict((model, precision, k), size)
+        with self._lock:
+            self._ahead += seconds or 0.0
+        return seconds
+
+    def landed(self, predicted: float | None) -> None:
+        """A batch `queued` with this prediction is off the device."""
+        with self._lock:
+            self._ahead = max(0.0, self._ahead - (predicted or 0.0))

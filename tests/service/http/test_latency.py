@@ -1,0 +1,122 @@
+"""precision=auto (service/http/latency.py): the latency model's predictions and the
+scheduler's choice (the most accurate precision predicted to meet the deadline after
+the work queued ahead, else the fastest); and over HTTP, answers that name the
+precision they ran at, counted in /metrics, with explicit precisions left alone."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from service.http.latency import LatencyModel, Scheduler
+from service.settings import Settings
+from tests.helpers import encode, random_rgb, wait_loaded
+
+
+def _model(**seconds: float) -> LatencyModel:
+    """Each precision's device time for a batch of 1, 2 and 4 (twice, four times)."""
+    m = LatencyModel()
+    for precision, s in seconds.items():
+        for size in (1, 2, 4):
+            m.observe(("m", precision, None), size, s * size)
+    return m
+
+
+def test_predictions():
+    m = _model(fp32=0.010)
+    assert m.predict(("m", "fp32", None), 2) == pytest.approx(0.020)
+    assert m.predict(("m", "fp32", None), 3) == pytest.approx(0.040)  # runs padded to 4
+    assert m.predict(("m", "fp32", None), 8) == pytest.approx(0.080)  # past the largest
+    assert m.predict(("m", "int8", None), 1) is None
+    m.observe(("m", "fp32", None), 1, 0.020)
+    assert m.predict(("m", "fp32", None), 1) == pytest.approx(0.012)  # a moving average
+
+
+def test_the_most_accurate_precision_that_meets_the_deadline():
+    s = Scheduler(_model(fp32=0.040, fp16=0.025, int8=0.010), ["int8", "fp16", "fp32"])
+    now = time.monotonic()
+    assert s.choose("m", None, 1, now + 1.0) == "fp32"
+    assert s.choose("m", None, 1, now + 0.030) == "fp16"
+    assert s.choose("m", None, 1, now + 0.015) == "int8"
+    assert s.choose("m", None, 1, now + 0.001) == "int8"  # none meets it: the fastest
+    # Work queued ahead counts: two fp32 batches (80 ms) leave room for int8 only.
+    predicted = [s.queued("m", "fp32", None, 1) for _ in range(2)]
+    assert s.choose("m", None, 1, time.monotonic() + 0.095) == "int8"
+    for p in predicted:
+        s.landed(p)
+    assert s.choose("m", None, 1, time.monotonic() + 0.095) == "fp32"
+
+
+def test_unknown_precisions_are_not_chosen_on_a_guess():
+    s = Scheduler(_model(int8=0.010), ["fp32", "int8"])
+    assert s.choose("m", None, 1, time.monotonic() + 1.0) == "int8"  # fp32 never timed
+
+
+@pytest.fixture(scope="module")
+def client(shared_repo):
+    from fastapi.testclient import TestClient
+
+    from service.http.app import create_app
+
+    settings = Settings(
+        model_repository=shared_repo,
+        models=["tiny"],
+        precisions=["fp32", "int8"],
+        default_precision="auto",
+        max_batch_size=4,
+        max_queue_delay_ms=1,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        wait_loaded(app)
+        yield client
+
+
+PNG = encode(random_rgb())
+
+
+def _classify(client, **params):
+    return client.post(
+        "/v1/classify", content=PNG, headers={"content-type": "image/png"}, params=params
+    )
+
+
+def test_auto_answers_name_the_precision_they_ran_at(client):
+    """A generous deadline: the most accurate, fp32; MOE_DEFAULT_PRECISION=auto too."""
+    for params in ({"precision": "auto", "deadline_ms": 20_000}, {}):
+        r = _classify(client, **params)
+        assert r.status_code == 200, r.text
+        assert r.json()["precision"] == "fp32"
+    r = _classify(client, precision="int8")  # explicit: never changed
+    assert r.json()["precision"] == "int8"
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    doc = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16],
+                    "data": x.ravel().tolist()}],
+        "parameters": {"precision": "auto"},
+    }  # fmt: skip
+    r = client.post("/v2/models/tiny/infer", json=doc)
+    assert r.status_code == 200 and r.json()["parameters"]["precision"] == "fp32"
+    metrics = client.get("/metrics").text
+    chosen = re.search(
+        r'moe_auto_precision_images_total\{model="tiny",precision="fp32"\} (\S+)', metrics
+    )
+    assert chosen and float(chosen.group(1)) >= 3
+    assert re.search(
+        r'moe_latency_prediction_ratio_count\{model="tiny",precision="fp32"\} [1-9]', metrics
+    )
+    assert 'moe_requests_total{model="tiny",precision="fp32"' in metrics  # not "auto"
+
+
+def test_a_deadline_no_precision_meets_still_runs_the_fastest(client):
+    """Predicted to miss everywhere: the fastest loaded precision, not a refusal (the
+    batcher still drops a request whose deadline passes while it waits)."""
+    engine = client.app.state.service.engine
+    fastest = min(("fp32", "int8"), key=lambda p: engine.latency.predict(("tiny", p, None), 1))
+    r = _classify(client, precision="auto", deadline_ms=0.001)
+    assert r.status_code in (200, 504)
+    if r.status_code == 200:
+        assert r.json()["precision"] == fastest
