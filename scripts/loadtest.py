@@ -251,7 +251,12 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
 
         async def one(conn: Connection, data: bytes, start: float) -> None:
             try:
-                status, content = await asyncio.wait_for(conn.post(data), args.timeout)
+                try:
+                    status, content = await asyncio.wait_for(conn.post(data), args.timeout)
+                except ConnectionError:
+                    # A kept-alive connection the server closed while idle: once more,
+                    # on a new one (as HTTP clients do).
+                    status, content = await asyncio.wait_for(conn.post(data), args.timeout)
                 status = str(status)
             except OSError as exc:  # TimeoutError and ConnectionError among them
                 await conn.close()

@@ -79,9 +79,18 @@ class Submitted:
     at: float  # time.monotonic() when it was queued
 
 
-# Queues a batch on the device (with the earliest deadline of its requests); the
-# function it returns waits for the result.
-RunBatch = Callable[[BatchKey, np.ndarray, float], Callable[[], InferResult]]
+@dataclass(frozen=True)
+class Pressure:
+    """What a batch runs under: its earliest deadline, and the images still queued
+    behind it (any key: they share the device) with their earliest deadline."""
+
+    deadline: float
+    backlog: int = 0
+    backlog_deadline: float = float("inf")
+
+
+# Queues a batch on the device; the function it returns waits for the result.
+RunBatch = Callable[[BatchKey, np.ndarray, Pressure], Callable[[], InferResult]]
 OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
 
 
@@ -107,6 +116,7 @@ class Batcher:
         self._pending = 0
         self._closed = False
         self._in_flight = 0  # batches queued on the device and not yet answered
+        self._behind = (0, float("inf"))  # images queued behind the batch taken last
         self._cond = threading.Condition()
 
     # -- the asyncio side ----------------------------------------------------------------
@@ -194,7 +204,13 @@ class Batcher:
                 idle = self._in_flight == 0
                 if images >= self.max_batch_size or self._closed or (idle and wait <= 0):
                     self._in_flight += 1
-                    return key, self._take(key, queue)
+                    jobs = self._take(key, queue)
+                    behind = [job for q in self._queues.values() for job in q]
+                    self._behind = (
+                        sum(len(job.inputs) for job in behind),
+                        min((job.deadline for job in behind), default=float("inf")),
+                    )
+                    return key, jobs
                 self._cond.wait(wait if idle else None)
 
     def _landed(self) -> None:
@@ -230,7 +246,8 @@ class Batcher:
         batch = np.concatenate([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
         at = time.monotonic()
         try:
-            wait = self.run_batch(key, batch, min(job.deadline for job in jobs))
+            pressure = Pressure(min(job.deadline for job in jobs), *self._behind)
+            wait = self.run_batch(key, batch, pressure)
         except Exception as exc:  # one bad batch must not stop the loop
             self._fail(key, jobs, exc, time.monotonic() - at)
             return None

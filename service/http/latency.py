@@ -58,16 +58,26 @@ class Scheduler:
         self._ahead = 0.0  # predicted seconds of the batches queued on the device
         self._lock = threading.Lock()
 
-    def choose(self, model: str, k: int | None, size: int, deadline: float) -> str:
+    def choose(
+        self,
+        model: str,
+        k: int | None,
+        size: int,
+        deadline: float,
+        backlog: int = 0,
+        backlog_deadline: float = float("inf"),
+    ) -> str:
         """The most accurate precision predicted to finish by `deadline` (monotonic
-        seconds), counting the work queued ahead; the fastest when none is."""
+        seconds) after the work queued ahead, and to leave the `backlog` images queued
+        behind, run at the same precision, done by theirs; the fastest when none is."""
         start = time.monotonic() + self._ahead
         fastest, fastest_s = self.order[0], float("inf")
         for precision in self.order:
             seconds = self.latency.predict((model, precision, k), size)
             if seconds is None:
                 continue
-            if start + seconds <= deadline:
+            drain = self.latency.predict((model, precision, k), backlog) if backlog else 0.0
+            if start + seconds <= deadline and start + seconds + drain <= backlog_deadline:
                 return precision
             if seconds < fastest_s:
                 fastest, fastest_s = precision, seconds

@@ -34,6 +34,7 @@ from service.http.batching import (
     DeadlineExceeded,
     Job,
     JobResult,
+    Pressure,
     QueueFull,
 )
 from service.http.engine import Engine, InferResult, ModelInfo, Pending
@@ -287,11 +288,13 @@ class ServiceState:
 
     # -- device-thread callbacks -------------------------------------------------------------
 
-    def _run_batch(self, key: BatchKey, batch: np.ndarray, deadline: float) -> Pending:
+    def _run_batch(self, key: BatchKey, batch: np.ndarray, pressure: Pressure) -> Pending:
         model, precision, k, dual = key
         n = len(batch)
         if precision == AUTO:
-            precision = self.scheduler.choose(model, k, n, deadline)
+            precision = self.scheduler.choose(
+                model, k, n, pressure.deadline, pressure.backlog, pressure.backlog_deadline
+            )
         pending = self.engine.submit(model, precision, k, batch, dual)
         predicted = self.scheduler.queued(model, precision, k, n)
 

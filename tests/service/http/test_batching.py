@@ -25,7 +25,7 @@ class Recorder:
             self.release.set()
         self.fail = fail
 
-    def __call__(self, key, batch, deadline):
+    def __call__(self, key, batch, pressure):
         self.started.set()
         self.release.wait(10)
         if self.fail:
@@ -47,7 +47,7 @@ class Queued:
         self.done: list[threading.Event] = []
         self.changed = threading.Condition()
 
-    def __call__(self, key, batch, deadline):
+    def __call__(self, key, batch, pressure):
         done = threading.Event()
         with self.changed:
             self.sizes.append(len(batch))
@@ -223,8 +223,8 @@ def test_a_batch_runs_with_its_earliest_deadline():
     """precision=auto plans for the tightest request of the batch."""
     seen = []
 
-    def run(key, batch, deadline):
-        seen.append(deadline)
+    def run(key, batch, pressure):
+        seen.append(pressure.deadline)
         return lambda: InferResult(batch[:, 0, 0, :1].astype(np.float32))
 
     b = Batcher(run, max_batch_size=4, max_queue_delay_s=0.05, max_queue_size=8)

@@ -50,6 +50,15 @@ def test_the_most_accurate_precision_that_meets_the_deadline():
     assert s.choose("m", None, 1, time.monotonic() + 0.095) == "fp32"
 
 
+def test_the_backlog_behind_counts_too():
+    """Each batch fits its own deadline at fp32, but 12 queued images behind it would
+    not all be done in time at fp32 (12 x 40 ms): fp16 (12 x 25 ms) leaves them room."""
+    s = Scheduler(_model(fp32=0.040, fp16=0.025, int8=0.010), ["int8", "fp16", "fp32"])
+    now = time.monotonic()
+    assert s.choose("m", None, 1, now + 0.1, backlog=12, backlog_deadline=now + 0.45) == "fp16"
+    assert s.choose("m", None, 1, now + 0.1, backlog=12, backlog_deadline=now + 0.7) == "fp32"
+
+
 def test_unknown_precisions_are_not_chosen_on_a_guess():
     s = Scheduler(_model(int8=0.010), ["fp32", "int8"])
     assert s.choose("m", None, 1, time.monotonic() + 1.0) == "int8"  # fp32 never timed
