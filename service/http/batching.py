@@ -32,7 +32,8 @@ from service.http.engine import ExpertChoice, InferResult
 
 log = logging.getLogger("moe_alexnet.batching")
 
-BatchKey = tuple[str, str, int | None, tuple[str, ...]]  # (model, precision, k, dual module)
+# (model, precision, k, dual module); precision and k may be "auto"
+BatchKey = tuple[str, str, int | str | None, tuple[str, ...]]
 IN_FLIGHT = 2  # batches queued on the device at once: the running one and the next
 
 
@@ -58,6 +59,7 @@ class JobResult:
     compute_s: float
     batch_size: int
     precision: str = ""  # what it ran at (a request for "auto" learns it here)
+    k: int | None = None  # likewise a mixture's experts per image
 
 
 @dataclass
@@ -295,6 +297,7 @@ class Batcher:
                     compute,
                     size,
                     result.precision,
+                    result.k,
                 )
             )
             offset += n

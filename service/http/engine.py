@@ -84,10 +84,13 @@ class InferResult:
     probs: np.ndarray
     routing: list[list[ExpertChoice]] | None = None
     precision: str = ""  # what the batch ran at
+    k: int | None = None  # and, a mixture, with how many experts per image
     predicted_s: float | None = None  # precision=auto's prediction of its device time
 
     @classmethod
-    def from_output(cls, network: Runnable, out: Output, n: int, precision: str) -> InferResult:
+    def from_output(
+        cls, network: Runnable, out: Output, n: int, precision: str, k: int | None
+    ) -> InferResult:
         """The first n images of a (padded) batch's output."""
         routing = None
         if out.routing is not None:
@@ -95,7 +98,7 @@ class InferResult:
                 [ExpertChoice(int(e), float(w)) for e, w in zip(idx, gates, strict=True)]
                 for idx, gates in zip(out.routing.indices[:n], out.routing.gates[:n], strict=True)
             ]
-        return cls(probabilities(network, out.scores[:n]), routing, precision)
+        return cls(probabilities(network, out.scores[:n]), routing, precision, k)
 
 
 Pending = Callable[[], InferResult]  # waits for a submitted batch's result
@@ -199,13 +202,16 @@ class Engine:
             )
 
     def _time(self, model: Model, precision: str, network: Runnable) -> None:
-        """Seed the latency model: each batch size once more, now that it is warm."""
-        k = model.mixture.k if model.is_mixture else None
-        for size in network.batch_sizes(self.settings.max_batch_size):
-            x = np.zeros((size, *network.input_shape), np.float32)
-            start = time.perf_counter()
-            network.run(x, k)
-            self.latency.observe((model.name, precision, k), size, time.perf_counter() - start)
+        """Seed the latency model: each batch size (and a mixture's every k up to its
+        own, what k=auto may choose) once more, now that it is warm."""
+        ks = range(1, model.mixture.k + 1) if model.is_mixture else [None]
+        for k in ks:
+            for size in network.batch_sizes(self.settings.max_batch_size):
+                x = np.zeros((size, *network.input_shape), np.float32)
+                start = time.perf_counter()
+                network.run(x, k)
+                seconds = time.perf_counter() - start
+                self.latency.observe((model.name, precision, k), size, seconds)
 
     def _default_layers(self, model: Model) -> tuple[str, ...]:
         """MOE_DUAL_MODULE's layers in `model`; none where it names no layer of it that
@@ -265,4 +271,4 @@ class Engine:
             pad = np.zeros((size - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
         pending = network.submit(batch, k)
-        return lambda: InferResult.from_output(network, pending(), n, precision)
+        return lambda: InferResult.from_output(network, pending(), n, precision, k)

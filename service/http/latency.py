@@ -2,10 +2,12 @@
 
 The engine times every (model, precision, batch size) once it is warm; each batch that
 runs updates its figure (an exponential moving average, so the predictions follow the
-machine's load). For a batch asked at precision "auto" the scheduler takes the most
-accurate loaded precision (the table's `fidelity`) whose predicted finish, after the
-batches already queued on the device (their predictions), meets the earliest deadline
-in the batch; when none does, the fastest. An explicit precision is never changed.
+machine's load). For a batch asked at precision "auto" (or a mixture's k "auto") the
+scheduler takes the most accurate loaded precision (the table's `fidelity`; then the
+largest k up to the model's own) whose predicted finish, after the batches already
+queued on the device, meets the earliest deadline in the batch and leaves the images
+queued behind it time for theirs; when none does, the fastest. An explicit precision
+or k is never changed.
 """
 
 from __future__ import annotations
@@ -61,26 +63,27 @@ class Scheduler:
     def choose(
         self,
         model: str,
-        k: int | None,
+        candidates: Sequence[tuple[str, int | None]],
         size: int,
         deadline: float,
         backlog: int = 0,
         backlog_deadline: float = float("inf"),
-    ) -> str:
-        """The most accurate precision predicted to finish by `deadline` (monotonic
-        seconds) after the work queued ahead, and to leave the `backlog` images queued
-        behind, run at the same precision, done by theirs; the fastest when none is."""
+    ) -> tuple[str, int | None]:
+        """The first (precision, k) of `candidates` (most accurate first) predicted to
+        finish by `deadline` (monotonic seconds) after the work queued ahead, and to
+        leave the `backlog` images queued behind, run the same way, done by theirs; the
+        fastest when none is."""
         start = time.monotonic() + self._ahead
-        fastest, fastest_s = self.order[0], float("inf")
-        for precision in self.order:
+        fastest, fastest_s = candidates[0], float("inf")
+        for precision, k in candidates:
             seconds = self.latency.predict((model, precision, k), size)
             if seconds is None:
                 continue
             drain = self.latency.predict((model, precision, k), backlog) if backlog else 0.0
             if start + seconds <= deadline and start + seconds + drain <= backlog_deadline:
-                return precision
+                return precision, k
             if seconds < fastest_s:
-                fastest, fastest_s = precision, seconds
+                fastest, fastest_s = (precision, k), seconds
         return fastest
 
     def queued(self, model: str, precision: str, k: int | None, size: int) -> float | None:

@@ -85,8 +85,8 @@ class Metrics:
         )
         self.auto_choices = Counter(
             "moe_auto_precision_images",
-            "Images asked at precision=auto, by the precision the scheduler ran them at",
-            ["model", "precision"],
+            "Images asked at precision=auto or k=auto, by the precision and k they ran at",
+            ["model", "precision", "k"],
             registry=r,
         )
         self.prediction_ratio = Histogram(

@@ -46,6 +46,7 @@ class Classification(BaseModel):
     experts: list[Expert] | None = Field(
         None, description="mixture-of-experts models only: the experts this image went to"
     )
+    k: int | None = Field(None, description="mixture-of-experts models only: experts per image")
     dual_module: list[str] | None = Field(
         None, description="the layers run with their little modules (dual-module inference)"
     )
@@ -100,6 +101,16 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "loading, draining or queue full (Retry-After)"},
     504: {"model": ErrorBody, "description": "request deadline exceeded"},
 }
+
+
+def _k(value: str | None) -> int | str | None:
+    """A query's k: an integer or "auto" (checked against the model by the state)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, f"k must be an integer or auto, got {value!r}") from None
 
 
 def _state(request: Request) -> ServiceState:
@@ -172,10 +183,11 @@ async def classify(
         int | None, Query(description="predictions per image, 1..classes (default 5)", examples=[5])
     ] = None,
     k: Annotated[
-        int | None,
+        str | None,
         Query(
-            description="mixture-of-experts models only: experts per image (default: the model's)",
-            examples=[2],
+            description="mixture-of-experts models only: experts per image, or auto: the "
+            "most the deadline allows up to the model's own (default: the model's)",
+            examples=["2"],
         ),
     ] = None,
     deadline_ms: Annotated[
@@ -201,7 +213,7 @@ async def classify(
     started = getattr(request.state, "started", time.monotonic())
     info = state.model(model)
     request.state.model = info.name
-    target, top_k = state.target(info, precision, top_k, k, dual_module)
+    target, top_k = state.target(info, precision, top_k, _k(k), dual_module)
     request.state.precision = target.precision
     timeout_s = state.client_timeout_s("deadline_ms", deadline_ms, 1e-3)
 
@@ -232,6 +244,8 @@ async def classify(
             "device": state.engine.device_name,
             "predictions": top_predictions(probs, info.labels, top_k),
         }
+        if result.k is not None:
+            answer["k"] = result.k
         if result.routing is not None:
             answer["experts"] = [
                 {"expert": c.expert, "weight": round(c.weight, 6)} for c in result.routing[i]

@@ -213,8 +213,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         "precision": result.precision or target.precision,
         "device": state.engine.device_name,
     }
-    if target.k is not None:
-        response_params["k"] = target.k
+    if result.k is not None:
+        response_params["k"] = result.k
     if target.dual:
         response_params["dual_module"] = ",".join(target.dual)
     content, header_length = protocol.encode_response(
@@ -342,8 +342,8 @@ def _output_tensors(
                     )
                 )
             continue
-        k = target.k or 0
         rows = routing or [[] for _ in range(n)]
+        k = len(rows[0]) if rows else 0
         if out.name == EXPERTS:
             data = np.array([[c.expert for c in row] for row in rows], np.int32).reshape(n, k)
             tensors.append(ResponseOutput(out.name, "INT32", [n, k], data, binary))

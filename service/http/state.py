@@ -216,7 +216,7 @@ class ServiceState:
                 f"(the model's classes), got {top_k!r}",
             )
         try:
-            k = check_k(info.mixture, k)
+            k = AUTO if k == AUTO and info.mixture is not None else check_k(info.mixture, k)
         except SpecError as exc:
             raise ApiError(400, f"model {info.name!r}: {exc}") from exc
         if dual_module is not None and not isinstance(dual_module, str):
@@ -291,9 +291,13 @@ class ServiceState:
     def _run_batch(self, key: BatchKey, batch: np.ndarray, pressure: Pressure) -> Pending:
         model, precision, k, dual = key
         n = len(batch)
-        if precision == AUTO:
-            precision = self.scheduler.choose(
-                model, k, n, pressure.deadline, pressure.backlog, pressure.backlog_deadline
+        if AUTO in (precision, k):
+            precisions = self.scheduler.order if precision == AUTO else [precision]
+            mixture = self.engine.models[model].mixture
+            ks = range(mixture.k, 0, -1) if k == AUTO and mixture else [k]
+            candidates = [(p, kk) for p in precisions for kk in ks]
+            precision, k = self.scheduler.choose(
+                model, candidates, n, pressure.deadline, pressure.backlog, pressure.backlog_deadline
             )
         pending = self.engine.submit(model, precision, k, batch, dual)
         predicted = self.scheduler.queued(model, precision, k, n)
@@ -314,10 +318,11 @@ class ServiceState:
         model, precision, k = key[:3]
         m = self.metrics
         images = sum(len(job.inputs) for job in jobs)
-        if result is not None:  # what it ran at: "auto" chose one
-            if precision == AUTO:
-                m.auto_choices.labels(model, result.precision).inc(images)
-            precision = result.precision
+        if result is not None:  # what it ran at: "auto" chose
+            if AUTO in (precision, k):
+                label = "" if result.k is None else str(result.k)
+                m.auto_choices.labels(model, result.precision, label).inc(images)
+            precision, k = result.precision, result.k
             self.engine.latency.observe((model, precision, k), images, compute)
             if result.predicted_s:
                 m.prediction_ratio.labels(model, precision).observe(compute / result.predicted_s)

@@ -35,19 +35,35 @@ def test_predictions():
     assert m.predict(("m", "fp32", None), 1) == pytest.approx(0.012)  # a moving average
 
 
+def _auto(s: Scheduler) -> list[tuple[str, None]]:
+    return [(p, None) for p in s.order]
+
+
 def test_the_most_accurate_precision_that_meets_the_deadline():
     s = Scheduler(_model(fp32=0.040, fp16=0.025, int8=0.010), ["int8", "fp16", "fp32"])
     now = time.monotonic()
-    assert s.choose("m", None, 1, now + 1.0) == "fp32"
-    assert s.choose("m", None, 1, now + 0.030) == "fp16"
-    assert s.choose("m", None, 1, now + 0.015) == "int8"
-    assert s.choose("m", None, 1, now + 0.001) == "int8"  # none meets it: the fastest
+    assert s.choose("m", _auto(s), 1, now + 1.0) == ("fp32", None)
+    assert s.choose("m", _auto(s), 1, now + 0.030) == ("fp16", None)
+    assert s.choose("m", _auto(s), 1, now + 0.015) == ("int8", None)
+    assert s.choose("m", _auto(s), 1, now + 0.001) == ("int8", None)  # none does: fastest
     # Work queued ahead counts: two fp32 batches (80 ms) leave room for int8 only.
     predicted = [s.queued("m", "fp32", None, 1) for _ in range(2)]
-    assert s.choose("m", None, 1, time.monotonic() + 0.095) == "int8"
+    assert s.choose("m", _auto(s), 1, time.monotonic() + 0.095) == ("int8", None)
     for p in predicted:
         s.landed(p)
-    assert s.choose("m", None, 1, time.monotonic() + 0.095) == "fp32"
+    assert s.choose("m", _auto(s), 1, time.monotonic() + 0.095) == ("fp32", None)
+
+
+def test_k_auto_takes_the_largest_k_that_fits():
+    m = LatencyModel()
+    for k, seconds in ((1, 0.010), (2, 0.018), (3, 0.026)):
+        m.observe(("moe", "fp32", k), 1, seconds)
+    s = Scheduler(m, ["fp32"])
+    ks = [("fp32", k) for k in (3, 2, 1)]
+    now = time.monotonic()
+    assert s.choose("moe", ks, 1, now + 1.0) == ("fp32", 3)
+    assert s.choose("moe", ks, 1, now + 0.020) == ("fp32", 2)
+    assert s.choose("moe", ks, 1, now + 0.012) == ("fp32", 1)
 
 
 def test_the_backlog_behind_counts_too():
@@ -55,13 +71,13 @@ def test_the_backlog_behind_counts_too():
     not all be done in time at fp32 (12 x 40 ms): fp16 (12 x 25 ms) leaves them room."""
     s = Scheduler(_model(fp32=0.040, fp16=0.025, int8=0.010), ["int8", "fp16", "fp32"])
     now = time.monotonic()
-    assert s.choose("m", None, 1, now + 0.1, backlog=12, backlog_deadline=now + 0.45) == "fp16"
-    assert s.choose("m", None, 1, now + 0.1, backlog=12, backlog_deadline=now + 0.7) == "fp32"
+    assert s.choose("m", _auto(s), 1, now + 0.1, 12, now + 0.45) == ("fp16", None)
+    assert s.choose("m", _auto(s), 1, now + 0.1, 12, now + 0.7) == ("fp32", None)
 
 
 def test_unknown_precisions_are_not_chosen_on_a_guess():
     s = Scheduler(_model(int8=0.010), ["fp32", "int8"])
-    assert s.choose("m", None, 1, time.monotonic() + 1.0) == "int8"  # fp32 never timed
+    assert s.choose("m", _auto(s), 1, time.monotonic() + 1.0) == ("int8", None)  # fp32 untimed
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +88,7 @@ def client(shared_repo):
 
     settings = Settings(
         model_repository=shared_repo,
-        models=["tiny"],
+        models=["tiny", "tiny-moe"],
         precisions=["fp32", "int8"],
         default_precision="auto",
         max_batch_size=4,
@@ -111,7 +127,7 @@ def test_auto_answers_name_the_precision_they_ran_at(client):
     assert r.status_code == 200 and r.json()["parameters"]["precision"] == "fp32"
     metrics = client.get("/metrics").text
     chosen = re.search(
-        r'moe_auto_precision_images_total\{model="tiny",precision="fp32"\} (\S+)', metrics
+        r'moe_auto_precision_images_total\{k="",model="tiny",precision="fp32"\} (\S+)', metrics
     )
     assert chosen and float(chosen.group(1)) >= 3
     assert re.search(
@@ -129,3 +145,22 @@ def test_a_deadline_no_precision_meets_still_runs_the_fastest(client):
     assert r.status_code in (200, 504)
     if r.status_code == 200:
         assert r.json()["precision"] == fastest
+
+
+def test_k_auto_over_http(client):
+    """A generous deadline: the model's own k (tiny-moe: 2) at the most accurate
+    precision; an explicit k is kept; k=auto means nothing to a plain network."""
+    r = _classify(client, model="tiny-moe", k="auto", deadline_ms=20_000)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["k"], len(doc["experts"]), doc["precision"]) == (2, 2, "fp32")
+    assert _classify(client, model="tiny-moe", k="1").json()["k"] == 1
+    r = _classify(client, model="tiny", k="auto")
+    assert r.status_code == 400 and "applies only to mixture" in r.json()["error"]
+    r = _classify(client, model="tiny-moe", k="two")
+    assert r.status_code == 400 and "k must be an integer or auto" in r.json()["error"]
+    metrics = client.get("/metrics").text
+    assert re.search(
+        r'moe_auto_precision_images_total\{k="2",model="tiny-moe",precision="fp32"\} [1-9]',
+        metrics,
+    )
