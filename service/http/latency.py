@@ -1,8 +1,9 @@
 """precision=auto: device-time predictions and the choice they drive.
 
-The engine times every (model, precision, batch size) once it is warm; each batch that
-runs updates its figure (an exponential moving average, so the predictions follow the
-machine's load). For a batch asked at precision "auto" (or a mixture's k "auto") the
+The engine times every (model, precision, k, batch size) once it is warm. As batches
+run, one machine-wide factor (a moving average of device time over that timing) scales
+every prediction: on a shared machine a load that slows one precision slows them all,
+including those not running now. For a batch asked at precision "auto" (or a mixture's k "auto") the
 scheduler takes the most accurate loaded precision (the table's `fidelity`; then the
 largest k up to the model's own) whose predicted finish, after the batches already
 queued on the device, meets the earliest deadline in the batch and leaves the images
@@ -19,7 +20,9 @@ from collections.abc import Sequence
 from kernels.precision import get_precision
 
 AUTO = "auto"
-SMOOTHING = 0.2  # weight of a new measurement in the moving average
+SMOOTHING = 0.2  # weight of a new timing in a figure's moving average (warm-up)
+FACTOR_SMOOTHING = 0.3  # weight of a batch's device time / prediction in the factor
+FACTOR_RANGE = (0.25, 20.0)
 
 Key = tuple[str, str, int | None]  # (model, precision, k)
 
@@ -58,7 +61,12 @@ class Scheduler:
         # Most accurate first.
         self.order = sorted(precisions, key=lambda p: -get_precision(p).fidelity)
         self._ahead = 0.0  # predicted seconds of the batches queued on the device
+        self.factor = 1.0  # device time / the warm-up figures, lately
         self._lock = threading.Lock()
+
+    def predict(self, model: str, precision: str, k: int | None, size: int) -> float | None:
+        seconds = self.latency.predict((model, precision, k), size)
+        return None if seconds is None else seconds * self.factor
 
     def choose(
         self,
@@ -76,10 +84,10 @@ class Scheduler:
         start = time.monotonic() + self._ahead
         fastest, fastest_s = candidates[0], float("inf")
         for precision, k in candidates:
-            seconds = self.latency.predict((model, precision, k), size)
+            seconds = self.predict(model, precision, k, size)
             if seconds is None:
                 continue
-            drain = self.latency.predict((model, precision, k), backlog) if backlog else 0.0
+            drain = (self.predict(model, precision, k, backlog) or 0.0) if backlog else 0.0
             if start + seconds <= deadline and start + seconds + drain <= backlog_deadline:
                 return precision, k
             if seconds < fastest_s:
@@ -88,8 +96,8 @@ class Scheduler:
 
     def queued(self, model: str, precision: str, k: int | None, size: int) -> float | None:
         """A batch went onto the device, ahead of the next ones. Returns the prediction,
-        for `landed` and to compare with what it took."""
-        seconds = self.latency.predict((model, precision, k), size)
+        for `landed` and `measured`."""
+        seconds = self.predict(model, precision, k, size)
         with self._lock:
             self._ahead += seconds or 0.0
         return seconds
@@ -98,3 +106,10 @@ class Scheduler:
         """A batch `queued` with this prediction is off the device."""
         with self._lock:
             self._ahead = max(0.0, self._ahead - (predicted or 0.0))
+
+    def measured(self, predicted: float, seconds: float) -> None:
+        """A batch predicted at `predicted` took `seconds`: the factor moves toward it."""
+        with self._lock:
+            ratio = self.factor * seconds / predicted
+            factor = self.factor + FACTOR_SMOOTHING * (ratio - self.factor)
+            self.factor = min(max(factor, FACTOR_RANGE[0]), FACTOR_RANGE[1])

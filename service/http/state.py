@@ -323,9 +323,9 @@ class ServiceState:
                 label = "" if result.k is None else str(result.k)
                 m.auto_choices.labels(model, result.precision, label).inc(images)
             precision, k = result.precision, result.k
-            self.engine.latency.observe((model, precision, k), images, compute)
             if result.predicted_s:
                 m.prediction_ratio.labels(model, precision).observe(compute / result.predicted_s)
+                self.scheduler.measured(result.predicted_s, compute)
         m.batch_size.labels(model, precision).observe(images)
         m.compute.labels(model, precision).observe(compute)
         now = time.monotonic()

@@ -75,6 +75,18 @@ def test_the_backlog_behind_counts_too():
     assert s.choose("m", _auto(s), 1, now + 0.1, 12, now + 0.7) == ("fp32", None)
 
 
+def test_a_slower_machine_slows_every_prediction():
+    """Batches at fp32 taking 3x their warm-up timing: int8's prediction (never run
+    since) grows with them."""
+    s = Scheduler(_model(fp32=0.040, int8=0.010), ["int8", "fp32"])
+    for _ in range(20):
+        s.measured(s.predict("m", "fp32", None, 1), 3 * 0.040)
+    assert s.factor == pytest.approx(3.0, rel=0.01)
+    assert s.predict("m", "int8", None, 1) == pytest.approx(0.030, rel=0.01)
+    now = time.monotonic()
+    assert s.choose("m", _auto(s), 1, now + 0.1) == ("int8", None)  # fp32: 120 ms now
+
+
 def test_unknown_precisions_are_not_chosen_on_a_guess():
     s = Scheduler(_model(int8=0.010), ["fp32", "int8"])
     assert s.choose("m", _auto(s), 1, time.monotonic() + 1.0) == ("int8", None)  # fp32 untimed
