@@ -12,6 +12,8 @@ import gzip
 import io
 import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,19 @@ def photo_jpeg(name: str = "astronaut", size: int = 128) -> bytes:
 
 def wait_loaded(app: Any, timeout: float = 120.0) -> None:
     assert app.state.service.wait_loaded(timeout), "models did not load in time"
+
+
+@contextmanager
+def serving(settings: Any, **client_options: Any) -> Iterator[Any]:
+    """The app in-process under FastAPI's TestClient, loaded: the client."""
+    from fastapi.testclient import TestClient
+
+    from service.http.app import create_app
+
+    app = create_app(settings)
+    with TestClient(app, **client_options) as client:
+        wait_loaded(app)
+        yield client
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from experts.networks.build import build_network
 from experts.networks.dual_fit import fit_dual_module
 from kernels.runtime import Device
 from service.settings import Settings
-from tests.helpers import make_repo, wait_loaded
+from tests.helpers import make_repo, serving
 
 EXPERT_FC = [f"experts.{i}.fc" for i in range(4)]
 
@@ -34,10 +34,6 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(repo):
-    from fastapi.testclient import TestClient
-
-    from service.http.app import create_app
-
     settings = Settings(
         model_repository=repo,
         models=["tiny-moe", "tiny"],
@@ -46,9 +42,7 @@ def client(repo):
         max_batch_size=4,
         max_queue_delay_ms=1,
     )
-    app = create_app(settings)
-    with TestClient(app) as client:
-        wait_loaded(app)
+    with serving(settings) as client:
         yield client
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.settings import Settings
-from tests.helpers import encode, random_rgb, wait_loaded
+from tests.helpers import encode, random_rgb, serving
 
 PNG = encode(random_rgb(16, 16))
 ASCII = st.characters(min_codepoint=32, max_codepoint=126)  # what a header value can hold
@@ -28,10 +28,6 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def client(shared_repo):
-    from fastapi.testclient import TestClient
-
-    from service.http.app import create_app
-
     settings_ = Settings(
         model_repository=shared_repo,
         precisions=["fp32"],
@@ -40,9 +36,7 @@ def client(shared_repo):
         max_body_bytes=64 * 1024,
         max_image_pixels=100_000,
     )
-    app = create_app(settings_)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_loaded(app)
+    with serving(settings_, raise_server_exceptions=False) as client:
         yield client
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200

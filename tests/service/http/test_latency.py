@@ -13,7 +13,7 @@ import pytest
 
 from service.http.latency import LatencyModel, Scheduler
 from service.settings import Settings
-from tests.helpers import encode, random_rgb, wait_loaded
+from tests.helpers import encode, random_rgb, serving
 
 
 def _model(**seconds: float) -> LatencyModel:
@@ -94,10 +94,6 @@ def test_unknown_precisions_are_not_chosen_on_a_guess():
 
 @pytest.fixture(scope="module")
 def client(shared_repo):
-    from fastapi.testclient import TestClient
-
-    from service.http.app import create_app
-
     settings = Settings(
         model_repository=shared_repo,
         models=["tiny", "tiny-moe"],
@@ -106,9 +102,7 @@ def client(shared_repo):
         max_batch_size=4,
         max_queue_delay_ms=1,
     )
-    app = create_app(settings)
-    with TestClient(app) as client:
-        wait_loaded(app)
+    with serving(settings) as client:
         yield client
 
 
