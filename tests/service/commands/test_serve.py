@@ -92,6 +92,15 @@ def metric(url: str, pattern: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def wait_handling(url: str, requests: int, timeout: float = 30.0) -> None:
+    """Until the server handles `requests` at once (its /metrics scrape not counted):
+    every client is connected, so none can be refused by a shutdown that follows."""
+    deadline = time.monotonic() + timeout
+    while metric(url, r"\nmoe_in_flight_requests") < requests + 1:
+        assert time.monotonic() < deadline, "requests did not arrive"
+        time.sleep(0.05)
+
+
 def wait_queued(url: str, depth: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while metric(url, r'moe_queue_depth\{model="tiny",precision="fp32"\}') < depth:
@@ -210,7 +219,7 @@ def test_sigterm_as_pid_1(shared_tiny_repo, tmp_path):
         status = Path(f"/proc/{pid}/status").read_text()
         assert re.search(r"^NSpid:\s+\d+\s+1$", status, re.M), status  # PID 1 inside
         results, threads = concurrently(3, lambda: post_image(srv.url, photo))
-        wait_queued(srv.url, 1)
+        wait_handling(srv.url, 3)  # one running, two waiting (each takes 0.3 s)
         os.kill(pid, signal.SIGTERM)
         for t in threads:
             t.join(60)
