@@ -153,6 +153,12 @@ def wait_loaded(app: Any, timeout: float = 120.0) -> None:
     assert app.state.service.wait_loaded(timeout), "models did not load in time"
 
 
+def fp32_request(x: np.ndarray, **parameters: Any) -> dict[str, Any]:
+    """A v2 inference request (JSON) of one FP32 input tensor, with request parameters."""
+    tensor = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
+    return {"inputs": [{**tensor, "data": x.ravel().tolist()}], "parameters": parameters}
+
+
 @contextmanager
 def serving(settings: Any, **client_options: Any) -> Iterator[Any]:
     """The app in-process under FastAPI's TestClient, loaded: the client."""

@@ -135,6 +135,12 @@ class Layer:
         None where the output is the input."""
         raise NotImplementedError(f"{self.op}: no launcher")
 
+    @property
+    def takes_little_module(self) -> bool:
+        """Dual-module inference applies: an op with a dual-module kernel whose ReLU is
+        fused (the outputs ReLU zeroes are the ones a little module can rule out)."""
+        return self.dual_module and bool(getattr(self, "relu", False))
+
     def dual_launcher(self, build: Build, big: Launcher, little: Any) -> Launcher:
         """Dual-module inference (experts/model/dual_module.py): `big`, the layer's own
         launcher, shared, run for the outputs `little` (a `Little`) cannot rule out."""

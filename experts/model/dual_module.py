@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from experts.layers import Layer, SpecError
 from experts.model.mixture import is_mixture, mixture_spec
 from experts.model.spec import fuse_relu, infer_shapes, parse_layers
+from kernels import reference as ref
 
 DUAL_MODULE_FILE = "dual-module.safetensors"
 FORMAT = "1"
@@ -55,9 +56,11 @@ class Little:
         return int(self.project.shape[-2])
 
     def estimate(self, x: np.ndarray) -> np.ndarray:
-        """The estimates in float64 numpy (fitting and the tests' oracle)."""
-        z = x.astype(np.float64) @ self.project.T.astype(np.float64) + self.shift
-        return z @ self.weight.T.astype(np.float64) + self.bias
+        """The estimates in numpy (fitting, and the networks' numpy twin)."""
+        ones_r, ones_o = np.ones(self.rank), np.ones(len(self.bias))
+        return ref.little_estimate(
+            x, self.project, ones_r, self.shift, self.weight, ones_o, self.bias
+        )
 
     def never_skipping(self) -> Little:
         """A little module of the same shapes that skips nothing (a grouped expert whose
@@ -98,7 +101,7 @@ def dual_layers(meta: dict[str, Any]) -> dict[str, tuple[int, int]]:
         return {
             f"{prefix}{layer.name}": (int(np.prod(shapes[i])), int(np.prod(shapes[i + 1])))
             for i, layer in enumerate(fused)
-            if layer.dual_module and getattr(layer, "relu", False)
+            if layer.takes_little_module
         }
 
     if not is_mixture(meta):

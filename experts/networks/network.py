@@ -128,7 +128,7 @@ class Network(Runnable):
             little = littles.get(step.name)
             if little is not None:
                 layer = self.layers[step.name]
-                if not (layer.dual_module and getattr(layer, "relu", False)):
+                if not layer.takes_little_module:
                     raise SpecError(
                         f"dual module: {step.name} is not followed by ReLU, whose negative "
                         "outputs could be skipped"

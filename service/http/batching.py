@@ -81,6 +81,9 @@ class Submitted:
     at: float  # time.monotonic() when it was queued
 
 
+INF = float("inf")
+
+
 @dataclass(frozen=True)
 class Pressure:
     """What a batch runs under: its earliest deadline, and the images still queued
@@ -88,7 +91,7 @@ class Pressure:
 
     deadline: float
     backlog: int = 0
-    backlog_deadline: float = float("inf")
+    backlog_deadline: float = INF
 
 
 # Queues a batch on the device; the function it returns waits for the result.
@@ -118,7 +121,6 @@ class Batcher:
         self._pending = 0
         self._closed = False
         self._in_flight = 0  # batches queued on the device and not yet answered
-        self._behind = (0, float("inf"))  # images queued behind the batch taken last
         self._cond = threading.Condition()
 
     # -- the asyncio side ----------------------------------------------------------------
@@ -189,8 +191,10 @@ class Batcher:
             finished.put(None)
             completer.join()
 
-    def _next_batch(self) -> tuple[BatchKey, list[Job]] | None:
-        """Wait for a slot on the device and a batch to fill it; None once closed and empty."""
+    def _next_batch(self) -> tuple[BatchKey, list[Job], tuple[int, float]] | None:
+        """Wait for a slot on the device and a batch to fill it: its key, its jobs, and
+        the images still queued behind it with their earliest deadline; None once closed
+        and empty."""
         with self._cond:
             while True:
                 heads = [(q[0].enqueued, key) for key, q in self._queues.items() if q]
@@ -208,11 +212,8 @@ class Batcher:
                     self._in_flight += 1
                     jobs = self._take(key, queue)
                     behind = [job for q in self._queues.values() for job in q]
-                    self._behind = (
-                        sum(len(job.inputs) for job in behind),
-                        min((job.deadline for job in behind), default=float("inf")),
-                    )
-                    return key, jobs
+                    backlog = sum(len(job.inputs) for job in behind)
+                    return key, jobs, (backlog, min((j.deadline for j in behind), default=INF))
                 self._cond.wait(wait if idle else None)
 
     def _landed(self) -> None:
@@ -244,11 +245,13 @@ class Batcher:
         """Requests queued for this model and precision (any k); called under the lock."""
         return sum(len(q) for other, q in self._queues.items() if other[:2] == key[:2])
 
-    def _submit(self, key: BatchKey, jobs: list[Job]) -> Submitted | None:
+    def _submit(
+        self, key: BatchKey, jobs: list[Job], behind: tuple[int, float]
+    ) -> Submitted | None:
         batch = np.concatenate([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
         at = time.monotonic()
         try:
-            pressure = Pressure(min(job.deadline for job in jobs), *self._behind)
+            pressure = Pressure(min(job.deadline for job in jobs), *behind)
             wait = self.run_batch(key, batch, pressure)
         except Exception as exc:  # one bad batch must not stop the loop
             self._fail(key, jobs, exc, time.monotonic() - at)

@@ -16,7 +16,7 @@ from experts.networks.build import build_network
 from experts.networks.dual_fit import fit_dual_module
 from kernels.runtime import Device
 from service.settings import Settings
-from tests.helpers import make_repo, serving
+from tests.helpers import fp32_request, make_repo, serving
 
 EXPERT_FC = [f"experts.{i}.fc" for i in range(4)]
 
@@ -50,19 +50,8 @@ def _tensor(n: int = 3) -> np.ndarray:
     return np.random.default_rng(11).standard_normal((n, 3, 16, 16), np.float32)
 
 
-def _v2(client, x: np.ndarray, **parameters):
-    doc = {
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": "FP32",
-                "shape": list(x.shape),
-                "data": x.ravel().tolist(),
-            }
-        ],
-        "parameters": parameters,
-    }
-    return client.post("/v2/models/tiny-moe/infer", json=doc)
+def _v2(client, x: np.ndarray, model: str = "tiny-moe", **parameters):
+    return client.post(f"/v2/models/{model}/infer", json=fp32_request(x, **parameters))
 
 
 def _probabilities(response) -> np.ndarray:
@@ -122,19 +111,7 @@ def test_bad_requests_are_400(client, params, contains):
 
 def test_a_model_without_little_modules_says_so(client):
     """tiny has no layer a little module could serve; MOE_DUAL_MODULE's fc is tiny-moe's."""
-    x = _tensor(1)
-    doc = {
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": "FP32",
-                "shape": [1, 3, 16, 16],
-                "data": x.ravel().tolist(),
-            }
-        ],
-        "parameters": {"dual_module": "fc"},
-    }
-    r = client.post("/v2/models/tiny/infer", json=doc)
+    r = _v2(client, _tensor(1), model="tiny", dual_module="fc")
     assert (
         r.status_code == 400 and "fc is not a fully connected layer followed" in r.json()["error"]
     )

@@ -13,7 +13,7 @@ import pytest
 
 from service.http.latency import LatencyModel, Scheduler
 from service.settings import Settings
-from tests.helpers import encode, random_rgb, serving
+from tests.helpers import encode, fp32_request, random_rgb, serving
 
 
 def _model(**seconds: float) -> LatencyModel:
@@ -123,12 +123,7 @@ def test_auto_answers_name_the_precision_they_ran_at(client):
         assert r.json()["precision"] == "fp32"
     r = _classify(client, precision="int8")  # explicit: never changed
     assert r.json()["precision"] == "int8"
-    x = np.zeros((1, 3, 16, 16), np.float32)
-    doc = {
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16],
-                    "data": x.ravel().tolist()}],
-        "parameters": {"precision": "auto"},
-    }  # fmt: skip
+    doc = fp32_request(np.zeros((1, 3, 16, 16), np.float32), precision="auto")
     r = client.post("/v2/models/tiny/infer", json=doc)
     assert r.status_code == 200 and r.json()["parameters"]["precision"] == "fp32"
     metrics = client.get("/metrics").text
