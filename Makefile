@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 POCL_ICD := /etc/OpenCL/vendors/pocl.icd
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: setup system-deps test lint serve bench clean
+.PHONY: setup system-deps browser-deps test lint serve bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -31,7 +31,18 @@ $(VENV)/.installed: pyproject.toml
 		$(BIN)/pip install -q -e '.[pocl]'; fi
 	touch $@
 
-test: lint
+# The browser the demo page's and /docs's tests drive (tests/service/http/test_browser.py;
+# it skips, saying why, where these are missing).
+browser-deps:
+ifeq ($(SUDO),yes)
+	@if ! command -v chromedriver >/dev/null; then \
+		echo "installing Debian packages: chromium chromium-driver"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	fi
+endif
+
+test: lint browser-deps
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -4,7 +4,7 @@ No module-level state: every app owns its settings, metrics registry, engine, ba
 and device thread (service/http/state.py), created here and started in the lifespan, so
 importing this module opens no device and several apps can live in one process
 (the tests make many). Routes live in routes_v1 (the simple JSON API), routes_v2 (the
-Open Inference Protocol) and routes_metrics.
+Open Inference Protocol), routes_metrics and routes_pages (the demo page at /, ReDoc).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service.http import errors, routes_metrics, routes_v1, routes_v2
+from service.http import errors, routes_metrics, routes_pages, routes_v1, routes_v2
 from service.http.access_log import RequestMiddleware
 from service.http.engine import Engine
 from service.http.state import ServiceState
@@ -49,9 +49,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             await asyncio.to_thread(state.stop, settings.drain_timeout_s)
 
-    # FastAPIOffline: /docs and /redoc from assets in the package, not a CDN, so they
-    # render where the server has no internet.
+    # FastAPIOffline: /docs from assets in the package, not a CDN, so it renders where
+    # the server has no internet; /redoc is routes_pages's (the same assets).
     app = FastAPIOffline(
+        redoc_url=None,
         title="moe-alexnet",
         description=DESCRIPTION,
         version=routes_v2._version(),
@@ -65,4 +66,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_metrics.router)
+    app.include_router(routes_pages.router)
+    app.mount("/static", routes_pages.assets, name="static")
     return app

@@ -103,6 +103,23 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ModelEntry(BaseModel):
+    name: str
+    version: str
+    classes: int
+    input_shape: list[int] = Field(description="C, H, W the network takes")
+    experts: int | None = Field(None, description="mixture-of-experts models only")
+    k: int | None = Field(None, description="mixture-of-experts models only: the model's own k")
+    dual_module_layers: list[str] = Field(description="layers with a little module on offer")
+
+
+class ModelList(BaseModel):
+    device: str
+    precisions: list[str] = Field(description="loaded precisions (any of them, or auto)")
+    default_precision: str = Field(description="used when a request names none")
+    models: list[ModelEntry] = Field(description="the first is the default model")
+
+
 def _k(value: str | None) -> int | str | None:
     """A query's k: an integer or "auto" (checked against the model by the state)."""
     if value is None or value == "auto":
@@ -156,6 +173,36 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[tuple[st
         f"unsupported Content-Type {shown!r}: send an image with Content-Type "
         "image/* (image/jpeg, image/png, ...) or multipart/form-data with `image` "
         "fields",
+    )
+
+
+@router.get(
+    "/v1/models",
+    summary="The served models and the precisions they run at",
+    response_model=ModelList,
+    responses={503: {"model": ErrorBody, "description": "still loading"}},
+)
+async def list_models(request: Request) -> ModelList:
+    """What a client may ask for: models, loaded precisions, experts and k."""
+    state = _state(request)
+    state.require_ready()
+    models = [
+        ModelEntry(
+            name=info.name,
+            version=info.version,
+            classes=info.num_classes,
+            input_shape=list(info.input_shape),
+            experts=info.mixture.experts if info.mixture is not None else None,
+            k=info.mixture.k if info.mixture is not None else None,
+            dual_module_layers=list(info.dual_layers),
+        )
+        for info in state.engine.models.values()
+    ]
+    return ModelList(
+        device=state.engine.device_name,
+        precisions=list(state.engine.precisions),
+        default_precision=state.default_precision,
+        models=models,
     )
 
 

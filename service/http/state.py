@@ -179,6 +179,13 @@ class ServiceState:
             )
         return info
 
+    @property
+    def default_precision(self) -> str:
+        """The precision of requests that name none: MOE_DEFAULT_PRECISION where loaded
+        (or auto), else the first loaded."""
+        default = self.settings.default_precision
+        return default if default in (*self.engine.precisions, AUTO) else self.engine.precisions[0]
+
     def target(
         self,
         info: ModelInfo,
@@ -191,8 +198,7 @@ class ServiceState:
         "none"; None: MOE_DUAL_MODULE) against the model: (target, top_k)."""
         served = self.engine.precisions
         if precision is None:
-            default = self.settings.default_precision
-            precision = default if default in (*served, AUTO) else served[0]
+            precision = self.default_precision
         if precision not in (*served, AUTO):
             if precision in PRECISIONS:
                 raise ApiError(

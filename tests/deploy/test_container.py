@@ -137,6 +137,22 @@ def test_classifies_a_photo(container):
     assert 'route="/v1/classify"' in metrics and "moe_request_duration_seconds_bucket" in metrics
 
 
+def test_serves_its_pages_from_the_image(container):
+    import httpx
+
+    # The demo page's and the docs' assets are package data: installed into the image.
+    for path, kind in [
+        ("/", "text/html"),
+        ("/static/demo.js", "text/javascript"),
+        ("/static/demo.css", "text/css"),
+        ("/docs", "text/html"),
+        ("/static-offline-docs/swagger-ui-bundle.js", "text/javascript"),
+    ]:
+        response = httpx.get(container.url + path, timeout=10)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith(kind), path
+
+
 @pytest.mark.parametrize(
     "setting",
     ["MOE_DEVICE=nonexistent", "MOE_MODELS=missing", "MOE_PRECISIONS=int3", "MOE_MAX_BATCH_SIZE=0"],

@@ -269,6 +269,33 @@ def test_v1_mixture_reports_experts(client):
     assert sum(float(v) for _, v in routed) >= 3
 
 
+def test_v1_models_lists_what_requests_may_ask_for(client):
+    doc = client.get("/v1/models").json()
+    assert doc["precisions"] == ["fp32", "int8"] and doc["default_precision"] == "fp32"
+    assert isinstance(doc["device"], str) and doc["device"]
+    tiny, moe = doc["models"]  # in serving order: the first is the default model
+    assert tiny == {
+        "name": "tiny",
+        "version": "1",
+        "classes": 3,
+        "input_shape": [3, 16, 16],
+        "experts": None,
+        "k": None,
+        "dual_module_layers": [],
+    }
+    assert (moe["name"], moe["experts"], moe["k"]) == ("tiny-moe", 4, 2)
+
+
+def test_demo_page_and_its_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert sorted(assets) == ["/static/demo.css", "/static/demo.js"]
+    for asset in assets:
+        assert client.get(asset).status_code == 200
+    assert_error(client.get("/static/missing.js"), 404, "no such endpoint")
+
+
 # -- /v2 health and metadata -------------------------------------------------------------------
 
 
