@@ -8,15 +8,17 @@ when its answer arrives. Open loop (`--rate R`): requests arrive at R per second
 exponential gaps (a Poisson process, as Triton's perf_analyzer does with
 `--request-distribution poisson`), whether or not earlier ones are answered, and each
 latency counts from its scheduled arrival, so a server that falls behind shows it.
-`--deadline-ms D` sends that deadline with every request; goodput counts the answers
-within it. It reports offered rate, throughput, goodput, p50/p95/p99 latency, errors by
-status, the share of answers per precision and k, the mean batch size the server ran
-(from its /metrics), and the
-server's resident memory (VmRSS) during the first and the last 500 requests, which
-shows whether memory grows under load, and the CPU time the client and the server
-spent per request (on a machine they share, the client's share is taken from the
-server's compute: it keeps its own small with one keep-alive connection per client
-and a minimal HTTP/1.1 exchange instead of a general-purpose HTTP library).
+`--rate R1,R2 --duration S1,S2` runs phases one after another (say an overload, then
+light load) and reports each (with, per precision and k, the arrival of the last request
+answered at it: when the server went back to full precision). `--deadline-ms D` sends
+that deadline with every request; goodput counts the answers within it. It reports
+offered rate, throughput, goodput, p50/p95/p99 latency, errors by status, the share of
+answers per precision and k, the mean batch size the server ran (from its /metrics), the
+server's resident memory (VmRSS) during the first and the last 500 requests, which shows
+whether memory grows under load, and the CPU time the client and the server spent per
+request (on a machine they share, the client's share is taken from the server's
+compute: it keeps its own small with one keep-alive connection per client and a
+minimal HTTP/1.1 exchange instead of a general-purpose HTTP library).
 
 Either point it at a running server and give its pid (for the memory figures):
 
@@ -34,6 +36,7 @@ import asyncio
 import io
 import ipaddress
 import json
+import math
 import os
 import re
 import signal
@@ -162,44 +165,119 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 @dataclass
+class Answer:
+    """One request's outcome: its phase, when it arrived (seconds from the phase's
+    start; closed loop: from the run's), its status, latency and what it ran with."""
+
+    phase: int
+    at_s: float
+    status: str
+    latency_s: float
+    used: tuple[str, ...] = ()  # "precision" or "precision k=K" per image answered
+
+
+def used_by(content: bytes) -> tuple[str, ...]:
+    """The precision (and a mixture's k) each answer in a 200's body says it ran with."""
+    try:
+        doc = json.loads(content)
+    except ValueError:
+        return ()
+    keys = []
+    for answer in doc if isinstance(doc, list) else [doc]:
+        if isinstance(answer, dict):
+            key = str(answer.get("precision"))
+            if isinstance(answer.get("experts"), list):
+                key += f" k={len(answer['experts'])}"
+            keys.append(key)
+    return tuple(keys)
+
+
+@dataclass
 class Run:
     total: int
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    done: int = 0
+    answers: list[Answer] = field(default_factory=list)
     rss_first: list[int] = field(default_factory=list)
     rss_last: list[int] = field(default_factory=list)
     offered_s: float = 0.0  # open loop: from the start to the last arrival
     sent: int = 0  # open loop: requests sent
-    used: dict[str, int] = field(default_factory=dict)  # answers per "precision k"
 
-    def note_answer(self, content: bytes) -> None:
-        """Count the precision (and a mixture's k) an answer says it ran with."""
-        try:
-            doc = json.loads(content)
-        except ValueError:
-            return
-        answers = doc if isinstance(doc, list) else [doc]
-        for answer in answers:
-            if isinstance(answer, dict):
-                key = str(answer.get("precision"))
-                if isinstance(answer.get("experts"), list):
-                    key += f" k={len(answer['experts'])}"
-                self.used[key] = self.used.get(key, 0) + 1
+    @property
+    def done(self) -> int:
+        return len(self.answers)
+
+
+def summary(answers: list[Answer], deadline_ms: float | None) -> dict:
+    """Counts, goodput share, latency percentiles and the answers per precision and k."""
+    ok = [a for a in answers if a.status == "200"]
+    lat = np.array([a.latency_s for a in ok]) * 1e3
+    within = lat if deadline_ms is None else lat[lat <= deadline_ms]
+    errors: dict[str, int] = {}
+    used: dict[str, int] = {}
+    last: dict[str, float] = {}
+    for a in answers:
+        if a.status != "200":
+            errors[a.status] = errors.get(a.status, 0) + 1
+        for key in a.used:
+            used[key] = used.get(key, 0) + 1
+            last[key] = max(last.get(key, 0.0), a.at_s)
+
+    def percentile(q: float) -> float | None:
+        return round(float(np.percentile(lat, q)), 2) if lat.size else None
+
+    return {
+        "requests": len(answers),
+        "ok": len(ok),
+        "errors": sum(errors.values()),
+        "errors_by_status": errors,
+        "within_deadline": int(within.size),
+        "goodput_share": round(within.size / len(answers), 4) if answers else 0.0,
+        "answers_by_precision": used,
+        # The arrival (s from the phase's start) of the last request answered at each:
+        # after a drop in load, when the lower precisions stopped.
+        "last_arrival_s_by_precision": {k: round(v, 2) for k, v in last.items()},
+        "latency_ms_p50": percentile(50),
+        "latency_ms_p95": percentile(95),
+        "latency_ms_p99": percentile(99),
+    }
 
 
 def query_path(args: argparse.Namespace) -> str:
-    """/v1/classify with the run's model, precision and deadline."""
-    params = {"model": args.model, "precision": args.precision, "deadline_ms": args.deadline_ms}
+    """/v1/classify with the run's model, precision, k and deadline."""
+    params = {
+        "model": args.model,
+        "precision": args.precision,
+        "k": args.k,
+        "deadline_ms": args.deadline_ms,
+    }
     query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v is not None)
     return "/v1/classify" + (f"?{query}" if query else "")
 
 
+def arrivals(args: argparse.Namespace) -> list[tuple[int, float, float]]:
+    """Open loop: (phase, seconds from the phase's start, seconds from the run's start)
+    of every request. Each phase is a Poisson process at its --rate for its --duration;
+    without --duration one phase of --requests arrivals; --requests caps the total."""
+    rng = np.random.default_rng(args.seed)
+    if args.duration is None:
+        times = np.cumsum(rng.exponential(1 / args.rate[0], args.requests))
+        return [(0, float(t), float(t)) for t in times]
+    out: list[tuple[int, float, float]] = []
+    phase_start = 0.0
+    for phase, (rate, duration) in enumerate(zip(args.rate, args.duration, strict=True)):
+        t = rng.exponential(1 / rate)
+        while t < duration:
+            out.append((phase, t, phase_start + t))
+            t += rng.exponential(1 / rate)
+        phase_start += duration
+    return out[: args.requests] if args.requests is not None else out
+
+
 async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     images = photos()
-    run = Run(args.requests)
+    schedule = arrivals(args) if args.rate else []
+    run = Run(len(schedule) if args.rate else args.requests)
     stop_at = time.monotonic() + args.max_seconds
-    next_index = iter(range(args.requests))
+    next_index = iter(range(run.total))
 
     def sample_rss() -> None:
         if pid is None:
@@ -216,6 +294,7 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         before = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 
         path = query_path(args)
+        started = time.perf_counter()
 
         async def worker() -> None:
             conn = Connection(url, path, "image/jpeg")
@@ -223,33 +302,34 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
                 for i in next_index:
                     if time.monotonic() > stop_at:
                         return
-                    await one(conn, images[i % len(images)][1], time.perf_counter())
+                    now = time.perf_counter()
+                    await one(conn, images[i % len(images)][1], now, 0, now - started)
             finally:
                 await conn.close()
 
         idle: list[Connection] = []  # open loop: keep-alive connections not in use
 
-        async def arrive(i: int, at: float) -> None:
+        async def arrive(i: int, at: float, phase: int, at_s: float) -> None:
             conn = idle.pop() if idle else Connection(url, path, "image/jpeg")
-            await one(conn, images[i % len(images)][1], at)
+            await one(conn, images[i % len(images)][1], at, phase, at_s)
             idle.append(conn)
 
         async def open_loop() -> None:
             """Requests at their Poisson arrival times, answered or not."""
-            gaps = np.random.default_rng(args.seed).exponential(1 / args.rate, args.requests)
-            start, tasks = time.perf_counter(), []
-            for i, at in enumerate(start + np.cumsum(gaps)):
+            tasks = []
+            for i, (phase, at_s, offset) in enumerate(schedule):
                 if time.monotonic() > stop_at:
                     break
+                at = started + offset
                 await asyncio.sleep(max(0.0, at - time.perf_counter()))
-                tasks.append(asyncio.create_task(arrive(i, float(at))))
-            run.offered_s = time.perf_counter() - start
+                tasks.append(asyncio.create_task(arrive(i, at, phase, at_s)))
+            run.offered_s = time.perf_counter() - started
             run.sent = len(tasks)
             await asyncio.gather(*tasks)
             for conn in idle:
                 await conn.close()
 
-        async def one(conn: Connection, data: bytes, start: float) -> None:
+        async def one(conn: Connection, data: bytes, start: float, phase: int, at_s: float) -> None:
             try:
                 try:
                     status, content = await asyncio.wait_for(conn.post(data), args.timeout)
@@ -261,19 +341,14 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
             except OSError as exc:  # TimeoutError and ConnectionError among them
                 await conn.close()
                 status, content = type(exc).__name__, b""
-            elapsed = time.perf_counter() - start
-            run.done += 1
-            if status == "200":
-                run.latencies.append(elapsed)
-                run.note_answer(content)
-            else:
-                run.errors[status] = run.errors.get(status, 0) + 1
+            used = used_by(content) if status == "200" else ()
+            run.answers.append(Answer(phase, at_s, status, time.perf_counter() - start, used))
             if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
                 sample_rss()
             if args.progress and run.done % 100 == 0:
                 print(f"  {run.done}/{run.total}", file=sys.stderr, flush=True)
 
-        started, client_cpu = time.perf_counter(), time.process_time()
+        client_cpu = time.process_time()
         server_cpu = cpu_seconds(pid) if pid is not None else None
         sample_rss()
         if args.rate:
@@ -287,32 +362,24 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         sample_rss()
         after = batch_totals((await client.get(f"{url}/metrics")).text, args.model)
 
-    lat = np.array(run.latencies) * 1e3
+    total = summary(run.answers, args.deadline_ms)
     batches = after[1] - before[1]
     mib = 2**20
-    within = lat if args.deadline_ms is None else lat[lat <= args.deadline_ms]
     offered_s = run.offered_s if args.rate else wall
-    return {
+    rates = "/".join(f"{r:g}" for r in args.rate or ())
+    report = {
         "url": url,
         "model": args.model,
-        "mode": f"open loop, Poisson {args.rate:g}/s" if args.rate else "closed loop",
-        "requests": run.done,
+        "mode": f"open loop, Poisson {rates}/s" if args.rate else "closed loop",
         "concurrency": None if args.rate else args.concurrency,
         "deadline_ms": args.deadline_ms,
-        "ok": len(run.latencies),
-        "errors": sum(run.errors.values()),
-        "errors_by_status": run.errors,
+        **total,
         "wall_s": round(wall, 3),
         "offered_rps": round((run.sent if args.rate else run.done) / offered_s, 2)
         if offered_s
         else 0.0,
-        "throughput_rps": round(len(run.latencies) / wall, 2) if wall else 0.0,
-        "goodput_rps": round(len(within) / wall, 2) if wall else 0.0,
-        "goodput_share": round(len(within) / run.done, 4) if run.done else 0.0,
-        "answers_by_precision": run.used,
-        "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-        "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
-        "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        "throughput_rps": round(total["ok"] / wall, 2) if wall else 0.0,
+        "goodput_rps": round(total["within_deadline"] / wall, 2) if wall else 0.0,
         "mean_batch_size": round((after[0] - before[0]) / batches, 3) if batches else None,
         "server_pid": pid,
         "client_cpu_ms_per_request": round(1e3 * client_cpu / run.done, 2) if run.done else None,
@@ -323,6 +390,16 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         "rss_mib_last_500": round(max(run.rss_last) / mib, 1) if run.rss_last else None,
         "stopped_early": run.done < run.total,
     }
+    if args.duration is not None:
+        report["phases"] = [
+            {
+                "rate": rate,
+                "duration_s": duration,
+                **summary([a for a in run.answers if a.phase == i], args.deadline_ms),
+            }
+            for i, (rate, duration) in enumerate(zip(args.rate, args.duration, strict=True))
+        ]
+    return report
 
 
 def free_port() -> int:
@@ -374,6 +451,17 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+def rates(text: str) -> list[float]:
+    """A comma list of positive numbers (--rate, --duration)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if not all(v > 0 and math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be > 0: {text!r}")
+    return values
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The load test's options, and the serve arguments after `--` (with --start)."""
     serve_args: list[str] = []
@@ -388,28 +476,43 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="start `moe-alexnet serve` (args after --) on a free port, stop it afterwards",
     )
-    p.add_argument("--requests", "-n", type=int, default=2000)
+    p.add_argument(
+        "--requests", "-n", type=int, default=None, help="default 2000; with --duration: no cap"
+    )
     p.add_argument("--concurrency", "-c", type=int, default=16)
     p.add_argument(
         "--rate",
-        type=float,
+        type=rates,
         default=None,
-        help="open loop: Poisson arrivals at this many requests per second (not -c clients)",
+        help="open loop: Poisson arrivals at this many requests per second (not -c clients); "
+        "R1,R2,... with --duration: phases one after another",
+    )
+    p.add_argument(
+        "--duration",
+        type=rates,
+        default=None,
+        help="open loop: seconds of each --rate phase (S1,S2,...); the report has one "
+        "summary per phase",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrivals")
     p.add_argument("--deadline-ms", type=float, default=None, help="each request's deadline")
     p.add_argument("--model", default=None, help="model to ask for (default: the server's)")
     p.add_argument("--precision", default=None, help="precision to ask for (default: the server's)")
+    p.add_argument("--k", default=None, help="a mixture's k to ask for, or auto")
     p.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="with --start")
     p.add_argument("--progress", action="store_true", help="print progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1:
+    if args.requests is None and args.duration is None:
+        args.requests = 2000
+    if (args.requests is not None and args.requests < 1) or args.concurrency < 1:
         p.error("--requests and --concurrency must be >= 1")
-    if args.rate is not None and not args.rate > 0:
-        p.error("--rate must be > 0")
+    if args.duration is not None and (args.rate is None or len(args.duration) != len(args.rate)):
+        p.error("--duration needs --rate, one duration per rate")
+    if args.rate is not None and len(args.rate) > 1 and args.duration is None:
+        p.error("several --rate phases need their --duration")
     if args.deadline_ms is not None and not args.deadline_ms > 0:
         p.error("--deadline-ms must be > 0")
     return args, serve_args
@@ -452,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"errors: {report['errors']} {report['errors_by_status'] or ''}".rstrip())
     print(f"answers by precision: {report['answers_by_precision']}")
+    for i, phase in enumerate(report.get("phases", [])):
+        print(
+            f"phase {i + 1} ({phase['rate']:g}/s for {phase['duration_s']:g} s): "
+            f"{phase['requests']} requests, {100 * phase['goodput_share']:.1f}% within the "
+            f"deadline, p99 {phase['latency_ms_p99']} ms, errors {phase['errors_by_status']}, "
+            f"answers {phase['answers_by_precision']}, last arrival answered at each (s): "
+            f"{phase['last_arrival_s_by_precision']}"
+        )
     print(f"mean batch size: {report['mean_batch_size']}")
     cpu = f"CPU per request: client {report['client_cpu_ms_per_request']} ms"
     if report["server_cpu_ms_per_request"] is not None:

@@ -40,6 +40,9 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
         # Open loop: Poisson arrivals at 40/s with a deadline each.
         poisson = [*argv[:4], "-n", "60", "--rate", "40", "--deadline-ms", "5000", "--json"]
         opened = loadtest.run_report(*loadtest.parse_args(poisson))
+        # Two phases (a burst, then light load), the precision asked for explicitly.
+        phased = [*argv[:4], "--rate", "60,20", "--duration", "0.5,1", "--precision", "fp32"]
+        phases = loadtest.run_report(*loadtest.parse_args([*phased, "--json"]))
     assert ok["requests"] == ok["ok"] == 40 and ok["errors"] == 0
     assert 1 <= ok["mean_batch_size"] <= 4 and ok["latency_ms_p50"] > 0
     assert ok["rss_mib_first_500"] > 0 and ok["server_cpu_ms_per_request"] > 0
@@ -48,5 +51,13 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
     assert 20 < opened["offered_rps"] < 80  # 60 exponential gaps of mean 25 ms
     assert opened["goodput_share"] == 1.0 and opened["answers_by_precision"] == {"fp32": 60}
     assert opened["latency_ms_p50"] <= opened["latency_ms_p95"] <= opened["latency_ms_p99"]
+    first, second = phases["phases"]
+    assert (first["rate"], first["duration_s"], second["rate"]) == (60, 0.5, 20)
+    assert first["requests"] + second["requests"] == phases["requests"] == phases["ok"] > 20
+    for phase in (first, second):
+        assert phase["answers_by_precision"] == {"fp32": phase["requests"]}
+        assert 0 < phase["last_arrival_s_by_precision"]["fp32"] < phase["duration_s"]
+    k = loadtest.parse_args(["--model", "m", "--k", "auto", "--precision", "auto"])[0]
+    assert loadtest.query_path(k) == "/v1/classify?model=m&precision=auto&k=auto"
     with pytest.raises(SystemExit, match="only loopback"):
         loadtest.run_report(*loadtest.parse_args(["--url", "http://192.0.2.1:8000", "-n", "1"]))
