@@ -10,7 +10,9 @@ while the current one runs (see `Batcher.run`).
 
 The queue is bounded (`QueueFull`, answered 503 with Retry-After) so overload turns
 into fast refusals instead of unbounded latency and memory; a request past its
-deadline is dropped before it costs device time (`DeadlineExceeded`, answered 504).
+deadline, or that its batch would finish after it (the `too_late` check the server
+gives, from its latency predictions), is dropped before it costs device time
+(`DeadlineExceeded`, answered 504).
 The asyncio side waits on a `concurrent.futures.Future`, which is thread-safe and
 cancellable: a client that gives up cancels its queued job.
 """
@@ -97,6 +99,8 @@ class Pressure:
 # Queues a batch on the device; the function it returns waits for the result.
 RunBatch = Callable[[BatchKey, np.ndarray, Pressure], Callable[[], InferResult]]
 OnBatch = Callable[[BatchKey, list[Job], InferResult | None, float], None]
+# Whether a batch of this key and size, taken now, would end after the deadline.
+TooLate = Callable[[BatchKey, int, float], bool]
 
 
 class Batcher:
@@ -110,6 +114,7 @@ class Batcher:
         max_queue_size: int,
         on_batch: OnBatch | None = None,
         on_depth: Callable[[BatchKey, int], None] | None = None,
+        too_late: TooLate | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -117,6 +122,7 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch
         self.on_depth = on_depth
+        self.too_late = too_late
         self._queues: dict[BatchKey, deque[Job]] = {}
         self._pending = 0
         self._closed = False
@@ -145,6 +151,11 @@ class Batcher:
     @property
     def pending(self) -> int:
         return self._pending
+
+    def queued_images(self) -> dict[BatchKey, int]:
+        """Images waiting per key (a snapshot)."""
+        with self._cond:
+            return {key: sum(len(job.inputs) for job in q) for key, q in self._queues.items() if q}
 
     def close(self) -> None:
         """Take no more jobs; the loop runs what is queued (without waiting for batches
@@ -223,10 +234,12 @@ class Batcher:
             self._cond.notify_all()
 
     def _take(self, key: BatchKey, queue: deque[Job]) -> list[Job]:
-        """Pop up to max_batch_size images; drop cancelled and expired jobs."""
+        """Pop up to max_batch_size images; drop cancelled jobs, and those whose
+        deadline has passed or that `too_late` says the batch would end after."""
         jobs: list[Job] = []
         images = 0
         now = time.monotonic()
+        size = min(self.max_batch_size, sum(len(job.inputs) for job in queue))
         while queue and images + len(queue[0].inputs) <= self.max_batch_size:
             job = queue.popleft()
             self._pending -= 1
@@ -234,6 +247,9 @@ class Batcher:
                 continue  # the client gave up
             if job.deadline <= now:
                 job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            if self.too_late is not None and self.too_late(key, size, job.deadline):
+                job.future.set_exception(DeadlineExceeded("cannot finish before its deadline"))
                 continue
             jobs.append(job)
             images += len(job.inputs)

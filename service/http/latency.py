@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from kernels.precision import get_precision
@@ -23,6 +24,9 @@ AUTO = "auto"
 SMOOTHING = 0.2  # weight of a new timing in a figure's moving average (warm-up)
 FACTOR_SMOOTHING = 0.3  # weight of a batch's device time / prediction in the factor
 FACTOR_RANGE = (0.25, 20.0)
+# A precision is chosen only if it fits with its prediction taken this much longer: the
+# factor lags a sudden slowdown, and the answer still has to be sent after the device.
+HEADROOM = 1.2
 
 Key = tuple[str, str, int | None]  # (model, precision, k)
 
@@ -60,13 +64,36 @@ class Scheduler:
         self.latency = model
         # Most accurate first.
         self.order = sorted(precisions, key=lambda p: -get_precision(p).fidelity)
-        self._ahead = 0.0  # predicted seconds of the batches queued on the device
+        # Batches on the device, in the order they run: (when queued, predicted seconds).
+        self._in_flight: deque[tuple[float, float]] = deque()
+        self._last_landed = 0.0
         self.factor = 1.0  # device time / the warm-up figures, lately
         self._lock = threading.Lock()
 
     def predict(self, model: str, precision: str, k: int | None, size: int) -> float | None:
         seconds = self.latency.predict((model, precision, k), size)
         return None if seconds is None else seconds * self.factor
+
+    def fastest(
+        self, model: str, candidates: Sequence[tuple[str, int | None]], size: int
+    ) -> float | None:
+        """The predicted seconds of the fastest candidate for a batch of `size` (None
+        when none has a figure)."""
+        times = [self.predict(model, p, k, size) for p, k in candidates]
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
+
+    def busy_for(self) -> float:
+        """Predicted seconds until the batches on the device are done: the one running
+        less what it has run already (it started when queued or when the one before it
+        landed), and the ones queued behind it."""
+        with self._lock:
+            if not self._in_flight:
+                return 0.0
+            (queued_at, first), *rest = self._in_flight
+            started = max(queued_at, self._last_landed)
+            left = max(0.0, first - (time.monotonic() - started))
+            return left + sum(seconds for _, seconds in rest)
 
     def choose(
         self,
@@ -79,33 +106,36 @@ class Scheduler:
     ) -> tuple[str, int | None]:
         """The first (precision, k) of `candidates` (most accurate first) predicted to
         finish by `deadline` (monotonic seconds) after the work queued ahead, and to
-        leave the `backlog` images queued behind, run the same way, done by theirs; the
-        fastest when none is."""
-        start = time.monotonic() + self._ahead
+        leave the `backlog` images queued behind, run the same way, done by theirs
+        (each prediction taken HEADROOM times longer); the fastest when none is."""
+        start = time.monotonic() + self.busy_for()
         fastest, fastest_s = candidates[0], float("inf")
         for precision, k in candidates:
             seconds = self.predict(model, precision, k, size)
             if seconds is None:
                 continue
             drain = (self.predict(model, precision, k, backlog) or 0.0) if backlog else 0.0
-            if start + seconds <= deadline and start + seconds + drain <= backlog_deadline:
+            end = start + HEADROOM * seconds
+            if end <= deadline and end + HEADROOM * drain <= backlog_deadline:
                 return precision, k
             if seconds < fastest_s:
                 fastest, fastest_s = (precision, k), seconds
         return fastest
 
     def queued(self, model: str, precision: str, k: int | None, size: int) -> float | None:
-        """A batch went onto the device, ahead of the next ones. Returns the prediction,
-        for `landed` and `measured`."""
+        """A batch went onto the device, behind those already there. Returns the
+        prediction, for `measured`; `landed` must follow, in the same order."""
         seconds = self.predict(model, precision, k, size)
         with self._lock:
-            self._ahead += seconds or 0.0
+            self._in_flight.append((time.monotonic(), seconds or 0.0))
         return seconds
 
-    def landed(self, predicted: float | None) -> None:
-        """A batch `queued` with this prediction is off the device."""
+    def landed(self) -> None:
+        """The oldest batch `queued` is off the device."""
         with self._lock:
-            self._ahead = max(0.0, self._ahead - (predicted or 0.0))
+            if self._in_flight:
+                self._in_flight.popleft()
+            self._last_landed = time.monotonic()
 
     def measured(self, predicted: float, seconds: float) -> None:
         """A batch predicted at `predicted` took `seconds`: the factor moves toward it."""

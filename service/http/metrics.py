@@ -96,6 +96,13 @@ class Metrics:
             buckets=[0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0],
             registry=r,
         )
+        self.shed = Counter(
+            "moe_shed_requests",
+            "Requests refused (503) before they were queued: the work ahead of them would "
+            "have ended after their deadline",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("moe_in_flight_requests", "Requests being handled", registry=r)
         self.queue_depth = Gauge(
             "moe_queue_depth",

@@ -266,6 +266,8 @@ async def classify(
 
     images, batch_form = await _read_images(request, state.settings.max_batch_size)
     state.check_batch_size(len(images), "image")
+    deadline = state.deadline(started, timeout_s)
+    state.admit(target, len(images), deadline)  # before decoding: a doomed request costs little
     t0 = time.monotonic()
     try:
         batch = await state.in_pool(
@@ -274,7 +276,7 @@ async def classify(
     except InputError as exc:
         raise ApiError(400, str(exc)) from exc
     preprocess_ms = (time.monotonic() - t0) * 1e3
-    result = await state.infer(target, batch, state.deadline(started, timeout_s))
+    result = await state.infer(target, batch, deadline)
     request.state.precision = result.precision or target.precision  # auto: the one it ran at
     timings = {
         "queue": round(result.queue_s * 1e3, 3),

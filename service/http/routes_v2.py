@@ -204,8 +204,10 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         state.client_timeout_s("parameter deadline_ms", params.get("deadline_ms"), 1e-3),
     ]
     timeout_s = min((t for t in limits if t is not None), default=None)
+    deadline = state.deadline(started, timeout_s)
+    state.admit(target, 1, deadline)  # before decoding (the image count is checked next)
     batch = await _batch(state, info, req.inputs)
-    result = await state.infer(target, batch, state.deadline(started, timeout_s))
+    result = await state.infer(target, batch, deadline)
     request.state.precision = result.precision or target.precision  # auto: the one it ran at
 
     tensors = _output_tensors(info, target, result.probs, result.routing, outputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class ServiceState:
             max_queue_size=settings.max_queue_size,
             on_batch=self._on_batch,
             on_depth=self._on_depth,
+            too_late=self._too_late,
         )
         # Decoding is CPU and memory heavy (an image of max_image_pixels is ~120 MB
         # decoded): a small pool bounds both, instead of Starlette's 40 threads.
@@ -263,12 +265,57 @@ class ServiceState:
                 f"{self.settings.max_batch_size} (setting MOE_MAX_BATCH_SIZE)",
             )
 
+    def admit(self, target: Target, images: int, deadline: float) -> None:
+        """Refuse at once (503) a request whose deadline the work ahead of it already
+        rules out, before its images cost any decoding or device time: under overload
+        the server then answers what it can in time instead of running every request
+        late (a queue of doomed requests would make every request late)."""
+        late = self.predicted_finish(target.key, images) - deadline
+        if late > 0:
+            self.metrics.shed.labels(target.model.name).inc()
+            raise ApiError(
+                503,
+                f"server busy: the work queued ahead would end about {late * 1e3:.0f} ms "
+                "after this request's deadline; retry later",
+                {"Retry-After": RETRY_AFTER_S},
+            )
+
+    def predicted_finish(self, key: BatchKey, images: int) -> float:
+        """When `images` more for `key` would be done at best: after the batches on
+        the device and every queued image (each key's run the fastest way it allows),
+        these included."""
+        queued = self.batcher.queued_images()
+        queued[key] = queued.get(key, 0) + images
+        size = self.settings.max_batch_size
+        work = sum(math.ceil(n / size) * self._fastest(k, min(n, size)) for k, n in queued.items())
+        return time.monotonic() + self.scheduler.busy_for() + work
+
+    def _candidates(self, key: BatchKey) -> list[tuple[str, int | None]]:
+        """What a batch for `key` may run at, most accurate first: "auto" opens every
+        loaded precision (a mixture's k: every k up to the model's own)."""
+        model, precision, k = key[:3]
+        precisions = self.scheduler.order if precision == AUTO else [precision]
+        mixture = self.engine.models[model].mixture
+        ks = range(mixture.k, 0, -1) if k == AUTO and mixture else [k]
+        return [(p, kk) for p in precisions for kk in ks]
+
+    def _fastest(self, key: BatchKey, size: int) -> float:
+        """Predicted device seconds of a batch for `key` run its fastest allowed way (0
+        before the warm-up timings exist)."""
+        return self.scheduler.fastest(key[0], self._candidates(key), size) or 0.0
+
+    def _too_late(self, key: BatchKey, size: int, deadline: float) -> bool:
+        """The batcher's check as it takes a job: the batch would end after `deadline`
+        even at its fastest, behind what is on the device."""
+        return time.monotonic() + self.scheduler.busy_for() + self._fastest(key, size) > deadline
+
     async def infer(self, target: Target, batch: np.ndarray, deadline: float) -> JobResult:
         """Queue a batch of preprocessed images (checked by `check_batch_size`) and
         wait for its result."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ApiError(504, "request deadline passed before inference")
+        self.admit(target, len(batch), deadline)
         try:
             future = self.batcher.submit(target.key, batch, deadline)
         except QueueFull as exc:
@@ -298,12 +345,13 @@ class ServiceState:
         model, precision, k, dual = key
         n = len(batch)
         if AUTO in (precision, k):
-            precisions = self.scheduler.order if precision == AUTO else [precision]
-            mixture = self.engine.models[model].mixture
-            ks = range(mixture.k, 0, -1) if k == AUTO and mixture else [k]
-            candidates = [(p, kk) for p in precisions for kk in ks]
             precision, k = self.scheduler.choose(
-                model, candidates, n, pressure.deadline, pressure.backlog, pressure.backlog_deadline
+                model,
+                self._candidates(key),
+                n,
+                pressure.deadline,
+                pressure.backlog,
+                pressure.backlog_deadline,
             )
         pending = self.engine.submit(model, precision, k, batch, dual)
         predicted = self.scheduler.queued(model, precision, k, n)
@@ -312,7 +360,7 @@ class ServiceState:
             try:
                 result = pending()
             finally:
-                self.scheduler.landed(predicted)
+                self.scheduler.landed()
             result.predicted_s = predicted
             return result
 

@@ -173,6 +173,31 @@ def test_expired_and_cancelled_jobs_cost_no_device_time(make):
     assert [n for _, n in device.batches] == [1, 1]
 
 
+def test_jobs_their_batch_would_finish_too_late_for_are_dropped(make):
+    """`too_late` (the server's prediction) rules out a job before its batch runs: it
+    fails with DeadlineExceeded and costs no device time; the others run."""
+    asked = []
+
+    def too_late(key, size, deadline):
+        asked.append((key, size))
+        return deadline < later(5)  # the device "needs" 5 s: a 1 s deadline cannot make it
+
+    device = Recorder(block=True)
+    b = make(device, too_late=too_late)
+    b.submit(("m", "fp32", None), images(1), later())
+    assert device.started.wait(5)
+    doomed = b.submit(("m", "fp32", None), images(1), later(1))
+    kept = b.submit(("m", "fp32", None), images(2, 5), later())
+    assert b.queued_images() == {("m", "fp32", None): 3}
+    device.release.set()
+    with pytest.raises(DeadlineExceeded, match="cannot finish before its deadline"):
+        doomed.result(5)
+    assert kept.result(5).batch_size == 2
+    assert [n for _, n in device.batches] == [1, 2]
+    assert (("m", "fp32", None), 3) in asked  # sized as the batch being formed
+    assert b.queued_images() == {}
+
+
 def test_a_failing_batch_fails_its_jobs_only(make):
     device = Recorder(fail=True)
     b = make(device)

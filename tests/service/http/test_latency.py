@@ -43,15 +43,34 @@ def test_the_most_accurate_precision_that_meets_the_deadline():
     s = Scheduler(_model(fp32=0.040, fp16=0.025, int8=0.010), ["int8", "fp16", "fp32"])
     now = time.monotonic()
     assert s.choose("m", _auto(s), 1, now + 1.0) == ("fp32", None)
-    assert s.choose("m", _auto(s), 1, now + 0.030) == ("fp16", None)
+    assert s.choose("m", _auto(s), 1, now + 0.035) == ("fp16", None)  # 25 ms x 1.2 fits
+    assert s.choose("m", _auto(s), 1, now + 0.028) == ("int8", None)  # fp16 without headroom
     assert s.choose("m", _auto(s), 1, now + 0.015) == ("int8", None)
     assert s.choose("m", _auto(s), 1, now + 0.001) == ("int8", None)  # none does: fastest
     # Work queued ahead counts: two fp32 batches (80 ms) leave room for int8 only.
-    predicted = [s.queued("m", "fp32", None, 1) for _ in range(2)]
+    for _ in range(2):
+        s.queued("m", "fp32", None, 1)
     assert s.choose("m", _auto(s), 1, time.monotonic() + 0.095) == ("int8", None)
-    for p in predicted:
-        s.landed(p)
+    s.landed()
+    s.landed()
     assert s.choose("m", _auto(s), 1, time.monotonic() + 0.095) == ("fp32", None)
+
+
+def test_the_device_is_busy_for_what_is_left_of_its_batches():
+    """The running batch counts only what it has left; those behind it count whole."""
+    s = Scheduler(_model(fp32=0.040, int8=0.010), ["int8", "fp32"])
+    assert s.busy_for() == 0.0
+    assert s.fastest("m", _auto(s), 2) == pytest.approx(0.020)  # int8, 2 images
+    assert s.fastest("m", [("fp64", None)], 1) is None
+    s.queued("m", "fp32", None, 1)
+    s.queued("m", "int8", None, 1)
+    assert 0.030 < s.busy_for() <= 0.050
+    time.sleep(0.03)
+    assert 0.010 <= s.busy_for() <= 0.021  # 10 ms or less left of the first, then int8's
+    s.landed()
+    assert 0.0 <= s.busy_for() <= 0.010  # int8's, started when the first landed
+    s.landed()
+    assert s.busy_for() == 0.0
 
 
 def test_k_auto_takes_the_largest_k_that_fits():
@@ -62,8 +81,8 @@ def test_k_auto_takes_the_largest_k_that_fits():
     ks = [("fp32", k) for k in (3, 2, 1)]
     now = time.monotonic()
     assert s.choose("moe", ks, 1, now + 1.0) == ("fp32", 3)
-    assert s.choose("moe", ks, 1, now + 0.020) == ("fp32", 2)
-    assert s.choose("moe", ks, 1, now + 0.012) == ("fp32", 1)
+    assert s.choose("moe", ks, 1, now + 0.023) == ("fp32", 2)
+    assert s.choose("moe", ks, 1, now + 0.0135) == ("fp32", 1)
 
 
 def test_the_backlog_behind_counts_too():
@@ -137,15 +156,25 @@ def test_auto_answers_name_the_precision_they_ran_at(client):
     assert 'moe_requests_total{model="tiny",precision="fp32"' in metrics  # not "auto"
 
 
-def test_a_deadline_no_precision_meets_still_runs_the_fastest(client):
-    """Predicted to miss everywhere: the fastest loaded precision, not a refusal (the
-    batcher still drops a request whose deadline passes while it waits)."""
-    engine = client.app.state.service.engine
-    fastest = min(("fp32", "int8"), key=lambda p: engine.latency.predict(("tiny", p, None), 1))
-    r = _classify(client, precision="auto", deadline_ms=0.001)
-    assert r.status_code in (200, 504)
-    if r.status_code == 200:
-        assert r.json()["precision"] == fastest
+def test_a_deadline_no_precision_can_meet_is_refused_at_once(client):
+    """Predicted to miss even at the fastest precision (a 1 us deadline): 503 with
+    Retry-After before any decoding or device time, counted as shed; an explicit
+    precision is refused the same way."""
+    before = _shed(client)
+    for precision in ("auto", "fp32"):
+        r = _classify(client, precision=precision, deadline_ms=0.001)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "after this request's deadline" in r.json()["error"]
+    doc = fp32_request(np.zeros((1, 3, 16, 16), np.float32), precision="auto", deadline_ms=0.001)
+    assert client.post("/v2/models/tiny/infer", json=doc).status_code == 503
+    assert _shed(client) == before + 3
+    assert _classify(client, precision="auto", deadline_ms=20_000).status_code == 200
+
+
+def _shed(client) -> float:
+    text = client.get("/metrics").text
+    found = re.search(r'moe_shed_requests_total\{model="tiny"\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_k_auto_over_http(client):
