@@ -271,7 +271,7 @@ async def classify(
     t0 = time.monotonic()
     try:
         batch = await state.in_pool(
-            images_to_batch, images, info.input_meta, state.settings.max_image_pixels
+            deadline, images_to_batch, images, info.input_meta, state.settings.max_image_pixels
         )
     except InputError as exc:
         raise ApiError(400, str(exc)) from exc

@@ -174,7 +174,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     request.state.model = info.name
     body = await request.body()
     try:
+        # The request's own deadline is in its body: until parsed, the server's.
         req = await state.in_pool(
+            state.deadline(started),
             _parse,
             body,
             request.headers.get("content-encoding"),
@@ -206,7 +208,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     timeout_s = min((t for t in limits if t is not None), default=None)
     deadline = state.deadline(started, timeout_s)
     state.admit(target, 1, deadline)  # before decoding (the image count is checked next)
-    batch = await _batch(state, info, req.inputs)
+    batch = await _batch(state, info, req.inputs, deadline)
     result = await state.infer(target, batch, deadline)
     request.state.precision = result.precision or target.precision  # auto: the one it ran at
 
@@ -273,7 +275,9 @@ def _requested_outputs(
     return out
 
 
-async def _batch(state: ServiceState, info: ModelInfo, inputs: list[Any]) -> np.ndarray:
+async def _batch(
+    state: ServiceState, info: ModelInfo, inputs: list[Any], deadline: float
+) -> np.ndarray:
     """The request's single input as a preprocessed (N, C, H, W) batch."""
     if len(inputs) != 1:
         raise ApiError(
@@ -292,7 +296,7 @@ async def _batch(state: ServiceState, info: ModelInfo, inputs: list[Any]) -> np.
             )
         state.check_batch_size(shape[0], f"input {INPUT_TENSOR!r}")
         try:
-            return await state.in_pool(protocol.fp32_tensor, inp)
+            return await state.in_pool(deadline, protocol.fp32_tensor, inp)
         except ProtocolError as exc:
             raise ApiError(400, str(exc)) from exc
     if inp.name == IMAGE_TENSOR:
@@ -309,7 +313,7 @@ async def _batch(state: ServiceState, info: ModelInfo, inputs: list[Any]) -> np.
         sources = [(f"image[{i}]", data) for i, data in enumerate(blobs)]
         try:
             return await state.in_pool(
-                images_to_batch, sources, info.input_meta, state.settings.max_image_pixels
+                deadline, images_to_batch, sources, info.input_meta, state.settings.max_image_pixels
             )
         except InputError as exc:
             raise ApiError(400, str(exc)) from exc

@@ -46,6 +46,7 @@ from service.settings import Settings
 
 log = logging.getLogger("moe_alexnet.server")
 RETRY_AFTER_S = "1"
+POOL_SMOOTHING = 0.1  # weight of a decode-pool task's time in its moving average
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class ServiceState:
         self.on_fatal: Callable[[str], None] | None = None  # set by `moe-alexnet serve`
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
+        self._pool_tasks = 0  # requests' tasks in the decode pool, running or waiting
+        self._pool_task_s = 0.0  # seconds one of them takes, lately
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -265,12 +268,14 @@ class ServiceState:
                 f"{self.settings.max_batch_size} (setting MOE_MAX_BATCH_SIZE)",
             )
 
-    def admit(self, target: Target, images: int, deadline: float) -> None:
+    def admit(self, target: Target, images: int, deadline: float, decoded: bool = False) -> None:
         """Refuse at once (503) a request whose deadline the work ahead of it already
         rules out, before its images cost any decoding or device time: under overload
         the server then answers what it can in time instead of running every request
-        late (a queue of doomed requests would make every request late)."""
-        late = self.predicted_finish(target.key, images) - deadline
+        late (a queue of doomed requests would make every request late). `decoded`:
+        its input is ready (no decode-pool wait ahead of it)."""
+        ready = time.monotonic() if decoded else self._pool_ready()
+        late = self.predicted_finish(target.key, images, ready) - deadline
         if late > 0:
             self.metrics.shed.labels(target.model.name).inc()
             raise ApiError(
@@ -280,15 +285,22 @@ class ServiceState:
                 {"Retry-After": RETRY_AFTER_S},
             )
 
-    def predicted_finish(self, key: BatchKey, images: int) -> float:
-        """When `images` more for `key` would be done at best: after the batches on
-        the device and every queued image (each key's run the fastest way it allows),
-        these included."""
+    def predicted_finish(self, key: BatchKey, images: int, ready: float) -> float:
+        """When `images` more for `key`, their input ready at `ready`, would be done at
+        best: after the batches on the device and every queued image (each key's run
+        the fastest way it allows), and no sooner than their own batch after `ready`."""
         queued = self.batcher.queued_images()
         queued[key] = queued.get(key, 0) + images
         size = self.settings.max_batch_size
         work = sum(math.ceil(n / size) * self._fastest(k, min(n, size)) for k, n in queued.items())
-        return time.monotonic() + self.scheduler.busy_for() + work
+        device = time.monotonic() + self.scheduler.busy_for() + work
+        return max(device, ready + self._fastest(key, images))
+
+    def _pool_ready(self) -> float:
+        """When a request's decoding, were it sent to the pool now, would be done: the
+        tasks there share its workers, then its own."""
+        workers = self.settings.decode_workers
+        return time.monotonic() + (self._pool_tasks / workers + 1) * self._pool_task_s
 
     def _candidates(self, key: BatchKey) -> list[tuple[str, int | None]]:
         """What a batch for `key` may run at, most accurate first: "auto" opens every
@@ -315,7 +327,7 @@ class ServiceState:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ApiError(504, "request deadline passed before inference")
-        self.admit(target, len(batch), deadline)
+        self.admit(target, len(batch), deadline, decoded=True)
         try:
             future = self.batcher.submit(target.key, batch, deadline)
         except QueueFull as exc:
@@ -335,9 +347,31 @@ class ServiceState:
                 f"{self.settings.request_timeout_s:g} s: setting MOE_REQUEST_TIMEOUT_S)",
             ) from exc
 
-    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run CPU work (decode, preprocess, tensor parsing) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+    async def in_pool(self, deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a request's CPU work (decode, preprocess, tensor parsing) off the event
+        loop, in the decode pool. Work whose request's `deadline` passes while it waits
+        for a worker is skipped (504): under overload the pool then spends itself on
+        requests that can still be answered in time, not on those already lost."""
+
+        def run() -> Any:
+            started = time.monotonic()
+            if started >= deadline:
+                raise DeadlineExceeded("deadline passed before decoding")
+            try:
+                return fn(*args)
+            finally:
+                # A moving average; a lost update between workers costs nothing.
+                self._pool_task_s += POOL_SMOOTHING * (
+                    time.monotonic() - started - self._pool_task_s
+                )
+
+        self._pool_tasks += 1  # on the event loop only: no lock
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, run)
+        except DeadlineExceeded:
+            raise ApiError(504, "request deadline passed while it waited to be decoded") from None
+        finally:
+            self._pool_tasks -= 1
 
     # -- device-thread callbacks -------------------------------------------------------------
 

@@ -125,3 +125,41 @@ def test_deadline_gives_504_and_the_server_recovers(tiny_repo):
         time.sleep(0.7)  # the timed-out batches finish on the device thread
         r = client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
         assert r.status_code == 200, r.text
+
+
+def test_work_whose_deadline_passes_in_the_decode_pool_is_skipped(tiny_repo):
+    """With the only decode worker busy, a request whose deadline passes while it waits
+    is answered 504 without its work ever running; the pool's backlog pushes back when
+    a new request's input would be ready (what admission counts)."""
+    import asyncio
+
+    from service.http.errors import ApiError
+    from service.http.state import ServiceState
+
+    state = ServiceState(Settings(model_repository=tiny_repo, decode_workers=1))
+    ran: list[int] = []
+
+    async def scenario() -> None:
+        gate = threading.Event()
+        busy = asyncio.ensure_future(state.in_pool(time.monotonic() + 30, gate.wait, 10))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(state.in_pool(time.monotonic() + 0.05, ran.append, 1))
+        await asyncio.sleep(0.1)  # past the doomed request's deadline, still queued
+        gate.set()
+        assert await busy is True
+        try:
+            await doomed
+        except ApiError as exc:
+            assert exc.status == 504 and "waited to be decoded" in str(exc)
+        else:
+            raise AssertionError("expired work ran")
+        # The gate's wait (>= 0.15 s) is in the pool's average now: two tasks there
+        # would put a new request's input about three tasks away.
+        state._pool_tasks = 2
+        assert state._pool_ready() - time.monotonic() > 2 * state._pool_task_s > 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.decode_pool.shutdown(wait=True)
+    assert ran == []
