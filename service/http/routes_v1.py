@@ -270,7 +270,7 @@ async def classify(
     state.admit(target, len(images), deadline)  # before decoding: a doomed request costs little
     t0 = time.monotonic()
     try:
-        batch = await state.in_pool(
+        batch = await state.decode_pool.run(
             deadline, images_to_batch, images, info.input_meta, state.settings.max_image_pixels
         )
     except InputError as exc:

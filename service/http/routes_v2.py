@@ -175,7 +175,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     body = await request.body()
     try:
         # The request's own deadline is in its body: until parsed, the server's.
-        req = await state.in_pool(
+        req = await state.decode_pool.run(
             state.deadline(started),
             _parse,
             body,
@@ -296,7 +296,7 @@ async def _batch(
             )
         state.check_batch_size(shape[0], f"input {INPUT_TENSOR!r}")
         try:
-            return await state.in_pool(deadline, protocol.fp32_tensor, inp)
+            return await state.decode_pool.run(deadline, protocol.fp32_tensor, inp)
         except ProtocolError as exc:
             raise ApiError(400, str(exc)) from exc
     if inp.name == IMAGE_TENSOR:
@@ -312,7 +312,7 @@ async def _batch(
             raise ApiError(400, str(exc)) from exc
         sources = [(f"image[{i}]", data) for i, data in enumerate(blobs)]
         try:
-            return await state.in_pool(
+            return await state.decode_pool.run(
                 deadline, images_to_batch, sources, info.input_meta, state.settings.max_image_pixels
             )
         except InputError as exc:

@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +37,7 @@ from service.http.batching import (
     Pressure,
     QueueFull,
 )
+from service.http.decode_pool import DecodePool
 from service.http.engine import Engine, InferResult, ModelInfo, Pending
 from service.http.errors import ApiError
 from service.http.latency import AUTO, Scheduler
@@ -46,7 +46,6 @@ from service.settings import Settings
 
 log = logging.getLogger("moe_alexnet.server")
 RETRY_AFTER_S = "1"
-POOL_SMOOTHING = 0.1  # weight of a decode-pool task's time in its moving average
 
 
 @dataclass(frozen=True)
@@ -80,19 +79,13 @@ class ServiceState:
             on_depth=self._on_depth,
             too_late=self._too_late,
         )
-        # Decoding is CPU and memory heavy (an image of max_image_pixels is ~120 MB
-        # decoded): a small pool bounds both, instead of Starlette's 40 threads.
-        self.decode_pool = ThreadPoolExecutor(
-            max_workers=settings.decode_workers, thread_name_prefix="decode"
-        )
+        self.decode_pool = DecodePool(settings.decode_workers)
         self.ready = False
         self.draining = False
         self.fatal: str | None = None
         self.on_fatal: Callable[[str], None] | None = None  # set by `moe-alexnet serve`
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
-        self._pool_tasks = 0  # requests' tasks in the decode pool, running or waiting
-        self._pool_task_s = 0.0  # seconds one of them takes, lately
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -148,7 +141,7 @@ class ServiceState:
             if self._thread.is_alive():
                 log.error("device thread still busy after %.1f s; leaving it", timeout)
                 self.batcher.fail_pending(ApiError(503, "the server is shutting down"))
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown()
 
     @property
     def is_ready(self) -> bool:
@@ -274,7 +267,7 @@ class ServiceState:
         the server then answers what it can in time instead of running every request
         late (a queue of doomed requests would make every request late). `decoded`:
         its input is ready (no decode-pool wait ahead of it)."""
-        ready = time.monotonic() if decoded else self._pool_ready()
+        ready = time.monotonic() if decoded else self.decode_pool.ready_at()
         late = self.predicted_finish(target.key, images, ready) - deadline
         if late > 0:
             self.metrics.shed.labels(target.model.name).inc()
@@ -295,12 +288,6 @@ class ServiceState:
         work = sum(math.ceil(n / size) * self._fastest(k, min(n, size)) for k, n in queued.items())
         device = time.monotonic() + self.scheduler.busy_for() + work
         return max(device, ready + self._fastest(key, images))
-
-    def _pool_ready(self) -> float:
-        """When a request's decoding, were it sent to the pool now, would be done: the
-        tasks there share its workers, then its own."""
-        workers = self.settings.decode_workers
-        return time.monotonic() + (self._pool_tasks / workers + 1) * self._pool_task_s
 
     def _candidates(self, key: BatchKey) -> list[tuple[str, int | None]]:
         """What a batch for `key` may run at, most accurate first: "auto" opens every
@@ -346,32 +333,6 @@ class ServiceState:
                 "request deadline exceeded (the request's deadline_ms or timeout, at most "
                 f"{self.settings.request_timeout_s:g} s: setting MOE_REQUEST_TIMEOUT_S)",
             ) from exc
-
-    async def in_pool(self, deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a request's CPU work (decode, preprocess, tensor parsing) off the event
-        loop, in the decode pool. Work whose request's `deadline` passes while it waits
-        for a worker is skipped (504): under overload the pool then spends itself on
-        requests that can still be answered in time, not on those already lost."""
-
-        def run() -> Any:
-            started = time.monotonic()
-            if started >= deadline:
-                raise DeadlineExceeded("deadline passed before decoding")
-            try:
-                return fn(*args)
-            finally:
-                # A moving average; a lost update between workers costs nothing.
-                self._pool_task_s += POOL_SMOOTHING * (
-                    time.monotonic() - started - self._pool_task_s
-                )
-
-        self._pool_tasks += 1  # on the event loop only: no lock
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, run)
-        except DeadlineExceeded:
-            raise ApiError(504, "request deadline passed while it waited to be decoded") from None
-        finally:
-            self._pool_tasks -= 1
 
     # -- device-thread callbacks -------------------------------------------------------------
 
