@@ -18,6 +18,12 @@ are built with (kernels/cl/precision.h turns those into types and macros).
   convolutions and fully connected layers multiply bytes instead, 64 products per
   instruction (kernels/cl/gemm.cl's DOT4), to the same int32 sums. int16 products
   need up to 31 bits, so int16 accumulates in int64.
+- int16 weights live on the device as two byte planes, q = 256 * high + low with
+  high = round(q / 256) (`split_planes`): the kernels read both, and an int8 layer
+  can read the high plane alone as int8 weights at 256 times int16's scale, so one
+  store serves both precisions (kernels/ops/planes.py). For the high byte to stay
+  within int8's [-127, 127], int16 weights are quantised to |q| <= 32639 rather than
+  32767 (0.4% of the range; their accuracy is int16's, BENCHMARKS.md "Accuracy").
 
 Every formula here is also what the numpy twins compute (kernels/reference.py), so
 the integer results match exactly.
@@ -25,11 +31,31 @@ the integer results match exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+PLANES_MAX = 127 * 256 + 127  # 32639
+Layout = Callable[[np.ndarray], np.ndarray]  # a weight matrix as a kernel reads it
+
+
+def as_is(a: np.ndarray) -> np.ndarray:
+    """The identity `Layout`: a matrix read as it is stored."""
+    return a
+
+
+def split_planes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int16 weights (|q| <= 32639) -> (high, low) int8 planes, q = 256 * high + low,
+    high = round(q / 256) (halves up) and low in [-128, 127]. Rounding rather than
+    truncating keeps the high plane as accurate as int8 on its own
+    (docs/benchmark-log.md, "one weight store for int16 and int8")."""
+    q = np.asarray(q, np.int32)
+    if q.size and np.abs(q).max() > PLANES_MAX:
+        raise ValueError(f"weights beyond +-{PLANES_MAX} do not split into two byte planes")
+    high = (q + 128) >> 8
+    return high.astype(np.int8), (q - (high << 8)).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,10 @@ class Precision:
     # How close to fp32 its answers are (higher: closer), from the shipped models'
     # top-1 (BENCHMARKS.md, "Accuracy"): the order precision=auto tries them in.
     fidelity: int = 0
+    planes: bool = False  # weights stored as two byte planes (int16; `split_planes`)
+    # Where one store holds both (kernels/ops/store.py): reads the high plane of this
+    # precision's weights (int8: int16's).
+    high_plane_of: str = ""
     description: str = ""
 
     @property
@@ -85,8 +115,17 @@ class Precision:
 
     @property
     def weight_max(self) -> int:
-        """Largest quantised weight magnitude (symmetric: -qmax .. qmax)."""
-        return 2 ** (self.bits - 1) - 1
+        """Largest quantised weight magnitude (symmetric: -qmax .. qmax). Two byte
+        planes: the largest whose high byte, round(q / 256), is still 127."""
+        return PLANES_MAX if self.planes else 2 ** (self.bits - 1) - 1
+
+    def device_form(self, q: np.ndarray, layout: Layout = as_is) -> np.ndarray:
+        """Weights as uploaded, each matrix in the kernel's `layout` (e.g. the GEMM's
+        row panels): int16 as its high plane followed by its low plane."""
+        if not self.planes:
+            return layout(q)
+        high, low = split_planes(q)
+        return np.concatenate([layout(high).ravel(), layout(low).ravel()])
 
     def store(self, weights: np.ndarray) -> np.ndarray:
         """Weights as the device keeps them (floating-point rows only)."""
@@ -94,10 +133,12 @@ class Precision:
             raise ValueError(f"{self.name} weights need a scale: use quantize_weights")
         return np.ascontiguousarray(weights, dtype=self.weight_dtype)
 
-    def round_trip(self, weights: np.ndarray) -> np.ndarray:
-        """The float32 values the kernels compute with: the numpy twins' weights."""
+    def round_trip(self, weights: np.ndarray, high_plane: bool = False) -> np.ndarray:
+        """The float32 values the kernels compute with: the numpy twins' weights
+        (`high_plane`: as `prepare` says)."""
         if self.quantized:
-            q, scale = self.quantize_weights(weights.reshape(weights.shape[0], -1))
+            quantize = self.high_plane_weights if high_plane else self.quantize_weights
+            q, scale = quantize(weights.reshape(weights.shape[0], -1))
             return (q * scale[:, None]).reshape(weights.shape).astype(np.float32)
         return self.store(weights).astype(np.float32)
 
@@ -114,6 +155,15 @@ class Precision:
         np.clip(q, -self.weight_max, self.weight_max, out=q)
         return q.astype(self.weight_dtype), scale
 
+    def high_plane_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`quantize_weights` read from the high byte plane of `high_plane_of`'s weights:
+        int8 from int16's, round(q16 / 256) at 256 times int16's scale. Within 0.1 point
+        of int8's own weights on the shipped models (BENCHMARKS.md, "One store")."""
+        if not self.high_plane_of:
+            raise ValueError(f"{self.name} reads no other precision's high plane")
+        q16, scale16 = get_precision(self.high_plane_of).quantize_weights(w)
+        return split_planes(q16)[0].astype(self.weight_dtype), scale16 * np.float32(256)
+
     def activation_params(self, low: float, high: float) -> tuple[float, float]:
         """(scale, zero point) for inputs calibrated to [low, high]: the range is
         widened to hold 0 (padding must quantise exactly) and spread over the full
@@ -125,16 +175,22 @@ class Precision:
         return scale, zero
 
     def prepare(
-        self, w: np.ndarray, input_range: tuple[float, float] | None = None, name: str = "layer"
+        self,
+        w: np.ndarray,
+        input_range: tuple[float, float] | None = None,
+        name: str = "layer",
+        high_plane: bool = False,
     ) -> Prepared:
         """[M][K] float32 weights -> what the kernels read. Quantised rows need the
-        calibrated range of the layer's input."""
+        calibrated range of the layer's input. `high_plane`: the weights are read from
+        the high plane of `high_plane_of`'s (`high_plane_weights`)."""
         ones = np.ones(len(w), np.float32)
         if not self.quantized:
             return Prepared(self.store(w), ones, np.float32(1), np.float32(0))
         if input_range is None:
             raise ValueError(f"{name}: {self.name} needs the calibrated range of its input")
-        q, weight_scale = self.quantize_weights(w)
+        quantize = self.high_plane_weights if high_plane else self.quantize_weights
+        q, weight_scale = quantize(w)
         self.check_accumulator(q, name)
         scale, zero = self.activation_params(*input_range)
         return Prepared(
@@ -192,7 +248,8 @@ PRECISIONS: dict[str, Precision] = {
             byte_dot=False,
             grouped=False,
             fidelity=2,
-            description="int16 weights and inputs, exact int64 accumulation",
+            planes=True,
+            description="int16 weights (two byte planes) and inputs, exact int64 accumulation",
         ),
         Precision(
             "int8",
@@ -202,6 +259,7 @@ PRECISIONS: dict[str, Precision] = {
             2**31 - 1,
             byte_dot=True,
             grouped=False,
+            high_plane_of="int16",
             description="int8 weights and inputs, exact int32 accumulation",
         ),
     )

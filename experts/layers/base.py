@@ -33,13 +33,17 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class Build:
     """What a layer's launcher is built with: the device and, for layers with weights,
-    their precision, the calibrated range of their input (quantised precisions), and
-    for a mixture's grouped experts the device buffer of their row offsets."""
+    their precision, the calibrated range of their input (quantised precisions), for a
+    mixture's grouped experts the device buffer of their row offsets, and where int16
+    and int8 of a model share their weights, the store (kernels/ops/store.py) and the
+    layer's key in it (its full name)."""
 
     device: Device
     precision: Precision = FP32
     input_range: tuple[float, float] | None = None
     segments: Any = None
+    store: Any = None
+    key: str = ""
 
 
 LAYERS: dict[str, type[Layer]] = {}  # op name -> its class, in the order registered

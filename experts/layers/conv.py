@@ -94,7 +94,15 @@ class Conv(Layer):
                 build.device, in_shape, w, b, *geometry, build.precision, build.segments
             )
         return ops.conv2d(
-            build.device, in_shape, w, b, *geometry, build.precision, build.input_range
+            build.device,
+            in_shape,
+            w,
+            b,
+            *geometry,
+            build.precision,
+            build.input_range,
+            build.store,
+            build.key,
         )
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:

@@ -108,6 +108,8 @@ class Linear(Layer):
             build.precision,
             build.input_range,
             build.segments,
+            store=build.store,
+            key=build.key,
         )
 
     def dual_launcher(self, build: Build, big: Any, little: Any) -> ops.Launcher:

@@ -13,6 +13,8 @@ from experts.networks.calibrate import default_calibration
 from experts.networks.dual_fit import default_dual_module
 from experts.networks.mixture import MixtureNetwork
 from experts.networks.network import Network
+from kernels.ops import PlaneStore
+from kernels.precision import get_precision
 from kernels.runtime import Device
 
 
@@ -39,25 +41,45 @@ def little_modules(model: Model, request: Sequence[str]) -> dict[str, Little]:
     return {n: have[n] for n in names}
 
 
+def store_for(precisions: Sequence[str]) -> PlaneStore | None:
+    """A weight store for one model held at these precisions: one where int16 and int8
+    are both among them (int8 then reads int16's high plane), else None."""
+    return PlaneStore() if {"int16", "int8"} <= set(precisions) else None
+
+
+def store_note(precision: str, store: PlaneStore | None) -> dict[str, str]:
+    """A result row's note of where its weights came from, where a store changed it."""
+    if store is None or not get_precision(precision).high_plane_of:
+        return {}
+    return {"weights": f"{get_precision(precision).high_plane_of}'s high byte plane"}
+
+
 def build_network(
     model: Model,
     device: Device,
     precision: str = "fp32",
     layer_precisions: dict[str, str] | None = None,
     dual_module: Sequence[str] = (),
+    store: PlaneStore | None = None,
 ) -> Runnable:
     """`layer_precisions` (layer -> precision) go over model.json's own. Quantised
     layers take their input ranges from the model's calibration.json, or (with a
     warning, computed once per model) from a synthetic calibration set.
-    `dual_module`: layers to run with their little modules (`little_modules`)."""
-    network = _build(model, device, precision, layer_precisions)
+    `dual_module`: layers to run with their little modules (`little_modules`).
+    `store`: one per model, passed to its int16 and int8 builds, makes them share one
+    copy of the weights (kernels/ops/store.py; int8 then reads int16's high plane)."""
+    network = _build(model, device, precision, layer_precisions, store)
     if dual_module:
         return network.with_dual_module(little_modules(model, dual_module))
     return network
 
 
 def _build(
-    model: Model, device: Device, precision: str, layer_precisions: dict[str, str] | None
+    model: Model,
+    device: Device,
+    precision: str,
+    layer_precisions: dict[str, str] | None,
+    store: PlaneStore | None,
 ) -> Runnable:
     merged = merge_layer_precisions(model.meta, layer_precisions)
     ranges = None
@@ -66,7 +88,7 @@ def _build(
             model.calibration = default_calibration(model.meta, model.weights)
         ranges = model.calibration.ranges
     if model.is_mixture:
-        return MixtureNetwork(device, model.meta, model.weights, precision, merged, ranges)
+        return MixtureNetwork(device, model.meta, model.weights, precision, merged, ranges, store)
     return Network(
         device,
         model.layers,
@@ -75,4 +97,5 @@ def _build(
         precision=precision,
         layer_precisions=merged,
         ranges=ranges,
+        store=store,
     )

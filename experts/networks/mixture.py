@@ -47,6 +47,7 @@ class MixtureNetwork(Runnable):
         precision: str = "fp32",
         layer_precisions: dict[str, str] | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
+        store: ops.PlaneStore | None = None,
     ) -> None:
         self.device = device
         self.mixture: MixtureSpec = mixture_spec(meta)
@@ -65,6 +66,7 @@ class MixtureNetwork(Runnable):
                 name=prefix,
                 layer_precisions=part_weights(layer_precisions or {}, prefix),
                 ranges=part_weights(ranges or {}, prefix),
+                store=store,
                 **kw,
             )
 

@@ -66,12 +66,14 @@ class Network(Runnable):
         ranges: dict[str, tuple[float, float]] | None = None,
         segments: Any = None,
         name: str = "",
+        store: ops.PlaneStore | None = None,
     ) -> None:
         self.device = device
         self.name = name  # the launches' label prefix when profiling ("stem", "experts.3")
         # Grouped (a mixture's experts as one network): weights carry a leading expert
         # axis and the rows, sorted by expert, are split by the `segments` buffer.
         self.segments = segments
+        self.store = store  # int16 and int8 share their weights (kernels/ops/store.py)
         self.precision = get_precision(precision)
         # Per conv/linear layer: its own precision, and (quantised) its input's range.
         self.layer_precisions = layer_precisions or {}
@@ -96,7 +98,8 @@ class Network(Runnable):
         self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
 
     def _build(self, layer: Layer) -> Build:
-        build = Build(self.device, segments=self.segments)
+        key = f"{self.name}.{layer.name}" if self.name else layer.name
+        build = Build(self.device, segments=self.segments, store=self.store, key=key)
         if layer.weighted:
             p = get_precision(self.layer_precisions.get(layer.name, self.precision.name))
             span = self.ranges.get(layer.name)

@@ -148,6 +148,7 @@ __kernel void gemm_packed(const int M, const int N, const int K,
     const int nt = get_global_id(1);
     const int g = get_global_id(2);
     const int m0 = mt * ROW_BLOCK, n0 = nt * NB;
+    PLANE((size_t)((M + ROW_BLOCK - 1) / ROW_BLOCK) * K * ROW_BLOCK)  // int16: one GEMM
     __global const float *bp = Bp + (size_t)g * b_stride + (size_t)nt * K * NB;
     C += (size_t)g * c_stride;
 #if GROUPED
@@ -188,6 +189,7 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
     const int item = get_global_id(0), mt = get_global_id(1);
     const int chunk = item % chunks, row = item / chunks;  // row = b * OH + oy
     const int b = row / OH, oy = row % OH, m0 = mt * ROW_BLOCK;
+    PLANE((size_t)((M + ROW_BLOCK - 1) / ROW_BLOCK) * K * ROW_BLOCK)
     const size_t plane = (size_t)batch * HP * WP;
     __global const float *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy) * WP + chunk * NB;
     __global const wtype *a = Ap + (size_t)mt * K * ROW_BLOCK;
@@ -276,6 +278,7 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     }
 #endif
     const int blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
+    PLANE((size_t)blocks * steps * ROW_BLOCK)
     const int mt1 = min((part + 1) * blocks_per_item, blocks);
     const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {

@@ -47,8 +47,9 @@
 #define SKIP_ARGS , __global const float *restrict z, __global const wtype *restrict A, \
     __global const float *restrict ascale, __global const float *restrict abias, \
     __global const float *restrict threshold, __global int *restrict stats
-// A row of the little module's A against an image's z (16 lanes at a time).
-inline float estimate(__global const wtype *a, __global const float *z)
+// A row of the little module's A against an image's z (16 lanes at a time); int16:
+// A's planes lie wplane apart.
+inline float estimate(__global const wtype *a, __global const float *z, const size_t wplane)
 {
     float16 acc = 0;
     int k = 0;
@@ -75,7 +76,8 @@ inline float estimate(__global const wtype *a, __global const float *z)
             need[r] = 0; \
             const int row_ = min((o0) + r, O - 1); \
             for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) { \
-                const float e = estimate(A + (size_t)row_ * RANK, z + (size_t)((b0) + q) * RANK); \
+                const float e = estimate(A + (size_t)row_ * RANK, z + (size_t)((b0) + q) * RANK, \
+                                         (size_t)O * RANK); \
                 if (e * ascale[row_] + abias[row_] >= threshold[ex]) need[r] |= 1u << q; \
             } \
             any |= need[r]; \
@@ -112,6 +114,7 @@ __kernel void linear(LINEAR_ARGS)
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
+    PLANE((size_t)O * I)  // int16 runs ungrouped
     EXPERT_ROWS(b0)
     SENSITIVE(need, RO, o0, b0, true)
     __global const wtype *w[RO];
@@ -181,6 +184,7 @@ void linear_split(LINEAR_ARGS)
     const int o = get_group_id(0);
     const int t = get_local_id(0);
     const int b0 = get_global_id(1) * RB;
+    PLANE((size_t)O * I)
     EXPERT_ROWS(b0)
     SENSITIVE(need, 1, o, b0, t == 0)
     __global const wtype *w = W + (size_t)o * I;

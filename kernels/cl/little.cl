@@ -20,6 +20,7 @@ __kernel void little_project(const int I, __global const float *restrict X,
                              __global const float *restrict shift, __global float *restrict Z GROUP_ARGS)
 {
     const int r = get_global_id(0), b = get_global_id(1);
+    PLANE((size_t)RANK * I)  // int16 runs ungrouped
 #if GROUPED
     if (b >= seg[experts]) return;
     int ex = 0;

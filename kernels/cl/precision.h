@@ -29,10 +29,17 @@
 #define TARGET
 #endif
 
-#if QBITS == 8
+// int16 weights are two byte planes, q = 256 * high + low (precision.py's
+// split_planes): a kernel reading them declares with PLANE(n) how many elements lie
+// from a weight's high byte to its low byte (one plane, as the kernel lays it out).
+#if QBITS == 16
+#define PLANE(n) const size_t wplane = (n);
+#else
+#define PLANE(n)
+#endif
+
+#if QBITS == 8 || QBITS == 16
 #define wtype char
-#elif QBITS == 16
-#define wtype short
 #elif WEIGHT_HALF
 #define wtype half
 #else
@@ -43,6 +50,12 @@
 #define LOADW(i, p) vload_half((i), (p))
 #define LOADW8(i, p) vload_half8((i), (p))
 #define LOADW16(i, p) vload_half16((i), (p))
+#elif QBITS == 16
+#define LOADW(i, p) ((float)(p)[i] * 256.0f + (float)(p)[(i) + wplane])
+#define LOADW8(i, p) \
+    (convert_float8(vload8((i), (p))) * 256.0f + convert_float8(vload8((i), (p) + wplane)))
+#define LOADW16(i, p) \
+    (convert_float16(vload16((i), (p))) * 256.0f + convert_float16(vload16((i), (p) + wplane)))
 #elif QBITS
 #define LOADW(i, p) ((float)(p)[i])
 #define LOADW8(i, p) convert_float8(vload8((i), (p)))

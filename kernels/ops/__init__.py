@@ -20,6 +20,7 @@ from kernels.ops.launcher import Launcher
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
+from kernels.ops.store import PlaneStore
 from kernels.ops.winograd import WinogradConv2d, conv2d, grouped_conv2d
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Launcher",
     "Linear",
     "Merge",
+    "PlaneStore",
     "Pool2d",
     "Relu",
     "SkipStats",

@@ -10,6 +10,7 @@ import pyopencl as cl
 from kernels.blocking import LANES, ROW_BLOCK
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher
+from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -83,6 +84,8 @@ class Conv2d(Launcher):
         input_range: tuple[float, float] | None = None,
         dot4: bool | None = None,
         direct: bool | None = None,
+        store: PlaneStore | None = None,
+        key: str = "",
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -122,7 +125,10 @@ class Conv2d(Launcher):
                 f"panel of K={self.k}; the device has {local_bytes}"
             )
         self.implicit = implicit and not direct
-        byte_dot = self.implicit and precision.byte_dot
+        # A store (int16 and int8 of one model): int8 reads int16's high plane, laid out
+        # as the float-lane GEMM reads it, so not through DOT4's byte groups.
+        shared = store is not None and store.serves(precision)
+        byte_dot = self.implicit and precision.byte_dot and not shared
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -130,21 +136,34 @@ class Conv2d(Launcher):
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.precision = precision
         # Quantised: one input range for the layer, scales per output channel.
-        prepared = [precision.prepare(wg[g], input_range, "conv") for g in range(groups)]
+        high_plane = shared and bool(precision.high_plane_of)
+        prepared = [
+            precision.prepare(wg[g], input_range, "conv", high_plane) for g in range(groups)
+        ]
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
         self.cg4 = -(-self.cg // 4) * 4
-        if self.dot4:
-            self.a = [
-                device.upload(pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4))
+        if shared:
+            planes = [
+                store.planes(device, f"{key}/{g}", wg[g], precision, pack_rows)
+                for g in range(groups)
+            ]
+            self.a = [buffer for buffer, _ in planes]
+            uploaded = sum(n for _, n in planes)
+        else:
+            forms = [
+                pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4)
+                if self.dot4
+                else precision.device_form(p.weights, pack_rows)
                 for p in prepared
             ]
-        else:
-            self.a = [device.upload(pack_rows(p.weights)) for p in prepared]
+            self.a = [device.upload(a) for a in forms]
+            uploaded = sum(a.nbytes for a in forms)  # as resident: rows padded to blocks
         self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         if self.dot4:
             self.corr = [device.upload(p.byte_offset_correction()) for p in prepared]
-        self.weight_bytes = sum(p.nbytes for p in prepared) + 4 * self.m
+        self.weight_bytes = uploaded + sum(p.scale.nbytes for p in prepared) + 4 * self.m
+        self.high_plane = high_plane
         self.relu = relu
         self.defines = {**precision.defines, "DOT4": self.dot4}
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:

@@ -96,6 +96,7 @@ class DualLinear(Launcher):
         p_w, p_scale = little_weights(project.reshape(-1, big.i), p)
         a_w, a_scale = little_weights(weight.reshape(-1, rank), p)
         shift, bias = (v.astype(np.float32).ravel() for v in (shift, bias))
+        p_w, a_w = p.device_form(p_w), p.device_form(a_w)  # int16: as byte planes
         self.project = [device.upload(a) for a in (p_w, p_scale, shift)]
         self.little = [device.upload(a) for a in (a_w, a_scale, bias, thresholds)]
         self.stats = device.upload(np.zeros(3, np.int32))

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from kernels.ops.launcher import Launcher
+from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -27,6 +28,8 @@ class Linear(Launcher):
 
     `dot4` (int8 on CPUs, rows a multiple of four bytes; default: where `device.dot4`):
     the products run on AVX-512 VNNI (linear.cl's DOT4), same sums.
+
+    `store` (kernels/ops/store.py): int16 and int8 share the weights held under `key`.
     """
 
     def __init__(
@@ -40,6 +43,8 @@ class Linear(Launcher):
         segments: Any = None,
         split: bool | None = None,
         dot4: bool | None = None,
+        store: PlaneStore | None = None,
+        key: str = "",
     ) -> None:
         self.device = device
         self.split = not device.is_cpu if split is None else split
@@ -55,12 +60,20 @@ class Linear(Launcher):
             if bias is None
             else bias.astype(np.float32).ravel()
         )
-        prepared = precision.prepare(weight, input_range, "linear")
-        self.w = device.upload(prepared.weights)
+        # A store (int16 and int8 of one model): int8 reads int16's high plane.
+        shared = store is not None and store.serves(precision) and segments is None
+        high_plane = shared and bool(precision.high_plane_of)
+        prepared = precision.prepare(weight, input_range, "linear", high_plane)
+        if shared:
+            self.w, uploaded = store.planes(device, key, weight, precision)
+        else:
+            self.w = device.upload(precision.device_form(prepared.weights))
+            uploaded = prepared.weights.nbytes
         self.scale = device.upload(prepared.scale)
         self.qinv, self.qzero = prepared.qinv, prepared.qzero
         self.b = device.upload(bias)
-        self.weight_bytes = prepared.nbytes + bias.nbytes
+        self.weight_bytes = uploaded + prepared.scale.nbytes + bias.nbytes
+        self.high_plane = high_plane
         self.precision = precision
         byte_dot = precision.byte_dot and not self.split and self.i % 4 == 0
         if dot4 and not (byte_dot and device.dot4):

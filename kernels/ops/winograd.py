@@ -18,6 +18,7 @@ import numpy as np
 from kernels.blocking import LANES, ROW_BLOCK
 from kernels.ops.conv import Conv2d, choose_nv, pack_rows
 from kernels.ops.launcher import Launcher
+from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -282,6 +283,8 @@ def conv2d(
     relu: bool = False,
     precision: Precision = FP32,
     input_range: tuple[float, float] | None = None,
+    store: PlaneStore | None = None,
+    key: str = "",
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
     stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at least
@@ -303,6 +306,8 @@ def conv2d(
         relu,
         precision=precision,
         input_range=input_range,
+        store=store,
+        key=key,
     )
 
 

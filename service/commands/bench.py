@@ -22,7 +22,7 @@ from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_mode
 from experts.model.model import ModelError
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network, little_modules
+from experts.networks.build import build_network, little_modules, store_for, store_note
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -141,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
         little_modules(m, settings.dual_module) if settings.dual_module else {}
         for _, m, _, _ in models
     ]
+    stores = [store_for(precisions) for _ in models]  # int16 and int8: one copy each
     for precision in precisions:
         networks = []
-        for (_, m, _, _), little in zip(models, littles, strict=True):
-            network = build_network(m, device, precision, settings.layer_precisions)
+        for (_, m, _, _), little, store in zip(models, littles, stores, strict=True):
+            network = build_network(m, device, precision, settings.layer_precisions, store=store)
             # With the little modules beside the same network without: one run compares.
             dual = network.with_dual_module(little) if little else None
             networks.append((network, dual))
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                     **({"k": k} if k else {}),
                     **summarise(times[key], batch),
                     "weight_bytes": network.weight_bytes,
+                    **store_note(precision, stores[0]),
                     "activation_bytes": network.activation_bytes(batch),
                     "rss_bytes": rss_bytes(),
                     "peak_rss_bytes": peak_rss_bytes(),

@@ -17,7 +17,7 @@ from experts.data.fashion_mnist import load_fashion_mnist, to_model_input
 from experts.model.model import Model
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network, little_modules
+from experts.networks.build import build_network, little_modules, store_for, store_note
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
     reference = None
     torch_top1 = _torch_top1(model, x) if args.parity else None
     littles = little_modules(model, settings.dual_module) if settings.dual_module else {}
-    for precision in args.precision or [settings.default_precision]:
-        network = build_network(model, device, precision, settings.layer_precisions)
+    precisions = args.precision or [settings.default_precision]
+    store = store_for(precisions)  # int16 and int8 share a store, as a server's do
+    for precision in precisions:
+        network = build_network(model, device, precision, settings.layer_precisions, store=store)
         variants = [(network, None)]
         if littles:  # with and without, so the accuracy cost is measured, not assumed
             variants.append((network.with_dual_module(littles), list(littles)))
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             row = {
                 "model": name,
                 "precision": precision,
+                **store_note(precision, store),
                 "dataset": "fashion-mnist",
                 **({"k": args.k or model.mixture.k} if model.is_mixture else {}),
                 **result,

@@ -30,7 +30,7 @@ from experts.model.model import Model, ModelError
 from experts.model.repository import Repository
 from experts.model.resolve import resolve_model
 from experts.networks.base import Output, Runnable
-from experts.networks.build import build_network, little_modules
+from experts.networks.build import build_network, little_modules, store_for
 from kernels.runtime import Device
 from service.http.latency import LatencyModel
 from service.scores import probabilities
@@ -182,8 +182,9 @@ class Engine:
             littles |= little_modules(model, default) if default else {}
             self._littles[name] = littles
             self._default_dual[name] = default
+            store = store_for(self.precisions)  # int16 and int8: one copy of the weights
             for precision in self.precisions:
-                network = build_network(model, device, precision, s.layer_precisions)
+                network = build_network(model, device, precision, s.layer_precisions, store=store)
                 network.warm_up(s.max_batch_size)
                 self._time(model, precision, network)
                 self._networks[(name, precision)] = network

@@ -68,13 +68,15 @@ def test_conv2d_im2col_fallback(device, rng):
 # -- precisions (kernels/precision.py): the twins compute with the stored weights ----------
 
 
-def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
-    """The numpy result for a Conv2d at precision p, and the tolerance scale."""
+def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range, high_plane=False):
+    """The numpy result for a Conv2d at precision p, and the tolerance scale
+    (`high_plane`: int8 read from int16's, kernels/ops/store.py)."""
     if not p.quantized:
         return ref.conv2d(x, p.round_trip(wt), b, stride, pad, groups, relu), None
     m, mg = wt.shape[0], wt.shape[0] // groups
     parts = [
-        p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range) for g in range(groups)
+        p.prepare(wt[g * mg : (g + 1) * mg].reshape(mg, -1), input_range, high_plane=high_plane)
+        for g in range(groups)
     ]
     q = np.concatenate([pp.weights for pp in parts]).reshape(wt.shape)
     scale = np.concatenate([pp.scale for pp in parts])
@@ -84,7 +86,9 @@ def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range):
     return want, np.abs(raw) + np.abs(b).reshape(1, m, 1, 1)
 
 
-def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None):
+def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None, store=None):
+    """The launcher at precision p against its twin (`store`: built with one, under the
+    key "conv"); returns the launcher."""
     n, c, h, w, m, k, stride, pad, groups, relu = case
     kh, kw = (k, k) if isinstance(k, int) else k
     if implicit:
@@ -109,9 +113,12 @@ def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None)
         input_range=input_range,
         dot4=dot4,
         direct=direct,
+        store=store,
+        key="conv",
     )
     got = run4d(device, op, x, op.scratch_bytes(n))
-    want, scale_of = conv_twin(p, x, wt, b, (sh, sw), (ph, pw), groups, relu, input_range)
+    geometry = (sh, sw), (ph, pw), groups, relu, input_range
+    want, scale_of = conv_twin(p, x, wt, b, *geometry, high_plane=op.high_plane)
     if p.quantized:
         assert_dequantized_close(got, want, scale_of)
     else:

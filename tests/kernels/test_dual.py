@@ -26,6 +26,7 @@ def _plain_and_skipped(device, op, x, estimate, threshold, n):
     a = eye.astype(op.precision.weight_dtype) if op.segments is None else eye
     if op.segments is not None:  # each expert's A and vectors
         a = np.concatenate([eye] * op.experts).astype(op.precision.weight_dtype)
+    a = op.precision.device_form(a)
     rows = op.experts * o
     xb = device.upload(x)
     scratch = device.alloc(max(op.scratch_bytes(n), 4))

@@ -10,7 +10,7 @@ import pytest
 
 from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_model_input
 from experts.model.repository import Repository, default_root
-from experts.networks.build import build_network
+from experts.networks.build import build_network, store_for
 
 # Issue targets: top-1 at fp32, and the most a precision may lose against fp32.
 MIN_TOP1 = {"fashion-alexnet": 0.930, "fashion-moe": 0.925}
@@ -96,3 +96,20 @@ def test_precision_costs_little_accuracy(device, fp32_runs, name, precision):
     ours, _ = top1(build_network(model, device, precision), x)
     loss = (pred == labels).mean() - (ours == labels).mean()
     assert loss <= MAX_LOSS[precision], (precision, loss)
+
+
+@pytest.mark.parametrize("name", sorted(MIN_TOP1))
+def test_one_store_serves_int16_and_int8(device, fp32_runs, name):
+    """int16 and int8 of one model in one weight store (kernels/ops/store.py): at most
+    1.05x the bytes of int16 alone, int16's scores unchanged, int8 (int16's high byte
+    plane) within a point of fp32 on the test set."""
+    model, x, labels, pred, _ = fp32_runs[name]
+    alone = build_network(model, device, "int16")
+    store = store_for(["int16", "int8"])
+    int16 = build_network(model, device, "int16", store=store)
+    int8 = build_network(model, device, "int8", store=store)
+    assert int16.weight_bytes + int8.weight_bytes <= 1.05 * alone.weight_bytes
+    np.testing.assert_array_equal(int16.run(x[:300]).scores, alone.run(x[:300]).scores)
+    ours, _ = top1(int8, x)
+    loss = (pred == labels).mean() - (ours == labels).mean()
+    assert loss <= MAX_LOSS["int8"], loss
