@@ -15,9 +15,10 @@
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
 // Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py), WEIGHT_HALF
-// and QBITS (precision.h). Quantised precisions take B already quantised (by pad2d
-// or im2col), accumulate exactly (precision.h) and scale each row's total by
-// scale[row]; float ones pass scale = 1.
+// and QBITS (precision.h), A_PLAIN (DOT4 reading the float-lane layout of A, below).
+// Quantised precisions take B already quantised (by pad2d or im2col), accumulate
+// exactly (precision.h) and scale each row's total by scale[row]; float ones pass
+// scale = 1.
 //
 // DOT4 (int8, conv_packed only, x86 CPUs with AVX-512 VNNI): the products run on
 // vpdpbusd, which adds four byte products into each int lane, 64 multiply-adds per
@@ -59,7 +60,25 @@
 #define TOTAL(r, q) convert_float16(c##r##q - corr[m0 + r]),
 #define LOADB(r, q) const int16 b##q = vload16(q, bk);
 #define atype8 int8
+#if A_PLAIN
+// int8 read from one weight store (kernels/ops/store.py): A lies as the float-lane
+// GEMM packs it, [M/8][K][8] with k over (channel, i, j). DOT4's step s (tap s / c4s,
+// channels 4 * (s % c4s) on) gathers its four channels' bytes of the 8 rows into the
+// ints DOT4 reads, a channel a byte; channels past the group's cg read 0.
+inline int8 plain_a8(const int s, __global const char *a, const int c4s, const int taps,
+                     const int cg)
+{
+    const int t = s / c4s, c = 4 * (s % c4s);
+    __global const uchar *p = (__global const uchar *)a + ((size_t)c * taps + t) * ROW_BLOCK;
+    int8 v = 0;
+    for (int e = 0; e < 4 && c + e < cg; ++e)
+        v |= convert_int8(vload8(0, p + (size_t)e * taps * ROW_BLOCK)) << (8 * e);
+    return v;
+}
+#define LOADA8(k, a) plain_a8((k), (a), c4s, KH * KW, CG)
+#else
 #define LOADA8(k, a) vload8((k), (__global const int *)(a))
+#endif
 #define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8.s##r));
 #else
 #define btype float
@@ -218,8 +237,8 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 // columns n = (b * OH + oy) * OW + ox.
 #if DOT4
 #define xtype uchar
-#define CORR_ARG , __global const int *restrict corr, const int CP
-#define CORR , corr, CP
+#define CORR_ARG , __global const int *restrict corr, const int CP, const int CG
+#define CORR , corr, CP, CG
 #else
 #define xtype float
 #define CORR_ARG
@@ -283,7 +302,11 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * ROW_BLOCK;
+#if A_PLAIN
+        __global const wtype *a = Ap + (size_t)mt * KH * KW * CG * ROW_BLOCK;
+#else
         __global const wtype *a = Ap + (size_t)mt * steps * ROW_BLOCK * (DOT4 ? 4 : 1);
+#endif
         BLOCK(panel, __local, steps)
     }
 }

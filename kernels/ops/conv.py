@@ -126,9 +126,9 @@ class Conv2d(Launcher):
             )
         self.implicit = implicit and not direct
         # A store (int16 and int8 of one model): int8 reads int16's high plane, laid out
-        # as the float-lane GEMM reads it, so not through DOT4's byte groups.
+        # as the float-lane GEMM reads it (DOT4 regroups its bytes as it reads: A_PLAIN).
         shared = store is not None and store.serves(precision)
-        byte_dot = self.implicit and precision.byte_dot and not shared
+        byte_dot = self.implicit and precision.byte_dot
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -165,7 +165,7 @@ class Conv2d(Launcher):
         self.weight_bytes = uploaded + sum(p.scale.nbytes for p in prepared) + 4 * self.m
         self.high_plane = high_plane
         self.relu = relu
-        self.defines = {**precision.defines, "DOT4": self.dot4}
+        self.defines = {**precision.defines, "DOT4": self.dot4, "A_PLAIN": self.dot4 and shared}
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
         # into bytes, channels innermost).
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
@@ -265,7 +265,7 @@ class Conv2d(Launcher):
         local = cl.LocalMemory((1 if self.dot4 else 4) * k * LANES * nv)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
-            dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
+            dot4 = (self.corr[g], I32(self.groups * self.cg4), I32(self.cg)) if self.dot4 else ()
             self.device.launch(
                 conv,
                 (panels, parts),

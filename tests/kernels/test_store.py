@@ -102,22 +102,32 @@ def test_int8_from_the_high_plane_on_byte_dot_products(device, rng, dot4):
     assert_dequantized_close(_run(device, a8, x), _run(device, own, x), scale_of + np.abs(b))
 
 
-@pytest.mark.parametrize(
-    "case,direct",
-    [(CONV_CASES[0], None), (CONV_CASES[0], True), (CONV_CASES[1], None), (CONV_CASES[3], None)],
-)
-def test_conv_int16_and_int8_share_one_store(device, case, direct):
-    """Groups get a key each; int8 leaves DOT4's byte layout for the shared one, and
-    the direct kernel (a first layer) reads it too."""
+@pytest.mark.parametrize("dot4", [True, False])
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[3], CONV_CASES[5]])
+def test_conv_int16_and_int8_share_one_store(device, case, dot4):
+    """Groups get a key each; int8 on byte dot products regroups the shared layout's
+    bytes as it reads them (gemm.cl's A_PLAIN), in float lanes reads it as it lies."""
+    skip_unless_dot4(device, dot4)
     store = ops.PlaneStore()
     # The same seed: both launchers see the same weights and inputs.
     a16 = check_conv_precision(device, np.random.default_rng(7), INT16, case, True, store=store)
     a8 = check_conv_precision(
-        device, np.random.default_rng(7), INT8, case, True, direct=direct, store=store
+        device, np.random.default_rng(7), INT8, case, True, dot4=dot4, store=store
     )
-    assert a8.high_plane and not a8.dot4 and a8.direct == bool(direct)
+    assert a8.high_plane and a8.dot4 == dot4
     assert [id(a) for a in a8.a] == [id(a) for a in a16.a] and len(store) == case[8]
     assert a8.weight_bytes == 8 * case[4]  # the scales and biases only
+
+
+def test_first_layer_reads_the_store_directly(device):
+    """The direct kernel (a network's first layer) reads the shared layout too."""
+    store = ops.PlaneStore()
+    case = CONV_CASES[0]
+    check_conv_precision(device, np.random.default_rng(8), INT16, case, True, store=store)
+    a8 = check_conv_precision(
+        device, np.random.default_rng(8), INT8, case, None, direct=True, store=store
+    )
+    assert a8.direct and a8.high_plane and len(store) == 1
 
 
 def test_a_store_serves_one_device(device, rng):
