@@ -94,6 +94,9 @@ class Precision:
     # top-1 (BENCHMARKS.md, "Accuracy"): the order precision=auto tries them in.
     fidelity: int = 0
     planes: bool = False  # weights stored as two byte planes (int16; `split_planes`)
+    # Fully connected weights packed in groups of 16 at the width each group needs
+    # (kernels/bitgroups.py); the integers, and so every sum, are the base precision's.
+    packed: bool = False
     # Where one store holds both (kernels/ops/store.py): reads the high plane of this
     # precision's weights (int8: int16's).
     high_plane_of: str = ""
@@ -261,6 +264,31 @@ PRECISIONS: dict[str, Precision] = {
             grouped=False,
             high_plane_of="int16",
             description="int8 weights and inputs, exact int32 accumulation",
+        ),
+        Precision(
+            "int16g",
+            np.int16,
+            16,
+            "int64",
+            2**63 - 1,
+            byte_dot=False,
+            grouped=False,
+            planes=True,
+            packed=True,
+            description="int16's integers; fully connected weights in groups of 16 at the "
+            "width each needs (DPRed)",
+        ),
+        Precision(
+            "int8g",
+            np.int8,
+            8,
+            "int32",
+            2**31 - 1,
+            byte_dot=True,
+            grouped=False,
+            packed=True,
+            description="int8's integers; fully connected weights in groups of 16 at the "
+            "width each needs (DPRed)",
         ),
     )
 }

@@ -81,6 +81,11 @@ class Runnable(ABC):
         """The same network with little modules (layer full name -> `Little`,
         experts/model/dual_module.py) on those layers, sharing every weight buffer."""
 
+    @abstractmethod
+    def layer_bits(self) -> dict[str, tuple[int, float]]:
+        """Per layer with weights (full name): how many, and the bits each takes as
+        stored (8 for int8, fewer where packed: kernels/bitgroups.py)."""
+
     @property
     @abstractmethod
     def little_bytes(self) -> int:

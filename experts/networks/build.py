@@ -4,6 +4,7 @@ the one interface of experts/networks/base.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from experts.model.calibration import merge_layer_precisions, needs_ranges
 from experts.model.dual_module import DUAL_MODULE_FILE, DualModuleError, Little, resolve_layers
@@ -47,11 +48,26 @@ def store_for(precisions: Sequence[str]) -> PlaneStore | None:
     return PlaneStore() if {"int16", "int8"} <= set(precisions) else None
 
 
-def store_note(precision: str, store: PlaneStore | None) -> dict[str, str]:
-    """A result row's note of where its weights came from, where a store changed it."""
-    if store is None or not get_precision(precision).high_plane_of:
-        return {}
-    return {"weights": f"{get_precision(precision).high_plane_of}'s high byte plane"}
+def bits_per_weight(network: Runnable) -> dict[str, float]:
+    """Bits per weight as stored, per layer and (key "model") over all of them: what
+    `bench` and `eval` report for packed precisions (kernels/bitgroups.py)."""
+    layers = network.layer_bits()
+    total = sum(count for count, _ in layers.values())
+    out = {name: round(bits, 3) for name, (_, bits) in layers.items()}
+    out["model"] = round(sum(c * b for c, b in layers.values()) / max(total, 1), 3)
+    return out
+
+
+def storage_note(precision: str, network: Runnable, store: PlaneStore | None) -> dict[str, Any]:
+    """A result row's note of how its weights are stored, where that is news: read from
+    another precision's high plane (a store), or packed (with the bits per weight)."""
+    p = get_precision(precision)
+    note: dict[str, Any] = {}
+    if store is not None and p.high_plane_of:
+        note["weights"] = f"{p.high_plane_of}'s high byte plane"
+    if p.packed:
+        note["bits_per_weight"] = bits_per_weight(network)
+    return note
 
 
 def build_network(

@@ -162,6 +162,9 @@ class MixtureNetwork(Runnable):
     def _parts_names(self) -> list[str]:
         return ["stem", "gate", "head", *(f"experts.{i}" for i in range(self.mixture.experts))]
 
+    def layer_bits(self) -> dict[str, tuple[int, float]]:
+        return {name: bits for part in self._parts() for name, bits in part.layer_bits().items()}
+
     @property
     def little_bytes(self) -> int:
         return sum(p.little_bytes for p in self._parts())

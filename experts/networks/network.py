@@ -146,6 +146,14 @@ class Network(Runnable):
         twin._plans = OrderedDict()
         return twin
 
+    def layer_bits(self) -> dict[str, tuple[int, float]]:
+        prefix = f"{self.name}." if self.name else ""
+        return {
+            prefix + s.name: (s.op.weight_count, s.op.bits_per_weight)
+            for s in self.steps
+            if s.op is not None and s.op.weight_count
+        }
+
     @property
     def little_bytes(self) -> int:
         """Device bytes of the little modules (the rest is shared with the plain network)."""

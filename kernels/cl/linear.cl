@@ -5,7 +5,7 @@
 // rows of X, reading every weight once per batch tile. Quantised precisions get X
 // already quantised (quantize_input, once per layer rather than once per row tile)
 // and accumulate exactly (precision.h).
-// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS, DOT4 (precision.h), SKIP (below).
+// Defines: RO, RB, RELU, WEIGHT_HALF, QBITS, DOT4 (precision.h), SKIP, PACKED (below).
 #include "precision.h"
 
 #if RELU
@@ -285,6 +285,66 @@ __kernel void linear(DOT4_ARGS SKIP_ARGS)
     const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB, ex = 0;
     SENSITIVE(need, RO, o0, b0, true)
     linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr);
+}
+#endif
+
+#if PACKED
+// Grouped-precision weights (kernels/bitgroups.py, DPRed): row o's groups of 16 start
+// at word off[o] of S; group g is w = (its nibble in wn) + 1 words, word b holding bit
+// b of the group's 16 weights (weight j in bit j). A work-item decodes a row's groups
+// into 16 lanes once for its RB images and sums them exactly as `linear` sums the
+// plain int8 / int16 rows: the same integers, the same totals, the same epilogue.
+__kernel void linear_packed(const int B, const int I, const int O,
+                            __global const float *restrict X, __global const ushort *restrict S,
+                            __global const uint *restrict off, __global const uchar *restrict wn,
+                            __global const float *restrict bias,
+                            __global const float *restrict scale, __global float *restrict Y)
+{
+    const int o = get_global_id(0), b0 = get_global_id(1) * RB;
+    if (o >= O) return;
+    const int groups = (I + 15) / 16;
+    __global const ushort *s = S + off[o];
+    __global const uchar *nib = wn + (size_t)o * ((groups + 1) / 2);
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __global const float *x[RB];
+    acc16 acc[RB];
+    accs tot[RB];
+#pragma unroll
+    for (int q = 0; q < RB; ++q) {
+        x[q] = X + (size_t)min(b0 + q, B - 1) * I;
+        acc[q] = 0;
+        tot[q] = 0;
+    }
+    int added = 0;
+    for (int g = 0; g < groups; ++g) {
+        const int w = ((nib[g >> 1] >> ((g & 1) << 2)) & 15) + 1;
+        int16 v = 0;
+        for (int b = 0; b < w; ++b) v |= (((int16)s[b] >> lane) & 1) << b;
+        s += w;
+        const float16 wv = convert_float16((v << (32 - w)) >> (32 - w));  // w-bit signed
+        const int i = 16 * g;
+        if (i + 16 <= I) {
+#pragma unroll
+            for (int q = 0; q < RB; ++q) acc[q] = MACC(wv, vload16(0, x[q] + i), acc[q]);
+        } else {  // the last, partial group: X ends at I
+            float wl[16];
+            vstore16(wv, 0, wl);
+#pragma unroll
+            for (int q = 0; q < RB; ++q)
+                for (int e = 0; i + e < I; ++e) tot[q] += (accs)wl[e] * (accs)x[q][i + e];
+        }
+        if (++added == QCHUNK) {
+#pragma unroll
+            for (int q = 0; q < RB; ++q) { tot[q] += hsum(acc[q]); acc[q] = 0; }
+            added = 0;
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < RB; ++q) {
+        if (b0 + q >= B) break;
+        const accs t = tot[q] + hsum(acc[q]);
+        Y[(size_t)(b0 + q) * O + o] = ACT((float)t * scale[o] + bias[o]);
+    }
 }
 #endif
 

@@ -164,6 +164,7 @@ class Conv2d(Launcher):
             self.corr = [device.upload(p.byte_offset_correction()) for p in prepared]
         self.weight_bytes = uploaded + sum(p.scale.nbytes for p in prepared) + 4 * self.m
         self.high_plane = high_plane
+        self.weight_count, self.bits_per_weight = weight.size, 8 * prepared[0].weights.itemsize
         self.relu = relu
         self.defines = {**precision.defines, "DOT4": self.dot4, "A_PLAIN": self.dot4 and shared}
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:

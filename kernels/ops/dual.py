@@ -81,6 +81,11 @@ class DualLinear(Launcher):
     ) -> None:
         if not big.relu:
             raise ValueError("dual-module inference needs the layer's ReLU")
+        if big.precision.packed:
+            raise ValueError(
+                f"dual-module inference reads plain rows; {big.precision.name} packs them: "
+                f"use {big.precision.name.rstrip('g')}"
+            )
         experts, rank = big.experts, project.shape[-2]
         shapes = (project.shape, shift.shape, weight.shape, bias.shape)
         lead = (experts,) if big.segments is not None else ()
@@ -103,6 +108,7 @@ class DualLinear(Launcher):
         arrays = (p_w, p_scale, shift, a_w, a_scale, bias, thresholds)
         self.little_bytes = sum(a.nbytes for a in arrays)
         self.weight_bytes = big.weight_bytes + self.little_bytes
+        self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
         defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
         self.kernel = device.kernel("little.cl", "little_project", defines)
         self._z: dict[int, Any] = {}

@@ -11,6 +11,8 @@ class Launcher:
     reading device buffer x and writing y (scratch: `scratch_bytes(n)` bytes)."""
 
     weight_bytes: int = 0  # device bytes the layer's weights hold
+    weight_count: int = 0  # the layer's weights (its filters' or matrix's entries)
+    bits_per_weight: float = 0.0  # as stored: the precision's, or packed (bitgroups.py)
 
     def scratch_bytes(self, n: int) -> int:
         return 0

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels import bitgroups
 from kernels.ops.launcher import Launcher
 from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision
@@ -30,6 +31,9 @@ class Linear(Launcher):
     the products run on AVX-512 VNNI (linear.cl's DOT4), same sums.
 
     `store` (kernels/ops/store.py): int16 and int8 share the weights held under `key`.
+    Packed precisions (int8g, int16g: kernels/bitgroups.py) run `linear_packed`, one
+    row per work-item, on any device, where packing makes the weights smaller (`pack`
+    None; True: always, False: never).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Linear(Launcher):
         dot4: bool | None = None,
         store: PlaneStore | None = None,
         key: str = "",
+        pack: bool | None = None,
     ) -> None:
         self.device = device
         self.split = not device.is_cpu if split is None else split
@@ -61,10 +66,32 @@ class Linear(Launcher):
             else bias.astype(np.float32).ravel()
         )
         # A store (int16 and int8 of one model): int8 reads int16's high plane.
-        shared = store is not None and store.serves(precision) and segments is None
+        shared = (
+            store is not None
+            and store.serves(precision)
+            and segments is None
+            and not precision.packed
+        )
         high_plane = shared and bool(precision.high_plane_of)
         prepared = precision.prepare(weight, input_range, "linear", high_plane)
-        if shared:
+        self.packed: bitgroups.Packed | None = None
+        if precision.packed and segments is not None:
+            raise ValueError(f"grouped experts cannot run {precision.name}")
+        packed = bitgroups.encode(prepared.weights, precision.bits) if precision.packed else None
+        if pack and packed is None:
+            raise ValueError(f"{precision.name} weights are not packed: use int8g or int16g")
+        if packed is not None and (
+            pack or (pack is None and packed.nbytes < prepared.weights.nbytes)
+        ):
+            # int8g / int16g where the groups shrink the rows (else the plain rows, which
+            # hold the same integers): linear.cl's linear_packed decodes them
+            self.packed = packed
+            self.w = device.upload(packed.stream)
+            self.offsets = device.upload(packed.offsets.astype(np.uint32))
+            self.nibbles = device.upload(packed.nibbles())
+            uploaded = packed.nbytes
+            self.split = False
+        elif shared:
             self.w, uploaded = store.planes(device, key, weight, precision)
         else:
             self.w = device.upload(precision.device_form(prepared.weights))
@@ -73,9 +100,18 @@ class Linear(Launcher):
         self.qinv, self.qzero = prepared.qinv, prepared.qzero
         self.b = device.upload(bias)
         self.weight_bytes = uploaded + prepared.scale.nbytes + bias.nbytes
+        self.weight_count = weight.size
+        self.bits_per_weight = (
+            packed.bits_per_weight if self.packed else 8 * prepared.weights.itemsize
+        )
+        self.weight_args = (
+            (self.w,) if self.packed is None else (self.w, self.offsets, self.nibbles)
+        )
         self.high_plane = high_plane
         self.precision = precision
-        byte_dot = precision.byte_dot and not self.split and self.i % 4 == 0
+        byte_dot = (
+            precision.byte_dot and not self.split and self.i % 4 == 0 and not precision.packed
+        )
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
@@ -93,6 +129,8 @@ class Linear(Launcher):
     def _tile(self, n: int) -> tuple[int, int]:
         """(RO, RB): rows and images per work-item (per work-group when split)."""
         # Grouped: one image at a time, as neighbouring rows may be other experts'.
+        if self.packed is not None:  # one row per work-item, decoded once per RB images
+            return 1, min(n, 8)
         if self.segments is not None:
             return (1 if self.split else 4), 1
         if self.split:  # an int16 lane is a long16: 32 registers per image
@@ -121,7 +159,11 @@ class Linear(Launcher):
             raise ValueError("skipping rows needs the layer's ReLU")
         ro, rb = self._tile(n)
         kernel = self._kernels.get((rb, rank))
-        if kernel is None:
+        if kernel is None and self.packed is not None:
+            defines = {"PACKED": 1, "RB": rb, "RELU": self.relu, **self.defines}
+            kernel = self.device.kernel("linear.cl", "linear_packed", defines)
+            self._kernels[(rb, rank)] = kernel
+        elif kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
             defines = {
                 **shape,
@@ -160,7 +202,7 @@ class Linear(Launcher):
             I32(self.i),
             I32(self.o),
             x,
-            self.w,
+            *self.weight_args,
             self.b,
             self.scale,
             y,

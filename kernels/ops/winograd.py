@@ -126,6 +126,7 @@ class WinogradConv2d(Launcher):
         self.zero_bias = device.upload(np.zeros(self.blocks * ROW_BLOCK, np.float32))
         self.ones = device.upload(np.ones(self.blocks * ROW_BLOCK, np.float32))
         self.weight_bytes = packed.nbytes + bias.nbytes
+        self.weight_count, self.bits_per_weight = weight.size, 8 * packed.itemsize
         self.precision = precision
         at, _, bt = transforms(tile, r)
         self.defines = {

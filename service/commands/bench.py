@@ -22,7 +22,7 @@ from experts.data.fashion_mnist import DatasetError, load_fashion_mnist, to_mode
 from experts.model.model import ModelError
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network, little_modules, store_for, store_note
+from experts.networks.build import build_network, little_modules, storage_note, store_for
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                     **({"k": k} if k else {}),
                     **summarise(times[key], batch),
                     "weight_bytes": network.weight_bytes,
-                    **store_note(precision, stores[0]),
+                    **storage_note(precision, network, stores[0]),  # all or none have one
                     "activation_bytes": network.activation_bytes(batch),
                     "rss_bytes": rss_bytes(),
                     "peak_rss_bytes": peak_rss_bytes(),
@@ -322,6 +322,10 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
     )
     if "ratio" in row:
         line += f"  (moe-alexnet / onnxruntime = {row['ratio']:.2f}x)"
+    if "bits_per_weight" in row:
+        line += f"  {row['bits_per_weight']['model']:.2f} bits/weight"
+    if "weights" in row:
+        line += f"  (weights: {row['weights']})"
     print(line, flush=True)
     for layer, s in row.get("dual_module", {}).items():
         print(

@@ -17,7 +17,7 @@ from experts.data.fashion_mnist import load_fashion_mnist, to_model_input
 from experts.model.model import Model
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
-from experts.networks.build import build_network, little_modules, store_for, store_note
+from experts.networks.build import build_network, little_modules, storage_note, store_for
 from kernels.runtime import Device
 from service.commands import args as common
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             row = {
                 "model": name,
                 "precision": precision,
-                **store_note(precision, store),
+                **storage_note(precision, net, store),
                 "dataset": "fashion-mnist",
                 **({"k": args.k or model.mixture.k} if model.is_mixture else {}),
                 **result,
@@ -180,6 +180,11 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
             else ""
         )
     )
+    if "weights" in result:
+        print(f"  weights: {result['weights']}")
+    if "bits_per_weight" in result:
+        layers = "  ".join(f"{k} {v:.2f}" for k, v in result["bits_per_weight"].items())
+        print(f"  bits per weight: {layers}")
     dual = result.get("dual_module")
     if dual:
         print(

@@ -12,6 +12,7 @@ from kernels.precision import PRECISIONS
 FP32_NMSE = 1e-10  # float32 with a different summation order
 
 QUANTIZED = [n for n, p in PRECISIONS.items() if p.quantized]
+UNPACKED = sorted(n for n, p in PRECISIONS.items() if not p.packed)  # rows as they are
 
 
 def nmse(got: np.ndarray, want: np.ndarray) -> float:

@@ -14,39 +14,43 @@ from kernels.bitgroups import Packed, check, decode, encode, widths_needed
 
 def test_widths_needed():
     values = np.array([0, -1, 1, -2, 2, 3, -4, 4, 63, -64, 64, 127, -127, -128, 32767, -32768])
-    want = [0, 1, 2, 2, 3, 3, 3, 4, 7, 7, 8, 8, 8, 8, 16, 16]
+    want = [1, 1, 2, 2, 3, 3, 3, 4, 7, 7, 8, 8, 8, 8, 16, 16]
     assert widths_needed(values).tolist() == want
 
 
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("k", [1, 7, 15, 16, 17, 45, 100])
-@pytest.mark.parametrize("group", [8, 16, 32])
-def test_round_trip(rng, bits, k, group):
+def test_round_trip(rng, bits, k):
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     q = rng.integers(lo, hi + 1, (6, k))
-    q[1] = 0  # a row of empty groups
+    q[1] = 0  # a row of all-zero groups
     q[2] = rng.integers(-3, 4, k)  # narrow groups
     q[3, ::2], q[3, 1::2] = hi, lo  # the extremes
-    q[4, : min(k, group)] = 0  # one empty group in a full row
-    p = encode(q, bits, group)
+    q[4, : min(k, 16)] = 0  # one all-zero group in a full row
+    q[5, : min(k, 16)] = -1  # one all -1 group
+    p = encode(q, bits)
     np.testing.assert_array_equal(decode(p), q)
-    assert p.widths[1].max(initial=0) == 0 and p.offsets[2] - p.offsets[1] == 0
-    assert p.widths[3].min() == bits
+    groups = -(-k // 16)
+    assert p.widths[1].tolist() == [1] * groups and p.offsets[2] - p.offsets[1] == groups
+    assert p.widths[3].min() == bits and p.widths[4, 0] == p.widths[5, 0] == 1
 
 
-def test_bits_per_weight():
-    q = np.zeros((4, 64), np.int64)
-    assert encode(q, 8).bits_per_weight == 4 * 4 / 64  # widths only
-    q[:, :16] = 5  # one 4-bit group per row
+def test_bit_slicing_and_bytes():
+    """Word b of a group holds bit b of its 16 weights; the widths are nibbles."""
+    q = np.zeros((2, 20), np.int64)
+    q[0, :16] = [5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -4]  # 4 bits: 0101 ... 1100
     p = encode(q, 8)
-    assert p.stream.size == 4 * 8 and p.bits_per_weight == (8 * 32 + 4 * 16) / 256
+    assert p.widths.tolist() == [[4, 1], [1, 1]] and p.offsets.tolist() == [0, 5, 7]
+    assert p.stream[:4].tolist() == [1, 0, 1 | 1 << 15, 1 << 15]
+    assert p.nibbles().tolist() == [[3], [0]]
+    assert p.nbytes == 2 * 7 + 2 + 4 * 3 and p.bits_per_weight == 8 * p.nbytes / 40
 
 
 def test_encode_refuses():
     with pytest.raises(ValueError, match=r"outside 8-bit range \[-128, 127\]"):
         encode(np.array([[128]]), 8)
-    with pytest.raises(ValueError, match="multiple of 8"):
-        encode(np.zeros((1, 4), np.int64), 8, group=12)
+    with pytest.raises(ValueError, match=r"must be \[M\]\[K\]"):
+        encode(np.zeros(4, np.int64), 8)
 
 
 def _packed(rng) -> Packed:
@@ -57,11 +61,12 @@ def _packed(rng) -> Packed:
     "change,message",
     [
         (lambda p: replace(p, widths=np.full_like(p.widths, 9)), "a group of width 9 in a 8-bit"),
+        (lambda p: replace(p, widths=np.zeros_like(p.widths)), "a group of width 0 in a 8-bit"),
         (lambda p: replace(p, widths=p.widths[:, :-1]), r"widths \(3, 2\) for weights \(3, 40\)"),
         (lambda p: replace(p, offsets=p.offsets + 1), "row offsets disagree"),
         (
             lambda p: replace(p, stream=p.stream[:-1]),
-            r"stream of \d+ bytes, the widths need \d+ \(truncated\?\)",
+            r"stream of \d+ words, the widths need \d+ \(truncated\?\)",
         ),
     ],
 )

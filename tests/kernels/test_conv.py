@@ -14,6 +14,7 @@ from kernels.precision import PRECISIONS
 from kernels.runtime import Device
 from tests.kernels.helpers import (
     FP32_NMSE,
+    UNPACKED,
     assert_dequantized_close,
     nmse,
     run4d,
@@ -126,7 +127,7 @@ def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None,
     return op
 
 
-@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("implicit", [True, False])
 @pytest.mark.parametrize("case", CONV_CASES[:4])
 def test_conv2d_precisions(device, rng, name, implicit, case):
@@ -154,7 +155,7 @@ DIRECT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("case", DIRECT_CASES)
 def test_direct_conv2d(device, rng, name, case):
     """gemm.cl's conv_direct against the numpy twin at every precision."""

@@ -12,7 +12,7 @@ from kernels import ops
 from kernels import reference as ref
 from kernels.ops.dual import little_weights
 from kernels.precision import PRECISIONS, get_precision
-from tests.kernels.helpers import nmse, segment_table, skip_unless_dot4
+from tests.kernels.helpers import UNPACKED, nmse, segment_table, skip_unless_dot4
 
 RANGE = (-1.5, 2.0)
 
@@ -53,7 +53,7 @@ def _tile_reads(need: np.ndarray, rb: int) -> int:
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["rows", "split"])
-@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("n,i,o", [(1, 300, 33), (9, 1031, 17), (13, 64, 9), (2, 9000, 5)])
 def test_skipped_rows_are_zero_and_the_rest_exact(device, rng, name, n, i, o, split):
     p = PRECISIONS[name]
@@ -69,7 +69,7 @@ def test_skipped_rows_are_zero_and_the_rest_exact(device, rng, name, n, i, o, sp
     assert stats.tolist() == [_tile_reads(need, rb), n, int(need.sum())]
 
 
-@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("n,i,o", [(1, 300, 33), (8, 1031, 17)])
 def test_no_skip_and_all_skipped_equal_the_plain_layer(device, rng, name, n, i, o):
     """0% skip: the plain layer exactly. 100% skip: zeros, which is the plain layer
@@ -147,7 +147,7 @@ def _twin(x, project, shift, weight, bias, p):
     return z, ref.little_estimate(x, pw, ps, shift, aw, a_s, bias)
 
 
-@pytest.mark.parametrize("name", sorted(PRECISIONS))
+@pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("n,i,o,r", [(1, 200, 40, 8), (3, 37, 9, 5), (9, 1031, 70, 33)])
 def test_dual_linear_against_its_twins(device, rng, name, n, i, o, r):
     """The whole layer: the little module's estimates against little.cl's twin, the
@@ -211,3 +211,11 @@ def test_a_little_module_that_does_not_fit_is_refused(device, rng):
         ops.DualLinear(big, *_little(rng, 200, 41, 8), np.zeros(1))
     with pytest.raises(ValueError, match="2 thresholds for 1 experts"):
         ops.DualLinear(big, *_little(rng, 200, 40, 8), np.zeros(2))
+
+
+@pytest.mark.parametrize("name", ["int8g", "int16g"])
+def test_packed_rows_are_refused(device, rng, name):
+    wt = rng.standard_normal((9, 64), np.float32)
+    big = ops.Linear(device, wt, None, True, get_precision(name), input_range=RANGE)
+    with pytest.raises(ValueError, match=f"reads plain rows; {name} packs them"):
+        ops.DualLinear(big, *_little(rng, 64, 9, 4), np.array([0.25]))

@@ -56,7 +56,8 @@ def test_linear_precisions(device, rng, name, n, i, o, split):
     y = device.alloc(4 * n * o)
     op(n, device.upload(x), y, device.alloc(op.scratch_bytes(n)))
     got = device.read(y, (n, o))
-    assert op.weight_bytes == wt.size * np.dtype(p.weight_dtype).itemsize + 8 * o
+    weights = op.packed.nbytes if op.packed else wt.size * np.dtype(p.weight_dtype).itemsize
+    assert op.weight_bytes == weights + 8 * o
     if not p.quantized:
         assert nmse(got, ref.linear(x, p.round_trip(wt), b, True)) < FP32_NMSE
         return
@@ -131,3 +132,33 @@ def test_grouped_linear(device, rng, name, counts, i, o, split):
     )
     assert nmse(got[:n], want) < (FP32_NMSE if name == "fp32" else 1e-5)
     assert (got[n:] == 7.0).all()
+
+
+@pytest.mark.parametrize("packed,base", [("int8g", "int8"), ("int16g", "int16")])
+@pytest.mark.parametrize(
+    "n,i,o", [(1, 300, 33), (8, 1031, 17), (3, 9216, 9), (13, 17, 5), (2, 16, 3), (9, 8200, 12)]
+)
+def test_packed_rows_sum_exactly_what_plain_rows_do(device, rng, packed, base, n, i, o):
+    """Grouped precision (kernels/bitgroups.py): the same integers, so the same outputs,
+    bit for bit: rows of all-zero groups, narrow and full-width groups, a last partial
+    group, and (8200 k) more groups than int8's float lanes may sum before a flush."""
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32) * np.float32(rng.uniform(0.01, 1, (o, 1)))
+    wt[0, : min(i, 40)] = 0  # whole zero groups
+    wt[1 % o, ::7] *= 50  # a few wide groups among narrow ones
+    b = rng.standard_normal(o, np.float32)
+    ys, ops_ = [], []
+    for name, pack in ((base, None), (packed, True), (packed, None)):
+        op = ops.Linear(device, wt, b, True, get_precision(name), (-1.5, 2.0), pack=pack)
+        y = device.alloc(4 * n * o)
+        op(n, device.upload(x), y, device.alloc(max(4, op.scratch_bytes(n))))
+        ys.append(device.read(y, (n, o)))
+        ops_.append(op)
+    np.testing.assert_array_equal(ys[1], ys[0])
+    np.testing.assert_array_equal(ys[2], ys[0])
+    plain, forced, chosen = ops_
+    plain_bits = 8 * np.dtype(plain.precision.weight_dtype).itemsize
+    assert forced.packed is not None and forced.bits_per_weight == forced.packed.bits_per_weight
+    # By default packed only where the groups shrink the rows.
+    assert (chosen.packed is not None) == (forced.bits_per_weight < plain_bits)
+    assert chosen.bits_per_weight == min(forced.bits_per_weight, plain_bits)

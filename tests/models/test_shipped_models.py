@@ -113,3 +113,13 @@ def test_one_store_serves_int16_and_int8(device, fp32_runs, name):
     ours, _ = top1(int8, x)
     loss = (pred == labels).mean() - (ours == labels).mean()
     assert loss <= MAX_LOSS["int8"], loss
+
+
+@pytest.mark.parametrize("name", sorted(MIN_TOP1))
+@pytest.mark.parametrize("packed,base", [("int8g", "int8"), ("int16g", "int16")])
+def test_grouped_precision_gives_the_plain_logits(device, fp32_runs, name, packed, base):
+    """int8g / int16g sum the same integers as int8 / int16 (kernels/bitgroups.py)."""
+    model, x, _, _, _ = fp32_runs[name]
+    plain, grouped = build_network(model, device, base), build_network(model, device, packed)
+    np.testing.assert_array_equal(grouped.run(x[:1000]).scores, plain.run(x[:1000]).scores)
+    assert grouped.weight_bytes <= plain.weight_bytes  # packed only where it shrinks

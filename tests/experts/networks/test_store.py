@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 
 from experts.model.repository import Repository
-from experts.networks.build import build_network, store_for, store_note
+from experts.networks.build import build_network, storage_note, store_for
 
 
 def test_a_store_only_where_int16_and_int8_are_both_held():
     assert store_for(["fp32", "int16", "int8"]) is not None
     assert store_for(["int8"]) is None and store_for(["fp32", "int16"]) is None
-    assert store_note("int8", store_for(["int16", "int8"])) == {
-        "weights": "int16's high byte plane"
-    }
-    assert store_note("int16", store_for(["int16", "int8"])) == {}
-    assert store_note("int8", None) == {}
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
@@ -35,6 +30,8 @@ def test_networks_share_one_store(device, shared_repo, rng, name):
     np.testing.assert_array_equal(int8.run(x).scores, own.run(x).scores)
     assert int8.weight_bytes < 0.1 * int16.weight_bytes  # scales and biases only
     assert int16.weight_bytes == own.weight_bytes == alone16.weight_bytes
+    assert storage_note("int8", int8, store) == {"weights": "int16's high byte plane"}
+    assert storage_note("int16", int16, store) == storage_note("int8", int8, None) == {}
     # The mode differs from int8's own weights (another rounding), slightly.
     plain8 = build_network(model, device, "int8").run(x).scores
     assert not np.array_equal(plain8, int8.run(x).scores)

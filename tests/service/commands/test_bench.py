@@ -194,3 +194,22 @@ def test_bench_times_several_models_together(capsys, moe_repo):
         ("small-moe", 3, 2),
     ]
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_bench_says_how_weights_are_stored(capsys, moe_repo):
+    """int8 beside int16 reads int16's planes (one store); int8g reports its bits per
+    weight, per layer and for the model."""
+    argv = ["bench", "--model", "tiny,small-moe", "--batch", "2", "--iterations", "2"]
+    code, out, err = run(capsys, *argv, "--precision", "int16,int8,int8g", "--json")
+    assert code == 0, err
+    rows = {(r["model"], r["precision"]): r for r in map(json.loads, out.splitlines())}
+    for model in ("tiny", "small-moe"):
+        assert rows[(model, "int8")]["weights"] == "int16's high byte plane"
+        assert rows[(model, "int8")]["weight_bytes"] < rows[(model, "int16")]["weight_bytes"] / 10
+        assert "weights" not in rows[(model, "int16")] and "weights" not in rows[(model, "int8g")]
+        bits = rows[(model, "int8g")]["bits_per_weight"]
+        assert 0 < bits["model"] <= 8 and len(bits) > 1
+    assert "bits_per_weight" not in rows[("tiny", "int8")]
+    code, out, err = run(capsys, *argv, "--precision", "int8g")
+    assert code == 0, err
+    assert "bits/weight" in out
