@@ -7,7 +7,8 @@ copy: a `PlaneStore`, shared by the launchers of both, uploads each layer's plan
 once, for whichever precision is built first. int16 launchers read both planes; int8
 launchers read the high plane alone as int8 weights at 256 times int16's scale
 (`Precision.high_plane_weights`), so a request switches precision with no reload and
-no second copy. The bytes are counted once, by the launcher that uploaded them.
+no second copy. The bytes are counted once, by the int16 launcher, whichever
+precision was built first.
 """
 
 from __future__ import annotations
@@ -34,19 +35,18 @@ class PlaneStore:
     def planes(
         self, device: Device, key: str, w: np.ndarray, precision: Precision, layout: Layout = as_is
     ) -> tuple[Any, int]:
-        """(buffer, bytes uploaded by this call) of the planes of [M][K] float weights
-        `w` under `key`: uploaded on the first call, in `layout` (the kernel's), and
-        shared after it (0 bytes)."""
+        """(buffer, bytes to count) of the planes of [M][K] float weights `w` under
+        `key`: uploaded on the first call, in `layout` (the kernel's), shared after it.
+        int16 counts the planes' bytes, int8 none."""
         found = self._buffers.get(key)
-        if found is not None:
-            if found[1] != device:
-                raise ValueError(f"{key}: a weight store serves one device")
-            return found[0], 0
-        owner = precision if precision.planes else get_precision(precision.high_plane_of)
-        form = owner.device_form(owner.quantize_weights(w)[0], layout)
-        buffer = device.upload(form)
-        self._buffers[key] = (buffer, device)
-        return buffer, form.nbytes
+        if found is None:
+            owner = precision if precision.planes else get_precision(precision.high_plane_of)
+            form = owner.device_form(owner.quantize_weights(w)[0], layout)
+            found = self._buffers[key] = (device.upload(form), device, form.nbytes)
+        buffer, where, nbytes = found
+        if where != device:
+            raise ValueError(f"{key}: a weight store serves one device")
+        return buffer, nbytes if precision.planes else 0
 
     def __len__(self) -> int:
         return len(self._buffers)
