@@ -273,6 +273,7 @@ PRECISIONS: dict[str, Precision] = {
             2**63 - 1,
             byte_dot=False,
             grouped=False,
+            fidelity=2,  # int16's answers
             planes=True,
             packed=True,
             description="int16's integers; fully connected weights in groups of 16 at the "
