@@ -21,9 +21,11 @@ are built with (kernels/cl/precision.h turns those into types and macros).
 - int16 weights live on the device as two byte planes, q = 256 * high + low with
   high = round(q / 256) (`split_planes`): the kernels read both, and an int8 layer
   can read the high plane alone as int8 weights at 256 times int16's scale, so one
-  store serves both precisions (kernels/ops/planes.py). For the high byte to stay
+  store serves both precisions (kernels/ops/store.py). For the high byte to stay
   within int8's [-127, 127], int16 weights are quantised to |q| <= 32639 rather than
   32767 (0.4% of the range; their accuracy is int16's, BENCHMARKS.md "Accuracy").
+- int8g, int16g: int8's and int16's integers, with the fully connected layers' weights
+  packed in groups of 16 at the width each group needs (DPRed; kernels/bitgroups.py).
 
 Every formula here is also what the numpy twins compute (kernels/reference.py), so
 the integer results match exactly.
@@ -136,12 +138,10 @@ class Precision:
             raise ValueError(f"{self.name} weights need a scale: use quantize_weights")
         return np.ascontiguousarray(weights, dtype=self.weight_dtype)
 
-    def round_trip(self, weights: np.ndarray, high_plane: bool = False) -> np.ndarray:
-        """The float32 values the kernels compute with: the numpy twins' weights
-        (`high_plane`: as `prepare` says)."""
+    def round_trip(self, weights: np.ndarray) -> np.ndarray:
+        """The float32 values the kernels compute with: the numpy twins' weights."""
         if self.quantized:
-            quantize = self.high_plane_weights if high_plane else self.quantize_weights
-            q, scale = quantize(weights.reshape(weights.shape[0], -1))
+            q, scale = self.quantize_weights(weights.reshape(weights.shape[0], -1))
             return (q * scale[:, None]).reshape(weights.shape).astype(np.float32)
         return self.store(weights).astype(np.float32)
 

@@ -98,7 +98,7 @@ class Network(Runnable):
         self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
 
     def _build(self, layer: Layer) -> Build:
-        key = f"{self.name}.{layer.name}" if self.name else layer.name
+        key = self.full_name(layer.name)
         build = Build(self.device, segments=self.segments, store=self.store, key=key)
         if layer.weighted:
             p = get_precision(self.layer_precisions.get(layer.name, self.precision.name))
@@ -146,10 +146,13 @@ class Network(Runnable):
         twin._plans = OrderedDict()
         return twin
 
+    def full_name(self, layer: str) -> str:
+        """A layer's name with the network's part prefix ("experts.3.fc6")."""
+        return f"{self.name}.{layer}" if self.name else layer
+
     def layer_bits(self) -> dict[str, tuple[int, float]]:
-        prefix = f"{self.name}." if self.name else ""
         return {
-            prefix + s.name: (s.op.weight_count, s.op.bits_per_weight)
+            self.full_name(s.name): (s.op.weight_count, s.op.bits_per_weight)
             for s in self.steps
             if s.op is not None and s.op.weight_count
         }
@@ -162,7 +165,7 @@ class Network(Runnable):
     def take_skip_stats(self) -> dict[str, ops.SkipStats]:
         """Per layer with a little module, what its big layer did since the last call."""
         return {
-            f"{self.name}.{s.name}" if self.name else s.name: s.op.take_stats()
+            self.full_name(s.name): s.op.take_stats()
             for s in self.steps
             if isinstance(s.op, ops.DualLinear)
         }

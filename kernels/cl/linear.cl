@@ -104,6 +104,21 @@ inline float estimate(__global const wtype *a, __global const float *z, const si
     for (int r = 0; r < (rows); ++r) need[r] = ~0u;
 #define KEEP(need, q, v) (v)
 #endif
+// One work-item's RB images from b0 on (the last image repeated past B): its rows x[q]
+// of X, and its running sums acc[q] and totals tot[q] zeroed; FLUSH_IMAGES moves the
+// running sums into the totals (for int8, exactly: into int).
+#define IMAGES(b0) \
+    __global const float *x[RB]; \
+    acc16 acc[RB]; \
+    accs tot[RB]; \
+    _Pragma("unroll") for (int q = 0; q < RB; ++q) { \
+        x[q] = X + (size_t)min((b0) + q, B - 1) * I; \
+        acc[q] = 0; \
+        tot[q] = 0; \
+    }
+#define FLUSH_IMAGES \
+    _Pragma("unroll") for (int q = 0; q < RB; ++q) { tot[q] += hsum(acc[q]); acc[q] = 0; }
+
 #define LINEAR_ARGS const int B, const int I, const int O, \
     __global const float *restrict X, __global const wtype *restrict W, \
     __global const float *restrict bias, __global const float *restrict scale, \
@@ -188,15 +203,7 @@ void linear_split(LINEAR_ARGS)
     EXPERT_ROWS(b0)
     SENSITIVE(need, 1, o, b0, t == 0)
     __global const wtype *w = W + (size_t)o * I;
-    __global const float *x[RB];
-    acc16 acc[RB];
-    accs tot[RB];
-#pragma unroll
-    for (int q = 0; q < RB; ++q) {
-        x[q] = X + (size_t)min(b0 + q, B - 1) * I;
-        acc[q] = 0;
-        tot[q] = 0;
-    }
+    IMAGES(b0)
     const int I16 = I & ~15;
     int added = 0;
     for (int i = 16 * t; i < I16; i += 16 * LS) {
@@ -204,8 +211,7 @@ void linear_split(LINEAR_ARGS)
 #pragma unroll
         for (int q = 0; q < RB; ++q) acc[q] = MACC(wv, vload16(0, x[q] + i), acc[q]);
         if (++added == QCHUNK) {
-#pragma unroll
-            for (int q = 0; q < RB; ++q) { tot[q] += hsum(acc[q]); acc[q] = 0; }
+            FLUSH_IMAGES
             added = 0;
         }
     }
@@ -306,15 +312,7 @@ __kernel void linear_packed(const int B, const int I, const int O,
     __global const ushort *s = S + off[o];
     __global const uchar *nib = wn + (size_t)o * ((groups + 1) / 2);
     const short16 slane = (short16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __global const float *x[RB];
-    acc16 acc[RB];
-    accs tot[RB];
-#pragma unroll
-    for (int q = 0; q < RB; ++q) {
-        x[q] = X + (size_t)min(b0 + q, B - 1) * I;
-        acc[q] = 0;
-        tot[q] = 0;
-    }
+    IMAGES(b0)
     int added = 0;
     for (int g = 0; g < groups; ++g) {
         const int w = ((nib[g >> 1] >> ((g & 1) << 2)) & 15) + 1;
@@ -339,8 +337,7 @@ __kernel void linear_packed(const int B, const int I, const int O,
                 for (int e = 0; i + e < I; ++e) tot[q] += (accs)wl[e] * (accs)x[q][i + e];
         }
         if (++added == QCHUNK) {
-#pragma unroll
-            for (int q = 0; q < RB; ++q) { tot[q] += hsum(acc[q]); acc[q] = 0; }
+            FLUSH_IMAGES
             added = 0;
         }
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyopencl as cl
 from kernels.blocking import LANES, ROW_BLOCK
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher
-from kernels.ops.store import PlaneStore
+from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -45,11 +46,12 @@ def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarr
     return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
 
 
-def channels_last(w: np.ndarray, c: int, padded: int) -> np.ndarray:
-    """[M][c * KH * KW] with k over (channel, i, j) -> [M][KH * KW * padded] with k over
-    (i, j, channel), the c channels of each tap followed by zeros (DOT4's order)."""
-    taps = w.reshape(len(w), c, -1).transpose(0, 2, 1)
-    return np.pad(taps, ((0, 0), (0, 0), (0, padded - c))).reshape(len(w), -1)
+def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
+    """[M][cg * KH * KW] weights, k over (channel, i, j), as DOT4 reads them: k over (i,
+    j, channel), each tap's cg channels followed by zeros up to cg4, four k to an int."""
+    taps = w.reshape(len(w), cg, -1).transpose(0, 2, 1)
+    taps = np.pad(taps, ((0, 0), (0, 0), (0, cg4 - cg))).reshape(len(w), -1)
+    return pack_rows(taps, group=4)
 
 
 class Conv2d(Launcher):
@@ -142,22 +144,18 @@ class Conv2d(Launcher):
         ]
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
         self.cg4 = -(-self.cg // 4) * 4
-        if shared:
-            planes = [
-                store.planes(device, f"{key}/{g}", wg[g], precision, pack_rows)
-                for g in range(groups)
-            ]
-            self.a = [buffer for buffer, _ in planes]
-            uploaded = sum(n for _, n in planes)
-        else:
-            forms = [
-                pack_rows(channels_last(p.weights, self.cg, self.cg4), group=4)
-                if self.dot4
-                else precision.device_form(p.weights, pack_rows)
-                for p in prepared
-            ]
-            self.a = [device.upload(a) for a in forms]
-            uploaded = sum(a.nbytes for a in forms)  # as resident: rows padded to blocks
+        # DOT4's own layout groups four k of a row into an int; a store's is pack_rows'.
+        layout = (
+            partial(dot4_rows, cg=self.cg, cg4=self.cg4) if self.dot4 and not shared else pack_rows
+        )
+        held = [
+            upload_weights(device, precision, p.weights, layout, (store, f"{key}/{g}", wg[g]))
+            if shared
+            else upload_weights(device, precision, p.weights, layout)
+            for g, p in enumerate(prepared)
+        ]
+        self.a = [buffer for buffer, _ in held]
+        uploaded = sum(n for _, n in held)  # as resident: rows padded to blocks
         self.scale = [device.upload(p.scale) for p in prepared]
         self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
         if self.dot4:

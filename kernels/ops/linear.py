@@ -8,7 +8,7 @@ import numpy as np
 
 from kernels import bitgroups
 from kernels.ops.launcher import Launcher
-from kernels.ops.store import PlaneStore
+from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 
@@ -16,6 +16,22 @@ I32 = np.int32
 
 
 SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
+
+
+def choose_packing(
+    q: np.ndarray, precision: Precision, pack: bool | None
+) -> bitgroups.Packed | None:
+    """A packed precision's (int8g, int16g) weights `q` in groups (kernels/bitgroups.py)
+    where that makes them smaller (`pack` None), always (True) or never (False); the
+    plain rows otherwise, which hold the same integers."""
+    if not precision.packed:
+        if pack:
+            raise ValueError(f"{precision.name} weights are not packed: use int8g or int16g")
+        return None
+    if pack is False:
+        return None
+    packed = bitgroups.encode(q, precision.bits)
+    return packed if pack or packed.nbytes < q.nbytes else None
 
 
 class Linear(Launcher):
@@ -74,39 +90,26 @@ class Linear(Launcher):
         )
         high_plane = shared and bool(precision.high_plane_of)
         prepared = precision.prepare(weight, input_range, "linear", high_plane)
-        self.packed: bitgroups.Packed | None = None
-        if precision.packed and segments is not None:
-            raise ValueError(f"grouped experts cannot run {precision.name}")
-        packed = bitgroups.encode(prepared.weights, precision.bits) if precision.packed else None
-        if pack and packed is None:
-            raise ValueError(f"{precision.name} weights are not packed: use int8g or int16g")
-        if packed is not None and (
-            pack or (pack is None and packed.nbytes < prepared.weights.nbytes)
-        ):
-            # int8g / int16g where the groups shrink the rows (else the plain rows, which
-            # hold the same integers): linear.cl's linear_packed decodes them
-            self.packed = packed
+        self.packed = packed = choose_packing(prepared.weights, precision, pack)
+        if packed is not None:  # linear.cl's linear_packed decodes them
             self.w = device.upload(packed.stream)
             self.offsets = device.upload(packed.offsets.astype(np.uint32))
             self.nibbles = device.upload(packed.nibbles())
             uploaded = packed.nbytes
             self.split = False
-        elif shared:
-            self.w, uploaded = store.planes(device, key, weight, precision)
         else:
-            self.w = device.upload(precision.device_form(prepared.weights))
-            uploaded = prepared.weights.nbytes
+            held = (store, key, weight) if shared else None
+            self.w, uploaded = upload_weights(device, precision, prepared.weights, shared=held)
         self.scale = device.upload(prepared.scale)
         self.qinv, self.qzero = prepared.qinv, prepared.qzero
         self.b = device.upload(bias)
         self.weight_bytes = uploaded + prepared.scale.nbytes + bias.nbytes
         self.weight_count = weight.size
-        self.bits_per_weight = (
-            packed.bits_per_weight if self.packed else 8 * prepared.weights.itemsize
-        )
-        self.weight_args = (
-            (self.w,) if self.packed is None else (self.w, self.offsets, self.nibbles)
-        )
+        if packed is None:
+            self.bits_per_weight, self.weight_args = 8 * prepared.weights.itemsize, (self.w,)
+        else:
+            self.bits_per_weight = packed.bits_per_weight
+            self.weight_args = (self.w, self.offsets, self.nibbles)
         self.high_plane = high_plane
         self.precision = precision
         byte_dot = (

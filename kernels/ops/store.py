@@ -50,3 +50,19 @@ class PlaneStore:
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def upload_weights(
+    device: Device,
+    precision: Precision,
+    q: np.ndarray,
+    layout: Layout = as_is,
+    shared: tuple[PlaneStore, str, np.ndarray] | None = None,
+) -> tuple[Any, int]:
+    """(buffer, bytes to count) of a layer's weights `q` as its kernel reads them, in
+    `layout`; `shared` (store, key, the float weights): from the store instead."""
+    if shared is not None:
+        store, key, w = shared
+        return store.planes(device, key, w, precision, layout)
+    form = precision.device_form(q, layout)
+    return device.upload(form), form.nbytes
