@@ -1,11 +1,33 @@
-"""Sizes that the Python launchers and the OpenCL C kernels must agree on.
+"""Sizes that the Python launchers and the OpenCL C kernels must agree on, and the
+GEMM's weight layouts that follow from them.
 
 Every program is built with these as `-D` defines (kernels/runtime.py), and gemm.cl
 refuses to build with other values than the ones its unrolled macros are written for:
 a change here that the kernels do not follow fails at build time, naming the file.
 """
 
+import numpy as np
+
 ROW_BLOCK = 8  # rows of C (output channels) per GEMM register block; A is packed so
 LANES = 16  # floats per vector: a GEMM panel is LANES * NV columns wide
 
 DEFINES = {"ROW_BLOCK": ROW_BLOCK, "LANES": LANES}
+
+
+def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarray:
+    """[M][K] -> [ceil(M/block)][ceil(K/group)][block][group], zero rows and columns
+    appended: the GEMM's A panels (group 4: gemm.cl's DOT4 reads four k at a time)."""
+    m, k = a.shape
+    mp, kp = -(-m // block) * block, -(-k // group) * group
+    padded = np.zeros((mp, kp), a.dtype)
+    padded[:m, :k] = a
+    panels = padded.reshape(mp // block, block, kp // group, group).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
+
+
+def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
+    """[M][cg * KH * KW] weights, k over (channel, i, j), as DOT4 reads them: k over (i,
+    j, channel), each tap's cg channels followed by zeros up to cg4, four k to an int."""
+    taps = w.reshape(len(w), cg, -1).transpose(0, 2, 1)
+    taps = np.pad(taps, ((0, 0), (0, 0), (0, cg4 - cg))).reshape(len(w), -1)
+    return pack_rows(taps, group=4)

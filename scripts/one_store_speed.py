@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""int8 from one weight store (int16's high byte plane) against int8 with weights of its
-own, timed in turns in one process (BENCHMARKS.md, "One store for int16 and int8").
+"""int16 and int8 from one weight store against each with weights of its own, timed in
+turns in one process (BENCHMARKS.md, "One store for int16 and int8").
 
-The shared int8 reads the planes in the float-lane GEMM's layout, so its convolutions
-leave the byte dot products (DOT4) that int8 of its own uses on VNNI CPUs; its fully
-connected layers read the same bytes either way.
+On VNNI CPUs the store holds the convolutions int8 runs on byte dot products in their
+layout, which int16 then reads a byte at a time (gemm.cl's TAPS); the fully connected
+layers read the same bytes either way.
 
     python scripts/one_store_speed.py --model fashion-alexnet --batch 8
     python scripts/one_store_speed.py --model alexnet --random-weights --batch 1
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model(args.model, default_root(), args.random_weights, 0)
     store = store_for(["int16", "int8"])
     networks = {
-        "int8, own weights": build_network(model, device, "int8"),
+        "int16 alone": build_network(model, device, "int16"),
+        "int8 alone": build_network(model, device, "int8"),
         "int16, one store": build_network(model, device, "int16", store=store),
         "int8, one store": build_network(model, device, "int8", store=store),
     }
@@ -55,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.iterations):
                 network.run(x)
             rates[name].append(args.iterations * args.batch / (time.perf_counter() - start))
-    own = rates["int8, own weights"]
     for name, r in rates.items():
-        ratio = [a / b for a, b in zip(r, own, strict=True)]
+        alone = rates[name.split(",")[0].replace(" alone", "") + " alone"]
+        ratio = [a / b for a, b in zip(r, alone, strict=True)]
         print(
             f"{args.model} b{args.batch} {name}: {statistics.median(r):8.1f} img/s "
             f"({min(r):.1f}-{max(r):.1f}), weights {networks[name].weight_bytes / 2**20:7.2f} MiB, "
-            f"vs int8 own weights {statistics.median(ratio):.2f}x "
+            f"vs the same precision alone {statistics.median(ratio):.2f}x "
             f"({min(ratio):.2f}-{max(ratio):.2f})",
             flush=True,
         )

@@ -15,7 +15,7 @@
 //    whose local memory cannot hold a panel).
 // C rows start at c_row0 (a group of a grouped convolution writes its own rows).
 // Defines: NV (1, 2 or 3), RELU (0/1), MAD (fma or mad, see runtime.py), WEIGHT_HALF
-// and QBITS (precision.h), A_PLAIN (DOT4 reading the float-lane layout of A, below).
+// and QBITS (precision.h), TAPS (the float lanes reading DOT4's layout of A, below).
 // Quantised precisions take B already quantised (by pad2d or im2col), accumulate
 // exactly (precision.h) and scale each row's total by scale[row]; float ones pass
 // scale = 1.
@@ -60,25 +60,7 @@
 #define TOTAL(r, q) convert_float16(c##r##q - corr[m0 + r]),
 #define LOADB(r, q) const int16 b##q = vload16(q, bk);
 #define atype8 int8
-#if A_PLAIN
-// int8 read from one weight store (kernels/ops/store.py): A lies as the float-lane
-// GEMM packs it, [M/8][K][8] with k over (channel, i, j). DOT4's step s (tap s / c4s,
-// channels 4 * (s % c4s) on) gathers its four channels' bytes of the 8 rows into the
-// ints DOT4 reads, a channel a byte; channels past the group's cg read 0.
-inline int8 plain_a8(const int s, __global const char *a, const int c4s, const int taps,
-                     const int cg)
-{
-    const int t = s / c4s, c = 4 * (s % c4s);
-    __global const uchar *p = (__global const uchar *)a + ((size_t)c * taps + t) * ROW_BLOCK;
-    int8 v = 0;
-    for (int e = 0; e < 4 && c + e < cg; ++e)
-        v |= convert_int8(vload8(0, p + (size_t)e * taps * ROW_BLOCK)) << (8 * e);
-    return v;
-}
-#define LOADA8(k, a) plain_a8((k), (a), c4s, KH * KW, CG)
-#else
 #define LOADA8(k, a) vload8((k), (__global const int *)(a))
-#endif
 #define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8.s##r));
 #else
 #define btype float
@@ -93,7 +75,21 @@ inline int8 plain_a8(const int s, __global const char *a, const int c4s, const i
 #endif
 #define LOADB(r, q) const float16 b##q = vload16(q, bk);
 #define atype8 float8
+#if TAPS
+// A in DOT4's layout, [M/8][K/4][8][4] (a weight store shared with int8 on VNNI,
+// kernels/ops/store.py): row r's weight at k is byte k % 4 of the block's int
+// (k / 4) * 8 + r; 32 bytes a step of four k, eight picked.
+#define TAPS_PICK(k, p) shuffle2(vload16(0, (p) + ((k) >> 2) * 32), \
+    vload16(1, (p) + ((k) >> 2) * 32), (uchar8)(0, 4, 8, 12, 16, 20, 24, 28) + (uchar)((k) & 3))
+#if QBITS == 16
+#define LOADA8(k, a) \
+    (convert_float8(TAPS_PICK(k, a)) * 256.0f + convert_float8(TAPS_PICK(k, (a) + wplane)))
+#else
+#define LOADA8(k, a) convert_float8(TAPS_PICK(k, a))
+#endif
+#else
 #define LOADA8(k, a) LOADW8((k), (a))
+#endif
 #define MAC(r, q) c##r##q = MACC((float16)(a8.s##r), b##q, c##r##q);
 #endif
 
@@ -237,8 +233,8 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 // columns n = (b * OH + oy) * OW + ox.
 #if DOT4
 #define xtype uchar
-#define CORR_ARG , __global const int *restrict corr, const int CP, const int CG
-#define CORR , corr, CP, CG
+#define CORR_ARG , __global const int *restrict corr, const int CP
+#define CORR , corr, CP
 #else
 #define xtype float
 #define CORR_ARG
@@ -250,10 +246,10 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
     __global float *restrict C, const int ldc, const int c_row0, \
     const int batch, const int HP, const int WP, const int c0, \
     const int KH, const int KW, const int SH, const int SW, \
-    const int OH, const int OW, const int blocks_per_item, \
+    const int OH, const int OW, const int blocks_per_item, const int CG, \
     __local btype *restrict panel CORR_ARG
 #define CONV_PASS M, N, K, Ap, x, bias, scale, C, ldc, c_row0, batch, HP, WP, c0, \
-    KH, KW, SH, SW, OH, OW, blocks_per_item, panel CORR
+    KH, KW, SH, SW, OH, OW, blocks_per_item, CG, panel CORR
 
 // The work of one item, in a function of its own so that DOT4 can compile it for the
 // VNNI feature (a kernel cannot be: PoCL wraps it in code built for the plain target).
@@ -282,6 +278,20 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
                 for (int t = 0; t < NB; ++t) dst[t] = src[off[t] + c4];
         }
     }
+#elif TAPS
+    // K runs over (i, j, channel) as A's DOT4 layout does, the group's CG channels
+    // padded with zeros to cg (a multiple of four).
+    const int steps = K;
+    const size_t plane = (size_t)batch * HP * WP;
+    __local float *dst = panel;
+    for (int i = 0; i < KH; ++i) {
+        for (int j = 0; j < KW; ++j) {
+            for (int c = 0; c < cg; ++c, dst += NB) {
+                __global const float *src = x + (c0 + min(c, CG - 1)) * plane + i * WP + j;
+                for (int t = 0; t < NB; ++t) dst[t] = c < CG ? src[off[t]] : 0.0f;
+            }
+        }
+    }
 #else
     const int steps = K;
     const size_t plane = (size_t)batch * HP * WP;
@@ -302,11 +312,7 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     const int lo = n0, hi = N;
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
         const int m0 = mt * ROW_BLOCK;
-#if A_PLAIN
-        __global const wtype *a = Ap + (size_t)mt * KH * KW * CG * ROW_BLOCK;
-#else
         __global const wtype *a = Ap + (size_t)mt * steps * ROW_BLOCK * (DOT4 ? 4 : 1);
-#endif
         BLOCK(panel, __local, steps)
     }
 }

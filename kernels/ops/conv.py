@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from kernels.blocking import LANES, ROW_BLOCK
+from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher
 from kernels.ops.store import PlaneStore, upload_weights
@@ -33,25 +33,6 @@ def choose_nv(columns: int, widest: int = 3) -> int:
     Winograd tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
     widths = [nv for nv in PANEL_SPEED if nv <= widest]
     return min(widths, key=lambda nv: -(-columns // (LANES * nv)) * nv / PANEL_SPEED[nv])
-
-
-def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarray:
-    """[M][K] -> [ceil(M/block)][ceil(K/group)][block][group], zero rows and columns
-    appended: the GEMM's A panels (group 4: gemm.cl's DOT4 reads four k at a time)."""
-    m, k = a.shape
-    mp, kp = -(-m // block) * block, -(-k // group) * group
-    padded = np.zeros((mp, kp), a.dtype)
-    padded[:m, :k] = a
-    panels = padded.reshape(mp // block, block, kp // group, group).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
-
-
-def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
-    """[M][cg * KH * KW] weights, k over (channel, i, j), as DOT4 reads them: k over (i,
-    j, channel), each tap's cg channels followed by zeros up to cg4, four k to an int."""
-    taps = w.reshape(len(w), cg, -1).transpose(0, 2, 1)
-    taps = np.pad(taps, ((0, 0), (0, 0), (0, cg4 - cg))).reshape(len(w), -1)
-    return pack_rows(taps, group=4)
 
 
 class Conv2d(Launcher):
@@ -127,13 +108,19 @@ class Conv2d(Launcher):
                 f"panel of K={self.k}; the device has {local_bytes}"
             )
         self.implicit = implicit and not direct
-        # A store (int16 and int8 of one model): int8 reads int16's high plane, laid out
-        # as the float-lane GEMM reads it (DOT4 regroups its bytes as it reads: A_PLAIN).
+        # A store (int16 and int8 of one model): int8 reads int16's high plane. Where
+        # int8 runs DOT4 the planes take DOT4's layout, which int8 reads as its own and
+        # the float lanes (int16) pick bytes from (gemm.cl's TAPS); elsewhere the
+        # float-lane GEMM's, which int8's direct kernel reads too.
         shared = store is not None and store.serves(precision)
+        self.taps = shared and device.dot4 and self._int8_implicit(device, stride1)
         byte_dot = self.implicit and precision.byte_dot
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
+        if shared and (self.dot4 if not self.taps else not self.implicit):
+            held = "DOT4's layout" if self.taps else "the float-lane GEMM's layout"
+            raise ValueError(f"{key}: a weight store holds this layer in {held}, not this path's")
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
         self.precision = precision
@@ -144,10 +131,10 @@ class Conv2d(Launcher):
         ]
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
         self.cg4 = -(-self.cg // 4) * 4
-        # DOT4's own layout groups four k of a row into an int; a store's is pack_rows'.
-        layout = (
-            partial(dot4_rows, cg=self.cg, cg4=self.cg4) if self.dot4 and not shared else pack_rows
-        )
+        # DOT4's layout groups four k of a row into an int (int8 on VNNI, and a store
+        # that holds a layer for it).
+        dot4_layout = self.taps or (self.dot4 and not shared)
+        layout = partial(dot4_rows, cg=self.cg, cg4=self.cg4) if dot4_layout else pack_rows
         held = [
             upload_weights(device, precision, p.weights, layout, (store, f"{key}/{g}", wg[g]))
             if shared
@@ -164,13 +151,20 @@ class Conv2d(Launcher):
         self.high_plane = high_plane
         self.weight_count, self.bits_per_weight = weight.size, 8 * prepared[0].weights.itemsize
         self.relu = relu
-        self.defines = {**precision.defines, "DOT4": self.dot4, "A_PLAIN": self.dot4 and shared}
+        self.defines = {**precision.defines, "DOT4": self.dot4, "TAPS": self.taps and not self.dot4}
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
         # into bytes, channels innermost).
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
         pad = "pad2d_pixels" if self.dot4 else "pad2d"
         self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
+
+    def _int8_implicit(self, device: Device, stride1: bool) -> bool:
+        """int8 runs this layer as an implicit GEMM by default (not direct, not im2col):
+        where a store holds it in DOT4's layout. Geometry alone decides, so int16 and
+        int8 launchers of one layer agree."""
+        direct = stride1 and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
+        return device.is_cpu and self.widest_nv == max(PANEL_SPEED) and not direct
 
     def _panel_bytes(self, nv: int) -> int:
         """Local memory for one float panel of K x LANES * nv columns."""
@@ -259,12 +253,14 @@ class Conv2d(Launcher):
         parts = min(self.blocks, -(-items // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
-        # DOT4: K over (i, j, channel) with the channels padded, one byte each.
-        k, c0 = (self.kh * self.kw * self.cg4, self.cg4) if self.dot4 else (self.k, self.cg)
+        # DOT4 and TAPS: K over (i, j, channel) with the channels padded (DOT4's input
+        # too, one byte each).
+        k = self.kh * self.kw * self.cg4 if self.dot4 or self.taps else self.k
+        c0 = self.cg4 if self.dot4 else self.cg
         local = cl.LocalMemory((1 if self.dot4 else 4) * k * LANES * nv)
         conv = self.kernels(nv)["conv"]
         for g in range(self.groups):
-            dot4 = (self.corr[g], I32(self.groups * self.cg4), I32(self.cg)) if self.dot4 else ()
+            dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
             self.device.launch(
                 conv,
                 (panels, parts),
@@ -290,6 +286,7 @@ class Conv2d(Launcher):
                 I32(self.oh),
                 I32(self.ow),
                 I32(per_item),
+                I32(self.cg),
                 local,
                 *dot4,
             )

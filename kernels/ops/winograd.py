@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.blocking import LANES, ROW_BLOCK
-from kernels.ops.conv import Conv2d, choose_nv, pack_rows
+from kernels.blocking import LANES, ROW_BLOCK, pack_rows
+from kernels.ops.conv import Conv2d, choose_nv
 from kernels.ops.launcher import Launcher
 from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision

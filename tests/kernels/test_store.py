@@ -102,11 +102,20 @@ def test_int8_from_the_high_plane_on_byte_dot_products(device, rng, dot4):
     assert_dequantized_close(_run(device, a8, x), _run(device, own, x), scale_of + np.abs(b))
 
 
+# (n, c, h, w, m, k, stride, pad, groups, relu); K = c / groups * k * k
+IMPLICIT_CASES = [
+    CONV_CASES[1],  # stride 2, two groups of 2 channels
+    CONV_CASES[3],  # stride (1, 2), 5 x 3 filters
+    (2, 20, 9, 9, 12, 3, 1, 1, 1, True),  # stride 1, K = 180: past the direct kernel's
+    (3, 36, 7, 8, 10, 3, 1, 1, 2, False),  # 18 channels a group: padded to 20 for DOT4
+]
+
+
 @pytest.mark.parametrize("dot4", [True, False])
-@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[3], CONV_CASES[5]])
+@pytest.mark.parametrize("case", IMPLICIT_CASES)
 def test_conv_int16_and_int8_share_one_store(device, case, dot4):
-    """Groups get a key each; int8 on byte dot products regroups the shared layout's
-    bytes as it reads them (gemm.cl's A_PLAIN), in float lanes reads it as it lies."""
+    """Groups get a key each. Where int8 runs DOT4 the store holds DOT4's layout: int8
+    reads it as its own, int16 (and int8 in float lanes) pick its bytes (gemm.cl TAPS)."""
     skip_unless_dot4(device, dot4)
     store = ops.PlaneStore()
     # The same seed: both launchers see the same weights and inputs.
@@ -114,20 +123,24 @@ def test_conv_int16_and_int8_share_one_store(device, case, dot4):
     a8 = check_conv_precision(
         device, np.random.default_rng(7), INT8, case, True, dot4=dot4, store=store
     )
-    assert a8.high_plane and a8.dot4 == dot4
+    assert a8.high_plane and a8.dot4 == dot4 and a16.taps == a8.taps == device.dot4
     assert [id(a) for a in a8.a] == [id(a) for a in a16.a] and len(store) == case[8]
     assert a8.weight_bytes == 8 * case[4]  # the scales and biases only
 
 
 def test_first_layer_reads_the_store_directly(device):
-    """The direct kernel (a network's first layer) reads the shared layout too."""
+    """Where int8 runs the direct kernel (a network's first layer) the store holds the
+    float-lane GEMM's layout, which both read; DOT4 is refused there."""
     store = ops.PlaneStore()
     case = CONV_CASES[0]
     check_conv_precision(device, np.random.default_rng(8), INT16, case, True, store=store)
-    a8 = check_conv_precision(
-        device, np.random.default_rng(8), INT8, case, None, direct=True, store=store
-    )
-    assert a8.direct and a8.high_plane and len(store) == 1
+    a8 = check_conv_precision(device, np.random.default_rng(8), INT8, case, None, store=store)
+    assert a8.direct and a8.high_plane and not a8.taps and len(store) == 1
+    if device.dot4:
+        with pytest.raises(ValueError, match="the float-lane GEMM's layout, not this path's"):
+            check_conv_precision(
+                device, np.random.default_rng(8), INT8, case, True, dot4=True, store=store
+            )
 
 
 def test_a_store_serves_one_device(device, rng):
