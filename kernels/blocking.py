@@ -25,9 +25,14 @@ def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarr
     return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
 
 
-def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
-    """[M][cg * KH * KW] weights, k over (channel, i, j), as DOT4 reads them: k over (i,
-    j, channel), each tap's cg channels followed by zeros up to cg4, four k to an int."""
+def tap_rows(w: np.ndarray, cg: int, cg4: int, group: int = 1) -> np.ndarray:
+    """[M][cg * KH * KW] weights, k over (channel, i, j), with k over (i, j, channel),
+    each tap's cg channels followed by zeros up to cg4, as `pack_rows` packs them."""
     taps = w.reshape(len(w), cg, -1).transpose(0, 2, 1)
     taps = np.pad(taps, ((0, 0), (0, 0), (0, cg4 - cg))).reshape(len(w), -1)
-    return pack_rows(taps, group=4)
+    return pack_rows(taps, group=group)
+
+
+def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
+    """`tap_rows` as DOT4 reads them (gemm.cl): four k of a row to an int."""
+    return tap_rows(w, cg, cg4, group=4)

@@ -124,13 +124,16 @@ class Precision:
         planes: the largest whose high byte, round(q / 256), is still 127."""
         return PLANES_MAX if self.planes else 2 ** (self.bits - 1) - 1
 
-    def device_form(self, q: np.ndarray, layout: Layout = as_is) -> np.ndarray:
-        """Weights as uploaded, each matrix in the kernel's `layout` (e.g. the GEMM's
-        row panels): int16 as its high plane followed by its low plane."""
+    def device_form(
+        self, q: np.ndarray, layout: Layout = as_is, low_layout: Layout | None = None
+    ) -> np.ndarray:
+        """Weights as uploaded, in the kernel's `layout` (e.g. the GEMM's row panels):
+        int16 as its high plane followed by its low plane (in `low_layout` if given: only
+        int16 reads it, while int8 may read the high one)."""
         if not self.planes:
             return layout(q)
         high, low = split_planes(q)
-        return np.concatenate([layout(high).ravel(), layout(low).ravel()])
+        return np.concatenate([layout(high).ravel(), (low_layout or layout)(low).ravel()])
 
     def store(self, weights: np.ndarray) -> np.ndarray:
         """Weights as the device keeps them (floating-point rows only)."""

@@ -78,12 +78,17 @@
 #if TAPS
 // A in DOT4's layout, [M/8][K/4][8][4] (a weight store shared with int8 on VNNI,
 // kernels/ops/store.py): row r's weight at k is byte k % 4 of the block's int
-// (k / 4) * 8 + r; 32 bytes a step of four k, eight picked.
-#define TAPS_PICK(k, p) shuffle2(vload16(0, (p) + ((k) >> 2) * 32), \
-    vload16(1, (p) + ((k) >> 2) * 32), (uchar8)(0, 4, 8, 12, 16, 20, 24, 28) + (uchar)((k) & 3))
+// (k / 4) * 8 + r: eight bytes picked four apart. int16's low plane, which int8 never
+// reads, lies as the float lanes read it, [M/8][K][8], k in the same order.
+inline char8 taps_pick(const int k, __global const char *p)
+{
+    p += (k >> 2) * 32 + (k & 3);
+    return (char8)(p[0], p[4], p[8], p[12], p[16], p[20], p[24], p[28]);
+}
+#define TAPS_PICK(k, p) taps_pick((k), (p))
 #if QBITS == 16
 #define LOADA8(k, a) \
-    (convert_float8(TAPS_PICK(k, a)) * 256.0f + convert_float8(TAPS_PICK(k, (a) + wplane)))
+    (convert_float8(TAPS_PICK(k, a)) * 256.0f + convert_float8(vload8((k), (a) + wplane)))
 #else
 #define LOADA8(k, a) convert_float8(TAPS_PICK(k, a))
 #endif

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows
+from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, tap_rows
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher
 from kernels.ops.store import PlaneStore, upload_weights
@@ -132,14 +132,14 @@ class Conv2d(Launcher):
         self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
         self.cg4 = -(-self.cg // 4) * 4
         # DOT4's layout groups four k of a row into an int (int8 on VNNI, and a store
-        # that holds a layer for it).
+        # that holds a layer for it: its low plane, int16's alone, in tap order).
         dot4_layout = self.taps or (self.dot4 and not shared)
         layout = partial(dot4_rows, cg=self.cg, cg4=self.cg4) if dot4_layout else pack_rows
+        low = partial(tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
+        sources = [(store, f"{key}/{g}", wg[g]) if shared else None for g in range(groups)]
         held = [
-            upload_weights(device, precision, p.weights, layout, (store, f"{key}/{g}", wg[g]))
-            if shared
-            else upload_weights(device, precision, p.weights, layout)
-            for g, p in enumerate(prepared)
+            upload_weights(device, precision, p.weights, layout, source, low)
+            for p, source in zip(prepared, sources, strict=True)
         ]
         self.a = [buffer for buffer, _ in held]
         uploaded = sum(n for _, n in held)  # as resident: rows padded to blocks
