@@ -58,18 +58,16 @@ class Packed:
 def widths_needed(q: np.ndarray) -> np.ndarray:
     """Two's-complement bits each value needs, at least 1: 1 for 0 and -1, 2 for 1 and
     -2, 3 for 2, 3, -3 and -4, ..."""
-    v = q.astype(np.int64)
+    v = np.asarray(q).astype(np.int64)
     magnitude = np.where(v < 0, -v - 1, v)  # -2^(w-1) .. 2^(w-1) - 1 fit w bits
-    width = np.ones(v.shape, np.uint8)
-    big = magnitude > 0
-    width[big] = (np.floor(np.log2(magnitude[big])) + 2).astype(np.uint8)
-    return width
+    # frexp: magnitude = f * 2^e with f in [0.5, 1), so e is its bit length (0 for 0).
+    return (np.frexp(magnitude.astype(np.float64))[1] + 1).astype(np.uint8)
 
 
 def _groups(q: np.ndarray) -> np.ndarray:
     """[M][K] -> [M][ceil(K / 16)][16], the last group padded with zeros."""
     m, k = q.shape
-    return np.pad(q.astype(np.int64), ((0, 0), (0, -k % GROUP))).reshape(m, -1, GROUP)
+    return np.pad(q, ((0, 0), (0, -k % GROUP))).reshape(m, -1, GROUP)
 
 
 def _starts(widths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -86,15 +84,22 @@ def encode(q: np.ndarray, bits: int) -> Packed:
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if q.size and (q.min() < lo or q.max() > hi):
         raise ValueError(f"weights outside {bits}-bit range [{lo}, {hi}]")
-    g = _groups(q)
-    widths = widths_needed(g).max(axis=2, initial=1).astype(np.uint8)
+    g = _groups(q.astype(np.int8 if bits <= 8 else np.int16))
+    # A group's width is that of its value farthest from zero (one of its min and max).
+    extremes = np.stack([g.min(axis=2, initial=0), g.max(axis=2, initial=0)])
+    widths = widths_needed(extremes).max(axis=0).astype(np.uint8)
     offsets = np.concatenate([[0], np.cumsum(widths.sum(axis=1, dtype=np.int64))])
-    starts = _starts(widths, offsets)
-    stream = np.zeros(int(offsets[-1]), np.uint16)
-    for b in range(int(widths.max(initial=0))):
-        rows, cols = np.nonzero(widths > b)
-        word = (((g[rows, cols] >> b) & 1) << LANES).sum(axis=1)  # bit b of each weight
-        stream[starts[rows, cols] + b] = word
+    # Word b of every group at once: bit b of its 16 weights, weight j in bit j.
+    words = np.stack(
+        [
+            np.packbits(((g >> b) & 1).astype(np.uint8), axis=2, bitorder="little").view("<u2")[
+                ..., 0
+            ]
+            for b in range(bits)
+        ],
+        axis=2,
+    )  # [M][groups][bits]
+    stream = words[np.arange(bits) < widths[..., None]]  # row by row, group, bit
     return Packed((q.shape[0], q.shape[1]), bits, widths, offsets.astype(np.int64), stream)
 
 
