@@ -87,21 +87,20 @@ class Conv2d(Launcher):
         fits = [nv for nv in PANEL_SPEED if self._panel_bytes(nv) <= local_bytes]
         self.widest_nv = min(max(fits, default=0), device.widest_panel)
         stride1 = (self.sh, self.sw) == (1, 1)
+        # The defaults, from the geometry and the device: the direct kernel for small K
+        # (not int16, with its long accumulators), else the implicit GEMM where the
+        # widest panel fits.
+        direct_fits = device.is_cpu and stride1 and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
+        implicit_fits = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         if direct is None:  # asking for a path (implicit, dot4) rules the default out
             direct = (
-                implicit is None
-                and dot4 is None
-                and device.is_cpu
-                and stride1
-                and 1 < self.kh * self.kw
-                and self.k <= DIRECT_MAX_K
-                and not precision.wide_accumulator
+                implicit is None and dot4 is None and direct_fits and not precision.wide_accumulator
             )
         elif direct and not stride1:
             raise ValueError("direct convolution needs stride 1")
         self.direct = direct
-        if implicit is None:  # CPUs only, and only where the widest panel fits
-            implicit = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
+        if implicit is None:
+            implicit = implicit_fits
         elif implicit and not self.widest_nv:
             raise ValueError(
                 f"implicit convolution needs {self._panel_bytes(1)} bytes of local memory for one "
@@ -109,11 +108,12 @@ class Conv2d(Launcher):
             )
         self.implicit = implicit and not direct
         # A store (int16 and int8 of one model): int8 reads int16's high plane. Where
-        # int8 runs DOT4 the planes take DOT4's layout, which int8 reads as its own and
-        # the float lanes (int16) pick bytes from (gemm.cl's TAPS); elsewhere the
-        # float-lane GEMM's, which int8's direct kernel reads too.
+        # int8 runs DOT4 by default the planes take DOT4's layout, which int8 reads as its
+        # own and the float lanes (int16) pick bytes from (gemm.cl's TAPS); elsewhere the
+        # float-lane GEMM's, which int8's direct kernel reads too. The defaults decide,
+        # so the int16 and int8 launchers of a layer agree.
         shared = store is not None and store.serves(precision)
-        self.taps = shared and device.dot4 and self._int8_implicit(device, stride1)
+        self.taps = shared and device.dot4 and implicit_fits and not direct_fits
         byte_dot = self.implicit and precision.byte_dot
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
@@ -158,13 +158,6 @@ class Conv2d(Launcher):
         pad = "pad2d_pixels" if self.dot4 else "pad2d"
         self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
-
-    def _int8_implicit(self, device: Device, stride1: bool) -> bool:
-        """int8 runs this layer as an implicit GEMM by default (not direct, not im2col):
-        where a store holds it in DOT4's layout. Geometry alone decides, so int16 and
-        int8 launchers of one layer agree."""
-        direct = stride1 and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
-        return device.is_cpu and self.widest_nv == max(PANEL_SPEED) and not direct
 
     def _panel_bytes(self, nv: int) -> int:
         """Local memory for one float panel of K x LANES * nv columns."""

@@ -112,9 +112,8 @@ class Linear(Launcher):
             self.weight_args = (self.w, self.offsets, self.nibbles)
         self.high_plane = high_plane
         self.precision = precision
-        byte_dot = (
-            precision.byte_dot and not self.split and self.i % 4 == 0 and not precision.packed
-        )
+        # Rows a packed precision left plain hold int8's integers: VNNI reads them too.
+        byte_dot = precision.byte_dot and not self.split and self.i % 4 == 0 and packed is None
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)

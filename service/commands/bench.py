@@ -141,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
         little_modules(m, settings.dual_module) if settings.dual_module else {}
         for _, m, _, _ in models
     ]
-    stores = [store_for(precisions) for _ in models]  # int16 and int8: one copy each
+    stores = {name: store_for(precisions) for name, *_ in models}  # int16 and int8: one copy
     for precision in precisions:
         networks = []
-        for (_, m, _, _), little, store in zip(models, littles, stores, strict=True):
+        for (name, m, _, _), little in zip(models, littles, strict=True):
+            store = stores[name]
             network = build_network(m, device, precision, settings.layer_precisions, store=store)
             # With the little modules beside the same network without: one run compares.
             dual = network.with_dual_module(little) if little else None
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                     **({"k": k} if k else {}),
                     **summarise(times[key], batch),
                     "weight_bytes": network.weight_bytes,
-                    **storage_note(precision, network, stores[0]),  # all or none have one
+                    **storage_note(precision, network, stores[name]),
                     "activation_bytes": network.activation_bytes(batch),
                     "rss_bytes": rss_bytes(),
                     "peak_rss_bytes": peak_rss_bytes(),
