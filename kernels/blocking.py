@@ -6,6 +6,8 @@ refuses to build with other values than the ones its unrolled macros are written
 a change here that the kernels do not follow fails at build time, naming the file.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 
 ROW_BLOCK = 8  # rows of C (output channels) per GEMM register block; A is packed so
@@ -36,3 +38,16 @@ def tap_rows(w: np.ndarray, cg: int, cg4: int, group: int = 1) -> np.ndarray:
 def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
     """`tap_rows` as DOT4 reads them (gemm.cl): four k of a row to an int."""
     return tap_rows(w, cg, cg4, group=4)
+
+
+def per_expert(
+    layout: Callable[[np.ndarray], np.ndarray], experts: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`layout` applied to each of a mixture's grouped experts' equal row ranges of a
+    [E * M][K] matrix, one after the other: each expert's panels start whole, E times
+    one expert's layout apart (gemm.cl's GROUPED)."""
+
+    def laid_out(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([layout(part).ravel() for part in np.split(a, experts)])
+
+    return laid_out

@@ -33,7 +33,7 @@ the integer results match exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +62,18 @@ def split_planes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A [M][K] weight matrix as the GEMM and linear kernels take it."""
+    """A [M][K] weight matrix as the GEMM and linear kernels take it. A mixture's
+    grouped experts (`Precision.prepare_experts`) stack theirs: E * M rows, and qinv
+    and qzero one per expert."""
 
     weights: np.ndarray  # [M][K] in the precision's storage dtype
     scale: np.ndarray  # [M] float32: multiplies each row's accumulator (1 for floats)
-    qinv: np.float32  # 1 / input scale (quantised rows; 1 for floats)
-    qzero: np.float32  # input zero point (0 for floats)
+    qinv: np.float32 | np.ndarray  # 1 / input scale (quantised rows; 1 for floats)
+    qzero: np.float32 | np.ndarray  # input zero point (0 for floats)
+
+    def qparams(self) -> np.ndarray:
+        """[E][2] float32, each expert's (qinv, qzero): precision.h's QARGS, grouped."""
+        return np.stack([np.atleast_1d(self.qinv), np.atleast_1d(self.qzero)], 1).astype(np.float32)
 
     @property
     def nbytes(self) -> int:
@@ -78,7 +84,9 @@ class Prepared:
         """[M] int32 for int8 rows read against inputs stored as unsigned bytes q + 128
         (kernels/cl/gemm.cl's DOT4) rather than q - zero: what each row's sum then
         gains, (128 + zero) * the sum of its weights, for the kernel to take back off."""
-        return (128 + int(self.qzero)) * self.weights.sum(axis=1, dtype=np.int32)
+        zero = np.atleast_1d(self.qzero).astype(np.int32)
+        rows = np.repeat(zero, len(self.weights) // len(zero))  # grouped: an expert's rows
+        return (128 + rows) * self.weights.sum(axis=1, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,30 @@ class Precision:
             q, weight_scale * np.float32(scale), np.float32(1 / scale), np.float32(zero)
         )
 
+    def prepare_experts(
+        self,
+        w: np.ndarray,
+        input_ranges: Sequence[tuple[float, float]] | None = None,
+        name: str = "layer",
+        high_plane: bool = False,
+    ) -> Prepared:
+        """A mixture's grouped experts, [E][M][K] float32 weights -> one `Prepared` of
+        their E * M rows, each expert's as `prepare` gives them on their own (its
+        rows' scales, its calibrated input range), qinv and qzero one per expert."""
+        ranges = [None] * len(w) if input_ranges is None else list(input_ranges)
+        if input_ranges is not None and np.shape(ranges) != (len(w), 2):
+            raise ValueError(
+                f"{name}: {len(w)} grouped experts need an input range (low, high) each, "
+                f"got {input_ranges!r}"
+            )
+        parts = [self.prepare(we, r, name, high_plane) for we, r in zip(w, ranges, strict=True)]
+        return Prepared(
+            np.concatenate([p.weights for p in parts]),
+            np.concatenate([p.scale for p in parts]),
+            np.array([p.qinv for p in parts], np.float32),
+            np.array([p.qzero for p in parts], np.float32),
+        )
+
     def check_accumulator(self, q: np.ndarray, name: str) -> None:
         """Refuse weights whose worst-case dot product would overflow the integer
         accumulator (int32 for int8, int64 for int16): sum |q| times the largest input
@@ -252,7 +284,7 @@ PRECISIONS: dict[str, Precision] = {
             "int64",
             2**63 - 1,
             byte_dot=False,
-            grouped=False,
+            grouped=True,
             fidelity=2,
             planes=True,
             description="int16 weights (two byte planes) and inputs, exact int64 accumulation",
@@ -264,7 +296,7 @@ PRECISIONS: dict[str, Precision] = {
             "int32",
             2**31 - 1,
             byte_dot=True,
-            grouped=False,
+            grouped=True,
             high_plane_of="int16",
             description="int8 weights and inputs, exact int32 accumulation",
         ),

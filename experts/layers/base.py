@@ -40,7 +40,7 @@ class Build:
 
     device: Device
     precision: Precision = FP32
-    input_range: tuple[float, float] | None = None
+    input_range: tuple[float, float] | None = None  # grouped experts: a list, one each
     segments: Any = None
     store: Any = None
     key: str = ""

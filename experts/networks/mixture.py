@@ -48,7 +48,10 @@ class MixtureNetwork(Runnable):
         layer_precisions: dict[str, str] | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         store: ops.PlaneStore | None = None,
+        group_experts: bool = True,
     ) -> None:
+        """`group_experts` False: the experts run one by one even where they could run
+        grouped (to compare the two)."""
         self.device = device
         self.mixture: MixtureSpec = mixture_spec(meta)
         s = self.mixture
@@ -73,7 +76,11 @@ class MixtureNetwork(Runnable):
         self.stem = part(s.stem, s.input_shape, "stem")
         self.gate = part(s.gate, s.stem_shape, "gate", input_layout="cnhw")
         self.segments = device.alloc(4 * (s.experts + 1))
-        self.grouped = self._grouped(weights, precision, layer_precisions or {})
+        self.grouped = (
+            self._grouped(weights, precision, layer_precisions or {}, ranges or {}, store)
+            if group_experts
+            else None
+        )
         # Otherwise each expert runs on its own images, so it sees every sub-batch size
         # from 1 to the batch: keep all their plans.
         self.experts = (
@@ -95,11 +102,18 @@ class MixtureNetwork(Runnable):
         self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     def _grouped(
-        self, weights: dict[str, np.ndarray], precision: str, layer_precisions: dict[str, str]
+        self,
+        weights: dict[str, np.ndarray],
+        precision: str,
+        layer_precisions: dict[str, str],
+        ranges: dict[str, tuple[float, float]],
+        store: ops.PlaneStore | None,
     ) -> Network | None:
         """All experts as one network (one launch per layer, whatever the routing), where
-        every expert layer has a grouped kernel: float precisions, the same for every
-        expert, and Winograd-shaped convolutions. None: run the experts one by one."""
+        every expert layer has a grouped kernel: a precision with grouped kernels, the
+        same for every expert (quantised ones with each expert's own input ranges and
+        weight scales), and convolutions of a grouped shape (`ops.grouped_conv2d`).
+        None: run the experts one by one."""
         s = self.mixture
         names = {layer.name for layer in s.expert}
         chosen = {
@@ -110,6 +124,8 @@ class MixtureNetwork(Runnable):
             return None
         per_expert = [part_weights(weights, f"experts.{i}") for i in range(s.experts)]
         stacked = {key: np.stack([w[key] for w in per_expert]) for key in per_expert[0]}
+        per_range = [part_weights(ranges, f"experts.{i}") for i in range(s.experts)]
+        spans = {n: [r[n] for r in per_range] for n in names if all(n in r for r in per_range)}
         try:
             return Network(
                 self.device,
@@ -121,9 +137,11 @@ class MixtureNetwork(Runnable):
                 precision=precision,
                 name="experts",
                 layer_precisions={n: next(iter(p)) for n, p in chosen.items()},
+                ranges=spans,
                 segments=self.segments,
+                store=store,
             )
-        except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 convolution)
+        except SpecError:  # a layer without a grouped kernel (e.g. a 5x5 float convolution)
             return None
 
     def with_dual_module(self, littles: Mapping[str, Little]) -> MixtureNetwork:

@@ -245,6 +245,16 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 #define CORR_ARG
 #define CORR
 #endif
+// GROUPED (a mixture's experts in one launch): images sorted by expert, expert x
+// owning images [seg[x], seg[x + 1]) (columns OH * OW times that); its A lies x times
+// one expert's A on, its bias, scale and corr x * M on.
+#if GROUPED
+#define SEG_ARG , __global const int *restrict seg, const int experts
+#define SEG , seg, experts
+#else
+#define SEG_ARG
+#define SEG
+#endif
 #define CONV_ARGS const int M, const int N, const int K, \
     __global const wtype *restrict Ap, __global const xtype *restrict x, \
     __global const float *restrict bias, __global const float *restrict scale, \
@@ -252,9 +262,9 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
     const int batch, const int HP, const int WP, const int c0, \
     const int KH, const int KW, const int SH, const int SW, \
     const int OH, const int OW, const int blocks_per_item, const int CG, \
-    __local btype *restrict panel CORR_ARG
+    __local btype *restrict panel CORR_ARG SEG_ARG
 #define CONV_PASS M, N, K, Ap, x, bias, scale, C, ldc, c_row0, batch, HP, WP, c0, \
-    KH, KW, SH, SW, OH, OW, blocks_per_item, CG, panel CORR
+    KH, KW, SH, SW, OH, OW, blocks_per_item, CG, panel CORR SEG
 
 // The work of one item, in a function of its own so that DOT4 can compile it for the
 // VNNI feature (a kernel cannot be: PoCL wraps it in code built for the plain target).
@@ -312,13 +322,37 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     }
 #endif
     const int blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
-    PLANE((size_t)blocks * steps * ROW_BLOCK)
-    const int mt1 = min((part + 1) * blocks_per_item, blocks);
-    const int lo = n0, hi = N;
-    for (int mt = part * blocks_per_item; mt < mt1; ++mt) {
-        const int m0 = mt * ROW_BLOCK;
-        __global const wtype *a = Ap + (size_t)mt * steps * ROW_BLOCK * (DOT4 ? 4 : 1);
-        BLOCK(panel, __local, steps)
+    const size_t block_a = (size_t)steps * ROW_BLOCK * (DOT4 ? 4 : 1);  // A per row block
+    const int mt0 = part * blocks_per_item, mt1 = min(mt0 + blocks_per_item, blocks);
+#if GROUPED
+    // A panel straddling two experts' images runs once per expert, each storing its
+    // own columns.
+    PLANE((size_t)experts * blocks * block_a)
+    __global const wtype *A0 = Ap;
+    __global const float *bias0 = bias, *scale0 = scale;
+#if DOT4
+    __global const int *corr0 = corr;
+#endif
+    const int cols = OH * OW;
+    for (int ex = 0; ex < experts; ++ex) {
+        const int lo = max(n0, seg[ex] * cols), hi = min(min(n0 + NB, N), seg[ex + 1] * cols);
+        if (lo >= hi) continue;
+        Ap = A0 + (size_t)ex * blocks * block_a;
+        bias = bias0 + ex * M;
+        scale = scale0 + ex * M;
+#if DOT4
+        corr = corr0 + ex * M;
+#endif
+#else
+    PLANE((size_t)blocks * block_a)
+    {
+        const int lo = n0, hi = N;
+#endif
+        for (int mt = mt0; mt < mt1; ++mt) {
+            const int m0 = mt * ROW_BLOCK;
+            __global const wtype *a = Ap + mt * block_a;
+            BLOCK(panel, __local, steps)
+        }
     }
 }
 

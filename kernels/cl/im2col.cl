@@ -7,7 +7,8 @@
 // destination except where a panel ends, so the inner loop is a plain strided copy.
 // Columns past the batch in the last panel are zeroed by im2col_tail.
 // Quantised precisions quantise each value as they copy it (QX, precision.h).
-// Defines: NB (im2col kernels only), QBITS, DOT4 (pad2d_pixels only).
+// Defines: NB (im2col kernels only), QBITS, DOT4 (pad2d_pixels only), GROUPED (pads:
+// each expert's images quantised with its own parameters, precision.h's QARGS).
 #include "precision.h"
 
 #ifdef NB
@@ -56,10 +57,11 @@ __kernel void im2col_tail(__global float *restrict cols, const int K, const int 
 // precisions quantise here (QX), once per input value, so the GEMM's panel gathers
 // only copy (quantising in the gather repeated the work for every panel and window).
 __kernel void pad2d(__global const float *restrict x, __global float *restrict y,
-                    const int H, const int W, const int PH, const int PW,
-                    const float qinv, const float qzero)
+                    const int H, const int W, const int PH, const int PW, const int N,
+                    QARGS)
 {
-    const int oy = get_global_id(0), p = get_global_id(1);
+    const int oy = get_global_id(0), p = get_global_id(1);  // p = c * N + b
+    QPARAMS(p % N)
     const int HP = H + 2 * PH, WP = W + 2 * PW;
     const int iy = oy - PH;
     __global float *dst = y + ((size_t)p * HP + oy) * WP;
@@ -81,10 +83,10 @@ __kernel void pad2d(__global const float *restrict x, __global float *restrict y
 // hold the padding value; their weights are zero). One work-item per output row.
 __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *restrict y,
                            const int H, const int W, const int PH, const int PW,
-                           const float qinv, const float qzero,
-                           const int C, const int N, const int CG, const int CG4)
+                           const int C, const int N, const int CG, const int CG4, QARGS)
 {
     const int oy = get_global_id(0), b = get_global_id(1);
+    QPARAMS(b)
     const int HP = H + 2 * PH, WP = W + 2 * PW, CP = C / CG * CG4;
     const int iy = oy - PH;
     const uchar pad = QBYTE(0.0f);

@@ -18,17 +18,27 @@
 // RB = 1): row b belongs to expert x (rows [seg[x], seg[x + 1])), whose W, bias and
 // scale lie x * O rows on (EXPERT_ROWS moves them there); rows past seg[experts] pad
 // the batch and are left alone (the whole work-item or work-group returns).
+// The experts' rows all lie in one buffer, int16's low plane after all the high ones
+// (EXPERTS * O * I elements on). DOT4 moves corr to the expert's rows too.
 #if GROUPED
 #define GROUP_ARGS , __global const int *restrict seg, const int experts
+#define EXPERTS experts
+#if DOT4
+#define EXPERT_CORR(ex) corr += (ex) * O;
+#else
+#define EXPERT_CORR(ex)
+#endif
 #define EXPERT_ROWS(b0) \
     if ((b0) >= seg[experts]) return; \
     int ex = 0; \
     while ((b0) >= seg[ex + 1]) ++ex; \
     W += (size_t)ex * O * I; \
     bias += ex * O; \
-    scale += ex * O;
+    scale += ex * O; \
+    EXPERT_CORR(ex)
 #else
 #define GROUP_ARGS
+#define EXPERTS 1
 #define EXPERT_ROWS(b0) const int ex = 0;
 #endif
 
@@ -77,7 +87,7 @@ inline float estimate(__global const wtype *a, __global const float *z, const si
             const int row_ = min((o0) + r, O - 1); \
             for (int q = 0; q < RB && (b0) + q < B && (o0) + r < O; ++q) { \
                 const float e = estimate(A + (size_t)row_ * RANK, z + (size_t)((b0) + q) * RANK, \
-                                         (size_t)O * RANK); \
+                                         (size_t)EXPERTS * O * RANK); \
                 if (e * ascale[row_] + abias[row_] >= threshold[ex]) need[r] |= 1u << q; \
             } \
             any |= need[r]; \
@@ -129,7 +139,7 @@ __kernel void linear(LINEAR_ARGS)
 {
     const int o0 = get_global_id(0) * RO;
     const int b0 = get_global_id(1) * RB;
-    PLANE((size_t)O * I)  // int16 runs ungrouped
+    PLANE((size_t)EXPERTS * O * I)
     EXPERT_ROWS(b0)
     SENSITIVE(need, RO, o0, b0, true)
     __global const wtype *w[RO];
@@ -199,7 +209,7 @@ void linear_split(LINEAR_ARGS)
     const int o = get_group_id(0);
     const int t = get_local_id(0);
     const int b0 = get_global_id(1) * RB;
-    PLANE((size_t)O * I)
+    PLANE((size_t)EXPERTS * O * I)
     EXPERT_ROWS(b0)
     SENSITIVE(need, 1, o, b0, t == 0)
     __global const wtype *w = W + (size_t)o * I;
@@ -286,9 +296,10 @@ TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS)
     }
 }
 
-__kernel void linear(DOT4_ARGS SKIP_ARGS)
+__kernel void linear(DOT4_ARGS GROUP_ARGS SKIP_ARGS)
 {
-    const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB, ex = 0;
+    const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB;
+    EXPERT_ROWS(b0)
     SENSITIVE(need, RO, o0, b0, true)
     linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr);
 }
@@ -361,9 +372,11 @@ __kernel void linear_packed(const int B, const int I, const int O,
 #define QSTORE(v) QX(v)
 #endif
 __kernel void quantize_input(__global const float *restrict x, __global QTYPE *restrict y,
-                             const int count, const float qinv, const float qzero)
+                             const int count, const int I, QARGS)
 {
     const int i = get_global_id(0);
-    if (i < count) y[i] = QSTORE(x[i]);
+    if (i >= count) return;
+    QPARAMS(i / I)
+    y[i] = QSTORE(x[i]);
 }
 #endif

@@ -76,6 +76,28 @@
 #define QX(v) (v)
 #endif
 
+// The quantising kernels' input parameters: one qinv and qzero for the layer, or
+// (GROUPED: a mixture's experts in one launch) each expert's own, as qp[2 x + 0 / 1],
+// expert x owning the rows (images) [seg[x], seg[x + 1]) of the batch. QPARAMS(b)
+// declares the qinv and qzero of row b; rows past seg[experts] pad the batch and take
+// the last expert's (their outputs are never stored).
+#if GROUPED
+#define QARGS __global const float *restrict qp, __global const int *restrict seg, \
+    const int experts
+inline int expert_of(const int b, __global const int *seg, const int experts)
+{
+    int x = 0;
+    while (x < experts - 1 && b >= seg[x + 1]) ++x;
+    return x;
+}
+#define QPARAMS(b) \
+    const int qx_ = expert_of((b), seg, experts); \
+    const float qinv = qp[2 * qx_], qzero = qp[2 * qx_ + 1];
+#else
+#define QARGS const float qinv, const float qzero
+#define QPARAMS(b)
+#endif
+
 // acc16: the running sum of 16 lanes; MACC(w, x, c): c + w * x on it (w, x float16);
 // QCHUNK: products a lane may add before FLUSH moves its partial sum into tot16.
 #if QBITS == 16

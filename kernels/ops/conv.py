@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, tap_rows
+from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, per_expert, tap_rows
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher
 from kernels.ops.store import PlaneStore, upload_weights
@@ -50,6 +50,13 @@ class Conv2d(Launcher):
     not int16): gemm.cl's conv_direct, which reads its taps straight from the padded
     input instead of gathering GEMM panels (a network's first layer: K = 25 for one
     grey channel and 5 x 5 filters).
+
+    `segments` (a mixture's grouped experts, quantised: the float ones run Winograd):
+    `weight` [E][M][C][KH][KW], `bias` [E][M], `input_range` one per expert; the
+    images, sorted by expert, are split by the `segments` device buffer (E + 1
+    offsets), each quantised with its expert's input parameters and convolved with its
+    expert's filters, as the implicit GEMM (gemm.cl's GROUPED); images past
+    segments[E] pad the batch and their outputs are not written.
     """
 
     def __init__(
@@ -69,10 +76,19 @@ class Conv2d(Launcher):
         direct: bool | None = None,
         store: PlaneStore | None = None,
         key: str = "",
+        segments: Any = None,
     ) -> None:
         self.device = device
+        self.segments = segments
+        self.experts = experts = weight.shape[0] if segments is not None else 1
+        if segments is not None:
+            if groups != 1:
+                raise ValueError("grouped experts need convolutions without groups")
+            direct, implicit = False, True  # the implicit GEMM alone has a grouped form
+        weight = weight.reshape(-1, *weight.shape[-3:])  # grouped: [E * M][C][KH][KW]
         self.c, self.h, self.w = in_shape
         self.m, self.cg, self.kh, self.kw = weight.shape
+        self.m //= experts
         self.sh, self.sw = stride
         self.ph, self.pw = padding
         self.groups = groups
@@ -113,7 +129,8 @@ class Conv2d(Launcher):
         # float-lane GEMM's, which int8's direct kernel reads too. The defaults decide,
         # so the int16 and int8 launchers of a layer agree.
         shared = store is not None and store.serves(precision)
-        self.taps = shared and device.dot4 and implicit_fits and not direct_fits
+        default_dot4 = segments is not None or (implicit_fits and not direct_fits)
+        self.taps = shared and device.dot4 and default_dot4
         byte_dot = self.implicit and precision.byte_dot
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs an implicit int8 convolution on a device with VNNI")
@@ -121,21 +138,32 @@ class Conv2d(Launcher):
         if shared and (self.dot4 if not self.taps else not self.implicit):
             held = "DOT4's layout" if self.taps else "the float-lane GEMM's layout"
             raise ValueError(f"{key}: a weight store holds this layer in {held}, not this path's")
-        bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
-        wg = weight.reshape(groups, self.mg, self.k).astype(np.float32)
+        rows = experts * self.m
+        bias = np.zeros(rows, np.float32) if bias is None else bias.astype(np.float32).ravel()
+        wg = weight.reshape(groups, experts * self.mg, self.k).astype(np.float32)
         self.precision = precision
-        # Quantised: one input range for the layer, scales per output channel.
+        # Quantised: one input range for the layer (grouped: per expert), scales per
+        # output channel.
         high_plane = shared and bool(precision.high_plane_of)
-        prepared = [
-            precision.prepare(wg[g], input_range, "conv", high_plane) for g in range(groups)
-        ]
-        self.qinv, self.qzero = prepared[0].qinv, prepared[0].qzero
+        if segments is not None:
+            stacked = wg[0].reshape(experts, self.m, self.k)
+            prepared = [precision.prepare_experts(stacked, input_range, "conv", high_plane)]
+            qp = device.upload(prepared[0].qparams())
+            self.qargs: tuple[Any, ...] = (qp, segments, I32(experts))
+        else:
+            prepared = [
+                precision.prepare(wg[g], input_range, "conv", high_plane) for g in range(groups)
+            ]
+            self.qargs = (prepared[0].qinv, prepared[0].qzero)
         self.cg4 = -(-self.cg // 4) * 4
         # DOT4's layout groups four k of a row into an int (int8 on VNNI, and a store
         # that holds a layer for it: its low plane, int16's alone, in tap order).
+        # Grouped experts' rows are laid out expert by expert.
         dot4_layout = self.taps or (self.dot4 and not shared)
         layout = partial(dot4_rows, cg=self.cg, cg4=self.cg4) if dot4_layout else pack_rows
         low = partial(tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
+        if experts > 1:
+            layout, low = (per_expert(f, experts) if f else None for f in (layout, low))
         sources = [(store, f"{key}/{g}", wg[g]) if shared else None for g in range(groups)]
         held = [
             upload_weights(device, precision, p.weights, layout, source, low)
@@ -144,14 +172,19 @@ class Conv2d(Launcher):
         self.a = [buffer for buffer, _ in held]
         uploaded = sum(n for _, n in held)  # as resident: rows padded to blocks
         self.scale = [device.upload(p.scale) for p in prepared]
-        self.bias = [device.upload(bias[g * self.mg : (g + 1) * self.mg]) for g in range(groups)]
+        self.bias = [device.upload(part) for part in np.split(bias, groups)]
         if self.dot4:
             self.corr = [device.upload(p.byte_offset_correction()) for p in prepared]
-        self.weight_bytes = uploaded + sum(p.scale.nbytes for p in prepared) + 4 * self.m
+        self.weight_bytes = uploaded + sum(p.scale.nbytes for p in prepared) + 4 * rows
         self.high_plane = high_plane
         self.weight_count, self.bits_per_weight = weight.size, 8 * prepared[0].weights.itemsize
         self.relu = relu
-        self.defines = {**precision.defines, "DOT4": self.dot4, "TAPS": self.taps and not self.dot4}
+        self.defines = {
+            **precision.defines,
+            "DOT4": self.dot4,
+            "TAPS": self.taps and not self.dot4,
+            "GROUPED": segments is not None,
+        }
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
         # into bytes, channels innermost).
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
@@ -225,12 +258,11 @@ class Conv2d(Launcher):
                 I32(self.w),
                 I32(self.ph),
                 I32(self.pw),
-                self.qinv,
-                self.qzero,
                 I32(self.c),
                 I32(n),
                 I32(self.cg),
                 I32(self.cg4),
+                *self.qargs,
             )
             x = scratch
         elif self.pad is not None:
@@ -252,6 +284,7 @@ class Conv2d(Launcher):
         c0 = self.cg4 if self.dot4 else self.cg
         local = cl.LocalMemory((1 if self.dot4 else 4) * k * LANES * nv)
         conv = self.kernels(nv)["conv"]
+        grouped = () if self.segments is None else (self.segments, I32(self.experts))
         for g in range(self.groups):
             dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
             self.device.launch(
@@ -282,6 +315,7 @@ class Conv2d(Launcher):
                 I32(self.cg),
                 local,
                 *dot4,
+                *grouped,
             )
 
     def _pad(self, n: int, x: Any, scratch: Any) -> None:
@@ -297,8 +331,8 @@ class Conv2d(Launcher):
             I32(self.w),
             I32(self.ph),
             I32(self.pw),
-            self.qinv,
-            self.qzero,
+            I32(n),
+            *self.qargs,
         )
 
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
@@ -356,8 +390,7 @@ class Conv2d(Launcher):
                 I32(self.oh),
                 I32(self.ow),
                 I32(self.k),
-                self.qinv,
-                self.qzero,
+                *self.qargs,
             )
             if cols % nb:
                 self.device.launch(

@@ -74,6 +74,7 @@ class Linear(Launcher):
         if segments is not None and not precision.grouped:
             raise ValueError(f"grouped experts cannot run {precision.name}")
         self.o, self.i = weight.shape[-2:]
+        stacked = weight.reshape(experts, self.o, self.i)
         weight = weight.reshape(experts * self.o, self.i)
         self.relu = relu
         bias = (
@@ -82,14 +83,15 @@ class Linear(Launcher):
             else bias.astype(np.float32).ravel()
         )
         # A store (int16 and int8 of one model): int8 reads int16's high plane.
-        shared = (
-            store is not None
-            and store.serves(precision)
-            and segments is None
-            and not precision.packed
-        )
+        shared = store is not None and store.serves(precision) and not precision.packed
         high_plane = shared and bool(precision.high_plane_of)
-        prepared = precision.prepare(weight, input_range, "linear", high_plane)
+        if segments is not None:  # each expert's own input range
+            prepared = precision.prepare_experts(stacked, input_range, "linear", high_plane)
+            qp = device.upload(prepared.qparams())
+            self.qargs: tuple[Any, ...] = (qp, segments, I32(experts))
+        else:
+            prepared = precision.prepare(weight, input_range, "linear", high_plane)
+            self.qargs = (prepared.qinv, prepared.qzero)
         self.packed = packed = choose_packing(prepared.weights, precision, pack)
         if packed is not None:  # linear.cl's linear_packed decodes them
             self.w = device.upload(packed.stream)
@@ -101,7 +103,6 @@ class Linear(Launcher):
             held = (store, key, weight) if shared else None
             self.w, uploaded = upload_weights(device, precision, prepared.weights, shared=held)
         self.scale = device.upload(prepared.scale)
-        self.qinv, self.qzero = prepared.qinv, prepared.qzero
         self.b = device.upload(bias)
         self.weight_bytes = uploaded + prepared.scale.nbytes + bias.nbytes
         self.weight_count = weight.size
@@ -117,7 +118,7 @@ class Linear(Launcher):
         if dot4 and not (byte_dot and device.dot4):
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
-        self.defines = {**precision.defines, "DOT4": self.dot4}
+        self.defines = {**precision.defines, "DOT4": self.dot4, "GROUPED": segments is not None}
         if self.dot4:
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
@@ -171,7 +172,6 @@ class Linear(Launcher):
                 **shape,
                 "RB": rb,
                 "RELU": self.relu,
-                "GROUPED": self.segments is not None,
                 "SKIP": bool(skip),
                 "RANK": rank,
                 **self.defines,
@@ -187,8 +187,8 @@ class Linear(Launcher):
                 x,
                 scratch,
                 I32(count),
-                self.qinv,
-                self.qzero,
+                I32(self.i),
+                *self.qargs,
             )
             x = scratch
         rows, tiles = -(-self.o // ro), -(-n // rb)
@@ -208,7 +208,7 @@ class Linear(Launcher):
             self.b,
             self.scale,
             y,
-            *(() if self.segments is None else (self.segments, I32(self.experts))),
             *((self.corr,) if self.dot4 else ()),
+            *(() if self.segments is None else (self.segments, I32(self.experts))),
             *skip,
         )

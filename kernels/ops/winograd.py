@@ -323,13 +323,34 @@ def grouped_conv2d(
     relu: bool,
     precision: Precision,
     segments: Any,
-) -> WinogradConv2d:
-    """A mixture's experts' convolution in one set of launches (see WinogradConv2d);
-    only the Winograd path has a grouped form: the layers `conv2d` runs as Winograd."""
+    input_ranges: Any = None,
+    store: PlaneStore | None = None,
+    key: str = "",
+) -> Conv2d | WinogradConv2d:
+    """A mixture's experts' convolution in one set of launches: as `conv2d` chooses,
+    Winograd for floating-point precisions (the layers `conv2d` runs as Winograd
+    only; see WinogradConv2d), the implicit GEMM for quantised ones (Conv2d, with each
+    expert's input range)."""
+    if precision.quantized:
+        return Conv2d(
+            device,
+            in_shape,
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+            relu,
+            precision=precision,
+            input_range=input_ranges,
+            store=store,
+            key=key,
+            segments=segments,
+        )
     if not winograd_fits(weight.shape[-4:], stride, groups):
         raise ValueError(
             "grouped experts need stride-1 ungrouped 3x3 convolutions, or 5x5 ones over "
-            f"at least {WINOGRAD_5X5_CHANNELS} channels"
+            f"at least {WINOGRAD_5X5_CHANNELS} channels, at floating-point precisions"
         )
     r = weight.shape[-1]
     out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1

@@ -18,8 +18,10 @@ from tests.kernels.helpers import (
     assert_dequantized_close,
     nmse,
     run4d,
+    segment_table,
     skip_unless_dot4,
     skip_unless_panel_fits,
+    to_cnhw,
 )
 
 CONV_CASES = [
@@ -273,4 +275,94 @@ def test_dot4_only_for_implicit_int8_where_the_device_has_it(device, rng, monkey
             precision=PRECISIONS["int8"],
             input_range=(-1.0, 1.0),
             dot4=True,
+        )
+
+
+# -- a mixture's grouped experts (quantised: the implicit GEMM; float ones run Winograd) --
+
+GROUPED_CASES = [
+    # (images per expert, c, h, w, m, k, pad): two padding images follow the experts'
+    ([2, 0, 3], 5, 7, 6, 9, 3, 1),
+    ([1, 1, 1, 1], 32, 13, 13, 40, 3, 1),  # fashion-moe's conv2
+    ([0, 4], 3, 5, 9, 13, (3, 5), (1, 2)),
+]
+
+
+def check_grouped_conv(device, p, case, dot4=None, store=None, seed=0):
+    """A grouped Conv2d at precision p against, image by image, the twin of its
+    expert's own layer (its filters, weight scales and input range); the padding
+    images' outputs keep what they held. Returns the launcher."""
+    counts, c, h, w, m, k, pad = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    skip_unless_panel_fits(device, c * kh * kw)
+    rng = np.random.default_rng(seed)
+    e, n = len(counts), sum(counts)
+    x = rng.standard_normal((n + 2, c, h, w), np.float32)
+    wt = rng.standard_normal((e, m, c, kh, kw), np.float32)
+    b = rng.standard_normal((e, m), np.float32)
+    ranges = [(-1.0 - 0.5 * j, 1.5 + 0.25 * j) for j in range(e)]  # some inputs saturate
+    seg, expert_of = segment_table(device, counts)
+    op = ops.Conv2d(
+        device,
+        (c, h, w),
+        wt,
+        b,
+        (1, 1),
+        (ph, pw),
+        relu=True,
+        precision=p,
+        input_range=ranges,
+        dot4=dot4,
+        store=store,
+        key="conv",
+        segments=seg,
+    )
+    oh, ow = op.out_shape[1:]
+    y = device.alloc(4 * m * (n + 2) * oh * ow)
+    device.write(y, np.full((m, n + 2, oh, ow), 7.0, np.float32))
+    op(n + 2, device.upload(to_cnhw(x)), y, device.alloc(op.scratch_bytes(n + 2)))
+    got = device.read(y, (m, n + 2, oh, ow)).transpose(1, 0, 2, 3)
+    for r in range(n):
+        ex = expert_of[r]
+        geometry = (1, 1), (ph, pw), 1, True, ranges[ex]
+        want, scale_of = conv_twin(p, x[r : r + 1], wt[ex], b[ex], *geometry, op.high_plane)
+        assert_dequantized_close(got[r : r + 1], want, scale_of)
+    assert (got[n:] == 7.0).all()
+    return op
+
+
+@pytest.mark.parametrize("name,dot4", [("int8", None), ("int8", False), ("int16", None)])
+@pytest.mark.parametrize("case", GROUPED_CASES)
+def test_grouped_quantised_conv(device, name, dot4, case):
+    """Images sorted by expert, each quantised with its expert's input range and
+    convolved with its filters in one launch (int8: on VNNI where the device has it,
+    and in float lanes); panels straddling two experts run once for each."""
+    op = check_grouped_conv(device, PRECISIONS[name], case, dot4)
+    assert op.dot4 == (device.dot4 and name == "int8" and dot4 is None)
+    assert op.implicit and not op.direct
+
+
+def test_grouped_int16_and_int8_share_one_store(device):
+    """One upload of the experts' planes, in DOT4's layout where int8 runs it."""
+    store = ops.PlaneStore()
+    case = GROUPED_CASES[0]
+    a16 = check_grouped_conv(device, PRECISIONS["int16"], case, store=store, seed=3)
+    a8 = check_grouped_conv(device, PRECISIONS["int8"], case, store=store, seed=3)
+    assert a8.high_plane and a8.a[0] is a16.a[0] and len(store) == 1
+
+
+def test_grouped_conv_refuses_groups(device, rng):
+    seg, _ = segment_table(device, [1, 1])
+    wt = rng.standard_normal((2, 4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="grouped experts need convolutions without groups"):
+        ops.Conv2d(
+            device,
+            (4, 6, 6),
+            wt,
+            None,
+            groups=2,
+            precision=PRECISIONS["int8"],
+            input_range=[(0, 1)] * 2,
+            segments=seg,
         )

@@ -134,6 +134,48 @@ def test_grouped_linear(device, rng, name, counts, i, o, split):
     assert (got[n:] == 7.0).all()
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["rows", "split"])
+@pytest.mark.parametrize("name,dot4", [("int8", None), ("int8", False), ("int16", None)])
+@pytest.mark.parametrize("counts,i,o", [([3, 0, 1], 36, 10), ([1] * 9, 16, 5), ([0, 12], 132, 7)])
+def test_grouped_quantised_linear(device, rng, name, dot4, counts, i, o, split):
+    """Each row with its expert's weights, weight scales and input range, as that
+    expert's own launcher would compute it (int8: on VNNI where the device has it, and
+    in float lanes); the two padding rows keep what their output held."""
+    p = PRECISIONS[name]
+    n, e = sum(counts), len(counts)
+    x = rng.uniform(-2, 3, (n + 2, i)).astype(np.float32)
+    wt = rng.standard_normal((e, o, i), np.float32)
+    b = rng.standard_normal((e, o), np.float32)
+    ranges = [(-1.0 - 0.25 * j, 1.0 + 0.5 * j) for j in range(e)]  # some inputs saturate
+    seg, expert_of = segment_table(device, counts)
+    op = ops.Linear(device, wt, b, True, p, ranges, segments=seg, split=split, dot4=dot4)
+    assert op.dot4 == (device.dot4 and name == "int8" and dot4 is None and not split)
+    y = device.alloc(4 * (n + 2) * o)
+    device.write(y, np.full((n + 2, o), 7.0, np.float32))
+    op(n + 2, device.upload(x), y, device.alloc(op.scratch_bytes(n + 2)))
+    got = device.read(y, (n + 2, o))
+    for r in range(n):
+        pp = p.prepare(wt[expert_of[r]], ranges[expert_of[r]])
+        args = (pp.weights, pp.scale, pp.qinv, pp.qzero, p.bits)
+        want = ref.linear_quantized(x[r : r + 1], *args, b[expert_of[r]], True)
+        scale_of = np.abs(ref.linear_quantized(x[r : r + 1], *args)) + np.abs(b[expert_of[r]])
+        assert_dequantized_close(got[r : r + 1], want, scale_of)
+    assert (got[n:] == 7.0).all()
+
+
+def test_grouped_experts_need_one_range_each(device, rng):
+    seg, _ = segment_table(device, [1, 2])
+    wt = rng.standard_normal((2, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="linear: 2 grouped experts need an input range"):
+        ops.Linear(
+            device, wt, None, precision=PRECISIONS["int8"], input_range=[(0, 1)], segments=seg
+        )
+    with pytest.raises(ValueError, match="grouped experts cannot run int8g"):
+        ops.Linear(
+            device, wt, None, precision=PRECISIONS["int8g"], input_range=[(0, 1)] * 2, segments=seg
+        )
+
+
 @pytest.mark.parametrize("packed,base", [("int8g", "int8"), ("int16g", "int16")])
 @pytest.mark.parametrize(
     "n,i,o", [(1, 300, 33), (8, 1031, 17), (3, 9216, 9), (13, 17, 5), (2, 16, 3), (9, 8200, 12)]

@@ -18,6 +18,7 @@ from experts.model.model import Model
 from experts.model.spec import parse_layers
 from experts.networks.build import build_network
 from experts.networks.dual_fit import default_rank, fit_dual_module, fit_little
+from experts.networks.mixture import MixtureNetwork
 from experts.networks.reference import forward
 from kernels.precision import PRECISIONS
 from tests.helpers import DUAL_NET, TINY_MOE
@@ -115,16 +116,22 @@ def test_layers_without_an_insensitive_region_are_refused(device, model, sample)
         plain.with_dual_module({"fc8": littles["fc7"]})
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])  # grouped, and one by one
-def test_mixtures_take_little_modules(device, sample, precision):
+@pytest.mark.parametrize(
+    "precision,grouped", [("fp32", True), ("int8", True), ("int16", True), ("int8", False)]
+)
+def test_mixtures_take_little_modules(device, sample, precision, grouped):
     meta = copy.deepcopy(TINY_MOE)
     model = Model(meta, random_weights(meta, seed=2))
     names = resolve_layers(meta, ["fc"])
     assert names == [f"experts.{i}.fc" for i in range(4)]
     littles = fit_dual_module(meta, model.weights, [sample], names, skip_target=0.5).layers
     plain = build_network(model, device, precision)
-    grouped = plain.grouped is not None
-    assert grouped == (precision == "fp32")
+    if not grouped:  # the same mixture with its experts one by one
+        ranges = model.calibration.ranges
+        plain = MixtureNetwork(
+            device, meta, model.weights, precision, ranges=ranges, group_experts=False
+        )
+    assert (plain.grouped is not None) == grouped
     want = plain.run(sample)
     dual = plain.with_dual_module(_with_threshold(littles, -np.inf))
     got = dual.run(sample)

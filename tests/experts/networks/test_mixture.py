@@ -9,12 +9,14 @@ import pytest
 
 from experts.layers import SpecError
 from experts.model.architectures import random_weights
+from experts.networks.calibrate import default_calibration
 from experts.networks.mixture import MixtureNetwork
 from experts.networks.reference import mixture_forward as reference_forward
 from tests.helpers import SMALL
 
 # The same mixture with 5x5 expert convolutions over few channels, which have no
-# grouped kernel (they run direct): its experts run one by one, each on its own images.
+# grouped kernel at float precisions (they run direct): its experts run one by one,
+# each on its own images.
 ONE_BY_ONE = {
     **SMALL,
     "name": "one-by-one",
@@ -95,7 +97,7 @@ def test_grouped_experts_at_fp16(device, n, k):
     np.testing.assert_allclose(scores, want, rtol=2e-2, atol=2e-3)
 
 
-def test_quantised_or_mixed_experts_run_one_by_one(device):
+def test_mixed_experts_run_one_by_one(device):
     weights = random_weights(SMALL, seed=4)
     mixed = MixtureNetwork(device, SMALL, weights, layer_precisions={"experts.1.fc": "fp16"})
     assert mixed.grouped is None and len(mixed.experts) == 5
@@ -103,6 +105,26 @@ def test_quantised_or_mixed_experts_run_one_by_one(device):
     np.testing.assert_allclose(
         mixed.run(x, 2)[0], reference_forward(SMALL, weights, x, 2)[0], rtol=2e-2, atol=2e-3
     )
+
+
+@pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["3x3", "5x5"])
+@pytest.mark.parametrize("precision", ["int8", "int16"])
+def test_grouped_quantised_experts_answer_as_one_by_one(device, meta, precision):
+    """Quantised experts run grouped (any convolution shape: the implicit GEMM), each
+    with its own weight scales and input ranges: the same integer sums as each expert
+    run on its own, so the same scores up to the float epilogue's last bit."""
+    weights = random_weights(meta, seed=6)
+    with pytest.warns(UserWarning, match="synthetic images"):
+        ranges = default_calibration(meta, weights).ranges
+    kw = {"precision": precision, "ranges": ranges}
+    grouped = MixtureNetwork(device, meta, weights, **kw)
+    alone = MixtureNetwork(device, meta, weights, group_experts=False, **kw)
+    assert grouped.grouped is not None and alone.grouped is None
+    for n, k in ((1, 1), (7, 2), (16, 5)):
+        x = images(n, seed=70 + n)
+        got, want = grouped.run(x, k), alone.run(x, k)
+        np.testing.assert_array_equal(got.routing.indices, want.routing.indices)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-7)
 
 
 def test_batches_queued_back_to_back_keep_their_own_outputs(small):

@@ -75,6 +75,8 @@ def test_int16_and_int8_share_one_store(client, device, shared_repo, name):
         )
         for p in ("int16", "int8")
     }
-    assert resident["int16"] == alone16.weight_bytes
+    # (The store may pad the experts' channels to four for int8's byte dot products:
+    # tests/experts/networks/test_store.py.)
+    assert resident["int16"] == offline["int16"].weight_bytes <= 1.2 * alone16.weight_bytes
     assert resident["int8"] == offline["int8"].weight_bytes < 0.1 * resident["int16"]
-    assert sum(resident.values()) <= 1.05 * alone16.weight_bytes
+    assert sum(resident.values()) <= 1.05 * resident["int16"]
