@@ -169,13 +169,34 @@ class Precision:
         np.clip(q, -self.weight_max, self.weight_max, out=q)
         return q.astype(self.weight_dtype), scale
 
-    def high_plane_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`quantize_weights` read from the high byte plane of `high_plane_of`'s weights:
-        int8 from int16's, round(q16 / 256) at 256 times int16's scale. Within 0.1 point
-        of int8's own weights on the shipped models (BENCHMARKS.md, "One store")."""
+    def integers(
+        self, w: np.ndarray, scale: np.ndarray | None = None, name: str = "layer"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(q, scale) of [M][K] weights: `quantize_weights` of float ones, or, with the
+        rows' `scale` (weights quantised already: a quantised copy on disk,
+        experts/model/quantized.py), the integers themselves, checked to be this
+        precision's."""
+        if scale is None:
+            return self.quantize_weights(w)
+        if w.dtype != self.weight_dtype or scale.shape != (len(w),):
+            raise ValueError(
+                f"{name}: {self.name} needs {np.dtype(self.weight_dtype)} weights and one "
+                f"scale a row, got {w.dtype} {w.shape} and scales {scale.shape}"
+            )
+        if w.size and int(np.abs(w.astype(np.int32)).max()) > self.weight_max:
+            raise ValueError(f"{name}: {self.name} weights beyond +-{self.weight_max}")
+        return w, np.asarray(scale, np.float32)
+
+    def high_plane_weights(
+        self, w: np.ndarray, scale: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`quantize_weights` read from the high byte plane of `high_plane_of`'s weights
+        (float, or its integers with their `scale`: `integers`): int8 from int16's, round(q16 / 256)
+        at 256 times int16's scale. Within 0.1 point of int8's own weights on the
+        shipped models (BENCHMARKS.md, "One store")."""
         if not self.high_plane_of:
             raise ValueError(f"{self.name} reads no other precision's high plane")
-        q16, scale16 = get_precision(self.high_plane_of).quantize_weights(w)
+        q16, scale16 = get_precision(self.high_plane_of).integers(w, scale)
         return split_planes(q16)[0].astype(self.weight_dtype), scale16 * np.float32(256)
 
     def activation_params(self, low: float, high: float) -> tuple[float, float]:
@@ -194,17 +215,23 @@ class Precision:
         input_range: tuple[float, float] | None = None,
         name: str = "layer",
         high_plane: bool = False,
+        scale: np.ndarray | None = None,
     ) -> Prepared:
         """[M][K] float32 weights -> what the kernels read. Quantised rows need the
         calibrated range of the layer's input. `high_plane`: the weights are read from
-        the high plane of `high_plane_of`'s (`high_plane_weights`)."""
+        the high plane of `high_plane_of`'s (`high_plane_weights`). `scale`: `w` holds
+        the integers already, these their rows' scales (`integers`)."""
         ones = np.ones(len(w), np.float32)
         if not self.quantized:
+            if scale is not None:
+                raise ValueError(f"{name}: {self.name} takes float weights, not quantised ones")
             return Prepared(self.store(w), ones, np.float32(1), np.float32(0))
         if input_range is None:
             raise ValueError(f"{name}: {self.name} needs the calibrated range of its input")
-        quantize = self.high_plane_weights if high_plane else self.quantize_weights
-        q, weight_scale = quantize(w)
+        if high_plane:
+            q, weight_scale = self.high_plane_weights(w, scale)
+        else:
+            q, weight_scale = self.integers(w, scale, name)
         self.check_accumulator(q, name)
         scale, zero = self.activation_params(*input_range)
         return Prepared(
@@ -217,22 +244,53 @@ class Precision:
         input_ranges: Sequence[tuple[float, float]] | None = None,
         name: str = "layer",
         high_plane: bool = False,
+        scale: np.ndarray | None = None,
     ) -> Prepared:
-        """A mixture's grouped experts, [E][M][K] float32 weights -> one `Prepared` of
-        their E * M rows, each expert's as `prepare` gives them on their own (its
-        rows' scales, its calibrated input range), qinv and qzero one per expert."""
+        """A mixture's grouped experts, [E][M][K] float32 weights (or integers, with
+        `scale` [E][M]) -> one `Prepared` of their E * M rows, each expert's as `prepare`
+        gives them on their own (its rows' scales, its calibrated input range), qinv
+        and qzero one per expert."""
         ranges = [None] * len(w) if input_ranges is None else list(input_ranges)
         if input_ranges is not None and np.shape(ranges) != (len(w), 2):
             raise ValueError(
                 f"{name}: {len(w)} grouped experts need an input range (low, high) each, "
                 f"got {input_ranges!r}"
             )
-        parts = [self.prepare(we, r, name, high_plane) for we, r in zip(w, ranges, strict=True)]
+        scales = [None] * len(w) if scale is None else list(scale)
+        parts = [
+            self.prepare(we, r, name, high_plane, se)
+            for we, r, se in zip(w, ranges, scales, strict=True)
+        ]
         return Prepared(
             np.concatenate([p.weights for p in parts]),
             np.concatenate([p.scale for p in parts]),
             np.array([p.qinv for p in parts], np.float32),
             np.array([p.qzero for p in parts], np.float32),
+        )
+
+    def prepare_packed(
+        self,
+        packed: Any,
+        scale: np.ndarray | None,
+        input_range: tuple[float, float] | None,
+        name: str = "layer",
+    ) -> Prepared:
+        """`prepare` for rows packed already (a `bitgroups.Packed` from a quantised copy
+        on disk, with its rows' `scale`): no integers at hand, so the accumulator is
+        bounded by each group's width (16 weights of at most 2^(w-1) each)."""
+        m, k = packed.shape
+        if not self.packed or packed.bits != self.bits or scale is None:
+            raise ValueError(f"{name}: packed {packed.bits}-bit rows are not {self.name}'s")
+        if np.shape(scale) != (m,) or input_range is None:
+            raise ValueError(f"{name}: {self.name} needs a scale a row and the input's range")
+        peak = (16 << (packed.widths.astype(np.int64) - 1)).sum(axis=1).max(initial=0)
+        worst = int(peak) * (2**self.bits - 1)
+        if worst > int(self.accumulator_limit or 0):
+            raise ValueError(f"{name}: {self.name} weights could overflow the accumulator")
+        s, zero = self.activation_params(*input_range)
+        rows = np.empty((m, 0), self.weight_dtype)  # the integers stay packed
+        return Prepared(
+            rows, np.asarray(scale, np.float32) * np.float32(s), np.float32(1 / s), np.float32(zero)
         )
 
     def check_accumulator(self, q: np.ndarray, name: str) -> None:

@@ -110,6 +110,7 @@ class Linear(Layer):
             build.segments,
             store=build.store,
             key=build.key,
+            weight_scale=self.tensor(weights, "weight_scale"),
         )
 
     def dual_launcher(self, build: Build, big: Any, little: Any) -> ops.Launcher:

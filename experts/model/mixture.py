@@ -19,6 +19,7 @@ are deterministic) and renormalised to sum to 1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,7 +138,8 @@ def mixture_params(meta: dict[str, Any]) -> dict[str, Shape]:
     return params
 
 
-def part_weights(weights: dict[str, Any], prefix: str) -> dict[str, Any]:
+def part_weights(weights: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The tensors under `prefix.`, with the prefix removed (as a plain network names them)."""
     cut = len(prefix) + 1
-    return {key[cut:]: value for key, value in weights.items() if key.startswith(prefix + ".")}
+    # Keys first: weights read lazily (experts/model/tensors.py) are read only if taken.
+    return {key[cut:]: weights[key] for key in weights if key.startswith(prefix + ".")}

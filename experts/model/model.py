@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ from experts.model.calibration import Calibration, CalibrationError, merge_layer
 from experts.model.dual_module import DualModule
 from experts.model.mixture import MixtureSpec, is_mixture, mixture_params, mixture_spec
 from experts.model.spec import expected_params, infer_shapes, parse_layers
+from experts.model.tensors import LazyWeights, TensorFile
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -43,7 +45,7 @@ class Model:
     came from (None for models built in memory)."""
 
     meta: dict[str, Any]
-    weights: dict[str, np.ndarray]
+    weights: MutableMapping[str, np.ndarray]  # a dict, or read lazily (`lazy_weights`)
     path: Path | None = None
     calibration: Calibration | None = None  # calibration.json, checked against the model
     dual_module: DualModule | None = None  # dual-module.safetensors, checked likewise
@@ -92,6 +94,13 @@ class Model:
         if labels is None:
             return [str(i) for i in range(self.num_classes)]
         return list(labels)
+
+    @cached_property
+    def params(self) -> dict[str, tuple[int, ...]]:
+        """Every weight tensor the model needs, with its shape (from model.json alone)."""
+        if self.is_mixture:
+            return mixture_params(self.meta)
+        return expected_params(self.layers, self.input_shape)
 
     @property
     def weight_bytes(self) -> int:
@@ -240,7 +249,7 @@ def _check_tensor(key: str, value: Any, shape: tuple[int, ...], where: str) -> n
 
 
 def _check_weights(weights: Any, params: dict[str, tuple[int, ...]], where: str) -> None:
-    if not isinstance(weights, dict):
+    if not isinstance(weights, dict | LazyWeights):
         raise ModelError(f"{where}: weights must be a dict of arrays")
     missing = [k for k in params if k not in weights]
     if missing:
@@ -248,8 +257,30 @@ def _check_weights(weights: Any, params: dict[str, tuple[int, ...]], where: str)
     extra = sorted(set(weights) - set(params))
     if extra:
         raise ModelError(f"{where}: unexpected weight tensors {extra} (no layer uses them)")
+    if isinstance(weights, LazyWeights):  # the header now, each tensor's values when read
+        file = weights.file
+        for key, shape in params.items():
+            if file.dtypes[key] not in FLOAT_DTYPES:
+                raise ModelError(
+                    f"{where}: tensor {key!r} has dtype {file.dtypes[key]}, expected float32"
+                )
+            if file.shapes[key] != shape:
+                raise ModelError(
+                    f"{where}: tensor {key!r} has shape {file.shapes[key]}, expected {shape}"
+                )
+        return
     for key, shape in params.items():
         weights[key] = _check_tensor(key, weights[key], shape, where)
+
+
+def lazy_weights(file: TensorFile, where: str) -> LazyWeights:
+    """A weights file's tensors, read (made float32 and checked finite) on first use;
+    `validate` checks the names, dtypes and shapes from its header."""
+
+    def check(key: str, value: np.ndarray) -> np.ndarray:
+        return _check_tensor(key, value, file.shapes[key], where)
+
+    return LazyWeights(file, check)
 
 
 def validate(meta: Any, weights: dict[str, np.ndarray], where: str) -> dict[str, Any]:
@@ -257,7 +288,8 @@ def validate(meta: Any, weights: dict[str, np.ndarray], where: str) -> dict[str,
     (a copy, with defaults filled in).
 
     Float16/float64 tensors are converted to contiguous float32 *in place* in `weights`,
-    so after this call the dict is exactly what the networks and `save` expect.
+    so after this call the dict is exactly what the networks and `save` expect (weights
+    read lazily from a file, `lazy_weights`, are checked and converted when read).
     `where` names the model in every message ("model 'alexnet'", "built-in alexnet").
     """
     out = _check_meta(meta, where)

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import safetensors.numpy
-from safetensors import SafetensorError
 
 from experts.model.calibration import CALIBRATION_FILE, Calibration, CalibrationError
 from experts.model.dual_module import DUAL_MODULE_FILE, DualModule, DualModuleError
-from experts.model.model import NAME_RE, Model, ModelError, check_name, validate
+from experts.model.model import NAME_RE, Model, ModelError, check_name, lazy_weights, validate
+from experts.model.tensors import LazyWeights, TensorFile
 
 META_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -140,12 +140,13 @@ class Repository:
             ) from exc
 
     @staticmethod
-    def _read_weights(path: Path, where: str) -> dict[str, np.ndarray]:
+    def _read_weights(path: Path, where: str) -> LazyWeights:
+        """The header now; each tensor when a layer needs it (experts/model/tensors.py)."""
         if not path.is_file():
             raise ModelError(f"{where}: missing weights file {path}")
         try:
-            return dict(safetensors.numpy.load_file(path))
-        except (SafetensorError, ValueError, OSError) as exc:
+            return lazy_weights(TensorFile(path), where)
+        except ValueError as exc:
             raise ModelError(f"{where}: corrupt weights file {path}: {exc}") from exc
 
     def save(

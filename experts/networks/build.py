@@ -3,12 +3,13 @@ the one interface of experts/networks/base.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from experts.model.calibration import merge_layer_precisions, needs_ranges
 from experts.model.dual_module import DUAL_MODULE_FILE, DualModuleError, Little, resolve_layers
 from experts.model.model import Model
+from experts.model.quantized import load_copy
 from experts.networks.base import Runnable
 from experts.networks.calibrate import default_calibration
 from experts.networks.dual_fit import default_dual_module
@@ -70,6 +71,24 @@ def storage_note(precision: str, network: Runnable, store: PlaneStore | None) ->
     return note
 
 
+def weights_for(
+    model: Model,
+    precision: str,
+    layer_precisions: dict[str, str] | None = None,
+    store: PlaneStore | None = None,
+) -> Mapping[str, Any]:
+    """The weights a build reads: the model's quantised copy at `precision` where it
+    has one made for these per-layer precisions (experts/model/quantized.py; with a
+    store, int8 reads int16's integers, so int16's copy), else its float32 weights."""
+    source, layers = precision, dict(layer_precisions or {})
+    high = get_precision(precision).high_plane_of
+    if store is not None and high:
+        source = high
+        layers = {name: high if p == precision else p for name, p in layers.items()}
+    copy = load_copy(model, source, layers)
+    return model.weights if copy is None else copy
+
+
 def build_network(
     model: Model,
     device: Device,
@@ -103,13 +122,14 @@ def _build(
         if model.calibration is None:
             model.calibration = default_calibration(model.meta, model.weights)
         ranges = model.calibration.ranges
+    weights = weights_for(model, precision, layer_precisions, store)
     if model.is_mixture:
-        return MixtureNetwork(device, model.meta, model.weights, precision, merged, ranges, store)
+        return MixtureNetwork(device, model.meta, weights, precision, merged, ranges, store)
     return Network(
         device,
         model.layers,
         model.input_shape,
-        model.weights,
+        weights,
         precision=precision,
         layer_precisions=merged,
         ranges=ranges,

@@ -19,6 +19,7 @@ import numpy as np
 from experts.layers import Build, Layer, Shape, SpecError, Weights
 from experts.layers.softmax import Softmax
 from experts.model.mixture import check_k
+from experts.model.model import ModelError
 from experts.model.spec import fuse_relu
 from experts.networks.base import Output, Pending, Runnable
 from kernels import ops
@@ -111,7 +112,7 @@ class Network(Runnable):
     def _launcher(self, layer: Layer, shape: Shape, weights: Weights) -> ops.Launcher | None:
         try:
             return layer.launcher(self._build(layer), shape, weights)
-        except SpecError:
+        except (SpecError, ModelError):  # ModelError: a weights file, named
             raise
         except ValueError as exc:  # e.g. an accumulator that could overflow
             raise SpecError(f"{layer.name}: {exc}") from exc

@@ -57,6 +57,9 @@ class Conv2d(Launcher):
     offsets), each quantised with its expert's input parameters and convolved with its
     expert's filters, as the implicit GEMM (gemm.cl's GROUPED); images past
     segments[E] pad the batch and their outputs are not written.
+
+    `weight_scale` (one per output channel): `weight` holds the precision's integers
+    already (a quantised copy on disk, experts/model/quantized.py).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Conv2d(Launcher):
         store: PlaneStore | None = None,
         key: str = "",
         segments: Any = None,
+        weight_scale: np.ndarray | None = None,
     ) -> None:
         self.device = device
         self.segments = segments
@@ -140,19 +144,27 @@ class Conv2d(Launcher):
             raise ValueError(f"{key}: a weight store holds this layer in {held}, not this path's")
         rows = experts * self.m
         bias = np.zeros(rows, np.float32) if bias is None else bias.astype(np.float32).ravel()
-        wg = weight.reshape(groups, experts * self.mg, self.k).astype(np.float32)
+        # `weight_scale` (one per output channel): the weights are integers already.
+        wg = weight.reshape(groups, experts * self.mg, self.k)
+        sg = [None] * groups
+        if weight_scale is None:
+            wg = wg.astype(np.float32)
+        else:
+            sg = list(np.asarray(weight_scale, np.float32).reshape(groups, -1))
         self.precision = precision
         # Quantised: one input range for the layer (grouped: per expert), scales per
         # output channel.
         high_plane = shared and bool(precision.high_plane_of)
         if segments is not None:
             stacked = wg[0].reshape(experts, self.m, self.k)
-            prepared = [precision.prepare_experts(stacked, input_range, "conv", high_plane)]
+            scale = None if sg[0] is None else sg[0].reshape(experts, self.m)
+            prepared = [precision.prepare_experts(stacked, input_range, "conv", high_plane, scale)]
             qp = device.upload(prepared[0].qparams())
             self.qargs: tuple[Any, ...] = (qp, segments, I32(experts))
         else:
             prepared = [
-                precision.prepare(wg[g], input_range, "conv", high_plane) for g in range(groups)
+                precision.prepare(wg[g], input_range, "conv", high_plane, sg[g])
+                for g in range(groups)
             ]
             self.qargs = (prepared[0].qinv, prepared[0].qzero)
         self.cg4 = -(-self.cg // 4) * 4
@@ -164,7 +176,7 @@ class Conv2d(Launcher):
         low = partial(tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
         if experts > 1:
             layout, low = (per_expert(f, experts) if f else None for f in (layout, low))
-        sources = [(store, f"{key}/{g}", wg[g]) if shared else None for g in range(groups)]
+        sources = [(store, f"{key}/{g}", wg[g], sg[g]) if shared else None for g in range(groups)]
         held = [
             upload_weights(device, precision, p.weights, layout, source, low)
             for p, source in zip(prepared, sources, strict=True)

@@ -50,12 +50,15 @@ class Linear(Launcher):
     Packed precisions (int8g, int16g: kernels/bitgroups.py) run `linear_packed`, one
     row per work-item, on any device, where packing makes the weights smaller (`pack`
     None; True: always, False: never).
+
+    `weight_scale` (one per row): `weight` holds the precision's integers already, or
+    is a `bitgroups.Packed` (a quantised copy on disk, experts/model/quantized.py).
     """
 
     def __init__(
         self,
         device: Device,
-        weight: np.ndarray,
+        weight: np.ndarray | bitgroups.Packed,
         bias: np.ndarray | None,
         relu: bool = False,
         precision: Precision = FP32,
@@ -66,6 +69,7 @@ class Linear(Launcher):
         store: PlaneStore | None = None,
         key: str = "",
         pack: bool | None = None,
+        weight_scale: np.ndarray | None = None,
     ) -> None:
         self.device = device
         self.split = not device.is_cpu if split is None else split
@@ -74,8 +78,13 @@ class Linear(Launcher):
         if segments is not None and not precision.grouped:
             raise ValueError(f"grouped experts cannot run {precision.name}")
         self.o, self.i = weight.shape[-2:]
-        stacked = weight.reshape(experts, self.o, self.i)
-        weight = weight.reshape(experts * self.o, self.i)
+        # Packed already (a quantised copy on disk, with its rows' scales): the device
+        # form as it comes.
+        given = weight if isinstance(weight, bitgroups.Packed) else None
+        scale = None if weight_scale is None else np.asarray(weight_scale, np.float32).ravel()
+        if given is None:
+            stacked = weight.reshape(experts, self.o, self.i)
+            weight = weight.reshape(experts * self.o, self.i)
         self.relu = relu
         bias = (
             np.zeros(experts * self.o, np.float32)
@@ -85,14 +94,19 @@ class Linear(Launcher):
         # A store (int16 and int8 of one model): int8 reads int16's high plane.
         shared = store is not None and store.serves(precision) and not precision.packed
         high_plane = shared and bool(precision.high_plane_of)
-        if segments is not None:  # each expert's own input range
-            prepared = precision.prepare_experts(stacked, input_range, "linear", high_plane)
+        self.qargs: tuple[Any, ...]
+        if given is not None:
+            prepared = precision.prepare_packed(given, scale, input_range, key or "linear")
+        elif segments is not None:  # each expert's own input range
+            scales = None if scale is None else scale.reshape(experts, self.o)
+            prepared = precision.prepare_experts(stacked, input_range, "linear", high_plane, scales)
             qp = device.upload(prepared.qparams())
-            self.qargs: tuple[Any, ...] = (qp, segments, I32(experts))
+            self.qargs = (qp, segments, I32(experts))
         else:
-            prepared = precision.prepare(weight, input_range, "linear", high_plane)
+            prepared = precision.prepare(weight, input_range, "linear", high_plane, scale)
+        if segments is None:
             self.qargs = (prepared.qinv, prepared.qzero)
-        self.packed = packed = choose_packing(prepared.weights, precision, pack)
+        self.packed = packed = given or choose_packing(prepared.weights, precision, pack)
         if packed is not None:  # linear.cl's linear_packed decodes them
             self.w = device.upload(packed.stream)
             self.offsets = device.upload(packed.offsets.astype(np.uint32))
@@ -100,12 +114,12 @@ class Linear(Launcher):
             uploaded = packed.nbytes
             self.split = False
         else:
-            held = (store, key, weight) if shared else None
+            held = (store, key, weight, scale) if shared else None
             self.w, uploaded = upload_weights(device, precision, prepared.weights, shared=held)
         self.scale = device.upload(prepared.scale)
         self.b = device.upload(bias)
         self.weight_bytes = uploaded + prepared.scale.nbytes + bias.nbytes
-        self.weight_count = weight.size
+        self.weight_count = experts * self.o * self.i
         if packed is None:
             self.bits_per_weight, self.weight_args = 8 * prepared.weights.itemsize, (self.w,)
         else:

@@ -40,14 +40,16 @@ class PlaneStore:
         precision: Precision,
         layout: Layout = as_is,
         low_layout: Layout | None = None,
+        scale: np.ndarray | None = None,
     ) -> tuple[Any, int]:
-        """(buffer, bytes to count) of the planes of [M][K] float weights `w` under
-        `key`: uploaded on the first call, in the kernels' layouts (`device_form`),
-        shared after it. int16 counts the planes' bytes, int8 none."""
+        """(buffer, bytes to count) of the planes of [M][K] float weights `w` (or int16's
+        integers, with their rows' `scale`) under `key`: uploaded on the first call, in
+        the kernels' layouts (`device_form`), shared after it. int16 counts the planes'
+        bytes, int8 none."""
         found = self._buffers.get(key)
         if found is None:
             owner = precision if precision.planes else get_precision(precision.high_plane_of)
-            form = owner.device_form(owner.quantize_weights(w)[0], layout, low_layout)
+            form = owner.device_form(owner.integers(w, scale, key)[0], layout, low_layout)
             found = self._buffers[key] = (device.upload(form), device, form.nbytes)
         buffer, where, nbytes = found
         if where != device:
@@ -63,14 +65,14 @@ def upload_weights(
     precision: Precision,
     q: np.ndarray,
     layout: Layout = as_is,
-    shared: tuple[PlaneStore, str, np.ndarray] | None = None,
+    shared: tuple[PlaneStore, str, np.ndarray, np.ndarray | None] | None = None,
     low_layout: Layout | None = None,
 ) -> tuple[Any, int]:
     """(buffer, bytes to count) of a layer's weights `q` as its kernel reads them, in
-    `layout` (`device_form`); `shared` (store, key, the float weights): from the store
-    instead."""
+    `layout` (`device_form`); `shared` (store, key, the weights, their rows' scales
+    where they are int16's integers already): from the store instead."""
     if shared is not None:
-        store, key, w = shared
-        return store.planes(device, key, w, precision, layout, low_layout)
+        store, key, w, scale = shared
+        return store.planes(device, key, w, precision, layout, low_layout, scale)
     form = precision.device_form(q, layout, low_layout)
     return device.upload(form), form.nbytes

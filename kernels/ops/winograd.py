@@ -109,7 +109,10 @@ class WinogradConv2d(Launcher):
         self.blocks = -(-self.m // ROW_BLOCK)
         if precision.quantized:  # the transforms would mix quantised integers
             raise ValueError(f"Winograd runs floating-point precisions only, not {precision.name}")
-        per_expert = weight.reshape(self.experts, self.m, *weight.shape[1:])
+        # The filters as the precision stores them (fp16: rounded to half) are what
+        # the transforms take, so half weights in memory or from a copy on disk
+        # (experts/model/quantized.py) give the same layer.
+        per_expert = precision.round_trip(weight).reshape(self.experts, self.m, *weight.shape[1:])
         packed = precision.store(
             np.stack(
                 [np.stack([pack_rows(ue) for ue in transform_weights(w, tile)]) for w in per_expert]
@@ -286,6 +289,7 @@ def conv2d(
     input_range: tuple[float, float] | None = None,
     store: PlaneStore | None = None,
     key: str = "",
+    weight_scale: np.ndarray | None = None,
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
     stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at least
@@ -309,6 +313,7 @@ def conv2d(
         input_range=input_range,
         store=store,
         key=key,
+        weight_scale=weight_scale,
     )
 
 
@@ -326,6 +331,7 @@ def grouped_conv2d(
     input_ranges: Any = None,
     store: PlaneStore | None = None,
     key: str = "",
+    weight_scale: np.ndarray | None = None,
 ) -> Conv2d | WinogradConv2d:
     """A mixture's experts' convolution in one set of launches: as `conv2d` chooses,
     Winograd for floating-point precisions (the layers `conv2d` runs as Winograd
@@ -346,6 +352,7 @@ def grouped_conv2d(
             store=store,
             key=key,
             segments=segments,
+            weight_scale=weight_scale,
         )
     if not winograd_fits(weight.shape[-4:], stride, groups):
         raise ValueError(

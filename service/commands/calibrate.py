@@ -16,6 +16,7 @@ from tqdm import tqdm
 from experts.data.fashion_mnist import calibration_subset, load_fashion_mnist, to_model_input
 from experts.model.calibration import CALIBRATION_FILE
 from experts.model.dual_module import DUAL_MODULE_FILE, resolve_layers
+from experts.model.quantized import copy_name, existing_copies, make_copy
 from experts.model.repository import Repository
 from experts.model.resolve import resolve_model
 from experts.networks.calibrate import METHODS, calibrate
@@ -144,4 +145,11 @@ def run(args: argparse.Namespace) -> int:
         f"calibrated {model.name}: {what[0]}, {len(x)} images ({source}), {what[1]}, "
         f"{time.perf_counter() - start:.1f} s -> {path}"
     )
+    if not layers:  # quantised copies carry the ranges: made again with the new ones
+        model = repository.load(model.name)
+        for precision in existing_copies(model):
+            copy = repository.write_file(
+                model.name, copy_name(precision), make_copy(model, precision)
+            )
+            print(f"made the {precision} copy again with the new ranges -> {copy}")
     return 0

@@ -17,6 +17,7 @@ from service.commands import (
     devices,
     evaluate,
     import_onnx,
+    quantize,
     serve,
     train,
 )
@@ -27,6 +28,7 @@ COMMANDS = {
     "classify": classify,
     "bench": bench,
     "calibrate": calibrate,
+    "quantize": quantize,
     "eval": evaluate,
     "import-onnx": import_onnx,
     "serve": serve,

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Resident memory of a server holding one model, by precision: steady after warm-up,
+and the peak while loading (the kernel's VmHWM), with and without quantised copies.
+
+Makes a repository of its own (the built-in model on seeded random weights, saved,
+calibrated on synthetic images, with its int8 and fp16 copies), then starts one server
+per configuration on loopback and reads its /proc status once it is ready:
+
+    python scripts/serve_memory.py --model alexnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+CONFIGS = [  # (label, precisions, keep the copies)
+    ("fp32", "fp32", True),
+    ("int8, from the float32 weights", "int8", False),
+    ("int8, from its copy", "int8", True),
+    ("fp16, from its copy", "fp16", True),
+]
+
+
+def prepare(root: Path, name: str) -> None:
+    from experts.model.architectures import ARCHITECTURES, random_weights
+    from experts.model.quantized import copy_name, make_copy
+    from experts.model.repository import Repository
+    from experts.networks.calibrate import calibrate, synthetic_images
+
+    repo = Repository(root)
+    meta = ARCHITECTURES[name]()
+    repo.save(name, meta, random_weights(meta, seed=0))
+    model = repo.load(name)
+    ranges = calibrate(model.meta, model.weights, [synthetic_images(model.meta, 16)])
+    repo.write_file(name, "calibration.json", ranges.to_json(model.meta).encode())
+    model = repo.load(name)
+    for precision in ("int8", "fp16"):
+        repo.write_file(name, copy_name(precision), make_copy(model, precision))
+
+
+def status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, float]:
+    from loadtest import start_server, stop_server
+
+    folder = root / name
+    hidden = [p for p in folder.glob("weights.*.safetensors")] if not copies else []
+    for p in hidden:
+        p.rename(p.with_suffix(".off"))
+    try:
+        start = time.monotonic()
+        proc, _ = start_server(
+            ["--models-dir", str(root), "--models", name, "--precisions", precisions], 900
+        )
+        loaded = time.monotonic() - start
+        time.sleep(2)  # settled
+        mem = status(proc.pid)
+        stop_server(proc)
+    finally:
+        for p in hidden:
+            p.with_suffix(".off").rename(p)
+    return {"rss_mib": mem["VmRSS"], "peak_mib": mem["VmHWM"], "ready_s": loaded}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="alexnet", help="a built-in architecture")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare(root, args.model)
+        rows = []
+        for label, precisions, copies in CONFIGS:
+            row = {"config": label, **measure(root, args.model, precisions, copies)}
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(
+                    f"{label:32s} RSS {row['rss_mib']:7.1f} MiB  peak {row['peak_mib']:7.1f} MiB "
+                    f"(x{row['peak_mib'] / row['rss_mib']:.2f})  ready in {row['ready_s']:.1f} s",
+                    flush=True,
+                )
+        fp32 = rows[0]["rss_mib"]
+        for row in rows[1:]:
+            print(f"{row['config']}: steady RSS {row['rss_mib'] / fp32:.2f}x fp32's")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
