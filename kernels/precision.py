@@ -60,6 +60,11 @@ def split_planes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return high.astype(np.int8), (q - (high << 8)).astype(np.int8)
 
 
+def within(q: np.ndarray, limit: int) -> bool:
+    """Every integer in [-limit, limit], checked in q's own dtype (no wider copy)."""
+    return not q.size or (int(q.min()) >= -limit and int(q.max()) <= limit)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A [M][K] weight matrix as the GEMM and linear kernels take it. A mixture's
@@ -183,7 +188,7 @@ class Precision:
                 f"{name}: {self.name} needs {np.dtype(self.weight_dtype)} weights and one "
                 f"scale a row, got {w.dtype} {w.shape} and scales {scale.shape}"
             )
-        if w.size and int(np.abs(w.astype(np.int32)).max()) > self.weight_max:
+        if not within(w, self.weight_max):
             raise ValueError(f"{name}: {self.name} weights beyond +-{self.weight_max}")
         return w, np.asarray(scale, np.float32)
 
@@ -299,8 +304,17 @@ class Precision:
         offset, 2^bits - 1."""
         if not self.quantized:
             return
-        # |q| <= qmax fits q's own dtype; the sums go to int64 without an int64 copy.
-        worst = int(np.abs(q).sum(axis=1, dtype=np.int64).max(initial=0)) * (2**self.bits - 1)
+        # |q| <= qmax fits q's own dtype; the sums go to int64 without an int64 copy,
+        # and a block of rows at a time (fc6's int8 rows are 38 MB).
+        rows = max(1, (1 << 22) // max(1, q[0].size if len(q) else 1))
+        peak = max(
+            (
+                int(np.abs(q[r : r + rows]).sum(axis=1, dtype=np.int64).max(initial=0))
+                for r in range(0, len(q), rows)
+            ),
+            default=0,
+        )
+        worst = peak * (2**self.bits - 1)
         limit = self.accumulator_limit
         if worst > limit:
             raise ValueError(

@@ -48,11 +48,12 @@ def prepare(root: Path, name: str) -> None:
 
 
 def status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of a process, in MiB."""
+    """VmRSS, VmHWM (peak), RssAnon and RssFile (mapped files: libraries) of a process,
+    in MiB."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) / 1024
     return out
 
@@ -76,7 +77,13 @@ def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, f
     finally:
         for p in hidden:
             p.with_suffix(".off").rename(p)
-    return {"rss_mib": mem["VmRSS"], "peak_mib": mem["VmHWM"], "ready_s": loaded}
+    return {
+        "rss_mib": mem["VmRSS"],
+        "peak_mib": mem["VmHWM"],
+        "anon_mib": mem["RssAnon"],
+        "files_mib": mem["RssFile"],
+        "ready_s": loaded,
+    }
 
 
 def main() -> int:
@@ -96,7 +103,8 @@ def main() -> int:
             else:
                 print(
                     f"{label:32s} RSS {row['rss_mib']:7.1f} MiB  peak {row['peak_mib']:7.1f} MiB "
-                    f"(x{row['peak_mib'] / row['rss_mib']:.2f})  ready in {row['ready_s']:.1f} s",
+                    f"(x{row['peak_mib'] / row['rss_mib']:.2f})  anonymous {row['anon_mib']:.1f}, "
+                    f"files {row['files_mib']:.1f}  ready in {row['ready_s']:.1f} s",
                     flush=True,
                 )
         fp32 = rows[0]["rss_mib"]

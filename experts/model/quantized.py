@@ -44,7 +44,7 @@ from experts.model.model import Model, ModelError
 from experts.model.tensors import TensorFile
 from kernels import bitgroups
 from kernels.ops.linear import choose_packing
-from kernels.precision import Precision, get_precision
+from kernels.precision import Precision, get_precision, within
 
 FORMAT = "1"
 PRECISIONS = ("fp16", "int16", "int8", "int16g", "int8g")  # fp32 is the weights file
@@ -268,7 +268,7 @@ class CopyWeights(Mapping[str, Any]):
         return value
 
     def _check_integers(self, name: str, p: Precision, q: np.ndarray) -> None:
-        if q.size and int(np.abs(q.astype(np.int32)).max()) > p.weight_max:
+        if not within(q, p.weight_max):
             raise self._fail(name, f"{p.name} weights beyond +-{p.weight_max}")
 
     def _packed(self, name: str, p: Precision) -> bitgroups.Packed:

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.model or [settings.default_model]:
         model = repository.load(name)
         floats = sum(4 * math.prod(shape) for shape in model.params.values())
-        for precision in tqdm(precisions, desc=f"quantize {name}", file=sys.stderr, leave=False):
+        bar = tqdm(precisions, desc=f"quantize {name}", file=sys.stderr, leave=False, disable=None)
+        for precision in bar:  # a bar on terminals only: errors stay one line
             start = time.perf_counter()
             data = make_copy(model, precision)
             path = repository.write_file(name, copy_name(precision), data)
