@@ -200,7 +200,9 @@ class Conv2d(Launcher):
         # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
         # into bytes, channels innermost).
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
-        pad = "pad2d_pixels" if self.dot4 else "pad2d"
+        # (DOT4 with whole groups of four channels: pad2d_channels, 16 at a time.)
+        self.channels4 = self.dot4 and self.cg % 4 == 0
+        pad = ("pad2d_channels" if self.channels4 else "pad2d_pixels") if self.dot4 else "pad2d"
         self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
         self._kernels: dict[int, dict[str, Any]] = {}
 
@@ -259,7 +261,23 @@ class Conv2d(Launcher):
 
     def _implicit(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        if self.dot4:
+        if self.channels4:
+            self.device.launch(
+                self.pad,
+                (hp * n, -(-self.c // 16)),
+                self.device.each_alone(2),
+                x,
+                scratch,
+                I32(self.h),
+                I32(self.w),
+                I32(self.ph),
+                I32(self.pw),
+                I32(self.c),
+                I32(n),
+                *self.qargs,
+            )
+            x = scratch
+        elif self.dot4:
             self.device.launch(
                 self.pad,
                 (hp, n),

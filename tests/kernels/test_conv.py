@@ -32,6 +32,7 @@ CONV_CASES = [
     (3, 6, 9, 9, 10, (5, 3), (1, 2), (2, 1), 2, True),
     (1, 16, 7, 7, 50, 1, 1, 0, 1, False),
     (7, 12, 6, 5, 20, 3, 1, 1, 4, True),
+    (2, 40, 7, 6, 24, 3, 1, 1, 2, True),  # DOT4's input 16 channels at a time, and 8
 ]
 
 
@@ -144,6 +145,7 @@ def test_int8_conv_byte_dot_products(device, rng, case, dot4):
     skip_unless_dot4(device, dot4)
     op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, dot4)
     assert op.dot4 == dot4
+    assert op.channels4 == (dot4 and case[1] // case[8] % 4 == 0)  # pad2d_channels
 
 
 DIRECT_CASES = [
