@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -25,6 +24,7 @@ from experts.networks.base import Runnable
 from experts.networks.build import build_network, little_modules, storage_note, store_for
 from kernels.runtime import Device
 from service.commands import args as common
+from service.commands import onnxruntime_compare
 
 HELP = "latency, throughput and memory per model/batch"
 
@@ -101,19 +101,6 @@ def summarise(times: list[float], batch: int) -> dict[str, float]:
     }
 
 
-def onnxruntime_session(model: Any) -> Any:
-    import onnxruntime as ort  # the onnx extra
-
-    from experts.onnx.export import to_onnx
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    proto = to_onnx(model.meta, model.weights)
-    return ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Rows per (precision, batch), each for every model (and k) and runtime asked for.
 
@@ -134,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
         model = resolve_model(name, settings.model_repository, args.random_weights, args.seed)
         if args.compare and model.is_mixture:
             raise ModelError(f"{name}: --compare onnxruntime runs sequential models only")
-        session = onnxruntime_session(model) if args.compare else None
+        sessions: dict[str, Any] | None = {} if args.compare else None  # by kind, made once
         ks = (args.k or [model.mixture.k]) if model.is_mixture else [None]
-        models.append((name, model, session, ks))
+        models.append((name, model, sessions, ks))
     littles = [
         little_modules(m, settings.dual_module) if settings.dual_module else {}
         for _, m, _, _ in models
@@ -152,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
             networks.append((network, dual))
         for batch in args.batch:
             rows, runners, spreads = [], {}, {}
-            for (name, model, session, ks), pair in zip(models, networks, strict=True):
+            for (name, model, sessions, ks), pair in zip(models, networks, strict=True):
                 inputs = _inputs(images, model, batch, rng)
+                session = _session(sessions, model, precision, args.data_dir)
                 for k in ks:
                     base = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
                     for network in filter(None, pair):
@@ -161,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                         key = base + (" dual-module" if dual else "")
                         spreads[key] = []
                         runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
-                        rows.append((key, name, model, None if dual else session, network, k))
+                        rows.append((key, name, None if dual else session, network, k))
                     if session is not None:
                         feeds = [{session.get_inputs()[0].name: x} for x in inputs]
                         ort = partial(_run_session, session, cycle(feeds))
@@ -173,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 if dual is not None:
                     dual.take_skip_stats()  # counted from here: the timed runs' inputs
             times = time_rounds(runners, args, warmup)
-            for key, name, model, session, network, k in rows:
+            for key, name, session, network, k in rows:
                 row = {
                     "runtime": "moe-alexnet",
                     "model": name,
@@ -200,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
                 _emit(row, args.json)
                 if session is not None:
                     ort = times[f"{key} onnxruntime"]  # the plain row's key
-                    _emit(_onnxruntime_row(model, ort, row), args.json)
+                    _emit(_onnxruntime_row(session, ort, row), args.json)
     return 0
 
 
@@ -268,17 +256,32 @@ def _run_session(session: Any, feeds: Iterator[dict[str, np.ndarray]]) -> None:
     session.run(None, next(feeds))
 
 
-def _onnxruntime_row(model: Any, times: list[float], ours: dict[str, Any]) -> dict:
+def _session(
+    sessions: dict[str, Any] | None, model: Any, precision: str, data_dir: Path | None
+) -> Any:
+    """The onnxruntime session an ours row at `precision` is compared with (None without
+    --compare): onnxruntime's static int8 for int8 rows, fp32 for the others."""
+    if sessions is None:
+        return None
+    kind = "int8" if precision in onnxruntime_compare.QUANTISED else "fp32"
+    if kind not in sessions:
+        sessions[kind] = onnxruntime_compare.session(model, kind, data_dir)
+    return sessions[kind]
+
+
+def _onnxruntime_row(session: Any, times: list[float], ours: dict[str, Any]) -> dict:
     row = {
         "runtime": "onnxruntime",
         "model": ours["model"],
-        "precision": "fp32",
+        "precision": onnxruntime_compare.STATIC_INT8 if session.calibration else "fp32",
         "batch": ours["batch"],
         **summarise(times, ours["batch"]),
-        "weight_bytes": sum(w.nbytes for w in model.weights.values()),
         "peak_rss_bytes": peak_rss_bytes(),
         "device": "CPUExecutionProvider",
     }
+    row["weight_bytes"] = session.weight_bytes
+    if session.calibration:
+        row["calibration"] = session.calibration
     row["ratio"] = round(ours["images_per_s"] / row["images_per_s"], 3)
     return row
 

@@ -59,6 +59,25 @@ def test_bench_json_rows_with_onnxruntime(capsys, repo, tiny_meta):
     assert rows[1]["ratio"] == pytest.approx(want, abs=1e-3)  # rounded to 3 decimals
 
 
+def test_bench_int8_rows_beside_onnxruntimes_static_int8(capsys, repo):
+    """int8 rows are compared with onnxruntime's own static int8 (QDQ, per-channel),
+    calibrated on the images ours used (tiny has no calibration.json: the synthetic
+    set); fp32 rows with onnxruntime's fp32, both sessions made once."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
+    argv = ["bench", "--model", "tiny", "--precision", "int8,fp32", "--batch", "2"]
+    code, out, err = run(capsys, *argv, "--iterations", "2", "--compare", "onnxruntime", "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [
+        ("moe-alexnet", "int8"),
+        ("onnxruntime", "int8 (onnxruntime static QDQ, per-channel)"),
+        ("moe-alexnet", "fp32"),
+        ("onnxruntime", "fp32"),
+    ]
+    assert rows[1]["calibration"] == "synthetic" and "calibration" not in rows[3]
+    assert rows[1]["weight_bytes"] < 0.5 * rows[3]["weight_bytes"]  # int8 initializers
+
+
 def test_bench_mixture_rows_per_k(capsys, moe_repo):
     argv = [
         "bench",
