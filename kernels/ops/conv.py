@@ -10,7 +10,8 @@ import pyopencl as cl
 
 from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, per_expert, tap_rows
 from kernels.geometry import conv_out
-from kernels.ops.launcher import Launcher
+from kernels.ops.launcher import Launcher, quantize_args
+from kernels.ops.pad import ConvPad
 from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
@@ -159,14 +160,12 @@ class Conv2d(Launcher):
             stacked = wg[0].reshape(experts, self.m, self.k)
             scale = None if sg[0] is None else sg[0].reshape(experts, self.m)
             prepared = [precision.prepare_experts(stacked, input_range, "conv", high_plane, scale)]
-            qp = device.upload(prepared[0].qparams())
-            self.qargs: tuple[Any, ...] = (qp, segments, I32(experts))
         else:
             prepared = [
                 precision.prepare(wg[g], input_range, "conv", high_plane, sg[g])
                 for g in range(groups)
             ]
-            self.qargs = (prepared[0].qinv, prepared[0].qzero)
+        self.qargs = quantize_args(device, prepared[0], segments)
         self.cg4 = -(-self.cg // 4) * 4
         # DOT4's layout groups four k of a row into an int (int8 on VNNI, and a store
         # that holds a layer for it: its low plane, int16's alone, in tap order).
@@ -197,13 +196,14 @@ class Conv2d(Launcher):
             "TAPS": self.taps and not self.dot4,
             "GROUPED": segments is not None,
         }
-        # pad2d zero-pads the input, and for quantised precisions quantises it (DOT4:
-        # into bytes, channels innermost).
+        # The input zero-padded, and for quantised precisions quantised (DOT4: into
+        # bytes, channels innermost): kernels/ops/pad.py.
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
-        # (DOT4 with whole groups of four channels: pad2d_channels, 16 at a time.)
-        self.channels4 = self.dot4 and self.cg % 4 == 0
-        pad = ("pad2d_channels" if self.channels4 else "pad2d_pixels") if self.dot4 else "pad2d"
-        self.pad = device.kernel("im2col.cl", pad, self.defines) if padded else None
+        self.pad = (
+            ConvPad(device, in_shape, padding, self.defines, self.qargs, self.cg, self.cg4)
+            if padded
+            else None
+        )
         self._kernels: dict[int, dict[str, Any]] = {}
 
     def _panel_bytes(self, nv: int) -> int:
@@ -236,13 +236,9 @@ class Conv2d(Launcher):
 
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
-            hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-            return 4 * (self.c * n * hp * wp + LANES * self.direct_nv)
+            return self.pad.nbytes(n) + 4 * LANES * self.direct_nv
         if self.implicit:
-            padded = (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
-            if self.dot4:
-                return n * padded * self.groups * self.cg4
-            return 4 * self.c * n * padded if self.pad is not None else 0
+            return self.pad.nbytes(n) if self.pad is not None else 0
         cols = n * self.oh * self.ow
         nb = LANES * choose_nv(cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
@@ -261,42 +257,8 @@ class Conv2d(Launcher):
 
     def _implicit(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        if self.channels4:
-            self.device.launch(
-                self.pad,
-                (hp * n, -(-self.c // 16)),
-                self.device.each_alone(2),
-                x,
-                scratch,
-                I32(self.h),
-                I32(self.w),
-                I32(self.ph),
-                I32(self.pw),
-                I32(self.c),
-                I32(n),
-                *self.qargs,
-            )
-            x = scratch
-        elif self.dot4:
-            self.device.launch(
-                self.pad,
-                (hp, n),
-                self.device.work_group(hp, 1),
-                x,
-                scratch,
-                I32(self.h),
-                I32(self.w),
-                I32(self.ph),
-                I32(self.pw),
-                I32(self.c),
-                I32(n),
-                I32(self.cg),
-                I32(self.cg4),
-                *self.qargs,
-            )
-            x = scratch
-        elif self.pad is not None:
-            self._pad(n, x, scratch)
+        if self.pad is not None:
+            self.pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
         nv = choose_nv(cols, self.widest_nv)
@@ -348,26 +310,9 @@ class Conv2d(Launcher):
                 *grouped,
             )
 
-    def _pad(self, n: int, x: Any, scratch: Any) -> None:
-        """pad2d: x zero-padded (and quantised) into scratch, [C][N][HP][WP] floats."""
-        hp = self.h + 2 * self.ph
-        self.device.launch(
-            self.pad,
-            (hp, self.c * n),
-            self.device.work_group(hp, self.c),
-            x,
-            scratch,
-            I32(self.h),
-            I32(self.w),
-            I32(self.ph),
-            I32(self.pw),
-            I32(n),
-            *self.qargs,
-        )
-
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        self._pad(n, x, scratch)
+        self.pad(n, x, scratch)
         nv = self.direct_nv
         chunks = -(-self.ow // (LANES * nv))
         cols = n * self.oh * self.ow

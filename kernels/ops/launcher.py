@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from kernels.precision import Prepared
+from kernels.runtime import Device
+
 
 class Launcher:
     """One layer compiled for a device: built once (kernels compiled, weights packed and
@@ -23,3 +28,13 @@ class Launcher:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         raise NotImplementedError
+
+
+def quantize_args(device: Device, prepared: Prepared, segments: Any = None) -> tuple[Any, ...]:
+    """The arguments of the kernels that quantise a layer's input (precision.h's QARGS):
+    its qinv and qzero, or for a mixture's grouped experts each expert's (uploaded),
+    with the segment table that says whose each image is."""
+    if segments is None:
+        return (prepared.qinv, prepared.qzero)
+    qparams = prepared.qparams()
+    return (device.upload(qparams), segments, np.int32(len(qparams)))

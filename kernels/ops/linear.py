@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from kernels import bitgroups
-from kernels.ops.launcher import Launcher
+from kernels.ops.launcher import Launcher, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
@@ -94,18 +94,14 @@ class Linear(Launcher):
         # A store (int16 and int8 of one model): int8 reads int16's high plane.
         shared = store is not None and store.serves(precision) and not precision.packed
         high_plane = shared and bool(precision.high_plane_of)
-        self.qargs: tuple[Any, ...]
         if given is not None:
             prepared = precision.prepare_packed(given, scale, input_range, key or "linear")
         elif segments is not None:  # each expert's own input range
             scales = None if scale is None else scale.reshape(experts, self.o)
             prepared = precision.prepare_experts(stacked, input_range, "linear", high_plane, scales)
-            qp = device.upload(prepared.qparams())
-            self.qargs = (qp, segments, I32(experts))
         else:
             prepared = precision.prepare(weight, input_range, "linear", high_plane, scale)
-        if segments is None:
-            self.qargs = (prepared.qinv, prepared.qzero)
+        self.qargs = quantize_args(device, prepared, segments)
         self.packed = packed = given or choose_packing(prepared.weights, precision, pack)
         if packed is not None:  # linear.cl's linear_packed decodes them
             self.w = device.upload(packed.stream)

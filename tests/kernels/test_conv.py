@@ -145,7 +145,7 @@ def test_int8_conv_byte_dot_products(device, rng, case, dot4):
     skip_unless_dot4(device, dot4)
     op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, dot4)
     assert op.dot4 == dot4
-    assert op.channels4 == (dot4 and case[1] // case[8] % 4 == 0)  # pad2d_channels
+    assert op.pad.channels4 == (dot4 and case[1] // case[8] % 4 == 0)  # pad2d_channels
 
 
 DIRECT_CASES = [

@@ -1,0 +1,62 @@
+"""The pass in front of a convolution (kernels/cl/im2col.cl): the input zero-padded, and
+for quantised precisions quantised once per value, so that the convolution's kernels
+gather without bounds checks and only copy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.runtime import Device
+
+I32 = np.int32
+
+
+class ConvPad:
+    """[C][N][H][W] floats -> the padded input a convolution reads:
+    - `pad2d`: [C][N][HP][WP] floats (quantised precisions: the offsets q - zero);
+    - DOT4 (int8 on VNNI): [N][HP][WP][CP] bytes q + 128, each group's `cg` channels
+      padded to `cg4`; `pad2d_channels`, 16 channels of a pixel at a time, where the
+      groups hold whole fours (every layer but a network's first), else
+      `pad2d_pixels`.
+    `qargs`: precision.h's QARGS (`launcher.quantize_args`)."""
+
+    def __init__(
+        self,
+        device: Device,
+        in_shape: tuple[int, int, int],
+        padding: tuple[int, int],
+        defines: dict[str, Any],
+        qargs: tuple[Any, ...],
+        cg: int,
+        cg4: int,
+    ) -> None:
+        self.device = device
+        self.c, self.h, self.w = in_shape
+        self.ph, self.pw = padding
+        self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.qargs, self.cg, self.cg4 = qargs, cg, cg4
+        self.dot4 = bool(defines.get("DOT4"))
+        self.channels4 = self.dot4 and cg % 4 == 0
+        name = "pad2d_channels" if self.channels4 else "pad2d_pixels" if self.dot4 else "pad2d"
+        self.kernel = device.kernel("im2col.cl", name, defines)
+
+    def nbytes(self, n: int) -> int:
+        """The padded input of n images."""
+        if self.dot4:
+            return n * self.hp * self.wp * self.c // self.cg * self.cg4
+        return 4 * self.c * n * self.hp * self.wp
+
+    def __call__(self, n: int, x: Any, out: Any) -> None:
+        d, geometry = self.device, (I32(self.h), I32(self.w), I32(self.ph), I32(self.pw))
+        if self.channels4:
+            grid, local = (self.hp * n, -(-self.c // 16)), d.each_alone(2)
+            args: tuple[Any, ...] = (I32(self.c), I32(n))
+        elif self.dot4:
+            grid, local = (self.hp, n), d.work_group(self.hp, 1)
+            args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))
+        else:
+            grid, local = (self.hp, self.c * n), d.work_group(self.hp, self.c)
+            args = (I32(n),)
+        d.launch(self.kernel, grid, local, x, out, *geometry, *args, *self.qargs)
