@@ -209,6 +209,26 @@ def linear_quantized(
     return dequantize(acc, scale, bias, relu, axis=1)
 
 
+def requantize(
+    acc: np.ndarray,
+    mult: np.ndarray,
+    shift: np.ndarray,
+    bias_acc: np.ndarray,
+    zero: int,
+    relu: bool,
+    bits: int = 8,
+) -> np.ndarray:
+    """int32 sums [N][O] -> the next layer's quantised input q (int64), with integers
+    only (kernels/requant.py): ((acc + bias_acc) * mult + 2^(shift-1)) >> shift, plus
+    zero, max(q, zero) for ReLU, clamped to the precision's range."""
+    v = (acc.astype(np.int64) + bias_acc.astype(np.int64)) * mult.astype(np.int64)
+    sh = shift.astype(np.int64)
+    q = ((v + (np.int64(1) << (sh - 1))) >> sh) + int(zero)
+    if relu:
+        q = np.maximum(q, int(zero))
+    return np.clip(q, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, stable against large logits."""
     z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)

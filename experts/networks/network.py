@@ -68,8 +68,11 @@ class Network(Runnable):
         segments: Any = None,
         name: str = "",
         store: ops.PlaneStore | None = None,
+        integer_pipeline: bool = True,
     ) -> None:
+        """`integer_pipeline` False: every quantised layer writes floats (to compare)."""
         self.device = device
+        self.integer_pipeline = integer_pipeline
         self.name = name  # the launches' label prefix when profiling ("stem", "experts.3")
         # Grouped (a mixture's experts as one network): weights carry a leading expert
         # axis and the rows, sorted by expert, are split by the `segments` buffer.
@@ -218,13 +221,35 @@ class Network(Runnable):
                 cur, spare = p.ping, p.pong
             else:
                 cur, spare = p.input, p.ping
-            for step in self.steps:
+            links = self.requant_links()
+            fed = set(links.values())
+            for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
                 with d.labelled(step.name):
-                    step.op(n, cur, spare, p.scratch)
+                    if i in links or i in fed:  # the integer pipeline
+                        consumer = self.steps[links[i]].op if i in links else None
+                        requant = step.op.requantizer(consumer) if consumer else ()
+                        step.op.launch(
+                            n, cur, spare, p.scratch, requant=requant, quantised_input=i in fed
+                        )
+                    else:
+                        step.op(n, cur, spare, p.scratch)
                 cur, spare = spare, (p.pong if spare is p.ping else p.ping)
         return cur
+
+    def requant_links(self) -> dict[int, int]:
+        """Steps whose layer writes the next layer's quantised input itself (int8 fully
+        connected layers feeding int8 ones, kernels/requant.py): producer -> consumer
+        step index. Steps without an op between them (dropout) do not break a link."""
+        if not self.integer_pipeline:
+            return {}
+        ran = [(i, s.op) for i, s in enumerate(self.steps) if s.op is not None]
+        return {
+            i: j
+            for (i, a), (j, b) in zip(ran, ran[1:], strict=False)
+            if type(a) is ops.Linear and a.feeds(b)
+        }
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
         check_k(None, k)

@@ -35,7 +35,8 @@
     W += (size_t)ex * O * I; \
     bias += ex * O; \
     scale += ex * O; \
-    EXPERT_CORR(ex)
+    EXPERT_CORR(ex) \
+    REQ_ROWS(ex)
 #else
 #define GROUP_ARGS
 #define EXPERTS 1
@@ -129,10 +130,49 @@ inline float estimate(__global const wtype *a, __global const float *z, const si
 #define FLUSH_IMAGES \
     _Pragma("unroll") for (int q = 0; q < RB; ++q) { tot[q] += hsum(acc[q]); acc[q] = 0; }
 
+// REQUANT (the integer pipeline, kernels/requant.py; int8 only, never with SKIP): the
+// output is the next int8 layer's input, requantised from the int sums with integers
+// only; REQUANT 1 writes bytes q + 128 (the next layer multiplies bytes, DOT4), 2
+// floats q - zero (its float lanes). rmult, rshift, rbias: per row (grouped: the
+// expert's rows, REQ_ROWS); rzero: the next layer's zero point, per expert.
+#ifndef REQUANT
+#define REQUANT 0
+#endif
+#if REQUANT
+#if SKIP || QBITS != 8
+#error "REQUANT: int8 layers without a little module"
+#endif
+#define REQ_ARGS , __global const int *restrict rmult, __global const int *restrict rshift, \
+    __global const int *restrict rbias, __global const int *restrict rzero
+#define REQ_PASS , rmult, rshift, rbias, rzero
+#define REQ_ROWS(ex) rmult += (ex) * O; rshift += (ex) * O; rbias += (ex) * O; rzero += (ex);
+inline int requant(const int s, const int m, const int sh, const int b, const int z)
+{
+    const long v = ((long)s + b) * m;
+    long q = ((v + (1L << (sh - 1))) >> sh) + z;
+#if RELU
+    q = max(q, (long)z);
+#endif
+    return (int)clamp(q, -128L, 127L);
+}
+#define REQ(o, s) requant((s), rmult[o], rshift[o], rbias[o], rzero[0])
+#if REQUANT == 1
+#define OUT(need, q, b, o, s) ((__global uchar *)Y)[(size_t)(b) * O + (o)] = (uchar)(REQ(o, s) + 128)
+#else
+#define OUT(need, q, b, o, s) Y[(size_t)(b) * O + (o)] = (float)(REQ(o, s) - rzero[0])
+#endif
+#else
+#define REQ_ARGS
+#define REQ_PASS
+#define REQ_ROWS(ex)
+#define OUT(need, q, b, o, s) \
+    Y[(size_t)(b) * O + (o)] = KEEP(need, q, ACT((float)(s) * scale[o] + bias[o]))
+#endif
+
 #define LINEAR_ARGS const int B, const int I, const int O, \
     __global const float *restrict X, __global const wtype *restrict W, \
     __global const float *restrict bias, __global const float *restrict scale, \
-    __global float *restrict Y GROUP_ARGS SKIP_ARGS
+    __global float *restrict Y GROUP_ARGS SKIP_ARGS REQ_ARGS
 
 #if defined(RO) && !DOT4
 __kernel void linear(LINEAR_ARGS)
@@ -187,14 +227,16 @@ __kernel void linear(LINEAR_ARGS)
             accs s = tot[r][q];
             if (!need[r]) break;
             for (int i = I16; i < I; ++i) s += (accs)LOADW(i, w[r]) * (accs)x[q][i];
-            Y[(size_t)(b0 + q) * O + o0 + r] =
-                KEEP(need[r], q, ACT((float)s * scale[o0 + r] + bias[o0 + r]));
+            OUT(need[r], q, b0 + q, o0 + r, s);
         }
     }
 }
 #endif
 
 #ifdef LS
+#if REQUANT
+#error "REQUANT: the CPU forms of linear only"
+#endif
 // GPUs: one work-group of LS work-items per output row and tile of RB images. The
 // items split K between them (neighbours read neighbouring 16-element runs, so a
 // warp's reads coalesce) and their totals are summed in local memory. The kernel
@@ -258,7 +300,7 @@ void linear_split(LINEAR_ARGS)
     __global const float *restrict bias, __global const float *restrict scale, \
     __global float *restrict Y, __global const int *restrict corr
 
-TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS)
+TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS REQ_ARGS)
 {
     __global const char *w[RO];
     __global const uchar *x[RB];
@@ -290,18 +332,17 @@ TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS)
             const int4 s4 = s8.lo + s8.hi;
             int s = s4.x + s4.y + s4.z + s4.w - corr[o0 + r];
             for (int i = I64; i < I; ++i) s += (int)w[r][i] * (int)x[q][i];
-            Y[(size_t)(b0 + q) * O + o0 + r] =
-                KEEP(need[r], q, ACT((float)s * scale[o0 + r] + bias[o0 + r]));
+            OUT(need[r], q, b0 + q, o0 + r, s);
         }
     }
 }
 
-__kernel void linear(DOT4_ARGS GROUP_ARGS SKIP_ARGS)
+__kernel void linear(DOT4_ARGS GROUP_ARGS SKIP_ARGS REQ_ARGS)
 {
     const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB;
     EXPERT_ROWS(b0)
     SENSITIVE(need, RO, o0, b0, true)
-    linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr);
+    linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr REQ_PASS);
 }
 #endif
 
@@ -315,7 +356,8 @@ __kernel void linear_packed(const int B, const int I, const int O,
                             __global const float *restrict X, __global const ushort *restrict S,
                             __global const uint *restrict off, __global const uchar *restrict wn,
                             __global const float *restrict bias,
-                            __global const float *restrict scale, __global float *restrict Y)
+                            __global const float *restrict scale,
+                            __global float *restrict Y REQ_ARGS)
 {
     const int o = get_global_id(0), b0 = get_global_id(1) * RB;
     if (o >= O) return;
@@ -356,7 +398,7 @@ __kernel void linear_packed(const int B, const int I, const int O,
     for (int q = 0; q < RB; ++q) {
         if (b0 + q >= B) break;
         const accs t = tot[q] + hsum(acc[q]);
-        Y[(size_t)(b0 + q) * O + o] = ACT((float)t * scale[o] + bias[o]);
+        OUT(~0u, q, b0 + q, o, t);
     }
 }
 #endif

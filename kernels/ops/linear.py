@@ -10,6 +10,7 @@ from kernels import bitgroups
 from kernels.ops.launcher import Launcher, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
+from kernels.requant import requant_params
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -102,6 +103,10 @@ class Linear(Launcher):
         else:
             prepared = precision.prepare(weight, input_range, "linear", high_plane, scale)
         self.qargs = quantize_args(device, prepared, segments)
+        # For the integer pipeline (`requantizer`): the rows' scales and biases, and the
+        # input's quantisation parameters.
+        self.row_scale, self.row_bias, self.qparams = prepared.scale, bias, prepared.qparams()
+        self._requants: dict[int, tuple[Any, ...]] = {}
         self.packed = packed = given or choose_packing(prepared.weights, precision, pack)
         if packed is not None:  # linear.cl's linear_packed decodes them
             self.w = device.upload(packed.stream)
@@ -133,7 +138,8 @@ class Linear(Launcher):
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
-        self._kernels: dict[tuple[int, int], Any] = {}  # by (RB, little module's rank)
+        # by (RB, little module's rank, REQUANT form)
+        self._kernels: dict[tuple[int, int, int], Any] = {}
 
     @property
     def out_shape(self) -> tuple[int]:
@@ -161,21 +167,58 @@ class Linear(Launcher):
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         self.launch(n, x, y, scratch)
 
+    def feeds(self, consumer: Launcher) -> bool:
+        """Whether this layer can write `consumer`'s quantised input itself (the integer
+        pipeline, kernels/requant.py): int8 rows (packed or not) into int8 rows, on the
+        CPU forms, grouped alike."""
+        return (
+            type(consumer) is Linear
+            and self.precision.bits == consumer.precision.bits == 8
+            and not self.split
+            and self.segments is consumer.segments
+            and consumer.i == self.o
+        )
+
+    def requantizer(self, consumer: Linear) -> tuple[Any, ...]:
+        """(form, device buffers) of the epilogue that writes `consumer`'s input: form 1
+        bytes q + 128 (a consumer on VNNI), 2 floats q - zero; made once per consumer."""
+        found = self._requants.get(id(consumer))
+        if found is None:
+            qinv, zero = consumer.qparams[:, 0].astype(np.float64), consumer.qparams[:, 1]
+            r = requant_params(self.row_scale, self.row_bias, 1.0 / qinv, zero)
+            buffers = tuple(self.device.upload(a) for a in (r.mult, r.shift, r.bias_acc, r.zero))
+            found = self._requants[id(consumer)] = (1 if consumer.dot4 else 2, *buffers)
+        return found
+
     def launch(
-        self, n: int, x: Any, y: Any, scratch: Any = None, skip: tuple[Any, ...] = (), rank: int = 0
+        self,
+        n: int,
+        x: Any,
+        y: Any,
+        scratch: Any = None,
+        skip: tuple[Any, ...] = (),
+        rank: int = 0,
+        requant: tuple[Any, ...] = (),
+        quantised_input: bool = False,
     ) -> None:
         """`skip` (dual-module inference, kernels/ops/dual.py; needs the fused ReLU): the
         device buffers of the little module's projections z [n][rank], its A [O][rank]
         (stored as this layer's weights), A's row scales and biases, each expert's
-        threshold and the int[3] statistics the kernel adds to (linear.cl, SKIP)."""
+        threshold and the int[3] statistics the kernel adds to (linear.cl, SKIP).
+        `requant` (`requantizer`): write the next layer's quantised input instead of
+        floats; `quantised_input`: x is this layer's quantised input already (written
+        by the layer before, so no quantising pass)."""
         if skip and not self.relu:
             raise ValueError("skipping rows needs the layer's ReLU")
+        if skip and requant:
+            raise ValueError("a layer with a little module writes floats")
         ro, rb = self._tile(n)
-        kernel = self._kernels.get((rb, rank))
+        form = requant[0] if requant else 0
+        kernel = self._kernels.get((rb, rank, form))
         if kernel is None and self.packed is not None:
-            defines = {"PACKED": 1, "RB": rb, "RELU": self.relu, **self.defines}
+            defines = {"PACKED": 1, "RB": rb, "RELU": self.relu, "REQUANT": form, **self.defines}
             kernel = self.device.kernel("linear.cl", "linear_packed", defines)
-            self._kernels[(rb, rank)] = kernel
+            self._kernels[(rb, rank, form)] = kernel
         elif kernel is None:
             shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
             defines = {
@@ -184,11 +227,13 @@ class Linear(Launcher):
                 "RELU": self.relu,
                 "SKIP": bool(skip),
                 "RANK": rank,
+                "REQUANT": form,
                 **self.defines,
             }
             name = "linear_split" if self.split else "linear"
-            kernel = self._kernels[(rb, rank)] = self.device.kernel("linear.cl", name, defines)
-        if self.precision.quantized:
+            kernel = self.device.kernel("linear.cl", name, defines)
+            self._kernels[(rb, rank, form)] = kernel
+        if self.precision.quantized and not quantised_input:
             count = n * self.i
             self.device.launch(
                 self.quantize,
@@ -221,4 +266,5 @@ class Linear(Launcher):
             *((self.corr,) if self.dot4 else ()),
             *(() if self.segments is None else (self.segments, I32(self.experts))),
             *skip,
+            *requant[1:],
         )

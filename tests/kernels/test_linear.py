@@ -10,6 +10,7 @@ import pytest
 from kernels import ops
 from kernels import reference as ref
 from kernels.precision import PRECISIONS, get_precision
+from kernels.requant import requant_params
 from tests.kernels.helpers import (
     FP32_NMSE,
     QUANTIZED,
@@ -204,3 +205,65 @@ def test_packed_rows_sum_exactly_what_plain_rows_do(device, rng, packed, base, n
     # By default packed only where the groups shrink the rows.
     assert (chosen.packed is not None) == (forced.bits_per_weight < plain_bits)
     assert chosen.bits_per_weight == min(forced.bits_per_weight, plain_bits)
+
+
+# -- the integer pipeline: an int8 layer writing the next int8 layer's input --------------
+
+
+@pytest.mark.parametrize("ratio", [3e-3, 0.7, 1.0, 2.5e-12, 0.0])
+def test_requant_multiplier_and_shift(ratio):
+    """mult / 2^shift is the ratio to 31 bits (mult in [2^30, 2^31)); ratios too small
+    for an int32 sum to reach one step give 0."""
+    r = requant_params(np.float32([ratio]), np.float32([0.5]), np.float64([1.0]), np.int32([0]))
+    if ratio < 2**-32:  # |sum| < 2^31: below half a step whatever the sum
+        assert r.mult[0] == 0
+        return
+    got = float(r.mult[0]) / 2.0 ** float(r.shift[0])
+    assert got == pytest.approx(float(np.float32(ratio)), rel=2**-30)
+    assert 2**30 <= int(r.mult[0]) < 2**31
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "grouped"])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dot4", [None, False])
+@pytest.mark.parametrize("next_dot4", [None, False])
+def test_requantising_epilogue_matches_its_twin(device, rng, grouped, relu, dot4, next_dot4):
+    """The producer's int32 sums requantised with integers only (kernels/requant.py),
+    written as the consumer reads its input (bytes on VNNI, float offsets otherwise),
+    exactly as the numpy twin; the consumer then runs on them without quantising."""
+    p = PRECISIONS["int8"]
+    counts = [3, 0, 2] if grouped else [5]
+    n, e, i, o, o2 = sum(counts), len(counts), 72, 36, 12
+    seg, expert_of = segment_table(device, counts) if grouped else (None, np.zeros(n, int))
+    x = rng.uniform(-1, 2, (n, i)).astype(np.float32)
+    w1 = rng.standard_normal((e, o, i), np.float32)
+    w2 = rng.standard_normal((e, o2, o), np.float32)
+    b1 = rng.standard_normal((e, o), np.float32)
+    r1 = [(-1.0, 2.0)] * e if grouped else (-1.0, 2.0)
+    r2 = [(-0.5 - j, 6.0 + j) for j in range(e)] if grouped else (-0.5, 6.0)
+    shape = (lambda w: w) if grouped else (lambda w: w[0])
+    a = ops.Linear(device, shape(w1), shape(b1), relu, p, r1, seg, dot4=dot4)
+    b = ops.Linear(device, shape(w2), None, False, p, r2, seg, dot4=next_dot4)
+    assert a.feeds(b)
+    requant = a.requantizer(b)
+    assert requant[0] == (1 if b.dot4 else 2)
+    y = device.alloc(4 * n * o)
+    a.launch(n, device.upload(x), y, device.alloc(a.scratch_bytes(n)), requant=requant)
+    got = device.read(y, (n, o), np.uint8 if b.dot4 else np.float32)
+    z = device.alloc(4 * n * o2)
+    b.launch(n, y, z, quantised_input=True)
+    for row in range(n):
+        ex = expert_of[row]
+        pa = p.prepare(w1[ex], r1[ex] if grouped else r1)
+        pb = p.prepare(w2[ex], r2[ex] if grouped else r2)
+        acc = ref.quantize(x[row : row + 1], pa.qinv, pa.qzero, 8) @ pa.weights.astype(np.int64).T
+        rq = requant_params(pa.scale, b1[ex], np.float64([1 / pb.qinv]), np.int32([pb.qzero]))
+        q = ref.requantize(acc, rq.mult, rq.shift, rq.bias_acc, int(pb.qzero), relu)
+        want = q + 128 if b.dot4 else q - int(pb.qzero)
+        np.testing.assert_array_equal(got[row : row + 1], want)
+        # The float pipeline's input to the consumer, within one step of it.
+        floats = ref.dequantize(acc, pa.scale, b1[ex], relu, axis=1)
+        assert np.abs(q - int(pb.qzero) - ref.quantize(floats, pb.qinv, pb.qzero, 8)).max() <= 1
+        acc2 = (q - int(pb.qzero)) @ pb.weights.astype(np.int64).T
+        want2 = ref.dequantize(acc2, pb.scale, None, False, axis=1)
+        assert_dequantized_close(device.read(z, (n, o2))[row : row + 1], want2, np.abs(want2))

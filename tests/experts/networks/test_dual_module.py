@@ -19,6 +19,7 @@ from experts.model.spec import parse_layers
 from experts.networks.build import build_network
 from experts.networks.dual_fit import default_rank, fit_dual_module, fit_little
 from experts.networks.mixture import MixtureNetwork
+from experts.networks.network import Network
 from experts.networks.reference import forward
 from kernels.precision import PRECISIONS
 from tests.helpers import DUAL_NET, TINY_MOE
@@ -159,3 +160,30 @@ def test_mixtures_take_little_modules(device, sample, precision, grouped):
 )  # fmt: skip
 def test_default_rank(inputs, outputs, rank):
     assert default_rank(inputs, outputs) == rank
+
+
+def test_int8_layers_write_each_others_input_except_around_a_little_module(device, model, sample):
+    """The integer pipeline: at int8, fc6 writes fc7's quantised input and fc7 fc8's
+    (kernels/requant.py), within a step of dequantising and quantising again; a layer
+    with a little module, whose estimate reads floats, breaks the chain on both sides."""
+    net = build_network(model, device, "int8")
+    names = {net.steps[i].name: net.steps[j].name for i, j in net.requant_links().items()}
+    assert names == {"fc6": "fc7", "fc7": "fc8"}
+    floats = Network(
+        device,
+        model.layers,
+        model.input_shape,
+        model.weights,
+        precision="int8",
+        ranges=model.calibration.ranges,
+        integer_pipeline=False,
+    )
+    assert floats.requant_links() == {}
+    got, want = net.run(sample).scores, floats.run(sample).scores
+    assert nmse(got, want) < 1e-3  # often bit-identical: a step differs only at an edge
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    littles = {"fc7": _fitted(model, sample)["fc7"]}
+    dual = net.with_dual_module(littles)
+    assert dual.requant_links() == {}
+    got = dual.run(sample).scores
+    np.testing.assert_array_equal(got, floats.with_dual_module(littles).run(sample).scores)
