@@ -89,17 +89,19 @@ class Conv(Layer):
     def launcher(self, build: Build, in_shape: Shape, weights: Weights) -> ops.Launcher:
         w, b = self.tensor(weights, "weight"), self.tensor(weights, "bias")
         geometry = (self.stride, self.padding, self.groups, self.relu)
-        quantised = (
+        return ops.conv2d(
+            build.device,
+            in_shape,
+            w,
+            b,
+            *geometry,
+            build.precision,
             build.input_range,
             build.store,
             build.key,
             self.tensor(weights, "weight_scale"),
+            build.segments,
         )
-        if build.segments is not None:
-            return ops.grouped_conv2d(
-                build.device, in_shape, w, b, *geometry, build.precision, build.segments, *quantised
-            )
-        return ops.conv2d(build.device, in_shape, w, b, *geometry, build.precision, *quantised)
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:
         return ref.conv2d(

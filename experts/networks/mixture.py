@@ -112,7 +112,7 @@ class MixtureNetwork(Runnable):
         """All experts as one network (one launch per layer, whatever the routing), where
         every expert layer has a grouped kernel: a precision with grouped kernels, the
         same for every expert (quantised ones with each expert's own input ranges and
-        weight scales), and convolutions of a grouped shape (`ops.grouped_conv2d`).
+        weight scales), and convolutions of a grouped shape (`ops.conv2d` with segments).
         None: run the experts one by one."""
         s = self.mixture
         names = {layer.name for layer in s.expert}

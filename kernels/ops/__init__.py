@@ -21,7 +21,7 @@ from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
 from kernels.ops.store import PlaneStore
-from kernels.ops.winograd import WinogradConv2d, conv2d, grouped_conv2d
+from kernels.ops.winograd import WinogradConv2d, conv2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -41,6 +41,5 @@ __all__ = [
     "SwapOuter",
     "TopKBuckets",
     "WinogradConv2d",
-    "grouped_conv2d",
     "conv2d",
 ]

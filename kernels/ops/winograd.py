@@ -286,10 +286,11 @@ def conv2d(
     groups: int = 1,
     relu: bool = False,
     precision: Precision = FP32,
-    input_range: tuple[float, float] | None = None,
+    input_range: Any = None,
     store: PlaneStore | None = None,
     key: str = "",
     weight_scale: np.ndarray | None = None,
+    segments: Any = None,
 ) -> Conv2d | WinogradConv2d:
     """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
     stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at least
@@ -297,9 +298,26 @@ def conv2d(
     fewer channels the transforms cost more than the multiplies saved, and F(2x2, 5x5)
     saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
     precisions run direct: Winograd's transforms would turn exact integer products into
-    rounded float ones."""
-    if winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized:
-        return WinogradConv2d(device, in_shape, weight, bias, padding, relu, precision=precision)
+    rounded float ones.
+
+    `segments`: a mixture's experts in one set of launches (`weight` [E][M][C][r][r],
+    `input_range` one per expert): Winograd at floating-point precisions, which only
+    the layers it fits have (small maps with 3x3 filters take 2x2 tiles); the implicit
+    GEMM at quantised ones (Conv2d)."""
+    winograd = winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized
+    if segments is not None and not winograd and not precision.quantized:
+        raise ValueError(
+            "grouped experts need stride-1 ungrouped 3x3 convolutions, or 5x5 ones over "
+            f"at least {WINOGRAD_5X5_CHANNELS} channels, at floating-point precisions"
+        )
+    if winograd:
+        r, tile = weight.shape[-1], TILE
+        out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1
+        if segments is not None and r == 3 and out <= GROUPED_SMALL_TILE_MAX:
+            tile = 2
+        return WinogradConv2d(
+            device, in_shape, weight, bias, padding, relu, tile, precision, segments
+        )
     return Conv2d(
         device,
         in_shape,
@@ -313,55 +331,6 @@ def conv2d(
         input_range=input_range,
         store=store,
         key=key,
+        segments=segments,
         weight_scale=weight_scale,
-    )
-
-
-def grouped_conv2d(
-    device: Device,
-    in_shape: tuple[int, int, int],
-    weight: np.ndarray,
-    bias: np.ndarray | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    groups: int,
-    relu: bool,
-    precision: Precision,
-    segments: Any,
-    input_ranges: Any = None,
-    store: PlaneStore | None = None,
-    key: str = "",
-    weight_scale: np.ndarray | None = None,
-) -> Conv2d | WinogradConv2d:
-    """A mixture's experts' convolution in one set of launches: as `conv2d` chooses,
-    Winograd for floating-point precisions (the layers `conv2d` runs as Winograd
-    only; see WinogradConv2d), the implicit GEMM for quantised ones (Conv2d, with each
-    expert's input range)."""
-    if precision.quantized:
-        return Conv2d(
-            device,
-            in_shape,
-            weight,
-            bias,
-            stride,
-            padding,
-            groups,
-            relu,
-            precision=precision,
-            input_range=input_ranges,
-            store=store,
-            key=key,
-            segments=segments,
-            weight_scale=weight_scale,
-        )
-    if not winograd_fits(weight.shape[-4:], stride, groups):
-        raise ValueError(
-            "grouped experts need stride-1 ungrouped 3x3 convolutions, or 5x5 ones over "
-            f"at least {WINOGRAD_5X5_CHANNELS} channels, at floating-point precisions"
-        )
-    r = weight.shape[-1]
-    out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1
-    tile = 2 if r == 3 and out <= GROUPED_SMALL_TILE_MAX else TILE
-    return WinogradConv2d(
-        device, in_shape, weight, bias, padding, relu, tile, precision=precision, segments=segments
     )

@@ -107,8 +107,8 @@ def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m, r):
     wt = rng.standard_normal((e, m, c, r, r), np.float32)
     b = rng.standard_normal((e, m), np.float32)
     seg, expert_of = segment_table(device, counts)
-    op = ops.grouped_conv2d(
-        device, (c, hw, hw), wt, b, (1, 1), pad, 1, True, get_precision(name), seg
+    op = ops.conv2d(
+        device, (c, hw, hw), wt, b, (1, 1), pad, 1, True, get_precision(name), segments=seg
     )
     assert op.tile == (2 if r == 3 and hw <= 8 else 4)  # GROUPED_SMALL_TILE_MAX
     got = run4d(device, op, x, op.scratch_bytes(n))[: n - 3]
@@ -125,7 +125,7 @@ def test_grouped_winograd_conv2d(device, rng, name, counts, c, hw, m, r):
 def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
     seg, _ = segment_table(device, [1, 1])
     with pytest.raises(ValueError, match="stride-1 ungrouped 3x3"):
-        ops.grouped_conv2d(
+        ops.conv2d(
             device,
             (3, 8, 8),
             rng.standard_normal((2, 4, 3, 5, 5), np.float32),
@@ -135,7 +135,7 @@ def test_grouped_kernels_refuse_what_they_cannot_group(device, rng):
             1,
             False,
             get_precision("fp32"),
-            seg,
+            segments=seg,
         )
     with pytest.raises(ValueError, match="2 grouped experts need an input range"):
         ops.Linear(
