@@ -60,11 +60,6 @@ def split_planes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return high.astype(np.int8), (q - (high << 8)).astype(np.int8)
 
 
-def within(q: np.ndarray, limit: int) -> bool:
-    """Every integer in [-limit, limit], checked in q's own dtype (no wider copy)."""
-    return not q.size or (int(q.min()) >= -limit and int(q.max()) <= limit)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A [M][K] weight matrix as the GEMM and linear kernels take it. A mixture's
@@ -178,9 +173,8 @@ class Precision:
         self, w: np.ndarray, scale: np.ndarray | None = None, name: str = "layer"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(q, scale) of [M][K] weights: `quantize_weights` of float ones, or, with the
-        rows' `scale` (weights quantised already: a quantised copy on disk,
-        experts/model/quantized.py), the integers themselves, checked to be this
-        precision's."""
+        rows' `scale` (weights quantised already: a quantised copy on disk, whose reader
+        checks their range, experts/model/quantized.py), the integers themselves."""
         if scale is None:
             return self.quantize_weights(w)
         if w.dtype != self.weight_dtype or scale.shape != (len(w),):
@@ -188,8 +182,6 @@ class Precision:
                 f"{name}: {self.name} needs {np.dtype(self.weight_dtype)} weights and one "
                 f"scale a row, got {w.dtype} {w.shape} and scales {scale.shape}"
             )
-        if not within(w, self.weight_max):
-            raise ValueError(f"{name}: {self.name} weights beyond +-{self.weight_max}")
         return w, np.asarray(scale, np.float32)
 
     def high_plane_weights(
@@ -271,31 +263,6 @@ class Precision:
             np.concatenate([p.scale for p in parts]),
             np.array([p.qinv for p in parts], np.float32),
             np.array([p.qzero for p in parts], np.float32),
-        )
-
-    def prepare_packed(
-        self,
-        packed: Any,
-        scale: np.ndarray | None,
-        input_range: tuple[float, float] | None,
-        name: str = "layer",
-    ) -> Prepared:
-        """`prepare` for rows packed already (a `bitgroups.Packed` from a quantised copy
-        on disk, with its rows' `scale`): no integers at hand, so the accumulator is
-        bounded by each group's width (16 weights of at most 2^(w-1) each)."""
-        m, k = packed.shape
-        if not self.packed or packed.bits != self.bits or scale is None:
-            raise ValueError(f"{name}: packed {packed.bits}-bit rows are not {self.name}'s")
-        if np.shape(scale) != (m,) or input_range is None:
-            raise ValueError(f"{name}: {self.name} needs a scale a row and the input's range")
-        peak = (16 << (packed.widths.astype(np.int64) - 1)).sum(axis=1).max(initial=0)
-        worst = int(peak) * (2**self.bits - 1)
-        if worst > int(self.accumulator_limit or 0):
-            raise ValueError(f"{name}: {self.name} weights could overflow the accumulator")
-        s, zero = self.activation_params(*input_range)
-        rows = np.empty((m, 0), self.weight_dtype)  # the integers stay packed
-        return Prepared(
-            rows, np.asarray(scale, np.float32) * np.float32(s), np.float32(1 / s), np.float32(zero)
         )
 
     def check_accumulator(self, q: np.ndarray, name: str) -> None:

@@ -62,7 +62,7 @@ def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, f
     from loadtest import start_server, stop_server
 
     folder = root / name
-    hidden = [p for p in folder.glob("weights.*.safetensors")] if not copies else []
+    hidden = list(folder.glob("weights.*.safetensors")) if not copies else []
     for p in hidden:
         p.rename(p.with_suffix(".off"))
     try:

@@ -9,7 +9,6 @@ checked at once, so a truncated or corrupt file still fails when the model loads
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 
@@ -48,9 +47,6 @@ class TensorFile:
         if unknown:
             raise ValueError(f"unsupported tensor dtype {', '.join(unknown)}")
         self.dtypes = {k: np.dtype(DTYPES[v]) for k, v in names.items()}
-
-    def nbytes(self, key: str) -> int:
-        return math.prod(self.shapes[key]) * self.dtypes[key].itemsize
 
     def read(self, key: str) -> np.ndarray:
         try:

@@ -9,7 +9,7 @@ import numpy as np
 from kernels import bitgroups
 from kernels.ops.launcher import Launcher, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
-from kernels.precision import FP32, Precision
+from kernels.precision import FP32, Precision, Prepared
 from kernels.requant import requant_params
 from kernels.runtime import Device
 
@@ -33,6 +33,31 @@ def choose_packing(
         return None
     packed = bitgroups.encode(q, precision.bits)
     return packed if pack or packed.nbytes < q.nbytes else None
+
+
+def prepare_packed(
+    precision: Precision,
+    packed: bitgroups.Packed,
+    scale: np.ndarray | None,
+    input_range: tuple[float, float] | None,
+    name: str = "linear",
+) -> Prepared:
+    """`Precision.prepare` for rows packed already (a quantised copy on disk, with its
+    rows' `scale`): no integers at hand, so the accumulator is bounded by each group's
+    width (16 weights of at most 2^(w-1) each)."""
+    p, (m, _) = precision, packed.shape
+    if not p.packed or packed.bits != p.bits or scale is None:
+        raise ValueError(f"{name}: packed {packed.bits}-bit rows are not {p.name}'s")
+    if np.shape(scale) != (m,) or input_range is None:
+        raise ValueError(f"{name}: {p.name} needs a scale a row and the input's range")
+    peak = (16 << (packed.widths.astype(np.int64) - 1)).sum(axis=1).max(initial=0)
+    if int(peak) * (2**p.bits - 1) > int(p.accumulator_limit or 0):
+        raise ValueError(f"{name}: {p.name} weights could overflow the accumulator")
+    s, zero = p.activation_params(*input_range)
+    rows = np.empty((m, 0), p.weight_dtype)  # the integers stay packed
+    return Prepared(
+        rows, np.asarray(scale, np.float32) * np.float32(s), np.float32(1 / s), np.float32(zero)
+    )
 
 
 class Linear(Launcher):
@@ -96,7 +121,7 @@ class Linear(Launcher):
         shared = store is not None and store.serves(precision) and not precision.packed
         high_plane = shared and bool(precision.high_plane_of)
         if given is not None:
-            prepared = precision.prepare_packed(given, scale, input_range, key or "linear")
+            prepared = prepare_packed(precision, given, scale, input_range, key or "linear")
         elif segments is not None:  # each expert's own input range
             scales = None if scale is None else scale.reshape(experts, self.o)
             prepared = precision.prepare_experts(stacked, input_range, "linear", high_plane, scales)
