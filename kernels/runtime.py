@@ -20,6 +20,8 @@ import pyopencl as cl
 
 from kernels.blocking import DEFINES as BLOCKING
 from kernels.devices import DeviceError, KernelError, describe_cl_error, host_cpu_flags, select
+from kernels.tuning import Tuning, device_key
+from kernels.tuning import load as load_tuning
 
 # Flags that matter for speed on PoCL: without -cl-mad-enable it emits separate
 # multiplies and adds; -cl-fast-relaxed-math lets it contract and vectorise freely.
@@ -91,6 +93,13 @@ class Device:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @cached_property
+    def tuning(self) -> Tuning:
+        """This device's tuning database (kernels/tuning.py), read once."""
+        return load_tuning(
+            device_key(self.info.platform, self.info.name, self.cl_device.driver_version)
+        )
 
     @property
     def is_cpu(self) -> bool:

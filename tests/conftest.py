@@ -11,6 +11,7 @@ tests/service/commands/conftest.py.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ import numpy as np
 import pytest
 
 from tests.helpers import TINY, TINY_MOE, make_repo
+
+
+def pytest_configure(config) -> None:
+    # The built-in kernel choices, whatever a tuning database on this machine (or
+    # shipped for its device) says: tests assert which kernel path runs. The tuning
+    # tests turn it on where they need it; MOE_TUNING=1 make test runs all tuned.
+    os.environ.setdefault("MOE_TUNING", "0")
 
 
 @pytest.fixture(scope="session")

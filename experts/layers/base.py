@@ -36,7 +36,8 @@ class Build:
     their precision, the calibrated range of their input (quantised precisions), for a
     mixture's grouped experts the device buffer of their row offsets, and where int16
     and int8 of a model share their weights, the store (kernels/ops/store.py) and the
-    layer's key in it (its full name)."""
+    layer's key in it (its full name); `params`: the tuner's candidate kernel
+    parameters (kernels/tuning.py), instead of the device's tuning."""
 
     device: Device
     precision: Precision = FP32
@@ -44,6 +45,7 @@ class Build:
     segments: Any = None
     store: Any = None
     key: str = ""
+    params: dict[str, Any] | None = None
 
 
 LAYERS: dict[str, type[Layer]] = {}  # op name -> its class, in the order registered

@@ -101,6 +101,7 @@ class Conv(Layer):
             build.key,
             self.tensor(weights, "weight_scale"),
             build.segments,
+            build.params,
         )
 
     def reference(self, x: np.ndarray, weights: Weights) -> np.ndarray:

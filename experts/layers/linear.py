@@ -111,6 +111,7 @@ class Linear(Layer):
             store=build.store,
             key=build.key,
             weight_scale=self.tensor(weights, "weight_scale"),
+            params=build.params,
         )
 
     def dual_launcher(self, build: Build, big: Any, little: Any) -> ops.Launcher:

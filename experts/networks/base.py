@@ -82,6 +82,11 @@ class Runnable(ABC):
         experts/model/dual_module.py) on those layers, sharing every weight buffer."""
 
     @abstractmethod
+    def parts(self) -> list[Any]:
+        """The plain networks it runs (a Network: itself; a mixture: stem, gate,
+        experts, head)."""
+
+    @abstractmethod
     def layer_bits(self) -> dict[str, tuple[int, float]]:
         """Per layer with weights (full name): how many, and the bits each takes as
         stored (8 for int8, fewer where packed: kernels/bitgroups.py)."""

@@ -92,7 +92,7 @@ class MixtureNetwork(Runnable):
             ]
         )
         self.head = part(s.head, (s.features,), "head")
-        self.weight_bytes = sum(p.weight_bytes for p in self._parts())
+        self.weight_bytes = sum(p.weight_bytes for p in self.parts())
         self.input_shape = s.input_shape
         self.ends_in_probabilities = self.head.ends_in_probabilities
         c, h, w = s.stem_shape
@@ -173,7 +173,7 @@ class MixtureNetwork(Runnable):
         twin.weight_bytes = self.weight_bytes + twin.little_bytes
         return twin
 
-    def _parts(self) -> list[Network]:
+    def parts(self) -> list[Network]:
         grouped = [self.grouped] if self.grouped is not None else []
         return [self.stem, self.gate, *self.experts, self.head, *grouped]
 
@@ -181,16 +181,16 @@ class MixtureNetwork(Runnable):
         return ["stem", "gate", "head", *(f"experts.{i}" for i in range(self.mixture.experts))]
 
     def layer_bits(self) -> dict[str, tuple[int, float]]:
-        return {name: bits for part in self._parts() for name, bits in part.layer_bits().items()}
+        return {name: bits for part in self.parts() for name, bits in part.layer_bits().items()}
 
     @property
     def little_bytes(self) -> int:
-        return sum(p.little_bytes for p in self._parts())
+        return sum(p.little_bytes for p in self.parts())
 
     def take_skip_stats(self) -> dict[str, SkipStats]:
         """Grouped experts count their layers together, as "experts.fc6"."""
         out: dict[str, SkipStats] = {}
-        for p in self._parts():
+        for p in self.parts():
             out |= p.take_skip_stats()
         return out
 

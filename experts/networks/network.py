@@ -101,7 +101,7 @@ class Network(Runnable):
         self.weight_bytes = sum(s.op.weight_bytes for s in self.steps if s.op is not None)
         self._plans: OrderedDict[tuple[int, int | None], Plan] = OrderedDict()
 
-    def _build(self, layer: Layer) -> Build:
+    def build_for(self, layer: Layer) -> Build:
         key = self.full_name(layer.name)
         build = Build(self.device, segments=self.segments, store=self.store, key=key)
         if layer.weighted:
@@ -114,7 +114,7 @@ class Network(Runnable):
 
     def _launcher(self, layer: Layer, shape: Shape, weights: Weights) -> ops.Launcher | None:
         try:
-            return layer.launcher(self._build(layer), shape, weights)
+            return layer.launcher(self.build_for(layer), shape, weights)
         except (SpecError, ModelError):  # ModelError: a weights file, named
             raise
         except ValueError as exc:  # e.g. an accumulator that could overflow
@@ -141,7 +141,7 @@ class Network(Runnable):
                         "outputs could be skipped"
                     )
                 try:
-                    op = layer.dual_launcher(self._build(layer), step.op, little)
+                    op = layer.dual_launcher(self.build_for(layer), step.op, little)
                 except ValueError as exc:
                     raise SpecError(f"{step.name}: {exc}") from exc
                 step = replace(step, op=op)
@@ -153,6 +153,9 @@ class Network(Runnable):
     def full_name(self, layer: str) -> str:
         """A layer's name with the network's part prefix ("experts.3.fc6")."""
         return f"{self.name}.{layer}" if self.name else layer
+
+    def parts(self) -> list[Network]:
+        return [self]
 
     def layer_bits(self) -> dict[str, tuple[int, float]]:
         return {

@@ -10,11 +10,12 @@ import pyopencl as cl
 
 from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, per_expert, tap_rows
 from kernels.geometry import conv_out
-from kernels.ops.launcher import Launcher, quantize_args
+from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
 from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
+from kernels.tuning import conv_shape
 
 I32 = np.int32
 # Largest K = channels * KH * KW that runs as a direct convolution by default (stride 1,
@@ -36,7 +37,7 @@ def choose_nv(columns: int, widest: int = 3) -> int:
     return min(widths, key=lambda nv: -(-columns // (LANES * nv)) * nv / PANEL_SPEED[nv])
 
 
-class Conv2d(Launcher):
+class Conv2d(Launcher, Tuned):
     """Convolution on [C][N][H][W] activations, bias and ReLU fused in the GEMM.
 
     Where a B panel (K x NB floats) fits the device's local memory (CPUs), the
@@ -61,7 +62,12 @@ class Conv2d(Launcher):
 
     `weight_scale` (one per output channel): `weight` holds the precision's integers
     already (a quantised copy on disk, experts/model/quantized.py).
+
+    `params` (the tuner's candidate): the panel width `nv` and the implicit GEMM's
+    `spread` (kernels/tuning.py's "conv" space) instead of the device's tuning.
     """
+
+    op = "conv"
 
     def __init__(
         self,
@@ -82,6 +88,7 @@ class Conv2d(Launcher):
         key: str = "",
         segments: Any = None,
         weight_scale: np.ndarray | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         self.device = device
         self.segments = segments
@@ -205,6 +212,14 @@ class Conv2d(Launcher):
             else None
         )
         self._kernels: dict[int, dict[str, Any]] = {}
+        shape = conv_shape(in_shape, weight.shape, stride, padding, groups, experts)
+        self.tuned_init(shape, params)
+
+    def _nv(self, n: int, columns: int, widest: int) -> int:
+        """The GEMM panel width at batch n: the tuned one where it fits, else the one
+        that pads `columns` least (choose_nv)."""
+        nv = self.tuned(n).get("nv", 0)
+        return nv if 0 < nv <= widest else choose_nv(columns, widest)
 
     def _panel_bytes(self, nv: int) -> int:
         """Local memory for one float panel of K x LANES * nv columns."""
@@ -236,16 +251,12 @@ class Conv2d(Launcher):
 
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
-            return self.pad.nbytes(n) + 4 * LANES * self.direct_nv
+            return self.pad.nbytes(n) + 4 * LANES * self._nv(n, self.ow, self.device.widest_panel)
         if self.implicit:
             return self.pad.nbytes(n) if self.pad is not None else 0
         cols = n * self.oh * self.ow
-        nb = LANES * choose_nv(cols, self.device.widest_panel)
+        nb = LANES * self._nv(n, cols, self.device.widest_panel)
         return -(-cols // nb) * self.k * nb * 4
-
-    @property
-    def direct_nv(self) -> int:
-        return choose_nv(self.ow, self.device.widest_panel)
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         if self.direct:
@@ -261,12 +272,12 @@ class Conv2d(Launcher):
             self.pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
-        nv = choose_nv(cols, self.widest_nv)
+        nv = self._nv(n, cols, self.widest_nv)
         panels = -(-cols // (LANES * nv))
         # Few panels (small batch, small images): split the row blocks too, so every
-        # core gets two items; each part gathers its own copy of the panel, so more
-        # splitting costs more than it balances.
-        items = 2 * self.device.info.compute_units
+        # core gets `spread` items (2 untuned); each part gathers its own copy of the
+        # panel, so more splitting costs more than it balances.
+        items = self.tuned(n).get("spread", 2) * self.device.info.compute_units
         parts = min(self.blocks, -(-items // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
@@ -313,7 +324,7 @@ class Conv2d(Launcher):
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self.pad(n, x, scratch)
-        nv = self.direct_nv
+        nv = self._nv(n, self.ow, self.device.widest_panel)
         chunks = -(-self.ow // (LANES * nv))
         cols = n * self.oh * self.ow
         for g in range(self.groups):
@@ -343,7 +354,7 @@ class Conv2d(Launcher):
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         cols = n * self.oh * self.ow
-        nv = choose_nv(cols, self.device.widest_panel)
+        nv = self._nv(n, cols, self.device.widest_panel)
         nb, panels, kern = LANES * nv, -(-cols // (LANES * nv)), self.kernels(nv)
         for g in range(self.groups):
             self.device.launch(

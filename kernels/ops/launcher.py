@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from kernels.precision import Prepared
+from kernels.precision import Precision, Prepared
 from kernels.runtime import Device
+from kernels.tuning import bucket
 
 
 class Launcher:
@@ -28,6 +29,62 @@ class Launcher:
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         raise NotImplementedError
+
+
+class PerBatch(Launcher):
+    """One layer built in more than one form (the tuner found different winners for
+    different batch buckets): each batch runs its bucket's form, or the nearest
+    bucket's. The weights are held once per form."""
+
+    def __init__(self, forms: dict[int, Launcher]) -> None:
+        self.forms = dict(sorted(forms.items()))
+        distinct = list({id(f): f for f in self.forms.values()}.values())
+        first = distinct[0]
+        self.weight_bytes = sum(f.weight_bytes for f in distinct)
+        self.weight_count, self.bits_per_weight = first.weight_count, first.bits_per_weight
+        self.out_shape = first.out_shape
+
+    def form(self, n: int) -> Launcher:
+        b = bucket(n)
+        return self.forms.get(b) or self.forms[min(self.forms, key=lambda k: abs(k - b))]
+
+    def scratch_bytes(self, n: int) -> int:
+        return self.form(n).scratch_bytes(n)
+
+    def runs_at(self, n: int) -> bool:
+        return self.form(n).runs_at(n)
+
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
+        self.form(n)(n, x, y, scratch)
+
+
+class Tuned:
+    """A launcher whose kernel parameters are tuning data (kernels/tuning.py): the
+    device's entry for (`op`, `shape`, precision, batch bucket), or `params` where the
+    launcher was given them (the tuner's candidate). Subclasses set the attributes
+    below in their constructor (`tuned_init`)."""
+
+    op: str = ""
+    device: Device
+    precision: Precision
+    params: dict[str, Any] | None = None
+    shape: str = ""
+    tuned_from: str = "built-in"  # the last lookup's answer: "tuned", "vendor", ...
+
+    def tuned_init(self, shape: str, params: dict[str, Any] | None) -> None:
+        self.shape, self.params = shape, params
+        self._tuned: dict[int, dict[str, Any]] = {}
+
+    def tuned(self, n: int) -> dict[str, Any]:
+        if self.params is not None:
+            return self.params
+        found = self._tuned.get(bucket(n))
+        if found is None:
+            found, self.tuned_from = self.device.tuning.lookup(
+                self.op, self.shape, self.precision.name, n
+            )
+            self._tuned[bucket(n)] = found
+        return found
 
 
 def quantize_args(device: Device, prepared: Prepared, segments: Any = None) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from kernels import bitgroups
-from kernels.ops.launcher import Launcher, quantize_args
+from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
 from kernels.precision import FP32, Precision, Prepared
 from kernels.requant import requant_params
@@ -60,7 +60,7 @@ def prepare_packed(
     )
 
 
-class Linear(Launcher):
+class Linear(Launcher, Tuned):
     """y[N][O] = x[N][I] W^T + b, ReLU optional.
 
     Memory-bound at small batch. On CPUs (`linear`) each work-item reads RO weight rows
@@ -79,7 +79,13 @@ class Linear(Launcher):
 
     `weight_scale` (one per row): `weight` holds the precision's integers already, or
     is a `bitgroups.Packed` (a quantised copy on disk, experts/model/quantized.py).
+
+    `params` (the tuner's candidate): the kernel form and tile (kernels/tuning.py's
+    "linear" space) instead of the device's tuning for the batch; `split` and the
+    defaults above are what an untuned layer runs.
     """
+
+    op = "linear"
 
     def __init__(
         self,
@@ -96,6 +102,7 @@ class Linear(Launcher):
         key: str = "",
         pack: bool | None = None,
         weight_scale: np.ndarray | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         self.device = device
         self.split = not device.is_cpu if split is None else split
@@ -163,25 +170,32 @@ class Linear(Launcher):
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
-        # by (RB, little module's rank, REQUANT form)
-        self._kernels: dict[tuple[int, int, int], Any] = {}
+        # by (split, RO, RB, LS, little module's rank, REQUANT form)
+        self._kernels: dict[tuple[Any, ...], Any] = {}
+        self.tuned_init(f"{self.o}x{self.i}" + ("" if segments is None else f"/e{experts}"), params)
 
     @property
     def out_shape(self) -> tuple[int]:
         return (self.o,)
 
-    def _tile(self, n: int) -> tuple[int, int]:
-        """(RO, RB): rows and images per work-item (per work-group when split)."""
-        # Grouped: one image at a time, as neighbouring rows may be other experts'.
+    def _tile(self, n: int, requant: bool = False) -> tuple[bool, int, int, int]:
+        """(split, RO, RB, LS): the kernel form, rows and images per work-item (per
+        work-group when split), work-items per work-group when split."""
+        t = self.tuned(n)
+        fixed = self.packed is not None or self.dot4 or requant  # the CPU forms only
+        split = False if fixed else t.get("split", self.split)
+        ls = t.get("ls", SPLIT_ITEMS)
+        rb = min(n, t.get("rb", 8))
         if self.packed is not None:  # one row per work-item, decoded once per RB images
-            return 1, min(n, 8)
+            return False, 1, rb, ls
+        # Grouped: one image at a time, as neighbouring rows may be other experts'.
         if self.segments is not None:
-            return (1 if self.split else 4), 1
-        if self.split:  # an int16 lane is a long16: 32 registers per image
-            return 1, 1 if self.precision.wide_accumulator else min(n, 4)
+            return split, 1 if split else t.get("ro", 4), 1, ls
+        if split:  # an int16 lane is a long16: 32 registers per image
+            return True, 1, 1 if self.precision.wide_accumulator else min(n, t.get("rb", 4)), ls
         if self.dot4:  # RO * RB int16 accumulators and RB inputs within 32 registers
-            return 2, min(n, 8)
-        return 4, min(n, 8)
+            return False, t.get("ro", 2), rb, ls
+        return False, t.get("ro", 4), rb, ls
 
     def scratch_bytes(self, n: int) -> int:
         """Quantised: the input's quantised copy (DOT4: bytes)."""
@@ -237,15 +251,15 @@ class Linear(Launcher):
             raise ValueError("skipping rows needs the layer's ReLU")
         if skip and requant:
             raise ValueError("a layer with a little module writes floats")
-        ro, rb = self._tile(n)
+        split, ro, rb, ls = self._tile(n, bool(requant))
         form = requant[0] if requant else 0
-        kernel = self._kernels.get((rb, rank, form))
+        kernel = self._kernels.get((split, ro, rb, ls, rank, form))
         if kernel is None and self.packed is not None:
             defines = {"PACKED": 1, "RB": rb, "RELU": self.relu, "REQUANT": form, **self.defines}
             kernel = self.device.kernel("linear.cl", "linear_packed", defines)
-            self._kernels[(rb, rank, form)] = kernel
+            self._kernels[(split, ro, rb, ls, rank, form)] = kernel
         elif kernel is None:
-            shape = {"LS": SPLIT_ITEMS} if self.split else {"RO": ro}
+            shape = {"LS": ls} if split else {"RO": ro}
             defines = {
                 **shape,
                 "RB": rb,
@@ -255,9 +269,9 @@ class Linear(Launcher):
                 "REQUANT": form,
                 **self.defines,
             }
-            name = "linear_split" if self.split else "linear"
+            name = "linear_split" if split else "linear"
             kernel = self.device.kernel("linear.cl", name, defines)
-            self._kernels[(rb, rank, form)] = kernel
+            self._kernels[(split, ro, rb, ls, rank, form)] = kernel
         if self.precision.quantized and not quantised_input:
             count = n * self.i
             self.device.launch(
@@ -272,8 +286,8 @@ class Linear(Launcher):
             )
             x = scratch
         rows, tiles = -(-self.o // ro), -(-n // rb)
-        if self.split:
-            grid, local = (rows * SPLIT_ITEMS, tiles), (SPLIT_ITEMS, 1)
+        if split:
+            grid, local = (rows * ls, tiles), (ls, 1)
         else:
             grid, local = (rows, tiles), self.device.each_alone(2)
         self.device.launch(

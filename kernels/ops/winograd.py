@@ -17,10 +17,11 @@ import numpy as np
 
 from kernels.blocking import LANES, ROW_BLOCK, pack_rows
 from kernels.ops.conv import Conv2d, choose_nv
-from kernels.ops.launcher import Launcher
+from kernels.ops.launcher import Launcher, PerBatch, Tuned
 from kernels.ops.store import PlaneStore
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
+from kernels.tuning import conv_shape
 
 I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
@@ -71,7 +72,7 @@ def _values(matrix: np.ndarray) -> str:
     return ",".join(f"{float(v)!r}f" for v in matrix.ravel())
 
 
-class WinogradConv2d(Launcher):
+class WinogradConv2d(Launcher, Tuned):
     """Same contract as Conv2d: [C][N][H][W] in, [M][N][OH][OW] out, bias + ReLU.
 
     Grouped (`segments` given): the E experts of a mixture in one set of launches.
@@ -80,7 +81,12 @@ class WinogradConv2d(Launcher):
     buffer of E + 1 offsets, filled on the device before each run), and each image is
     convolved with its expert's filters; images past segments[E] pad the batch and
     their outputs are not written.
+
+    `params` (the tuner's candidate): the batched GEMM's panel width `nv`
+    (kernels/tuning.py's "conv" space) instead of the device's tuning.
     """
+
+    op = "conv"
 
     def __init__(
         self,
@@ -93,8 +99,13 @@ class WinogradConv2d(Launcher):
         tile: int = TILE,
         precision: Precision = FP32,
         segments: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         self.device = device
+        shape = conv_shape(
+            in_shape, weight.shape, (1, 1), padding, 1, len(weight) if segments is not None else 1
+        )
+        self.tuned_init(shape, params)
         self.segments = segments
         self.experts = weight.shape[0] if segments is not None else 1
         weight = weight.reshape(-1, *weight.shape[-3:])  # [E * M][C][r][r]
@@ -182,7 +193,11 @@ class WinogradConv2d(Launcher):
         """
         tiles = n * self.th * self.tw
         # Grouped: narrow panels, as a panel straddling experts is computed once per expert.
-        nv = choose_nv(tiles, self.device.widest_panel) if self.segments is None else 1
+        nv, widest = self.tuned(n).get("nv", 0), self.device.widest_panel
+        if not 0 < nv <= widest:
+            nv = choose_nv(tiles, widest)
+        if self.segments is not None:
+            nv = 1
         panels = -(-tiles // (LANES * nv))
         e = self.alpha * self.alpha
         v_es = panels * self.c * LANES * nv + 16
@@ -291,46 +306,74 @@ def conv2d(
     key: str = "",
     weight_scale: np.ndarray | None = None,
     segments: Any = None,
-) -> Conv2d | WinogradConv2d:
-    """The fastest convolution launcher for a layer: Winograd F(4x4, r x r) for
-    stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at least
-    WINOGRAD_5X5_CHANNELS input channels (4 multiplies an output instead of 25; with
-    fewer channels the transforms cost more than the multiplies saved, and F(2x2, 5x5)
-    saved too few to pay for them at all), direct implicit GEMM otherwise. Quantised
-    precisions run direct: Winograd's transforms would turn exact integer products into
-    rounded float ones.
+    params: dict[str, Any] | None = None,
+) -> Launcher:
+    """The convolution launcher for a layer: the algorithm the device's tuning chose
+    for it (kernels/tuning.py; one form per batch bucket where the winners differ), or
+    `params["algorithm"]` (the tuner's candidate), else the built-in choice: Winograd
+    F(4x4, r x r) for stride-1 ungrouped layers with 3x3 filters or 5x5 ones over at
+    least WINOGRAD_5X5_CHANNELS input channels (4 multiplies an output instead of 25;
+    with fewer channels the transforms cost more than the multiplies saved, and
+    F(2x2, 5x5) saved too few to pay for them at all), the direct or implicit GEMM
+    otherwise (Conv2d). Quantised precisions never run Winograd: its transforms would
+    turn exact integer products into rounded float ones.
 
     `segments`: a mixture's experts in one set of launches (`weight` [E][M][C][r][r],
     `input_range` one per expert): Winograd at floating-point precisions, which only
     the layers it fits have (small maps with 3x3 filters take 2x2 tiles); the implicit
-    GEMM at quantised ones (Conv2d)."""
+    GEMM at quantised ones (Conv2d). Grouped layers and layers in a store keep the
+    built-in choice."""
     winograd = winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized
     if segments is not None and not winograd and not precision.quantized:
         raise ValueError(
             "grouped experts need stride-1 ungrouped 3x3 convolutions, or 5x5 ones over "
             f"at least {WINOGRAD_5X5_CHANNELS} channels, at floating-point precisions"
         )
-    if winograd:
-        r, tile = weight.shape[-1], TILE
-        out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1
-        if segments is not None and r == 3 and out <= GROUPED_SMALL_TILE_MAX:
-            tile = 2
-        return WinogradConv2d(
-            device, in_shape, weight, bias, padding, relu, tile, precision, segments
+
+    def build(algorithm: str | None) -> Launcher:
+        if algorithm == "winograd" and not winograd:
+            raise ValueError(f"Winograd does not fit this layer at {precision.name}")
+        if algorithm == "winograd" or (algorithm is None and winograd):
+            r, tile = weight.shape[-1], TILE
+            out = max(in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]) - r + 1
+            if segments is not None and r == 3 and out <= GROUPED_SMALL_TILE_MAX:
+                tile = 2
+            return WinogradConv2d(
+                device, in_shape, weight, bias, padding, relu, tile, precision, segments, params
+            )
+        paths = {None: (None, None), "direct": (True, None), "implicit": (False, True)}
+        direct, implicit = paths.get(algorithm, (False, False))  # im2col: neither
+        return Conv2d(
+            device,
+            in_shape,
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+            relu,
+            implicit=implicit,
+            precision=precision,
+            input_range=input_range,
+            direct=direct,
+            store=store,
+            key=key,
+            segments=segments,
+            weight_scale=weight_scale,
+            params=params,
         )
-    return Conv2d(
-        device,
-        in_shape,
-        weight,
-        bias,
-        stride,
-        padding,
-        groups,
-        relu,
-        precision=precision,
-        input_range=input_range,
-        store=store,
-        key=key,
-        segments=segments,
-        weight_scale=weight_scale,
-    )
+
+    if params is not None:
+        return build(params.get("algorithm"))
+    chosen: dict[int, Any] = {}
+    if segments is None and store is None:
+        shape = conv_shape(in_shape, weight.shape, stride, padding, groups)
+        tuned = device.tuning.buckets("conv", shape, precision.name)
+        chosen = {b: p.get("algorithm") for b, p in tuned.items()}
+    try:
+        forms = {a: build(a) for a in set(chosen.values())}
+    except ValueError:  # a tuned form this layer cannot run (a stale database)
+        return build(None)
+    if len(forms) <= 1:
+        return next(iter(forms.values()), None) or build(None)
+    return PerBatch({b: forms[a] for b, a in chosen.items()})

@@ -22,6 +22,7 @@ from experts.model.model import ModelError
 from experts.model.resolve import resolve_model
 from experts.networks.base import Runnable
 from experts.networks.build import build_network, little_modules, storage_note, store_for
+from experts.networks.tune import is_tuned
 from kernels.runtime import Device
 from service.commands import args as common
 from service.commands import onnxruntime_compare
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                     "peak_rss_bytes": peak_rss_bytes(),
                     "device": device.name,
                     "int8_dot_products": device.dot4,
+                    "tuned": is_tuned(network),
                     "inputs": args.dataset or "noise",
                 }
                 if spreads[key]:  # a mixture: distinct experts per batch run

@@ -24,12 +24,17 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for i, (info, _) in enumerate(devices):
         dot4 = False  # int8 byte dot products (AVX-512 VNNI): CPU devices only
-        if info.kind == "CPU":
-            try:
-                dot4 = Device(info.index).dot4
-            except DeviceError:  # listed but cannot be opened: listed all the same
-                pass
-        rows.append({**info.__dict__, "int8_dot_products": dot4, "default": i == default})
+        tuned = {"tuned_layers": 0, "tuning_database": None}
+        try:
+            opened = Device(info.index)
+            dot4 = info.kind == "CPU" and opened.dot4
+            tuned = {
+                "tuned_layers": len(opened.tuning.entries),
+                "tuning_database": opened.tuning.source or None,
+            }
+        except DeviceError:  # listed but cannot be opened: listed all the same
+            pass
+        rows.append({**info.__dict__, "int8_dot_products": dot4, **tuned, "default": i == default})
     if args.json:
         print(json.dumps({"devices": rows}, indent=2))
         return 0
@@ -41,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
             f"{row['global_mem_bytes'] / 2**30:.1f} GiB, max alloc "
             f"{row['max_alloc_bytes'] / 2**30:.1f} GiB, fp16 {'yes' if row['fp16'] else 'no'}, "
             f"int8 dot products {'yes' if row['int8_dot_products'] else 'no'}, "
-            f"{row['opencl_c']}"
+            f"{row['opencl_c']}\n        "
+            + (
+                f"tuned: {row['tuned_layers']} entries in {row['tuning_database']}"
+                if row["tuned_layers"]
+                else "not tuned (built-in kernel choices; `moe-alexnet tune` tunes it)"
+            )
         )
     print("* default (select another with --device or MOE_DEVICE: 'P:D', 'pocl:0', a name)")
     return 0

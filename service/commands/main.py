@@ -20,6 +20,7 @@ from service.commands import (
     quantize,
     serve,
     train,
+    tune,
 )
 from service.failures import EXPECTED
 
@@ -29,6 +30,7 @@ COMMANDS = {
     "bench": bench,
     "calibrate": calibrate,
     "quantize": quantize,
+    "tune": tune,
     "eval": evaluate,
     "import-onnx": import_onnx,
     "serve": serve,

@@ -65,7 +65,7 @@ def test_skipped_rows_are_zero_and_the_rest_exact(device, rng, name, n, i, o, sp
     plain, got, stats = _plain_and_skipped(device, op, x, estimate, 0.3, n)
     np.testing.assert_array_equal(got, ref.skip_insensitive(plain, estimate, 0.3))
     need = estimate >= 0.3
-    rb = op._tile(n)[1]
+    rb = op._tile(n)[2]
     assert stats.tolist() == [_tile_reads(need, rb), n, int(need.sum())]
 
 

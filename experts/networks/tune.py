@@ -1,0 +1,113 @@
+"""A model's layers as tuning cases (kernels/tuner.py): one per distinct (op, layer
+shape, precision, batch bucket) among its convolutions and fully connected layers,
+with the layer's own weights, an input in its calibrated range and the numpy twin's
+answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from experts.model.mixture import part_weights
+from experts.networks.base import Runnable
+from kernels.ops.launcher import Launcher, PerBatch, Tuned
+from kernels.tuner import Case
+from kernels.tuning import bucket
+
+CHECK_IMAGES = 8  # images each candidate is checked on against the numpy twin
+
+
+def _tunable(op: Any) -> Tuned | None:
+    """The launcher whose parameters are tuning data (a PerBatch's first form), or
+    None: not a tunable op, or a mixture's grouped experts (their own kernels)."""
+    if isinstance(op, PerBatch):
+        op = next(iter(op.forms.values()))
+    if not isinstance(op, Tuned) or getattr(op, "segments", None) is not None:
+        return None
+    return op
+
+
+def tuning_cases(
+    network: Runnable,
+    weights: Mapping[str, np.ndarray],
+    batches: Iterable[int],
+    seed: int = 0,
+) -> tuple[list[Case], list[str]]:
+    """(cases, layers left out and why). `weights`: the model's float32 weights."""
+    rng = np.random.default_rng(seed)
+    cases: list[Case] = []
+    left_out: list[str] = []
+    seen: set[tuple[Any, ...]] = set()
+    for part in network.parts():
+        part_w = part_weights(weights, part.name) if part.name else weights
+        for step in part.steps:
+            op = _tunable(step.op)
+            label = part.full_name(step.name)
+            if op is None:
+                if step.op is not None and step.op.weight_count:
+                    left_out.append(f"{label}: grouped experts keep their built-in kernels")
+                continue
+            if part.store is not None:
+                left_out.append(f"{label}: a shared int16/int8 store keeps its built-in kernels")
+                continue
+            layer = part.layers[step.name]
+            build = part.build_for(layer)
+            for n in batches:
+                key = (op.op, op.shape, build.precision.name, bucket(n))
+                if key in seen:
+                    continue
+                seen.add(key)
+                x = _input(rng, step.in_shape, build.input_range)
+                want = layer.reference(x, part_w).astype(np.float32)
+                axis = 1 if x.ndim == 4 else 0  # conv: [C][N][H][W] on the device
+
+                def make(
+                    params: dict[str, Any],
+                    layer: Any = layer,
+                    build: Any = build,
+                    shape: Any = step.in_shape,
+                    w: Any = part_w,
+                ) -> Launcher:
+                    return layer.launcher(replace(build, params=params), shape, w)
+
+                cases.append(
+                    Case(
+                        op.op,
+                        op.shape,
+                        build.precision,
+                        n,
+                        f"{label} {build.precision.name} batch {n}",
+                        make,
+                        np.ascontiguousarray(np.moveaxis(x, 0, axis)),
+                        np.ascontiguousarray(np.moveaxis(want, 0, axis)),
+                        axis,
+                    )
+                )
+    return cases, left_out
+
+
+def _input(
+    rng: np.random.Generator, shape: tuple[int, ...], span: tuple[float, float] | None
+) -> np.ndarray:
+    """CHECK_IMAGES inputs spread over the layer's calibrated range (quantised layers),
+    else over [-1, 1)."""
+    lo, hi = span if span is not None else (-1.0, 1.0)
+    return rng.uniform(lo, hi, (CHECK_IMAGES, *shape)).astype(np.float32)
+
+
+def is_tuned(network: Runnable) -> bool:
+    """Whether the device's tuning has entries for every tunable layer (any batch
+    bucket): what `bench` rows report as `tuned`."""
+    found = False
+    for part in network.parts():
+        for step in part.steps:
+            op = _tunable(step.op)
+            if op is None or part.store is not None:
+                continue
+            if not op.device.tuning.buckets(op.op, op.shape, op.precision.name):
+                return False
+            found = True
+    return found

@@ -1,0 +1,196 @@
+"""The autotuner's search for one layer: candidates from kernels/tuning.py's space (a
+small fixed set first, then random samples while the budget lasts), each checked
+against the numpy twin's output and timed with OpenCL profiling events; the winner is
+re-timed against the built-in choice in alternating rounds, and kept only where it is
+faster (so no layer gets slower tuned than untuned).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kernels.devices import KernelError
+from kernels.ops.launcher import Launcher
+from kernels.precision import Precision
+from kernels.runtime import Device
+from kernels.tuning import SPACE
+
+REPEATS = 5  # timed runs per candidate (median)
+FINAL_ROUNDS = 3  # alternating rounds of the finalists against the built-in choice
+FINALISTS = 3
+KEEP_MARGIN = 0.98  # a winner must be 2% faster than the built-in choice to be kept
+
+
+def tolerance(precision: Precision) -> float:
+    """Largest |output - twin| a candidate may show, as a share of the twin's largest
+    |output|: the precision's own rounding with room to spare (Winograd's transforms
+    round differently from the direct sum)."""
+    if precision.quantized:
+        return 32.0 / 2**precision.bits
+    return 2e-2 if precision.weight_dtype == np.float16 else 1e-3
+
+
+def normalise(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Drop the parameters the rest of a candidate makes irrelevant (so equal kernels
+    are tried once)."""
+    out = dict(params)
+    if op == "linear":
+        out.pop("ls" if not out.get("split") else "ro", None)
+    if op == "conv" and out.get("algorithm") != "implicit":
+        out.pop("spread", None)
+    return out
+
+
+def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """{} (the built-in choice) first, then one candidate per value of the op's first
+    parameter, then the rest of the space in random order; each distinct once."""
+    space = SPACE[op]
+    names = list(space)
+    first = [{}] + [{names[0]: v} for v in space[names[0]]]
+    every = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*space.values())]
+    rng.shuffle(every)
+    seen: set[tuple[Any, ...]] = set()
+    for params in first + every:
+        params = normalise(op, params)
+        key = tuple(sorted(params.items()))
+        if key not in seen:
+            seen.add(key)
+            yield params
+
+
+@dataclass
+class Case:
+    """One (layer, precision, batch) to tune. `build(params)` makes the layer's launcher
+    for a candidate (a ValueError where the candidate does not fit the layer); `x` is
+    an input of a few images and `want` the numpy twin's output for it, both in the
+    device's layout, images along `batch_axis`. Candidates are checked on those
+    images and timed on `batch` of them (repeated): the twin at batch 256 would take
+    minutes per layer."""
+
+    op: str
+    shape: str
+    precision: Precision
+    batch: int
+    label: str
+    build: Callable[[dict[str, Any]], Launcher]
+    x: np.ndarray
+    want: np.ndarray
+    batch_axis: int = 0
+
+    @property
+    def checked(self) -> int:
+        return self.x.shape[self.batch_axis]
+
+
+@dataclass
+class Outcome:
+    params: dict[str, Any]
+    ms: float
+    builtin_ms: float
+    tried: int = 0
+    wrong: int = 0  # ran, but differed from the numpy twin: rejected
+    failed: int = 0  # refused by the layer, or failed to build or launch: skipped
+    errors: list[str] = field(default_factory=list)
+
+
+class Bench:
+    """A case's device buffers and launchers (one per algorithm: the other parameters
+    are set per launch), and the timing of a candidate."""
+
+    def __init__(self, device: Device, case: Case) -> None:
+        self.device, self.case = device, case
+        self.x_check = device.upload(case.x.astype(np.float32))
+        images = np.arange(case.batch) % case.checked
+        self.x = device.upload(np.take(case.x, images, axis=case.batch_axis).astype(np.float32))
+        per_image = case.want.nbytes // case.checked
+        self.y = device.alloc(per_image * max(case.batch, case.checked))
+        self.scratch, self.scratch_size = device.alloc(4), 4
+        self.forms: dict[Any, Launcher] = {}
+
+    def launcher(self, params: dict[str, Any]) -> Launcher:
+        key = params.get("algorithm")
+        form = self.forms.get(key)
+        if form is None:
+            form = self.forms[key] = self.case.build(params)
+        form.params = params
+        need = max(form.scratch_bytes(n) for n in (self.case.batch, self.case.checked))
+        if need > self.scratch_size:
+            self.scratch, self.scratch_size = self.device.alloc(need), need
+        return form
+
+    def run(self, form: Launcher, check: bool = False) -> float:
+        """One run's device time in ms (the sum of its launches' profiling events), on
+        `batch` images, or (`check`) on the checked ones."""
+        d = self.device
+        n, x = (self.case.checked, self.x_check) if check else (self.case.batch, self.x)
+        d.events.clear()
+        form(n, x, self.y, self.scratch)
+        d.finish()
+        ms = sum(e.profile.end - e.profile.start for _, _, e in d.events) / 1e6
+        d.events.clear()
+        return ms
+
+    def check(self, params: dict[str, Any]) -> tuple[Launcher, float]:
+        """The candidate's launcher and its error against the twin (a share of the
+        twin's largest output)."""
+        form = self.launcher(params)
+        self.run(form, check=True)
+        got = self.device.read(self.y, self.case.want.shape)
+        peak = float(np.abs(self.case.want).max()) or 1.0
+        return form, float(np.abs(got - self.case.want).max()) / peak
+
+    def time(self, params: dict[str, Any], repeats: int = REPEATS) -> float:
+        form = self.launcher(params)
+        return statistics.median(self.run(form) for _ in range(repeats))
+
+
+def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
+    """Search `case`'s space for `budget_s` seconds (at least the built-in choice and
+    the fixed set). `device` must profile (Device(profile=True))."""
+    if device.events is None:
+        raise ValueError("tuning needs a profiling device: Device(profile=True)")
+    bench = Bench(device, case)
+    limit = tolerance(case.precision)
+    deadline = time.monotonic() + budget_s
+    fixed = 1 + len(SPACE[case.op][next(iter(SPACE[case.op]))])
+    timed: list[tuple[float, dict[str, Any]]] = []
+    outcome = Outcome({}, 0.0, 0.0)
+    for i, params in enumerate(candidates(case.op, random.Random(seed))):
+        if i >= fixed and time.monotonic() > deadline:
+            break
+        outcome.tried += 1
+        try:
+            _, error = bench.check(params)
+            if not error <= limit:  # NaN too
+                outcome.wrong += 1
+                outcome.errors.append(f"{params}: differs from the numpy twin by {error:.3g}")
+                continue
+            timed.append((bench.time(params), params))
+        except (ValueError, KernelError) as exc:
+            outcome.failed += 1
+            outcome.errors.append(f"{params}: {' '.join(str(exc).split())[:200]}")
+    if not any(p == {} for _, p in timed):
+        raise KernelError(f"{case.label}: the built-in kernel fails its own check")
+    # The finalists and the built-in choice, timed in turns so drift hits them alike.
+    finalists = [p for _, p in sorted(timed, key=lambda t: t[0])[:FINALISTS]]
+    if {} not in finalists:
+        finalists.append({})
+    rounds: dict[int, list[float]] = {i: [] for i in range(len(finalists))}
+    for _ in range(FINAL_ROUNDS):
+        for i, params in enumerate(finalists):
+            rounds[i].append(bench.time(params))
+    medians = {i: statistics.median(r) for i, r in rounds.items()}
+    builtin = medians[finalists.index({})]
+    best = min(medians, key=medians.get)
+    if medians[best] > KEEP_MARGIN * builtin:
+        best = finalists.index({})
+    outcome.params, outcome.ms, outcome.builtin_ms = finalists[best], medians[best], builtin
+    return outcome
