@@ -21,7 +21,7 @@ from kernels.devices import KernelError
 from kernels.ops.launcher import Launcher
 from kernels.precision import Precision
 from kernels.runtime import Device
-from kernels.tuning import SPACE
+from kernels.tuning import SPACE, TILE
 
 REPEATS = 5  # timed runs per candidate (median)
 FINAL_ROUNDS = 3  # alternating rounds of the finalists against the built-in choice
@@ -38,15 +38,22 @@ def tolerance(precision: Precision) -> float:
     return 2e-2 if precision.weight_dtype == np.float16 else 1e-3
 
 
+# The parameters each kind of candidate reads (the op's first parameter says which
+# kind); the rest would only make equal kernels look different.
+READS = {
+    "rows": {"ro", "rb"},
+    "split": {"ls", "rb"},
+    "implicit": {"nv", "spread"},
+    "tiled": set(TILE),
+}
+
+
 def normalise(op: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Drop the parameters the rest of a candidate makes irrelevant (so equal kernels
-    are tried once)."""
-    out = dict(params)
-    if op == "linear":
-        out.pop("ls" if not out.get("split") else "ro", None)
-    if op == "conv" and out.get("algorithm") != "implicit":
-        out.pop("spread", None)
-    return out
+    """`params` without the parameters its kind does not read (so equal kernels are
+    tried once)."""
+    kind = next(iter(SPACE[op]))
+    reads = READS.get(params.get(kind), {"nv"}) | {kind}
+    return {k: v for k, v in params.items() if k in reads}
 
 
 def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:

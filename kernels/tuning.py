@@ -30,24 +30,38 @@ FORMAT = "moe-alexnet-tuning/1"
 # smallest bucket at least as large, else the largest).
 BUCKETS = (1, 8, 64, 256)
 
+# The tiled GEMM's tile (kernels/cl/tiled.cl): MWG x NWG outputs per work-group of
+# MDIMC x NDIMC work-items, K tiles of KWG, both operands in local memory.
+TILE = {
+    "mwg": (16, 32, 64, 128),
+    "nwg": (16, 32, 64, 128),
+    "kwg": (8, 16, 32),
+    "mdimc": (8, 16, 32),
+    "ndimc": (8, 16, 32),
+}
+
 # op -> parameter -> the values the tuner may try. A launcher refuses a combination it
 # cannot run (ValueError), and the tuner counts it as skipped.
 SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
-    # algorithm: Winograd F(4x4), conv_direct, the implicit GEMM, im2col + GEMM;
-    # nv: the widest GEMM panel (16 * nv columns); spread: work-items per compute unit
-    # the implicit GEMM aims for at small batch (it splits row blocks to get them).
+    # algorithm: Winograd F(4x4), conv_direct, the implicit GEMM, im2col + GEMM (the
+    # register-blocked CPU kernels), or the tiled GEMM (GPUs); nv: the CPU GEMMs'
+    # panel width (16 * nv columns); spread: work-items per compute unit the implicit
+    # GEMM aims for at small batch (it splits row blocks to get them).
     "conv": {
-        "algorithm": ("winograd", "direct", "implicit", "im2col"),
+        "algorithm": ("winograd", "direct", "implicit", "im2col", "tiled"),
         "nv": (1, 2, 3),
         "spread": (1, 2, 4, 8),
+        **TILE,
     },
-    # split: a work-group per row (linear_split, LS work-items) instead of RO rows per
-    # work-item (linear); rb: images per work-item.
+    # form: RO rows per work-item (linear, CPUs), a work-group of LS per row splitting
+    # K (linear_split, GPUs at small batch), or the tiled GEMM (GPUs at large batch);
+    # rb: images per work-item.
     "linear": {
-        "split": (False, True),
+        "form": ("rows", "split", "tiled"),
         "ro": (1, 2, 4, 8),
         "rb": (1, 2, 4, 8),
         "ls": (32, 64, 128, 256),
+        **TILE,
     },
 }
 

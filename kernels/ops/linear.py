@@ -9,6 +9,7 @@ import numpy as np
 from kernels import bitgroups
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
+from kernels.ops.tiled import TiledGemm, linear_args
 from kernels.precision import FP32, Precision, Prepared
 from kernels.requant import requant_params
 from kernels.runtime import Device
@@ -172,30 +173,45 @@ class Linear(Launcher, Tuned):
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
         # by (split, RO, RB, LS, little module's rank, REQUANT form)
         self._kernels: dict[tuple[Any, ...], Any] = {}
+        # The tiled GEMM (GPUs at large batch): plain float rows only.
+        plain = not precision.quantized and packed is None and segments is None
+        self.tiled = TiledGemm(device, precision, conv=False, relu=relu) if plain else None
         self.tuned_init(f"{self.o}x{self.i}" + ("" if segments is None else f"/e{experts}"), params)
 
     @property
     def out_shape(self) -> tuple[int]:
         return (self.o,)
 
-    def _tile(self, n: int, requant: bool = False) -> tuple[bool, int, int, int]:
-        """(split, RO, RB, LS): the kernel form, rows and images per work-item (per
-        work-group when split), work-items per work-group when split."""
+    def _tile(self, n: int, requant: bool = False, skip: bool = False) -> tuple[str, int, int, int]:
+        """(form, RO, RB, LS): "rows" (linear), "split" (linear_split) or "tiled"
+        (tiled.cl), rows and images per work-item (per work-group when split),
+        work-items per work-group when split. `requant`, `skip`: the launch writes
+        the next layer's quantised input, or runs a little module."""
         t = self.tuned(n)
-        fixed = self.packed is not None or self.dot4 or requant  # the CPU forms only
-        split = False if fixed else t.get("split", self.split)
+        form = t.get("form", "split" if self.split else "rows")
+        if self.packed is not None or self.dot4 or requant:
+            form = "rows"  # the only form of packed rows, VNNI and the requantiser
+        if form == "tiled" and (skip or self.tiled is None):
+            if self.params is not None:  # the tuner's candidate: refused, counted
+                raise ValueError(f"the tiled form runs plain float layers, not this {self.shape}")
+            form = "split" if self.split else "rows"
         ls = t.get("ls", SPLIT_ITEMS)
         rb = min(n, t.get("rb", 8))
         if self.packed is not None:  # one row per work-item, decoded once per RB images
-            return False, 1, rb, ls
+            return form, 1, rb, ls
         # Grouped: one image at a time, as neighbouring rows may be other experts'.
         if self.segments is not None:
-            return split, 1 if split else t.get("ro", 4), 1, ls
-        if split:  # an int16 lane is a long16: 32 registers per image
-            return True, 1, 1 if self.precision.wide_accumulator else min(n, t.get("rb", 4)), ls
+            return form, 1 if form == "split" else t.get("ro", 4), 1, ls
+        if form == "split":  # an int16 lane is a long16: 32 registers per image
+            return form, 1, 1 if self.precision.wide_accumulator else min(n, t.get("rb", 4)), ls
         if self.dot4:  # RO * RB int16 accumulators and RB inputs within 32 registers
-            return False, t.get("ro", 2), rb, ls
-        return False, t.get("ro", 4), rb, ls
+            return form, t.get("ro", 2), rb, ls
+        return form, t.get("ro", 4), rb, ls
+
+    def _tiled(self, n: int, x: Any, y: Any) -> None:
+        """y [n][O] = x [n][I] W^T + b as the tiled GEMM (M = O rows, P = n images)."""
+        args = (self.w, x, self.b, y, *linear_args(self.o))
+        self.tiled(self.tuned(n), self.o, n, self.i, *args)
 
     def scratch_bytes(self, n: int) -> int:
         """Quantised: the input's quantised copy (DOT4: bytes)."""
@@ -251,7 +267,11 @@ class Linear(Launcher, Tuned):
             raise ValueError("skipping rows needs the layer's ReLU")
         if skip and requant:
             raise ValueError("a layer with a little module writes floats")
-        split, ro, rb, ls = self._tile(n, bool(requant))
+        kind, ro, rb, ls = self._tile(n, bool(requant), bool(skip))
+        if kind == "tiled":
+            self._tiled(n, x, y)
+            return
+        split = kind == "split"
         form = requant[0] if requant else 0
         kernel = self._kernels.get((split, ro, rb, ls, rank, form))
         if kernel is None and self.packed is not None:

@@ -19,6 +19,7 @@ from kernels.blocking import LANES, ROW_BLOCK, pack_rows
 from kernels.ops.conv import Conv2d, choose_nv
 from kernels.ops.launcher import Launcher, PerBatch, Tuned
 from kernels.ops.store import PlaneStore
+from kernels.ops.tiled import TiledConv2d
 from kernels.precision import FP32, Precision
 from kernels.runtime import Device
 from kernels.tuning import conv_shape
@@ -315,7 +316,8 @@ def conv2d(
     least WINOGRAD_5X5_CHANNELS input channels (4 multiplies an output instead of 25;
     with fewer channels the transforms cost more than the multiplies saved, and
     F(2x2, 5x5) saved too few to pay for them at all), the direct or implicit GEMM
-    otherwise (Conv2d). Quantised precisions never run Winograd: its transforms would
+    otherwise (Conv2d). "tiled": the tiled GEMM (kernels/ops/tiled.py), which the
+    built-in choice never takes. Quantised precisions never run Winograd: its transforms would
     turn exact integer products into rounded float ones.
 
     `segments`: a mixture's experts in one set of launches (`weight` [E][M][C][r][r],
@@ -340,6 +342,10 @@ def conv2d(
                 tile = 2
             return WinogradConv2d(
                 device, in_shape, weight, bias, padding, relu, tile, precision, segments, params
+            )
+        if algorithm == "tiled":
+            return TiledConv2d(
+                device, in_shape, weight, bias, stride, padding, groups, relu, precision, params
             )
         paths = {None: (None, None), "direct": (True, None), "implicit": (False, True)}
         direct, implicit = paths.get(algorithm, (False, False))  # im2col: neither

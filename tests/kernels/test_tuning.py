@@ -49,7 +49,7 @@ def test_buckets():
 
 def test_round_trip_is_atomic(tmp_path: Path):
     t = Tuning(KEY)
-    t.put("linear", "10x20", "int8", 8, {"ro": 2, "rb": 4, "split": False}, 0.123456)
+    t.put("linear", "10x20", "int8", 8, {"ro": 2, "rb": 4, "form": "rows"}, 0.123456)
     t.put("conv", "3x9x9/4x3x3x3/s1x1/p1x1/g1", "fp32", 1, {"algorithm": "implicit"}, 1.0)
     path = t.save(tmp_path)
     assert path.name == file_name(KEY) and path.name.startswith("portable-computing-language")
@@ -57,13 +57,13 @@ def test_round_trip_is_atomic(tmp_path: Path):
     back = read(path, KEY)
     assert back.entries == t.entries
     assert back.lookup("linear", "10x20", "int8", 5) == (
-        {"ro": 2, "rb": 4, "split": False},
+        {"ro": 2, "rb": 4, "form": "rows"},
         "tuned",
     )
 
 
 def test_fallbacks():
-    t = Tuning(KEY, vendor={"linear": {"split": True}})
+    t = Tuning(KEY, vendor={"linear": {"form": "split"}})
     t.put("linear", "4096x9216", "fp32", 1, {"ro": 2}, 1.0)
     t.put("linear", "4096x9216", "fp32", 64, {"ro": 8}, 1.0)
     t.put("linear", "1000x4096", "fp32", 1, {"ro": 1}, 1.0)
@@ -74,7 +74,7 @@ def test_fallbacks():
     assert t.lookup("linear", "1024x4096", "fp32", 1) == ({"ro": 1}, "nearest shape")
     assert t.lookup("linear", "4096x4096", "fp32", 1) == ({"ro": 2}, "nearest shape")
     # nothing at this precision: the vendor's defaults, then the built-in choice
-    assert t.lookup("linear", "10x10", "int8", 1) == ({"split": True}, "vendor")
+    assert t.lookup("linear", "10x10", "int8", 1) == ({"form": "split"}, "vendor")
     assert t.lookup("conv", "1x2x2/1x1x1x1/s1x1/p0x0/g1", "fp32", 1) == ({}, "built-in")
 
 
@@ -185,6 +185,7 @@ class Corrupting(Launcher):
     """A launcher that adds 1 to its output when its params ask for the split form: the
     deliberately wrong candidate."""
 
+
     def __init__(self, inner: Launcher) -> None:
         self.inner, self.params = inner, None
 
@@ -194,7 +195,7 @@ class Corrupting(Launcher):
     def __call__(self, n, x, y, scratch):
         self.inner.params = self.params
         self.inner(n, x, y, scratch)
-        if self.params and self.params.get("split"):
+        if self.params and self.params.get("form") == "split":
             cl_y = self.inner.device.read(y, (n, self.inner.o))
             import pyopencl as cl
 
@@ -208,7 +209,7 @@ def test_a_wrong_candidate_is_rejected(profiling, rng):
     out = tune(profiling, case, budget_s=1.0)
     assert out.wrong >= 1
     assert any("differs from the numpy twin" in e for e in out.errors)
-    assert not out.params.get("split")
+    assert out.params.get("form") != "split"
 
 
 def test_a_layer_in_two_forms_by_batch_bucket(device, rng, monkeypatch, tmp_path):

@@ -1,0 +1,86 @@
+"""The tiled GEMM family (kernels/cl/tiled.cl, kernels/ops/tiled.py) against the numpy
+twins on awkward shapes (no multiple of any tile, strides, padding, batch 1 and 7), at
+fp32 and fp16, with tiles of every shape the space holds; its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import ops
+from kernels import reference as ref
+from kernels.ops.tiled import TiledConv2d
+from kernels.precision import PRECISIONS
+from tests.kernels.helpers import FP32_NMSE, nmse, run4d
+
+FLOATS = ["fp32", "fp16"]
+TILES = [
+    {},  # DEFAULT_TILE
+    {"mwg": 16, "nwg": 32, "kwg": 8, "mdimc": 8, "ndimc": 16},
+    {"mwg": 128, "nwg": 16, "kwg": 32, "mdimc": 32, "ndimc": 8},
+    {"mwg": 32, "nwg": 128, "kwg": 16, "mdimc": 16, "ndimc": 32},
+]
+CASES = [
+    # (n, c, h, w, m, k, stride, pad)
+    (1, 3, 17, 19, 5, 3, 1, 1),
+    (7, 4, 13, 11, 66, 3, 2, 0),
+    (2, 3, 31, 29, 9, 11, 4, 2),
+    (3, 6, 9, 9, 130, (5, 3), (1, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("precision", FLOATS)
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: "x".join(map(str, t.values())) or "default")
+@pytest.mark.parametrize("case", CASES)
+def test_tiled_conv(device, rng, precision, tile, case):
+    n, c, h, w, m, k, stride, pad = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    p = PRECISIONS[precision]
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    wt = rng.standard_normal((m, c, kh, kw), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    params = {"algorithm": "tiled", **tile}
+    op = ops.conv2d(device, (c, h, w), wt, b, stride, pad, 1, True, p, params=params)
+    assert isinstance(op, TiledConv2d)
+    got = run4d(device, op, x, op.scratch_bytes(n))
+    want = ref.conv2d(x, p.round_trip(wt), b, stride, pad, 1, True)
+    assert nmse(got, want) < FP32_NMSE
+
+
+@pytest.mark.parametrize("precision", FLOATS)
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: "x".join(map(str, t.values())) or "default")
+@pytest.mark.parametrize("n,o,i", [(1, 37, 45), (7, 20, 300), (64, 130, 257)])
+def test_tiled_linear(device, rng, precision, tile, n, o, i):
+    p = PRECISIONS[precision]
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    b = rng.standard_normal(o, np.float32)
+    op = ops.Linear(device, wt, b, True, p, params={"form": "tiled", **tile})
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y)
+    assert nmse(device.read(y, (n, o)), ref.linear(x, p.round_trip(wt), b, True)) < FP32_NMSE
+
+
+def test_refusals(device, rng):
+    wt = rng.standard_normal((8, 4, 3, 3), np.float32)
+    int8 = PRECISIONS["int8"]
+    with pytest.raises(ValueError, match="floating-point precisions only"):
+        TiledConv2d(device, (4, 9, 9), wt, None, precision=int8)
+    with pytest.raises(ValueError, match="ungrouped"):
+        TiledConv2d(device, (8, 9, 9), wt, None, groups=2)
+    with pytest.raises(ValueError, match="multiple of mdimc"):
+        TiledConv2d(device, (4, 9, 9), wt, None, params={"mwg": 16, "mdimc": 32})
+    limit = device.cl_device.max_work_group_size
+    if limit < 32 * 32:
+        with pytest.raises(ValueError, match="work-group larger"):
+            TiledConv2d(
+                device, (4, 9, 9), wt, None, params={"mwg": 32, "nwg": 32, "mdimc": 32, "ndimc": 32}
+            )
+    # a quantised fully connected layer has no tiled form: refused as a candidate
+    w16, int16 = rng.standard_normal((5, 8), np.float32), PRECISIONS["int16"]
+    lin = ops.Linear(device, w16, None, False, int16, (-1.0, 1.0), params={"form": "tiled"})
+    x = device.upload(rng.standard_normal((2, 8), np.float32))
+    with pytest.raises(ValueError, match="plain float layers"):
+        lin(2, x, device.alloc(40), device.alloc(lin.scratch_bytes(2)))
