@@ -185,7 +185,6 @@ class Corrupting(Launcher):
     """A launcher that adds 1 to its output when its params ask for the split form: the
     deliberately wrong candidate."""
 
-
     def __init__(self, inner: Launcher) -> None:
         self.inner, self.params = inner, None
 
