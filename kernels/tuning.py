@@ -189,6 +189,7 @@ class Tuning:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_json(), f, indent=1)
                 f.write("\n")
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a server's other user
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

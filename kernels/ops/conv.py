@@ -215,6 +215,10 @@ class Conv2d(Launcher, Tuned):
         shape = conv_shape(in_shape, weight.shape, stride, padding, groups, experts)
         self.tuned_init(shape, params)
 
+    @property
+    def kind(self) -> str:
+        return "direct" if self.direct else "implicit" if self.implicit else "im2col"
+
     def _nv(self, n: int, columns: int, widest: int) -> int:
         """The GEMM panel width at batch n: the tuned one where it fits, else the one
         that pads `columns` least (choose_nv)."""

@@ -70,6 +70,7 @@ class Tuned:
     params: dict[str, Any] | None = None
     shape: str = ""
     tuned_from: str = "built-in"  # the last lookup's answer: "tuned", "vendor", ...
+    kind: str = ""  # the value of the space's first parameter this launcher runs as built
 
     def tuned_init(self, shape: str, params: dict[str, Any] | None) -> None:
         self.shape, self.params = shape, params

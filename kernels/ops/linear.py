@@ -182,6 +182,10 @@ class Linear(Launcher, Tuned):
     def out_shape(self) -> tuple[int]:
         return (self.o,)
 
+    @property
+    def kind(self) -> str:
+        return "split" if self.split else "rows"
+
     def _tile(self, n: int, requant: bool = False, skip: bool = False) -> tuple[str, int, int, int]:
         """(form, RO, RB, LS): "rows" (linear), "split" (linear_split) or "tiled"
         (tiled.cl), rows and images per work-item (per work-group when split),

@@ -54,6 +54,7 @@ def test_round_trip_is_atomic(tmp_path: Path):
     path = t.save(tmp_path)
     assert path.name == file_name(KEY) and path.name.startswith("portable-computing-language")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644
     back = read(path, KEY)
     assert back.entries == t.entries
     assert back.lookup("linear", "10x20", "int8", 5) == (
@@ -186,7 +187,7 @@ class Corrupting(Launcher):
     deliberately wrong candidate."""
 
     def __init__(self, inner: Launcher) -> None:
-        self.inner, self.params = inner, None
+        self.inner, self.params, self.kind = inner, None, inner.kind
 
     def scratch_bytes(self, n):
         return self.inner.scratch_bytes(n)
@@ -256,3 +257,21 @@ def test_database_written_by_put_parses(tmp_path):
     with pytest.raises(TuningError):
         t.put("linear", "1x1", "fp32", 1, {"algorithm": "winograd"}, 0.5)
     assert parse(json.loads(json.dumps(t.to_json())), KEY, "x").entries == t.entries
+
+
+def test_candidates_start_with_the_fixed_set_and_skip_what_is_seen():
+    import random
+
+    from kernels.tuner import candidates, key
+
+    seen: set = set()
+    found = candidates("conv", random.Random(0), seen)
+    assert next(found) == {}
+    seen.add(key("conv", {"algorithm": "winograd"}))  # the built-in choice's own kind
+    fixed = [next(found) for _ in range(4)]
+    assert fixed == [{"algorithm": a} for a in ("direct", "implicit", "im2col", "tiled")]
+    rest = list(found)
+    assert {"algorithm": "winograd"} not in rest
+    # irrelevant parameters are dropped, so every candidate is a distinct kernel
+    assert len({key("conv", p) for p in rest}) == len(rest)
+    assert all(set(p) <= {"algorithm", "nv"} for p in rest if p["algorithm"] == "direct")
