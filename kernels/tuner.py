@@ -174,20 +174,26 @@ def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
     timed: list[tuple[float, dict[str, Any]]] = []
     outcome = Outcome({}, 0.0, 0.0)
     seen: set[tuple[Any, ...]] = set()
+    first = next(iter(SPACE[case.op]))
+    refused: set[str] = set()  # kinds whose fixed-set candidate the layer refused
     for i, params in enumerate(candidates(case.op, random.Random(seed), seen)):
         if i >= fixed and time.monotonic() > deadline:
             break
+        if params.get(first) in refused:
+            continue
         outcome.tried += 1
         try:
             form, error = bench.check(params)
             if not params and getattr(form, "kind", ""):  # its own kind named: the same kernel
-                seen.add(key(case.op, {next(iter(SPACE[case.op])): form.kind}))
+                seen.add(key(case.op, {first: form.kind}))
             if not error <= limit:  # NaN too
                 outcome.wrong += 1
                 outcome.errors.append(f"{params}: differs from the numpy twin by {error:.3g}")
                 continue
             timed.append((bench.time(params), params))
         except (ValueError, KernelError) as exc:
+            if 0 < i < fixed:
+                refused.add(params[first])
             outcome.failed += 1
             outcome.errors.append(f"{params}: {' '.join(str(exc).split())[:200]}")
     if not any(p == {} for _, p in timed):

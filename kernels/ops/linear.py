@@ -192,13 +192,13 @@ class Linear(Launcher, Tuned):
         work-items per work-group when split. `requant`, `skip`: the launch writes
         the next layer's quantised input, or runs a little module."""
         t = self.tuned(n)
-        form = t.get("form", "split" if self.split else "rows")
+        asked = form = t.get("form", "split" if self.split else "rows")
         if self.packed is not None or self.dot4 or requant:
             form = "rows"  # the only form of packed rows, VNNI and the requantiser
         if form == "tiled" and (skip or self.tiled is None):
-            if self.params is not None:  # the tuner's candidate: refused, counted
-                raise ValueError(f"the tiled form runs plain float layers, not this {self.shape}")
             form = "split" if self.split else "rows"
+        if form != asked and self.params is not None:  # the tuner's candidate: refused
+            raise ValueError(f"this {self.shape} layer runs {form}, not {asked}")
         ls = t.get("ls", SPLIT_ITEMS)
         rb = min(n, t.get("rb", 8))
         if self.packed is not None:  # one row per work-item, decoded once per RB images

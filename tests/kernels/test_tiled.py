@@ -82,5 +82,5 @@ def test_refusals(device, rng):
     w16, int16 = rng.standard_normal((5, 8), np.float32), PRECISIONS["int16"]
     lin = ops.Linear(device, w16, None, False, int16, (-1.0, 1.0), params={"form": "tiled"})
     x = device.upload(rng.standard_normal((2, 8), np.float32))
-    with pytest.raises(ValueError, match="plain float layers"):
+    with pytest.raises(ValueError, match="runs rows, not tiled"):
         lin(2, x, device.alloc(40), device.alloc(lin.scratch_bytes(2)))
