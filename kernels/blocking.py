@@ -16,6 +16,19 @@ LANES = 16  # floats per vector: a GEMM panel is LANES * NV columns wide
 DEFINES = {"ROW_BLOCK": ROW_BLOCK, "LANES": LANES}
 
 
+# Relative speed per column of the GEMM at each panel width (ROW_BLOCK x LANES*NV
+# blocks) on PoCL's CPU device: narrower blocks reload A more often per FLOP.
+PANEL_SPEED = {3: 1.0, 2: 0.9, 1: 0.6}
+
+
+def choose_nv(columns: int, widest: int = 3) -> int:
+    """Panel width (LANES * NV columns, NV <= `widest`) for a GEMM with `columns`
+    columns: the one that finishes first, counting the padding of the last panel (49
+    Winograd tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
+    widths = [nv for nv in PANEL_SPEED if nv <= widest]
+    return min(widths, key=lambda nv: -(-columns // (LANES * nv)) * nv / PANEL_SPEED[nv])
+
+
 def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarray:
     """[M][K] -> [ceil(M/block)][ceil(K/group)][block][group], zero rows and columns
     appended: the GEMM's A panels (group 4: gemm.cl's DOT4 reads four k at a time)."""

@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from kernels.blocking import LANES, ROW_BLOCK, dot4_rows, pack_rows, per_expert, tap_rows
+from kernels.blocking import (
+    LANES,
+    PANEL_SPEED,
+    ROW_BLOCK,
+    choose_nv,
+    dot4_rows,
+    pack_rows,
+    per_expert,
+    tap_rows,
+)
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -22,19 +31,6 @@ I32 = np.int32
 # CPUs): above it, gathering GEMM panels pays for itself (docs/benchmark-log.md; 1 x 1 filters,
 # with nothing to gather, and int16, with its long accumulators, run the GEMM).
 DIRECT_MAX_K = 144
-
-
-# Relative speed per column of the GEMM at each panel width (ROW_BLOCK x LANES*NV
-# blocks) on PoCL's CPU device: narrower blocks reload A more often per FLOP.
-PANEL_SPEED = {3: 1.0, 2: 0.9, 1: 0.6}
-
-
-def choose_nv(columns: int, widest: int = 3) -> int:
-    """Panel width (LANES * NV columns, NV <= `widest`) for a GEMM with `columns`
-    columns: the one that finishes first, counting the padding of the last panel (49
-    Winograd tiles at batch 1 run as 64 columns, not 96; 16 tiles as 16)."""
-    widths = [nv for nv in PANEL_SPEED if nv <= widest]
-    return min(widths, key=lambda nv: -(-columns // (LANES * nv)) * nv / PANEL_SPEED[nv])
 
 
 class Conv2d(Launcher, Tuned):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.blocking import LANES, ROW_BLOCK, pack_rows
-from kernels.ops.conv import Conv2d, choose_nv
+from kernels.blocking import LANES, ROW_BLOCK, choose_nv, pack_rows
+from kernels.ops.conv import Conv2d
 from kernels.ops.launcher import Launcher, PerBatch, Tuned
 from kernels.ops.store import PlaneStore
 from kernels.ops.tiled import TiledConv2d

@@ -24,6 +24,7 @@ from experts.networks.base import Runnable
 from experts.networks.build import build_network, little_modules, storage_note, store_for
 from experts.networks.tune import is_tuned
 from kernels.runtime import Device
+from kernels.tuning import Tuning
 from service.commands import args as common
 from service.commands import onnxruntime_compare
 
@@ -46,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["onnxruntime"],
         default=None,
         help="also run the same network and weights in onnxruntime",
+    )
+    p.add_argument(
+        "--untuned",
+        action="store_true",
+        help="also time each network with the built-in kernel choices (no tuning "
+        "database), in turns with the tuned one: rows marked tuned false",
     )
     p.add_argument(
         "--dataset",
@@ -113,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     names = args.model or [settings.default_model]
     precisions = args.precision or [settings.default_precision]
     device = Device(settings.device, profile=args.profile)
+    untuned = None
+    if args.untuned:  # the same device again, its database left empty
+        untuned = Device(settings.device, profile=args.profile)
+        untuned.tuning = Tuning(device.tuning.key)
     rng = np.random.default_rng(args.seed)
     images = None
     if args.dataset is not None:  # read once, however many models and batch sizes
@@ -137,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
             network = build_network(m, device, precision, settings.layer_precisions, store=store)
             # With the little modules beside the same network without: one run compares.
             dual = network.with_dual_module(little) if little else None
-            networks.append((network, dual))
+            plain = None
+            if untuned is not None:
+                plain = build_network(m, untuned, precision, settings.layer_precisions)
+            networks.append((network, dual, plain))
         for batch in args.batch:
             rows, runners, spreads = [], {}, {}
             for (name, model, sessions, ks), pair in zip(models, networks, strict=True):
@@ -145,12 +159,13 @@ def run(args: argparse.Namespace) -> int:
                 session = _session(sessions, model, precision, args.data_dir)
                 for k in ks:
                     base = f"{name} {precision} b{batch}" + (f" k{k}" if k else "")
-                    for network in filter(None, pair):
-                        dual = network is pair[1]
-                        key = base + (" dual-module" if dual else "")
+                    for network, suffix in zip(pair, ("", " dual-module", " untuned"), strict=True):
+                        if network is None:
+                            continue
+                        key = base + suffix
                         spreads[key] = []
                         runners[key] = partial(_run, network, cycle(inputs), k, spreads[key])
-                        rows.append((key, name, None if dual else session, network, k))
+                        rows.append((key, name, None if suffix else session, network, k))
                     if session is not None:
                         feeds = [{session.get_inputs()[0].name: x} for x in inputs]
                         ort = partial(_run_session, session, cycle(feeds))
@@ -158,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             # Warm-up sees every input batch once: a mixture plans buffers per expert
             # sub-batch size the first time each size occurs.
             warmup = max(args.warmup, BATCHES if args.dataset else 0)
-            for _, dual in networks:
+            for _, dual, _ in networks:
                 if dual is not None:
                     dual.take_skip_stats()  # counted from here: the timed runs' inputs
             times = time_rounds(runners, args, warmup)
@@ -332,6 +347,8 @@ def _emit(row: dict[str, Any], as_json: bool) -> None:
         line += f"  {row['bits_per_weight']['model']:.2f} bits/weight"
     if "weights" in row:
         line += f"  (weights: {row['weights']})"
+    if "tuned" in row:
+        line += "  tuned" if row["tuned"] else "  untuned"
     print(line, flush=True)
     for layer, s in row.get("dual_module", {}).items():
         print(

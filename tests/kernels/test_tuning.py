@@ -275,3 +275,17 @@ def test_candidates_start_with_the_fixed_set_and_skip_what_is_seen():
     # irrelevant parameters are dropped, so every candidate is a distinct kernel
     assert len({key("conv", p) for p in rest}) == len(rest)
     assert all(set(p) <= {"algorithm", "nv"} for p in rest if p["algorithm"] == "direct")
+
+
+def test_the_shipped_databases_parse():
+    from importlib import resources
+
+    shipped = [
+        p
+        for p in resources.files("kernels").joinpath("tuned").iterdir()
+        if p.name.endswith(".json")
+    ]
+    assert shipped, "kernels/tuned/ ships no database"
+    for item in shipped:
+        db = read(Path(str(item)), None)
+        assert db.entries and item.name == file_name(db.key)

@@ -37,6 +37,10 @@ def test_tune_writes_a_database_that_bench_and_devices_read(repo, tmp_path, caps
     code, out, _ = run(capsys, "bench", "--model", "tiny", "--batch", "1", "--iterations", "2",
                        "--json")  # fmt: skip
     assert code == 0 and json.loads(out.splitlines()[0])["tuned"] is True
+    code, out, _ = run(capsys, "bench", "--model", "tiny", "--batch", "1", "--iterations", "2",
+                       "--untuned", "--json")  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["tuned"] for r in rows] == [True, False]
     monkeypatch.setenv("MOE_TUNING_DIR", str(tmp_path / "empty"))
     code, out, _ = run(capsys, "bench", "--model", "tiny", "--batch", "1", "--iterations", "2",
                        "--json")  # fmt: skip
