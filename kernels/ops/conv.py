@@ -215,6 +215,15 @@ class Conv2d(Launcher, Tuned):
     def kind(self) -> str:
         return "direct" if self.direct else "implicit" if self.implicit else "im2col"
 
+    def effective(self, n: int) -> dict[str, Any]:
+        """The parameters this layer runs with at batch n (tuned or built-in)."""
+        widest = self.widest_nv if self.implicit else self.device.widest_panel
+        cols = self.ow if self.direct else n * self.oh * self.ow
+        out = {"algorithm": self.kind, "nv": self._nv(n, cols, widest)}
+        if self.implicit:
+            out["spread"] = self.tuned(n).get("spread", 2)
+        return out
+
     def _nv(self, n: int, columns: int, widest: int) -> int:
         """The GEMM panel width at batch n: the tuned one where it fits, else the one
         that pads `columns` least (choose_nv)."""

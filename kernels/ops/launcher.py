@@ -70,11 +70,15 @@ class Tuned:
     params: dict[str, Any] | None = None
     shape: str = ""
     tuned_from: str = "built-in"  # the last lookup's answer: "tuned", "vendor", ...
-    kind: str = ""  # the value of the space's first parameter this launcher runs as built
 
     def tuned_init(self, shape: str, params: dict[str, Any] | None) -> None:
         self.shape, self.params = shape, params
         self._tuned: dict[int, dict[str, Any]] = {}
+
+    def effective(self, n: int) -> dict[str, Any]:
+        """The parameters the launcher runs with at batch n, tuned or built-in (what
+        tells the tuner two candidates are one kernel)."""
+        raise NotImplementedError
 
     def tuned(self, n: int) -> dict[str, Any]:
         if self.params is not None:

@@ -186,6 +186,13 @@ class Linear(Launcher, Tuned):
     def kind(self) -> str:
         return "split" if self.split else "rows"
 
+    def effective(self, n: int) -> dict[str, Any]:
+        """The parameters this layer runs with at batch n (tuned or built-in)."""
+        form, ro, rb, ls = self._tile(n)
+        if form == "tiled":
+            return {"form": form, **self.tiled.tile(self.tuned(n))}
+        return {"form": form, "rb": rb, **({"ls": ls} if form == "split" else {"ro": ro})}
+
     def _tile(self, n: int, requant: bool = False, skip: bool = False) -> tuple[str, int, int, int]:
         """(form, RO, RB, LS): "rows" (linear), "split" (linear_split) or "tiled"
         (tiled.cl), rows and images per work-item (per work-group when split),

@@ -109,6 +109,9 @@ class TiledConv2d(Launcher, Tuned):
     def out_shape(self) -> tuple[int, int, int]:
         return (self.m, self.oh, self.ow)
 
+    def effective(self, n: int) -> dict[str, Any]:
+        return {"algorithm": "tiled", **self.gemm.tile(self.tuned(n))}
+
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         cols = n * self.oh * self.ow
         (sh, sw), (ph, pw) = self.stride, self.padding

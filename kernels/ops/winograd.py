@@ -185,6 +185,9 @@ class WinogradConv2d(Launcher, Tuned):
     def out_shape(self) -> tuple[int, int, int]:
         return (self.m, self.oh, self.ow)
 
+    def effective(self, n: int) -> dict[str, Any]:
+        return {"algorithm": "winograd", "nv": self._sizes(n)["nv"]}
+
     def _sizes(self, n: int) -> dict[str, int]:
         """Tiles and panels of tiles; where V (alpha^2 matrices `v_es` apart) and the
         products M (`m_es` apart, from float `m_off`) lie in the scratch buffer.

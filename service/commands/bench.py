@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 if stats:
                     row["dual_module"] = {n: st.as_dict() for n, st in stats.items()}
                 if args.profile:
-                    row["profile"] = profile_layers(device, runners[key])
+                    row["profile"] = profile_layers(network.device, runners[key])
                 _emit(row, args.json)
                 if session is not None:
                     ort = times[f"{key} onnxruntime"]  # the plain row's key

@@ -187,7 +187,11 @@ class Corrupting(Launcher):
     deliberately wrong candidate."""
 
     def __init__(self, inner: Launcher) -> None:
-        self.inner, self.params, self.kind = inner, None, inner.kind
+        self.inner, self.params = inner, None
+
+    def effective(self, n):
+        self.inner.params = self.params
+        return self.inner.effective(n)
 
     def scratch_bytes(self, n):
         return self.inner.scratch_bytes(n)

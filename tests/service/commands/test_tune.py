@@ -33,7 +33,7 @@ def test_tune_writes_a_database_that_bench_and_devices_read(repo, tmp_path, caps
     monkeypatch.setenv("MOE_TUNING_DIR", str(out_dir))
     monkeypatch.setenv("MOE_TUNING", "1")
     code, out, _ = run(capsys, "devices", "--json")
-    assert any(d["tuned_layers"] == 8 for d in json.loads(out)["devices"])
+    assert any(d["tuned_layers"] >= 8 for d in json.loads(out)["devices"])  # with shipped ones
     code, out, _ = run(capsys, "bench", "--model", "tiny", "--batch", "1", "--iterations", "2",
                        "--json")  # fmt: skip
     assert code == 0 and json.loads(out.splitlines()[0])["tuned"] is True
