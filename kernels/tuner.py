@@ -61,15 +61,15 @@ def key(op: str, params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(normalise(op, params).items()))
 
 
-def candidates(op: str, rng: random.Random, seen: set[tuple[Any, ...]]) -> Iterator[dict]:
+def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:
     """{} (the built-in choice) first, then one candidate per value of the op's first
-    parameter, then the rest of the space in random order; each distinct once, and
-    none whose `key` is in `seen` (which the caller may add to as it goes)."""
+    parameter, then the rest of the space in random order; each distinct once."""
     space = SPACE[op]
     names = list(space)
     first = [{}] + [{names[0]: v} for v in space[names[0]]]
     every = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*space.values())]
     rng.shuffle(every)
+    seen: set[tuple[Any, ...]] = set()
     for params in first + every:
         params, k = normalise(op, params), key(op, params)
         if k not in seen:
@@ -149,14 +149,13 @@ class Bench:
         d.events.clear()
         return ms
 
-    def check(self, params: dict[str, Any]) -> tuple[Launcher, float]:
-        """The candidate's launcher and its error against the twin (a share of the
-        twin's largest output)."""
-        form = self.launcher(params)
-        self.run(form, check=True)
+    def check(self, params: dict[str, Any]) -> float:
+        """The candidate's error against the twin (a share of the twin's largest
+        output)."""
+        self.run(self.launcher(params), check=True)
         got = self.device.read(self.y, self.case.want.shape)
         peak = float(np.abs(self.case.want).max()) or 1.0
-        return form, float(np.abs(got - self.case.want).max()) / peak
+        return float(np.abs(got - self.case.want).max()) / peak
 
     def time(self, params: dict[str, Any], repeats: int = REPEATS) -> float:
         form = self.launcher(params)
@@ -171,14 +170,13 @@ def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
     bench = Bench(device, case)
     limit = tolerance(case.precision)
     deadline = time.monotonic() + budget_s
-    fixed = 1 + len(SPACE[case.op][next(iter(SPACE[case.op]))])
+    first = next(iter(SPACE[case.op]))  # the algorithm or form
+    fixed = 1 + len(SPACE[case.op][first])
     timed: list[tuple[float, dict[str, Any]]] = []
     outcome = Outcome({}, 0.0, 0.0)
-    seen: set[tuple[Any, ...]] = set()
-    first = next(iter(SPACE[case.op]))
     refused: set[str] = set()  # kinds whose fixed-set candidate the layer refused
     ran: set[tuple[Any, ...]] = set()  # what the candidates tried so far run as
-    for i, params in enumerate(candidates(case.op, random.Random(seed), seen)):
+    for i, params in enumerate(candidates(case.op, random.Random(seed))):
         if i >= fixed and time.monotonic() > deadline:
             break
         if params.get(first) in refused:
@@ -190,7 +188,7 @@ def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
                 continue
             ran.add(runs)
             outcome.tried, counted = outcome.tried + 1, True
-            _, error = bench.check(params)
+            error = bench.check(params)
             if not error <= limit:  # NaN too
                 outcome.wrong += 1
                 outcome.errors.append(f"{params}: differs from the numpy twin by {error:.3g}")
