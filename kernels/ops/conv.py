@@ -211,15 +211,12 @@ class Conv2d(Launcher, Tuned):
         shape = conv_shape(in_shape, weight.shape, stride, padding, groups, experts)
         self.tuned_init(shape, params)
 
-    @property
-    def kind(self) -> str:
-        return "direct" if self.direct else "implicit" if self.implicit else "im2col"
-
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
         widest = self.widest_nv if self.implicit else self.device.widest_panel
         cols = self.ow if self.direct else n * self.oh * self.ow
-        out = {"algorithm": self.kind, "nv": self._nv(n, cols, widest)}
+        kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
+        out = {"algorithm": kind, "nv": self._nv(n, cols, widest)}
         if self.implicit:
             out["spread"] = self.tuned(n).get("spread", 2)
         return out

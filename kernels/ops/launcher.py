@@ -69,7 +69,6 @@ class Tuned:
     precision: Precision
     params: dict[str, Any] | None = None
     shape: str = ""
-    tuned_from: str = "built-in"  # the last lookup's answer: "tuned", "vendor", ...
 
     def tuned_init(self, shape: str, params: dict[str, Any] | None) -> None:
         self.shape, self.params = shape, params
@@ -85,9 +84,7 @@ class Tuned:
             return self.params
         found = self._tuned.get(bucket(n))
         if found is None:
-            found, self.tuned_from = self.device.tuning.lookup(
-                self.op, self.shape, self.precision.name, n
-            )
+            found, _ = self.device.tuning.lookup(self.op, self.shape, self.precision.name, n)
             self._tuned[bucket(n)] = found
         return found
 

@@ -182,10 +182,6 @@ class Linear(Launcher, Tuned):
     def out_shape(self) -> tuple[int]:
         return (self.o,)
 
-    @property
-    def kind(self) -> str:
-        return "split" if self.split else "rows"
-
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
         form, ro, rb, ls = self._tile(n)

@@ -71,7 +71,7 @@ class TiledConv2d(Launcher, Tuned):
     ReLU fused; ungrouped, floating-point precisions. `params`: the tile (the tuner's
     candidate) instead of the device's tuning."""
 
-    op, kind = "conv", "tiled"
+    op = "conv"
 
     def __init__(
         self,

@@ -87,7 +87,7 @@ class WinogradConv2d(Launcher, Tuned):
     (kernels/tuning.py's "conv" space) instead of the device's tuning.
     """
 
-    op, kind = "conv", "winograd"
+    op = "conv"
 
     def __init__(
         self,
