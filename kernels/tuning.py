@@ -255,10 +255,10 @@ def read_usable(path: Path, key: Mapping[str, str]) -> Tuning | None:
         return None
 
 
-def _vendor(platform: str) -> dict[str, dict[str, Any]]:
-    """The shipped defaults for a vendor's devices (`vendor-<word>.json`, a word of the
-    platform's name), op -> params."""
-    shipped = resources.files("kernels").joinpath("tuned")
+def vendor_defaults(platform: str, directory: Any = None) -> dict[str, dict[str, Any]]:
+    """The defaults for a vendor's devices (`vendor-<word>.json` in `directory`, default
+    the package's kernels/tuned/, a word of the platform's name), op -> params."""
+    shipped = resources.files("kernels").joinpath("tuned") if directory is None else directory
     for word in re.findall(r"[a-z]+", platform.lower()):
         item = shipped.joinpath(f"vendor-{word}.json")
         if item.is_file():
@@ -285,7 +285,7 @@ def load(key: Mapping[str, str]) -> Tuning:
             tuning.entries.update(found.entries)
             tuning.source = found.source
     try:
-        tuning.vendor = _vendor(key["platform"])
+        tuning.vendor = vendor_defaults(key["platform"])
     except (TuningError, json.JSONDecodeError) as exc:
         print(f"moe-alexnet: warning: vendor defaults: {exc}", file=sys.stderr)
     return tuning

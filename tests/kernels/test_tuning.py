@@ -288,3 +288,14 @@ def test_the_shipped_databases_parse():
     for item in shipped:
         db = read(Path(str(item)), None)
         assert db.entries and item.name == file_name(db.key)
+
+
+def test_vendor_defaults_by_a_word_of_the_platform(tmp_path):
+    from kernels.tuning import vendor_defaults
+
+    (tmp_path / "vendor-nvidia.json").write_text(json.dumps({"linear": {"form": "split"}}))
+    assert vendor_defaults("NVIDIA CUDA", tmp_path) == {"linear": {"form": "split"}}
+    assert vendor_defaults("Portable Computing Language", tmp_path) == {}
+    (tmp_path / "vendor-nvidia.json").write_text(json.dumps({"linear": {"form": "odd"}}))
+    with pytest.raises(TuningError, match="form='odd' is not in the space"):
+        vendor_defaults("NVIDIA CUDA", tmp_path)
