@@ -320,8 +320,8 @@ def conv2d(
     with fewer channels the transforms cost more than the multiplies saved, and
     F(2x2, 5x5) saved too few to pay for them at all), the direct or implicit GEMM
     otherwise (Conv2d). "tiled": the tiled GEMM (kernels/ops/tiled.py), which the
-    built-in choice never takes. Quantised precisions never run Winograd: its transforms would
-    turn exact integer products into rounded float ones.
+    built-in choice never takes. Quantised precisions never run Winograd: its
+    transforms would turn exact integer products into rounded float ones.
 
     `segments`: a mixture's experts in one set of launches (`weight` [E][M][C][r][r],
     `input_range` one per expert): Winograd at floating-point precisions, which only
