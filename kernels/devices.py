@@ -102,6 +102,12 @@ def default_index(devices: list[tuple[DeviceInfo, Any]]) -> int:
     return 0
 
 
+def _vendor_matches(word: str, info: DeviceInfo) -> bool:
+    """A selector's vendor word against a platform: part of its name, or "pocl" for
+    PoCL, whose Debian build calls itself "Portable Computing Language"."""
+    return word in info.platform.lower() or (word == "pocl" and info.is_pocl)
+
+
 def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
     """Resolve a device selector.
 
@@ -130,7 +136,7 @@ def select(selector: str | None = None) -> tuple[DeviceInfo, Any]:
                     if info.index == f"{int(left)}:{n}":
                         return info, dev
             else:
-                matches = [(i, d) for i, d in devices if left in i.platform.lower()]
+                matches = [(i, d) for i, d in devices if _vendor_matches(left, i)]
                 if n < len(matches):
                     return matches[n]
     for info, dev in devices:

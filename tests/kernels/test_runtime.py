@@ -56,3 +56,18 @@ def test_profiling_labels_direct_and_recorded_launches(device, rng):
         ("net.taped", "swap_outer"),
     ]
     assert all(e.profile.end >= e.profile.start > 0 for _, _, e in prof.events)
+
+
+def test_device_selectors(device):
+    """`P:D`, a vendor word with an index (`pocl:0` also where PoCL's platform calls
+    itself "Portable Computing Language"), a name part; an unknown one is refused
+    naming the devices there are."""
+    from kernels.devices import DeviceError, select
+
+    info, _ = select(device.info.index)
+    assert info.index == device.info.index
+    if device.info.is_pocl:
+        assert select("pocl:0")[0].is_pocl
+    assert select(device.info.name[:6])[0].name == device.info.name
+    with pytest.raises(DeviceError, match="no OpenCL device matches 'nothing-like-it'"):
+        select("nothing-like-it")
