@@ -73,9 +73,12 @@ class Device:
     (the server serialises batches per device).
     """
 
-    def __init__(self, selector: str | None = None, profile: bool = False) -> None:
+    def __init__(
+        self, selector: str | None = None, profile: bool = False, tuned: bool = True
+    ) -> None:
         """`profile`: time every launch on the device (OpenCL profiling events, kept in
-        `events` with the label in force when the launch was made or recorded)."""
+        `events` with the label in force when the launch was made or recorded).
+        `tuned` False: no tuning database, the launchers' built-in choices."""
         self.info, self.cl_device = select(selector)
         try:
             self.context = cl.Context([self.cl_device])
@@ -89,6 +92,7 @@ class Device:
         self.events: list[tuple[str, str, Any]] | None = [] if profile else None
         self._label = ""
         self._lock = threading.Lock()
+        self._tuned = tuned
 
     @property
     def name(self) -> str:
@@ -97,9 +101,8 @@ class Device:
     @cached_property
     def tuning(self) -> Tuning:
         """This device's tuning database (kernels/tuning.py), read once."""
-        return load_tuning(
-            device_key(self.info.platform, self.info.name, self.cl_device.driver_version)
-        )
+        key = device_key(self.info.platform, self.info.name, self.cl_device.driver_version)
+        return load_tuning(key) if self._tuned else Tuning(key)
 
     @property
     def is_cpu(self) -> bool:

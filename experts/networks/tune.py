@@ -5,7 +5,7 @@ answer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,14 +20,21 @@ from kernels.tuning import bucket
 CHECK_IMAGES = 8  # images each candidate is checked on against the numpy twin
 
 
-def _tunable(op: Any) -> Tuned | None:
-    """The launcher whose parameters are tuning data (a PerBatch's first form), or
-    None: not a tunable op, or a mixture's grouped experts (their own kernels)."""
-    if isinstance(op, PerBatch):
-        op = next(iter(op.forms.values()))
-    if not isinstance(op, Tuned) or getattr(op, "segments", None) is not None:
-        return None
-    return op
+def _layers(network: Runnable) -> Iterator[tuple[Any, Any, Tuned | None, str]]:
+    """Every layer with weights: (its part, its step, the launcher whose parameters are
+    tuning data (a PerBatch's first form), or None with the reason it keeps its
+    built-in kernels)."""
+    for part in network.parts():
+        for step in part.steps:
+            op = step.op.forms[min(step.op.forms)] if isinstance(step.op, PerBatch) else step.op
+            if op is None or not op.weight_count:
+                continue
+            if not isinstance(op, Tuned) or getattr(op, "segments", None) is not None:
+                yield part, step, None, "grouped experts keep their built-in kernels"
+            elif part.store is not None:
+                yield part, step, None, "a shared int16/int8 store keeps its built-in kernels"
+            else:
+                yield part, step, op, ""
 
 
 def tuning_cases(
@@ -41,51 +48,45 @@ def tuning_cases(
     cases: list[Case] = []
     left_out: list[str] = []
     seen: set[tuple[Any, ...]] = set()
-    for part in network.parts():
+    for part, step, op, why in _layers(network):
+        label = part.full_name(step.name)
+        if op is None:
+            left_out.append(f"{label}: {why}")
+            continue
         part_w = part_weights(weights, part.name) if part.name else weights
-        for step in part.steps:
-            op = _tunable(step.op)
-            label = part.full_name(step.name)
-            if op is None:
-                if step.op is not None and step.op.weight_count:
-                    left_out.append(f"{label}: grouped experts keep their built-in kernels")
+        layer = part.layers[step.name]
+        build = part.build_for(layer)
+        for n in batches:
+            key = (op.op, op.shape, build.precision.name, bucket(n))
+            if key in seen:
                 continue
-            if part.store is not None:
-                left_out.append(f"{label}: a shared int16/int8 store keeps its built-in kernels")
-                continue
-            layer = part.layers[step.name]
-            build = part.build_for(layer)
-            for n in batches:
-                key = (op.op, op.shape, build.precision.name, bucket(n))
-                if key in seen:
-                    continue
-                seen.add(key)
-                x = _input(rng, step.in_shape, build.input_range)
-                want = layer.reference(x, part_w).astype(np.float32)
-                axis = 1 if x.ndim == 4 else 0  # conv: [C][N][H][W] on the device
+            seen.add(key)
+            x = _input(rng, step.in_shape, build.input_range)
+            want = layer.reference(x, part_w).astype(np.float32)
+            axis = 1 if x.ndim == 4 else 0  # conv: [C][N][H][W] on the device
 
-                def make(
-                    params: dict[str, Any],
-                    layer: Any = layer,
-                    build: Any = build,
-                    shape: Any = step.in_shape,
-                    w: Any = part_w,
-                ) -> Launcher:
-                    return layer.launcher(replace(build, params=params), shape, w)
+            def make(
+                params: dict[str, Any],
+                layer: Any = layer,
+                build: Any = build,
+                shape: Any = step.in_shape,
+                w: Any = part_w,
+            ) -> Launcher:
+                return layer.launcher(replace(build, params=params), shape, w)
 
-                cases.append(
-                    Case(
-                        op.op,
-                        op.shape,
-                        build.precision,
-                        n,
-                        f"{label} {build.precision.name} batch {n}",
-                        make,
-                        np.ascontiguousarray(np.moveaxis(x, 0, axis)),
-                        np.ascontiguousarray(np.moveaxis(want, 0, axis)),
-                        axis,
-                    )
+            cases.append(
+                Case(
+                    op.op,
+                    op.shape,
+                    build.precision,
+                    n,
+                    f"{label} {build.precision.name} batch {n}",
+                    make,
+                    np.ascontiguousarray(np.moveaxis(x, 0, axis)),
+                    np.ascontiguousarray(np.moveaxis(want, 0, axis)),
+                    axis,
                 )
+            )
     return cases, left_out
 
 
@@ -101,13 +102,7 @@ def _input(
 def is_tuned(network: Runnable) -> bool:
     """Whether the device's tuning has entries for every tunable layer (any batch
     bucket): what `bench` rows report as `tuned`."""
-    found = False
-    for part in network.parts():
-        for step in part.steps:
-            op = _tunable(step.op)
-            if op is None or part.store is not None:
-                continue
-            if not op.device.tuning.buckets(op.op, op.shape, op.precision.name):
-                return False
-            found = True
-    return found
+    ops = [op for _, _, op, _ in _layers(network) if op is not None]
+    return bool(ops) and all(
+        op.device.tuning.buckets(op.op, op.shape, op.precision.name) for op in ops
+    )

@@ -8,16 +8,8 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from kernels.blocking import (
-    LANES,
-    PANEL_SPEED,
-    ROW_BLOCK,
-    choose_nv,
-    dot4_rows,
-    pack_rows,
-    per_expert,
-    tap_rows,
-)
+from kernels import blocking
+from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -31,23 +23,22 @@ I32 = np.int32
 # CPUs): above it, gathering GEMM panels pays for itself (docs/benchmark-log.md; 1 x 1 filters,
 # with nothing to gather, and int16, with its long accumulators, run the GEMM).
 DIRECT_MAX_K = 144
+SPREAD = 2  # the implicit GEMM's work-items per compute unit at small batch, untuned
 
 
 class Conv2d(Launcher, Tuned):
     """Convolution on [C][N][H][W] activations, bias and ReLU fused in the GEMM.
 
-    Where a B panel (K x NB floats) fits the device's local memory (CPUs), the
-    convolution runs as one implicit-GEMM kernel that gathers its panel from the
-    zero-padded input: no im2col matrix goes through memory (it cost as much as the
-    GEMM itself at batch 8). Elsewhere it falls back to im2col + GEMM.
+    Where a B panel (K x NB floats) fits the device's local memory (CPUs), one
+    implicit-GEMM kernel gathers its panel from the zero-padded input: no im2col matrix
+    goes through memory (it cost as much as the GEMM at batch 8). Else im2col + GEMM.
 
     `dot4` (int8, implicit only; default: where `device.dot4`): the GEMM multiplies
     bytes with AVX-512 VNNI instead of in float lanes (gemm.cl's DOT4); same sums.
 
     `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
-    not int16): gemm.cl's conv_direct, which reads its taps straight from the padded
-    input instead of gathering GEMM panels (a network's first layer: K = 25 for one
-    grey channel and 5 x 5 filters).
+    not int16): gemm.cl's conv_direct reads its taps straight from the padded input,
+    no GEMM panels (a network's first layer: K = 25 for one grey channel, 5 x 5).
 
     `segments` (a mixture's grouped experts, quantised: the float ones run Winograd):
     `weight` [E][M][C][KH][KW], `bias` [E][M], `input_range` one per expert; the
@@ -57,10 +48,8 @@ class Conv2d(Launcher, Tuned):
     segments[E] pad the batch and their outputs are not written.
 
     `weight_scale` (one per output channel): `weight` holds the precision's integers
-    already (a quantised copy on disk, experts/model/quantized.py).
-
-    `params` (the tuner's candidate): the panel width `nv` and the implicit GEMM's
-    `spread` (kernels/tuning.py's "conv" space) instead of the device's tuning.
+    already (a quantised copy on disk, experts/model/quantized.py). `params` (the
+    tuner's candidate): `nv` and `spread` (tuning.py's space), not the device's tuning.
     """
 
     op = "conv"
@@ -105,15 +94,13 @@ class Conv2d(Launcher, Tuned):
         self.k = self.cg * self.kh * self.kw
         self.mg = self.m // groups
         self.blocks = -(-self.mg // ROW_BLOCK)
-        # The implicit GEMM gathers a K x LANES*NV float panel into local memory: the
-        # widest NV that fits (GPUs have 48-64 KiB, PoCL 1 MiB).
+        # The implicit GEMM's K x LANES*NV float panel: the widest NV local memory holds.
         local_bytes = device.cl_device.local_mem_size
         fits = [nv for nv in PANEL_SPEED if self._panel_bytes(nv) <= local_bytes]
         self.widest_nv = min(max(fits, default=0), device.widest_panel)
         stride1 = (self.sh, self.sw) == (1, 1)
-        # The defaults, from the geometry and the device: the direct kernel for small K
-        # (not int16, with its long accumulators), else the implicit GEMM where the
-        # widest panel fits.
+        # The defaults: the direct kernel for small K (not int16, with its long
+        # accumulators), else the implicit GEMM where the widest panel fits.
         direct_fits = device.is_cpu and stride1 and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
         implicit_fits = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         if direct is None:  # asking for a path (implicit, dot4) rules the default out
@@ -174,10 +161,11 @@ class Conv2d(Launcher, Tuned):
         # that holds a layer for it: its low plane, int16's alone, in tap order).
         # Grouped experts' rows are laid out expert by expert.
         dot4_layout = self.taps or (self.dot4 and not shared)
-        layout = partial(dot4_rows, cg=self.cg, cg4=self.cg4) if dot4_layout else pack_rows
-        low = partial(tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
+        by_four = partial(blocking.dot4_rows, cg=self.cg, cg4=self.cg4)
+        layout = by_four if dot4_layout else blocking.pack_rows
+        low = partial(blocking.tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
         if experts > 1:
-            layout, low = (per_expert(f, experts) if f else None for f in (layout, low))
+            layout, low = (blocking.per_expert(f, experts) if f else None for f in (layout, low))
         sources = [(store, f"{key}/{g}", wg[g], sg[g]) if shared else None for g in range(groups)]
         held = [
             upload_weights(device, precision, p.weights, layout, source, low)
@@ -213,19 +201,19 @@ class Conv2d(Launcher, Tuned):
 
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
-        widest = self.widest_nv if self.implicit else self.device.widest_panel
-        cols = self.ow if self.direct else n * self.oh * self.ow
         kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
-        out = {"algorithm": kind, "nv": self._nv(n, cols, widest)}
+        out = {"algorithm": kind, "nv": self._nv(n)}
         if self.implicit:
-            out["spread"] = self.tuned(n).get("spread", 2)
+            out["spread"] = self.tuned(n).get("spread", SPREAD)
         return out
 
-    def _nv(self, n: int, columns: int, widest: int) -> int:
-        """The GEMM panel width at batch n: the tuned one where it fits, else the one
-        that pads `columns` least (choose_nv)."""
+    def _nv(self, n: int) -> int:
+        """The panel width at batch n: the tuned one where it fits, else the one that
+        pads the path's columns least (choose_nv; the direct kernel's run along a row)."""
+        widest = self.widest_nv if self.implicit else self.device.widest_panel
         nv = self.tuned(n).get("nv", 0)
-        return nv if 0 < nv <= widest else choose_nv(columns, widest)
+        cols = self.ow if self.direct else n * self.oh * self.ow
+        return nv if 0 < nv <= widest else choose_nv(cols, widest)
 
     def _panel_bytes(self, nv: int) -> int:
         """Local memory for one float panel of K x LANES * nv columns."""
@@ -257,11 +245,11 @@ class Conv2d(Launcher, Tuned):
 
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
-            return self.pad.nbytes(n) + 4 * LANES * self._nv(n, self.ow, self.device.widest_panel)
+            return self.pad.nbytes(n) + 4 * LANES * self._nv(n)
         if self.implicit:
             return self.pad.nbytes(n) if self.pad is not None else 0
         cols = n * self.oh * self.ow
-        nb = LANES * self._nv(n, cols, self.device.widest_panel)
+        nb = LANES * self._nv(n)
         return -(-cols // nb) * self.k * nb * 4
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
@@ -278,12 +266,11 @@ class Conv2d(Launcher, Tuned):
             self.pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
-        nv = self._nv(n, cols, self.widest_nv)
+        nv = self._nv(n)
         panels = -(-cols // (LANES * nv))
-        # Few panels (small batch, small images): split the row blocks too, so every
-        # core gets `spread` items (2 untuned); each part gathers its own copy of the
-        # panel, so more splitting costs more than it balances.
-        items = self.tuned(n).get("spread", 2) * self.device.info.compute_units
+        # Few panels (small batch, small images): split the row blocks too, `spread`
+        # items a core; each part gathers its own panel, so more costs more than it evens.
+        items = self.tuned(n).get("spread", SPREAD) * self.device.info.compute_units
         parts = min(self.blocks, -(-items // panels))
         per_item = -(-self.blocks // parts)
         parts = -(-self.blocks // per_item)
@@ -330,7 +317,7 @@ class Conv2d(Launcher, Tuned):
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self.pad(n, x, scratch)
-        nv = self._nv(n, self.ow, self.device.widest_panel)
+        nv = self._nv(n)
         chunks = -(-self.ow // (LANES * nv))
         cols = n * self.oh * self.ow
         for g in range(self.groups):
@@ -360,7 +347,7 @@ class Conv2d(Launcher, Tuned):
 
     def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         cols = n * self.oh * self.ow
-        nv = self._nv(n, cols, self.device.widest_panel)
+        nv = self._nv(n)
         nb, panels, kern = LANES * nv, -(-cols // (LANES * nv)), self.kernels(nv)
         for g in range(self.groups):
             self.device.launch(

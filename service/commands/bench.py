@@ -24,7 +24,6 @@ from experts.networks.base import Runnable
 from experts.networks.build import build_network, little_modules, storage_note, store_for
 from experts.networks.tune import is_tuned
 from kernels.runtime import Device
-from kernels.tuning import Tuning
 from service.commands import args as common
 from service.commands import onnxruntime_compare
 
@@ -120,10 +119,8 @@ def run(args: argparse.Namespace) -> int:
     names = args.model or [settings.default_model]
     precisions = args.precision or [settings.default_precision]
     device = Device(settings.device, profile=args.profile)
-    untuned = None
-    if args.untuned:  # the same device again, its database left empty
-        untuned = Device(settings.device, profile=args.profile)
-        untuned.tuning = Tuning(device.tuning.key)
+    # --untuned: the same device again, without its tuning database
+    untuned = Device(settings.device, args.profile, tuned=False) if args.untuned else None
     rng = np.random.default_rng(args.seed)
     images = None
     if args.dataset is not None:  # read once, however many models and batch sizes
