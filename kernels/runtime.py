@@ -20,6 +20,7 @@ import pyopencl as cl
 
 from kernels.blocking import DEFINES as BLOCKING
 from kernels.devices import DeviceError, KernelError, describe_cl_error, host_cpu_flags, select
+from kernels.hugepages import MIN_BYTES, huge_page_copy
 from kernels.tuning import Tuning, device_key
 from kernels.tuning import load as load_tuning
 
@@ -221,10 +222,14 @@ class Device:
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=max(int(nbytes), 4))
 
     def upload(self, array: np.ndarray) -> Any:
-        """A read-only device buffer holding a copy of `array` (C order)."""
+        """A read-only device buffer holding a copy of `array` (C order); on a CPU
+        device a large one lies on huge pages (kernels/hugepages.py)."""
         host = np.ascontiguousarray(array)
         if host.nbytes == 0:
             return self.alloc(4)
+        if self.is_cpu and host.nbytes >= MIN_BYTES:  # the device reads this memory itself
+            flags = cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR
+            return cl.Buffer(self.context, flags, hostbuf=huge_page_copy(host))
         return cl.Buffer(
             self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=host
         )

@@ -71,3 +71,33 @@ def test_device_selectors(device):
     assert select(device.info.name[:6])[0].name == device.info.name
     with pytest.raises(DeviceError, match="no OpenCL device matches 'nothing-like-it'"):
         select("nothing-like-it")
+
+
+def test_huge_page_copy_is_aligned_and_equal(rng):
+    from kernels.hugepages import HUGE_PAGE, huge_page_copy
+
+    for shape in [(3, 5), (1000, 777)]:
+        a = rng.standard_normal(shape).astype(np.float32)
+        h = huge_page_copy(a)
+        assert h.ctypes.data % HUGE_PAGE == 0
+        assert h.dtype == a.dtype and h.shape == a.shape and h.flags.c_contiguous
+        np.testing.assert_array_equal(h, a)
+        a[0, 0] += 1  # a copy, not a view
+        assert h[0, 0] != a[0, 0]
+
+
+def test_large_uploads_on_a_cpu_lie_on_huge_pages(device, rng):
+    """A CPU device reads weights of 2 MiB and more from a huge-page copy it keeps
+    (the buffer holds it); smaller ones are copied by the driver. Both read back."""
+    from kernels.hugepages import HUGE_PAGE, MIN_BYTES
+
+    big = rng.standard_normal(MIN_BYTES // 4 + 5).astype(np.float32)
+    small = rng.standard_normal(1000).astype(np.float32)
+    for array in (big, small):
+        buf = device.upload(array)
+        np.testing.assert_array_equal(device.read(buf, array.shape), array)
+    if not device.is_cpu:
+        pytest.skip(f"{device.name} is not a CPU device")
+    buf = device.upload(big)
+    assert buf.hostbuf is not None and buf.hostbuf.ctypes.data % HUGE_PAGE == 0
+    assert device.upload(small).hostbuf is None
