@@ -26,6 +26,7 @@ from kernels.tuning import conv_shape
 
 I32 = np.int32
 POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
+VL = 8  # 4x4 tiles per work-item of the transforms (winograd.cl: *_lanes)
 TILE = 4  # output tile m: larger tiles save more multiplies but lose accuracy
 # 5x5 filters run Winograd from this many input channels on: with fewer, the
 # transforms cost more than the multiplies they save (docs/benchmark-log.md).
@@ -153,20 +154,25 @@ class WinogradConv2d(Launcher, Tuned):
             "GROUPED": segments is not None,
         }
         self._kernels: dict[int, dict[str, Any]] = {}
-        # The input transform: one work-item per 4x4 tile (faster than one per row of
-        # tiles on 13 x 13 layers, bit for bit the same V), one per row of tiles for
-        # 2x2 tiles (9 tiles an image on a 6 x 6 map, where per tile was slower).
-        self.per_tile = tile == 4
+        # The transforms of 4x4 tiles: VL tiles a work-item, one a lane. The input's
+        # ran 2-2.5x faster than one tile a work-item, which PoCL left scalar (16
+        # lanes spilled registers); the output's 5-15% faster than PoCL's own
+        # vectorising, and one build serves every batch size, so an image's outputs
+        # do not change with the batch it is in. 2x2 tiles (9 an image on a 6 x 6
+        # map, where lanes were slower): one work-item per row of tiles for the input.
+        self.lanes = VL if tile == 4 else 0
+        if self.lanes:
+            self.defines["VL"] = self.lanes
 
     def kernels(self, nv: int) -> dict[str, Any]:
         """The kernels for tile panels of LANES * nv columns, built on first use."""
         found = self._kernels.get(nv)
         if found is None:
-            d, defines = self.device, {**self.defines, "NB": LANES * nv}
-            name = "winograd_input_tiles" if self.per_tile else "winograd_input"
+            d = self.device
+            lanes = "_lanes" if self.lanes else ""
             found = {
-                "input": d.kernel("winograd.cl", name, defines),
-                "output": d.kernel("winograd.cl", "winograd_output", defines),
+                "input": d.kernel("winograd.cl", "winograd_input" + lanes, self.defines),
+                "output": d.kernel("winograd.cl", "winograd_output" + lanes, self.defines),
                 "gemm": d.kernel(
                     "gemm.cl",
                     "gemm_packed",
@@ -223,11 +229,14 @@ class WinogradConv2d(Launcher, Tuned):
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         z = self._sizes(n)
         tiles, kern, d = z["tiles"], self.kernels(z["nv"]), self.device
-        rows = self.th * (self.tw if self.per_tile else 1)  # work-items along axis 0 an image
+        if self.lanes:
+            grid, local = (-(-tiles // self.lanes), self.c), d.each_alone(2)
+        else:
+            grid, local = (n * self.th, self.c), d.work_group(self.th, self.c)
         d.launch(
             kern["input"],
-            (n * rows, self.c),
-            d.work_group(rows, self.c),
+            grid,
+            local,
             x,
             scratch,
             I32(n),
@@ -240,6 +249,7 @@ class WinogradConv2d(Launcher, Tuned):
             I32(self.c),
             I32(tiles),
             I32(z["v_es"]),
+            I32(LANES * z["nv"]),
         )
         # M goes after V in the scratch buffer, at row m_off / tiles of a
         # [rows][tiles] matrix: the GEMM's c_row0 places it.
@@ -265,12 +275,14 @@ class WinogradConv2d(Launcher, Tuned):
             I32(z["m_es"]),
             *grouped,
         )
+        if self.lanes:
+            grid, local = (-(-tiles // self.lanes), self.m), d.each_alone(2)
+        else:  # PoCL's own local size (one compile per batch size) was the fastest
+            grid, local = (tiles, self.m), None
         d.launch(
-            # PoCL's own local size, one compile per batch size: any size fixed across
-            # batches (one image's tiles, or a padded 64) ran slower than its pick.
             kern["output"],
-            (tiles, self.m),
-            None,
+            grid,
+            local,
             scratch,
             I32(z["m_off"]),
             self.bias,

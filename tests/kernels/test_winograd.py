@@ -41,6 +41,20 @@ def test_winograd_conv2d(device, rng, n, c, h, w, m, r, pad, relu, tile):
 
 
 @pytest.mark.parametrize("r", [3, 5])
+def test_an_image_gives_the_same_outputs_alone_and_in_a_batch(device, rng, r):
+    """Bit for bit: the panel width differs between batch sizes (here 1 and 3 panels of
+    16 tiles), the transforms' machine code must not."""
+    x = rng.standard_normal((7, 48, 27, 27), np.float32)
+    wt = rng.standard_normal((20, 48, r, r), np.float32)
+    op = WinogradConv2d(device, (48, 27, 27), wt, None, (r // 2, r // 2), True)
+    together = run4d(device, op, x, op.scratch_bytes(7))
+    for i in (0, 3, 6):
+        np.testing.assert_array_equal(
+            run4d(device, op, x[i : i + 1], op.scratch_bytes(1))[0], together[i]
+        )
+
+
+@pytest.mark.parametrize("r", [3, 5])
 def test_winograd_fp16_weights(device, rng, r):
     """Winograd stores its transformed weights U at the precision, not g: rounding U to
     half costs more than rounding g (F(4x4, 3x3)'s transforms amplify it; measured
