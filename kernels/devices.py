@@ -10,6 +10,14 @@ from typing import Any
 
 import pyopencl as cl
 
+# PoCL's CPU device pins its worker threads one to a core when asked (read when the
+# platform first loads, so set before any device is listed; the environment wins).
+# Unpinned, Linux often left both workers on one of these machines' two cores after
+# an idle moment: a lone launch of alexnet's conv1 took 1.6-2.0 ms against 1.0-1.1
+# pinned, and fashion-alexnet after 20 ms idle 3.7-3.8 ms against 2.3-2.5
+# (docs/benchmark-log.md). Busy back-to-back runs did not change.
+os.environ.setdefault("POCL_AFFINITY", "1")
+
 
 class DeviceError(RuntimeError):
     """No usable OpenCL device, or a device selector that matches nothing."""

@@ -101,3 +101,21 @@ def test_large_uploads_on_a_cpu_lie_on_huge_pages(device, rng):
     buf = device.upload(big)
     assert buf.hostbuf is not None and buf.hostbuf.ctypes.data % HUGE_PAGE == 0
     assert device.upload(small).hostbuf is None
+
+
+@pytest.mark.parametrize(("env", "want"), [(None, "1"), ("0", "0")])
+def test_pocl_workers_are_pinned_unless_the_environment_says(env, want):
+    """kernels.devices asks PoCL to pin its workers (POCL_AFFINITY=1) before any
+    platform loads; a value the user set stays."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "POCL_AFFINITY"}
+    if env is not None:
+        environ["POCL_AFFINITY"] = env
+    code = "import os, kernels.devices; print(os.environ['POCL_AFFINITY'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == want
