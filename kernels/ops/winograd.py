@@ -390,7 +390,8 @@ def conv2d(
     if segments is None and store is None:
         shape = conv_shape(in_shape, weight.shape, stride, padding, groups)
         tuned = device.tuning.buckets("conv", shape, precision.name)
-        chosen = {b: p.get("algorithm") for b, p in tuned.items()}
+        # Named, a built-in Winograd is the form a bucket tuned to Winograd runs too.
+        chosen = {b: p.get("algorithm", "winograd" if winograd else None) for b, p in tuned.items()}
     try:
         forms = {a: build(a) for a in set(chosen.values())}
     except ValueError:  # a tuned form this layer cannot run (a stale database)

@@ -244,6 +244,20 @@ def test_a_layer_in_two_forms_by_batch_bucket(device, rng, monkeypatch, tmp_path
     assert not isinstance(int8, PerBatch)
 
 
+def test_a_bucket_on_the_built_in_algorithm_shares_the_tuned_form(device, rng, monkeypatch):
+    """Buckets that all run Winograd, one by the built-in choice and one tuned to it
+    with another panel width, build one layer (one copy of its weights), not two."""
+    w = rng.standard_normal((12, 8, 3, 3), np.float32)
+    shape = conv_shape((8, 9, 9), w.shape, (1, 1), (1, 1), 1)
+    t = Tuning(device.tuning.key)
+    t.put("conv", shape, "fp32", 1, {}, 1.0)
+    t.put("conv", shape, "fp32", 8, {"algorithm": "winograd", "nv": 2}, 1.0)
+    monkeypatch.setattr(device, "tuning", t)
+    op = ops.conv2d(device, (8, 9, 9), w, None, (1, 1), (1, 1), 1, True)
+    assert type(op).__name__ == "WinogradConv2d"
+    assert op.effective(8)["nv"] == 2
+
+
 def test_tuning_off_reads_nothing(tmp_path, monkeypatch):
     t = Tuning(KEY)
     t.put("linear", "1x1", "fp32", 1, {"ro": 2}, 0.5)
