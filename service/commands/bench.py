@@ -28,6 +28,7 @@ from service.commands import args as common
 from service.commands import onnxruntime_compare
 
 HELP = "latency, throughput and memory per model/batch"
+BLOCK_PAUSE_S = 0.2  # between runners' blocks of timed runs (see time_rounds)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -307,14 +308,19 @@ def time_rounds(
 
     Runners (models, k, runtimes) take turns by blocks, not by single runs:
     onnxruntime's threads keep spinning for a while after a run and would slow
-    whatever runs next. Several rounds spread the machine's slow drifts (other
-    tenants) over all of them. Each block starts with untimed warm-up runs (all of
-    them in the first round, one after).
+    whatever runs next, so each block waits BLOCK_PAUSE_S after the one before (one
+    untimed run was not enough: the row after onnxruntime's came out 3-12% slower
+    than the same network after its own kind). Several rounds spread the machine's
+    slow drifts (other tenants) over all of them, and every other round runs them in
+    reverse order, so that none always follows the same one. Each block starts with
+    untimed warm-up runs (all of them in the first round, one after).
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
     per_round = -(-args.iterations // args.rounds)
     for r in range(args.rounds):
-        for name, run in runners.items():
+        order = list(runners.items())
+        for name, run in reversed(order) if r % 2 else order:
+            time.sleep(BLOCK_PAUSE_S)
             times[name] += time_runs(run, warmup if r == 0 else 1, per_round, name)
     return times
 

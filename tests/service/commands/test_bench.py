@@ -232,3 +232,22 @@ def test_bench_says_how_weights_are_stored(capsys, moe_repo):
     code, out, err = run(capsys, *argv, "--precision", "int8g")
     assert code == 0, err
     assert "bits/weight" in out
+
+
+def test_runners_take_turns_in_alternating_order(monkeypatch):
+    """Blocks of each runner in every round, the order reversed every other round (so
+    none always follows onnxruntime's spinning threads), warm-up in the first round."""
+    import argparse
+
+    from service.commands import bench
+
+    monkeypatch.setattr(bench, "BLOCK_PAUSE_S", 0.0)
+    calls: list[str] = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    args = argparse.Namespace(iterations=6, rounds=3)
+    times = bench.time_rounds(runners, args, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}  # 2 a round
+    blocks = [calls[0]] + [n for i, n in enumerate(calls[1:], 1) if n != calls[i - 1]]
+    assert blocks == ["a", "b", "c", "b", "a", "b", "c"]  # a round's last block runs on
+    assert calls[:4] == ["a"] * 4  # 2 warm-up + 2 timed
+    assert len(calls) == 3 * 3 * 2 + 3 * 2 + 6 * 1
