@@ -7,7 +7,6 @@ faster (so no layer gets slower tuned than untuned).
 
 from __future__ import annotations
 
-import itertools
 import random
 import statistics
 import time
@@ -24,6 +23,7 @@ from kernels.runtime import Device
 from kernels.tuning import SPACE, TILE
 
 REPEATS = 5  # timed runs per candidate (median)
+GIVE_UP = 200  # random draws in a row that find nothing new end the search
 FINAL_ROUNDS = 5  # alternating rounds of the finalists against the built-in choice
 FINALISTS = 3
 KEEP_MARGIN = 0.95  # a winner must be 5% faster than the built-in choice to be kept (identical
@@ -63,18 +63,29 @@ def key(op: str, params: dict[str, Any]) -> tuple[Any, ...]:
 
 def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:
     """{} (the built-in choice) first, then one candidate per value of the op's first
-    parameter, then the rest of the space in random order; each distinct once."""
+    parameter, then random points of the space; each distinct kernel once. The space
+    is sampled, not listed (the tiled GEMM's alone holds tens of thousands of points),
+    and runs dry after GIVE_UP draws in a row that were all tried already."""
     space = SPACE[op]
     names = list(space)
-    first = [{}] + [{names[0]: v} for v in space[names[0]]]
-    every = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*space.values())]
-    rng.shuffle(every)
     seen: set[tuple[Any, ...]] = set()
-    for params in first + every:
+
+    def fresh(params: dict[str, Any]) -> dict[str, Any] | None:
         params, k = normalise(op, params), key(op, params)
-        if k not in seen:
-            seen.add(k)
-            yield params
+        if k in seen:
+            return None
+        seen.add(k)
+        return params
+
+    for params in [{}] + [{names[0]: v} for v in space[names[0]]]:
+        if (found := fresh(params)) is not None:
+            yield found
+    misses = 0
+    while misses < GIVE_UP:
+        found = fresh({name: rng.choice(values) for name, values in space.items()})
+        misses = 0 if found is not None else misses + 1
+        if found is not None:
+            yield found
 
 
 @dataclass

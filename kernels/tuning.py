@@ -38,6 +38,10 @@ TILE = {
     "kwg": (8, 16, 32),
     "mdimc": (8, 16, 32),
     "ndimc": (8, 16, 32),
+    "vwm": (1, 2, 4),
+    "vwn": (1, 2, 4),
+    "kwi": (1, 2, 4),
+    "padl": (0, 1),
 }
 
 # op -> parameter -> the values the tuner may try. A launcher refuses a combination it

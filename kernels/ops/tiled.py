@@ -18,8 +18,19 @@ from kernels.tuning import conv_shape
 I32 = np.int32
 
 # The tile an untuned tiled launch takes: 64 x 64 per work-group of 16 x 16, a 4 x 4
-# register block per work-item, K tiles of 16.
-DEFAULT_TILE = {"mwg": 64, "nwg": 64, "kwg": 16, "mdimc": 16, "ndimc": 16}
+# register block per work-item, K tiles of 16, scalar loads, no unrolling, local rows
+# padded by one word.
+DEFAULT_TILE = {
+    "mwg": 64,
+    "nwg": 64,
+    "kwg": 16,
+    "mdimc": 16,
+    "ndimc": 16,
+    "vwm": 1,
+    "vwn": 1,
+    "kwi": 1,
+    "padl": 1,
+}
 
 
 class TiledGemm:
@@ -31,7 +42,7 @@ class TiledGemm:
             raise ValueError(
                 f"the tiled GEMM runs floating-point precisions only, not {precision.name}"
             )
-        self.device = device
+        self.device, self.conv = device, conv
         self.defines = {**precision.defines, "CONV": conv, "RELU": relu}
         self._kernels: dict[tuple[int, ...], Any] = {}
 
@@ -41,12 +52,16 @@ class TiledGemm:
         t = {k: int(params.get(k, v)) for k, v in DEFAULT_TILE.items()}
         if t["mwg"] % t["mdimc"] or t["nwg"] % t["ndimc"]:
             raise ValueError(f"tile {t}: mwg must be a multiple of mdimc, nwg of ndimc")
+        if any(t["kwg"] % t[v] for v in ("vwm", "vwn", "kwi")):
+            raise ValueError(f"tile {t}: vwm, vwn and kwi must divide kwg")
+        if self.conv and t["vwn"] != 1:
+            raise ValueError(f"tile {t}: a convolution gathers B tap by tap (vwn 1)")
         d = self.device.cl_device
         if t["mdimc"] * t["ndimc"] > d.max_work_group_size:
             raise ValueError(
                 f"tile {t}: work-group larger than the device's {d.max_work_group_size}"
             )
-        local = 4 * t["kwg"] * (t["mwg"] + t["nwg"] + 2)
+        local = 4 * t["kwg"] * (t["mwg"] + t["nwg"] + 2 * t["padl"])
         if local > d.local_mem_size:
             raise ValueError(
                 f"tile {t}: {local} bytes of local memory, the device has {d.local_mem_size}"
@@ -60,7 +75,7 @@ class TiledGemm:
         kernel = self._kernels.get(key)
         if kernel is None:
             defines = {k.upper(): v for k, v in t.items()}
-            kernel = self.device.kernel("tiled.cl", "tiled", {**defines, "PADL": 1, **self.defines})
+            kernel = self.device.kernel("tiled.cl", "tiled", {**defines, **self.defines})
             self._kernels[key] = kernel
         groups = (-(-m // t["mwg"]) * t["mdimc"], -(-p // t["nwg"]) * t["ndimc"])
         self.device.launch(kernel, groups, (t["mdimc"], t["ndimc"]), I32(m), I32(p), I32(k), *args)

@@ -19,7 +19,13 @@ TILES = [
     {"mwg": 16, "nwg": 32, "kwg": 8, "mdimc": 8, "ndimc": 16},
     {"mwg": 128, "nwg": 16, "kwg": 32, "mdimc": 32, "ndimc": 8},
     {"mwg": 32, "nwg": 128, "kwg": 16, "mdimc": 16, "ndimc": 32},
+    # vector loads of A (K of 27-363: tails shorter than a vector), K unrolled, no padding
+    {"mwg": 32, "nwg": 32, "kwg": 16, "mdimc": 8, "ndimc": 8, "vwm": 4, "kwi": 4, "padl": 0},
+    {"mwg": 64, "nwg": 16, "kwg": 8, "mdimc": 16, "ndimc": 8, "vwm": 2, "kwi": 2},
 ]
+# A fully connected layer's B loads as vectors too.
+LINEAR_TILES = [*TILES, {"mwg": 32, "nwg": 16, "kwg": 16, "mdimc": 8, "ndimc": 8, "vwn": 4},
+                {"kwg": 8, "vwm": 4, "vwn": 2, "kwi": 4, "padl": 0}]  # fmt: skip
 CASES = [
     # (n, c, h, w, m, k, stride, pad)
     (1, 3, 17, 19, 5, 3, 1, 1),
@@ -50,7 +56,9 @@ def test_tiled_conv(device, rng, precision, tile, case):
 
 
 @pytest.mark.parametrize("precision", FLOATS)
-@pytest.mark.parametrize("tile", TILES, ids=lambda t: "x".join(map(str, t.values())) or "default")
+@pytest.mark.parametrize(
+    "tile", LINEAR_TILES, ids=lambda t: "x".join(map(str, t.values())) or "default"
+)
 @pytest.mark.parametrize("n,o,i", [(1, 37, 45), (7, 20, 300), (64, 130, 257)])
 def test_tiled_linear(device, rng, precision, tile, n, o, i):
     p = PRECISIONS[precision]
@@ -72,6 +80,10 @@ def test_refusals(device, rng):
         TiledConv2d(device, (8, 9, 9), wt, None, groups=2)
     with pytest.raises(ValueError, match="multiple of mdimc"):
         TiledConv2d(device, (4, 9, 9), wt, None, params={"mwg": 16, "mdimc": 32})
+    with pytest.raises(ValueError, match="must divide kwg"):
+        TiledConv2d(device, (4, 9, 9), wt, None, params={"kwg": 2, "vwm": 4})
+    with pytest.raises(ValueError, match="tap by tap"):
+        TiledConv2d(device, (4, 9, 9), wt, None, params={"vwn": 2})
     limit = device.cl_device.max_work_group_size
     if limit < 32 * 32:
         with pytest.raises(ValueError, match="work-group larger"):

@@ -279,15 +279,22 @@ def test_database_written_by_put_parses(tmp_path):
 
 def test_candidates_start_with_the_fixed_set_each_kernel_once():
     import random
+    from itertools import islice
 
     from kernels.tuner import candidates, key
 
-    found = list(candidates("conv", random.Random(0)))
+    found = list(islice(candidates("conv", random.Random(0)), 2000))
+    assert len(found) == 2000  # sampled lazily: the space holds tens of thousands
     algorithms = ("winograd", "direct", "implicit", "im2col", "tiled")
     assert found[:6] == [{}] + [{"algorithm": a} for a in algorithms]
     # irrelevant parameters are dropped, so every candidate is a distinct kernel
     assert len({key("conv", p) for p in found}) == len(found)
     assert all(set(p) <= {"algorithm", "nv"} for p in found if p.get("algorithm") == "direct")
+    # a small space runs dry once every kernel in it has been drawn
+    rows = [p for p in candidates("linear", random.Random(1)) if p.get("form") == "rows"]
+    assert len(rows) == 1 + len(SPACE["linear"]["ro"]) * len(
+        SPACE["linear"]["rb"]
+    )  # + {"form": "rows"}
 
 
 def test_the_shipped_databases_parse():
