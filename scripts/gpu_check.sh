@@ -6,6 +6,10 @@
 #
 #   here, once:   bash scripts/gpu_check.sh --fetch      (wheels into .whl/, git-ignored)
 #   there:        bash scripts/gpu_check.sh OUT [TUNE_BUDGET_S]
+#   then, if time is left (a second call, as one command may run 10 minutes at most):
+#                 bash scripts/gpu_check.sh OUT TUNE_BUDGET_S shipped
+#   tunes alexnet-moe and the shipped models (fashion-alexnet, fashion-moe) at fp32 and
+#   fp16, batch 1 and 8, into the same database, and benches them tuned.
 #
 # OUT receives log.txt, tune.json, bench-untuned.json, bench-tuned.json, torch.json and
 # tuning/<device>.json (the database to commit under kernels/tuned/).
@@ -42,6 +46,21 @@ fi
 export MOE_DEVICE=${MOE_DEVICE:-nvidia:0} MOE_TUNING_DIR=$out/tuning
 cli() { python3 -m service.commands.main "$@"; }
 alexnet=(--model alexnet --random-weights --precision fp32 --batch 1,8,64,256)
+
+if [ "${3:-}" = "shipped" ]; then
+    {
+        time cli tune --model alexnet-moe --random-weights --precision fp32,fp16 --batch 1,8 \
+            --budget "$budget" --json >"$out/tune-alexnet-moe.json"
+        time cli tune --model fashion-alexnet,fashion-moe --precision fp32,fp16 --batch 1,8 \
+            --budget "$budget" --json >"$out/tune-shipped.json"
+        data=()  # real test images where the machine has them (a mixture's routing)
+        [ -e /usr/share/datasets/fashion-mnist ] && data=(--dataset fashion-mnist)
+        cli bench --model fashion-alexnet,fashion-moe --precision fp32,fp16 --batch 1,8 \
+            "${data[@]}" --untuned --iterations 20 --rounds 3 --json >"$out/bench-shipped.json"
+        cat "$out/bench-shipped.json"
+    } 2>&1 | tee "$out/log-shipped.txt"
+    exit 0
+fi
 
 {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
