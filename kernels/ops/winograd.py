@@ -155,7 +155,7 @@ class WinogradConv2d(Launcher, Tuned):
         }
         self._kernels: dict[int, dict[str, Any]] = {}
         # The transforms of 4x4 tiles: VL tiles a work-item, one a lane. The input's
-        # ran 2-2.5x faster than one tile a work-item, which PoCL left scalar (16
+        # ran 1.8-3.3x faster than one tile a work-item, which PoCL left scalar (16
         # lanes spilled registers); the output's 5-15% faster than PoCL's own
         # vectorising, and one build serves every batch size, so an image's outputs
         # do not change with the batch it is in. 2x2 tiles (9 an image on a 6 x 6
