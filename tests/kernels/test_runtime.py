@@ -1,5 +1,6 @@
 """The OpenCL runtime (kernels/runtime.py): work-group sizes that divide the per-image
-extents, and the profiling device's labelled events, direct and replayed from a tape."""
+extents, the profiling device's labelled events, direct and replayed from a tape, weights
+on huge pages (kernels/hugepages.py), and PoCL's workers pinned (kernels/devices.py)."""
 
 from __future__ import annotations
 

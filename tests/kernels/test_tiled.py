@@ -1,6 +1,7 @@
 """The tiled GEMM family (kernels/cl/tiled.cl, kernels/ops/tiled.py) against the numpy
 twins on awkward shapes (no multiple of any tile, strides, padding, batch 1 and 7), at
-fp32 and fp16, with tiles of every shape the space holds; its refusals."""
+fp32 and fp16, with tiles of every shape the space holds, vector loads with tails and
+K unrolled; its refusals."""
 
 from __future__ import annotations
 
