@@ -94,6 +94,7 @@ class Device:
         self._label = ""
         self._lock = threading.Lock()
         self._tuned = tuned
+        self._shared: dict[str, Any] = {}  # `shared`: the current buffer of each key
 
     @property
     def name(self) -> str:
@@ -220,6 +221,27 @@ class Device:
     def alloc(self, nbytes: int) -> Any:
         """A device buffer of at least `nbytes` (never zero-sized)."""
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=max(int(nbytes), 4))
+
+    def shared(self, key: str, nbytes: int) -> Any:
+        """A device buffer of at least `nbytes` that every caller asking for `key`
+        shares. The queue runs in order, so buffers that hold one batch's activations
+        can serve every batch size, precision and model with the same role: a
+        server's activations take the largest batch's bytes once, not a copy per
+        batch size and network. A larger request replaces the buffer; holders of the
+        old one keep it alive until they drop it (`is_shared` tells them)."""
+        found = self._shared.get(key)
+        if found is None or found.size < nbytes:
+            found = self._shared[key] = self.alloc(nbytes)
+        return found
+
+    def is_shared(self, key: str, buffer: Any) -> bool:
+        """Whether `buffer` is still the current buffer of `key` (`shared`)."""
+        return self._shared.get(key) is buffer
+
+    @property
+    def shared_bytes(self) -> int:
+        """Device bytes of the current shared buffers."""
+        return sum(b.size for b in self._shared.values())
 
     def upload(self, array: np.ndarray) -> Any:
         """A read-only device buffer holding a copy of `array` (C order); on a CPU

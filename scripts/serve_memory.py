@@ -27,6 +27,7 @@ CONFIGS = [  # (label, precisions, keep the copies)
     ("int8, from the float32 weights", "int8", False),
     ("int8, from its copy", "int8", True),
     ("fp16, from its copy", "fp16", True),
+    ("fp32, fp16 and int8 (for precision=auto)", "fp32,fp16,int8", True),
 ]
 
 

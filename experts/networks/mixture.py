@@ -313,13 +313,14 @@ class MixtureNetwork(Runnable):
     def warm_up(self, max_batch: int) -> None:
         """Run every batch size (the stem, gate and head keep a plan for each), with
         k = E where the experts run one by one, so every expert is built at every
-        sub-batch size; grouped experts run n * k rows, so there every (n, k)."""
+        sub-batch size; grouped experts run n * k rows, so there every (n, k). The
+        largest first, so its buffers are the shared ones from the start."""
         for part in (self.stem, self.gate, self.head):
             part.max_plans = max(part.max_plans, max_batch)
         rng = np.random.default_rng(0)
         experts = self.mixture.experts
-        for k in range(1, experts + 1) if self.grouped is not None else [experts]:
-            for size in self.batch_sizes(max_batch):
+        for k in range(experts, 0, -1) if self.grouped is not None else [experts]:
+            for size in reversed(self.batch_sizes(max_batch)):
                 self.run(rng.standard_normal((size, *self.input_shape), dtype=np.float32), k)
 
 

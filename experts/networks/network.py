@@ -45,6 +45,7 @@ class Plan:
     pong: Any
     scratch: Any
     activation_bytes: int
+    source: bool = False  # the input is another network's output buffer
     output: Any = None  # the buffer the last step writes
     tape: Any = None  # the recorded launches (kernels.runtime.Tape)
 
@@ -180,36 +181,54 @@ class Network(Runnable):
     def plan(self, n: int, source: Any = None) -> Plan:
         """Buffers and the recorded launches for batch size n, made once and kept (a
         few at a time). `source`: read the input from this buffer (another network's
-        output, as a mixture's gate reads its stem's) instead of a buffer of its own."""
+        output, as a mixture's gate reads its stem's) instead of a buffer of its own.
+
+        The buffers are the device's `shared` ones of this network's part name: every
+        batch size, and every network of the same part (other precisions, models, the
+        little modules' twin), runs in the same bytes, sized for the largest batch. A
+        plan whose buffers a larger batch has since replaced is made again."""
         key = (n, None if source is None else id(source))  # the plan keeps `source` alive
         plan = self._plans.get(key)
-        if plan is not None:
+        if plan is not None and self._current(plan):
             self._plans.move_to_end(key)
             return plan
         sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
         act = 4 * n * max(sizes)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
-        d = self.device
+        d, role = self.device, self.name or "network"
         own_input = 4 * n * sizes[-1] if source is None else 0
         plan = Plan(
             n,
-            source if source is not None else d.alloc(own_input),
-            d.alloc(act),
-            d.alloc(act),
-            d.alloc(scratch),
+            source if source is not None else d.shared(f"{role}.input", own_input),
+            d.shared(f"{role}.ping", act),
+            d.shared(f"{role}.pong", act),
+            d.shared(f"{role}.scratch", scratch),
             2 * act + scratch + own_input,
+            source=source is not None,
         )
         with d.record() as launches:
             plan.output = self._enqueue(plan)
         plan.tape = d.tape(launches)
         self._plans[key] = plan
+        self._plans.move_to_end(key)
+        for stale in [k for k, p in self._plans.items() if not self._current(p)]:
+            del self._plans[stale]
         while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan
 
+    def _current(self, plan: Plan) -> bool:
+        """Whether the plan still runs in the device's current shared buffers."""
+        d, role = self.device, self.name or "network"
+        mine = [("ping", plan.ping), ("pong", plan.pong), ("scratch", plan.scratch)]
+        if not plan.source:
+            mine.append(("input", plan.input))
+        return all(d.is_shared(f"{role}.{name}", buffer) for name, buffer in mine)
+
     def planned_bytes(self) -> int:
-        """Device bytes held by the buffers of every batch size planned so far."""
-        return sum(p.activation_bytes for p in self._plans.values())
+        """Device bytes the largest batch size planned so far needs (every plan runs
+        in the same shared buffers)."""
+        return max((p.activation_bytes for p in self._plans.values()), default=0)
 
     def _enqueue(self, p: Plan) -> Any:
         """Launch every step on the plan's buffers; returns the buffer holding the output."""
@@ -288,8 +307,9 @@ class Network(Runnable):
         return [*sizes, max_batch]
 
     def warm_up(self, max_batch: int) -> None:
-        """Run every batch size once: kernels built, plans recorded, all of them kept."""
+        """Run every batch size once: kernels built, plans recorded, all of them kept.
+        The largest first, so its buffers are the shared ones from the start."""
         sizes = self.batch_sizes(max_batch)
         self.max_plans = max(self.max_plans, len(sizes))
-        for size in sizes:
+        for size in reversed(sizes):
             self.run(np.zeros((size, *self.input_shape), dtype=np.float32))

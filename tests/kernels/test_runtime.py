@@ -104,6 +104,24 @@ def test_large_uploads_on_a_cpu_lie_on_huge_pages(device, rng):
     assert device.upload(small).hostbuf is None
 
 
+def test_shared_buffers_are_one_per_key_and_grow():
+    """`shared` hands every caller of a key the same buffer, replaces it when asked for
+    more (the old one stays valid for whoever holds it), and keeps keys apart."""
+    from kernels.runtime import Device
+
+    device = Device()  # its own: the session's device has shared buffers of the tests
+    first = device.shared("a", 100)
+    assert device.shared("a", 64) is first and device.is_shared("a", first)
+    assert device.shared("b", 100) is not first
+    grown = device.shared("a", 1000)
+    assert grown is not first and grown.size >= 1000
+    assert not device.is_shared("a", first) and device.is_shared("a", grown)
+    assert device.shared_bytes == grown.size + device.shared("b", 1).size
+    data = np.arange(25, dtype=np.float32)
+    device.write(first, data).wait()
+    np.testing.assert_array_equal(device.read(first, data.shape), data)
+
+
 @pytest.mark.parametrize(("env", "want"), [(None, "1"), ("0", "0")])
 def test_pocl_workers_are_pinned_unless_the_environment_says(env, want):
     """kernels.devices asks PoCL to pin its workers (POCL_AFFINITY=1) before any

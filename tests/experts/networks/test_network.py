@@ -71,30 +71,74 @@ def test_passes_queued_back_to_back_keep_their_own_outputs(built):
         np.testing.assert_array_equal(out, expected[i])
 
 
+# Every op the spec knows, in one small network.
+SMALL = [
+    {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1},
+    {"name": "r1", "op": "relu"},
+    {"name": "p1", "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True},
+    {"name": "n1", "op": "lrn", "size": 3, "alpha": 1e-2, "beta": 0.75, "k": 2.0},
+    {"name": "c2", "op": "conv", "out_channels": 8, "kernel": 3, "groups": 2, "relu": True},
+    {"name": "a1", "op": "avgpool", "kernel": 2, "stride": 1, "padding": 1},
+    {"name": "g1", "op": "adaptive_avgpool", "output_size": [3, 2]},
+    {"name": "f", "op": "flatten"},
+    {"name": "d", "op": "dropout"},
+    {"name": "fc1", "op": "linear", "out_features": 11},
+    {"name": "r2", "op": "relu"},
+    {"name": "fc2", "op": "linear", "out_features": 5, "bias": False},
+    {"name": "sm", "op": "softmax"},
+]
+
+
 def test_small_network_matches_numpy_twins(device):
     """Every op the spec knows, in one small network, against the numpy reference."""
-    layers = [
-        {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1},
-        {"name": "r1", "op": "relu"},
-        {"name": "p1", "op": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True},
-        {"name": "n1", "op": "lrn", "size": 3, "alpha": 1e-2, "beta": 0.75, "k": 2.0},
-        {"name": "c2", "op": "conv", "out_channels": 8, "kernel": 3, "groups": 2, "relu": True},
-        {"name": "a1", "op": "avgpool", "kernel": 2, "stride": 1, "padding": 1},
-        {"name": "g1", "op": "adaptive_avgpool", "output_size": [3, 2]},
-        {"name": "f", "op": "flatten"},
-        {"name": "d", "op": "dropout"},
-        {"name": "fc1", "op": "linear", "out_features": 11},
-        {"name": "r2", "op": "relu"},
-        {"name": "fc2", "op": "linear", "out_features": 5, "bias": False},
-        {"name": "sm", "op": "softmax"},
-    ]
     for channels in (4, 1):  # one channel: NCHW is already CNHW, no layout swap
-        meta = {"input": {"shape": [channels, 15, 13]}, "layers": layers}
+        meta = {"input": {"shape": [channels, 15, 13]}, "layers": SMALL}
         weights = random_weights(meta, seed=3)
-        net = Network(device, parse_layers(layers), (channels, 15, 13), weights)
+        net = Network(device, parse_layers(SMALL), (channels, 15, 13), weights)
         x = np.random.default_rng(1).standard_normal((5, channels, 15, 13), np.float32)
-        want = forward(parse_layers(layers), weights, x)
+        want = forward(parse_layers(SMALL), weights, x)
         np.testing.assert_allclose(net.run(x).scores, want, rtol=1e-4, atol=1e-6)
+
+
+def test_networks_of_one_part_share_their_buffers(device):
+    """Networks with the same part name (here two weight sets, at two precisions) run
+    in the device's shared buffers at every batch size: passes of both queued back to
+    back at mixed batch sizes, collected out of order, each give what the network gives
+    alone; a larger batch replaces the buffers, and smaller plans are made again on
+    them."""
+    shape = (4, 15, 13)
+    meta = {"input": {"shape": list(shape)}, "layers": SMALL}
+    nets = [
+        Network(
+            device,
+            parse_layers(SMALL),
+            shape,
+            random_weights(meta, seed=s),
+            name="t.share",
+            precision=p,
+        )
+        for s, p in ((1, "fp32"), (2, "fp16"))
+    ]
+    a, b = nets
+    small = a.plan(2)
+    assert b.plan(2).ping is small.ping and b.plan(2).pong is small.pong
+    rng = np.random.default_rng(4)
+    passes = [
+        (nets[i % 2], rng.standard_normal((n, *shape), np.float32))
+        for i, n in enumerate((2, 9, 1, 2, 9))
+    ]
+    expected = [
+        forward(parse_layers(SMALL), random_weights(meta, seed=1 + i % 2), x)
+        for i, (_, x) in enumerate(passes)
+    ]
+    waits = [net.submit(x) for net, x in passes]
+    for i in (4, 0, 3, 1, 2):
+        np.testing.assert_allclose(waits[i]().scores, expected[i], rtol=2e-3, atol=1e-4)
+    assert a.plan(9).ping is b.plan(9).ping
+    grown = a.plan(2)
+    assert grown is not small and grown.ping is a.plan(9).ping
+    assert a.planned_bytes() == a.plan(9).activation_bytes
+    assert device.shared_bytes >= 2 * a.plan(9).ping.size
 
 
 def test_fuse_relu_folds_into_conv_and_drops_dropout():
