@@ -64,6 +64,18 @@ def widths_needed(q: np.ndarray) -> np.ndarray:
     return (np.frexp(magnitude.astype(np.float64))[1] + 1).astype(np.uint8)
 
 
+def entropy_bits(q: np.ndarray) -> float:
+    """The empirical entropy of the integers, in bits per weight: no code that stores
+    each weight on its own (these groups, Huffman, arithmetic coding with one table)
+    can hold the same integers in fewer bits on average, whatever its headers."""
+    v = np.asarray(q).astype(np.int64).ravel()
+    if v.size == 0:
+        return 0.0
+    counts = np.bincount(v - v.min())
+    p = counts[counts > 0] / v.size
+    return float(-(p * np.log2(p)).sum())
+
+
 def _groups(q: np.ndarray) -> np.ndarray:
     """[M][K] -> [M][ceil(K / 16)][16], the last group padded with zeros."""
     m, k = q.shape

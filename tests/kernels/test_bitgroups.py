@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from kernels.bitgroups import Packed, check, decode, encode, widths_needed
+from kernels.bitgroups import Packed, check, decode, encode, entropy_bits, widths_needed
 
 
 def test_widths_needed():
@@ -33,6 +33,18 @@ def test_round_trip(rng, bits, k):
     groups = -(-k // 16)
     assert p.widths[1].tolist() == [1] * groups and p.offsets[2] - p.offsets[1] == groups
     assert p.widths[3].min() == bits and p.widths[4, 0] == p.widths[5, 0] == 1
+
+
+def test_entropy_bits_bounds_the_packing(rng):
+    """The entropy of the integers: 8 bits for all 256 values equally often, 0 for one
+    value, 1 for two; no packing of Gaussian int8 weights goes below it."""
+    assert entropy_bits(np.arange(-128, 128).repeat(3)) == pytest.approx(8.0)
+    assert entropy_bits(np.full(50, -7)) == 0.0 and entropy_bits(np.array([], int)) == 0.0
+    assert entropy_bits(np.array([3, -3, 3, -3])) == pytest.approx(1.0)
+    w = rng.standard_normal((64, 4096))
+    q = np.rint(w / np.abs(w).max(axis=1, keepdims=True) * 127).astype(np.int8)
+    bound = entropy_bits(q)
+    assert 6.5 < bound < 7.5 and encode(q, 8).bits_per_weight > bound
 
 
 def test_bit_slicing_and_bytes():
