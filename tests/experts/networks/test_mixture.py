@@ -68,6 +68,29 @@ def test_batch_sizes_coming_back_after_their_plans_were_dropped(small):
 
 
 @pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["grouped", "one-by-one"])
+def test_a_larger_batch_replaces_the_shared_buffers_under_every_part(meta):
+    """On a device of its own (nothing planned yet): a larger batch grows the parts'
+    shared buffers, so the smaller batch's plans and routing launches are made again
+    on the new ones, and every pass still matches the reference."""
+    from kernels.runtime import Device
+
+    weights = random_weights(meta, seed=4)
+    net = MixtureNetwork(Device(), meta, weights)
+    first = None
+    for i, n in enumerate((2, 9, 2)):
+        x = images(n, seed=70 + i)
+        scores, routing = net.run(x, 2)
+        want, indices, _ = reference_forward(meta, weights, x, 2)
+        np.testing.assert_array_equal(routing.indices, indices)
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+        if first is None:
+            first = (net.stem.plan(2), dict(net._routes))
+    assert net.stem.plan(2) is not first[0]
+    if net.grouped is not None:
+        assert net._routes[(2, 2)][1] is not first[1][(2, 2)][1]
+
+
+@pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["grouped", "one-by-one"])
 def test_one_expert_gets_every_image(device, meta):
     """A gate biased towards one expert: results still match; run one by one, the
     other experts never run."""
