@@ -25,6 +25,7 @@ import numpy as np
 from experts.layers import SpecError
 from experts.model.dual_module import DualModuleError, parse_dual_request
 from experts.model.mixture import check_k
+from kernels import heap
 from kernels.precision import PRECISIONS
 from service.failures import EXPECTED
 from service.http.batching import (
@@ -110,6 +111,7 @@ class ServiceState:
             return
         for (model, precision), nbytes in self.engine.weight_bytes.items():
             self.metrics.weight_bytes.labels(model, precision).set(nbytes)
+        heap.trim()  # what loading and compiling freed, out of the resident set
         self.ready = True
         self._update_ready()
         self._loaded.set()
