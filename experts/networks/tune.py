@@ -1,7 +1,8 @@
 """A model's layers as tuning cases (kernels/tuner.py): one per distinct (op, layer
 shape, precision, batch bucket) among its convolutions and fully connected layers,
 with the layer's own weights, an input in its calibrated range and the numpy twin's
-answer."""
+answer. A mixture's grouped experts are tuned as they run: all experts' weights in one
+launch, the images split evenly between them, each checked against its expert."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ def _layers(network: Runnable) -> Iterator[tuple[Any, Any, Tuned | None, str]]:
             op = step.op.forms[min(step.op.forms)] if isinstance(step.op, PerBatch) else step.op
             if op is None or not op.weight_count:
                 continue
-            if not isinstance(op, Tuned) or getattr(op, "segments", None) is not None:
-                yield part, step, None, "grouped experts keep their built-in kernels"
-            elif part.store is not None:
+            if not isinstance(op, Tuned):
+                yield part, step, None, "keeps its built-in kernels"
+            elif part.store is not None and part.store.serves(op.precision):
                 yield part, step, None, "a shared int16/int8 store keeps its built-in kernels"
             else:
                 yield part, step, op, ""
@@ -53,16 +54,34 @@ def tuning_cases(
         if op is None:
             left_out.append(f"{label}: {why}")
             continue
-        part_w = part_weights(weights, part.name) if part.name else weights
         layer = part.layers[step.name]
         build = part.build_for(layer)
+        experts = op.experts if getattr(op, "segments", None) is not None else 0
+        if experts:  # a mixture's grouped experts: each expert's weights, and all stacked
+            per_expert = [part_weights(weights, f"{part.name}.{e}") for e in range(experts)]
+            part_w = {k: np.stack([w[k] for w in per_expert]) for k in per_expert[0]}
+        else:
+            part_w = part_weights(weights, part.name) if part.name else weights
         for n in batches:
             key = (op.op, op.shape, build.precision.name, bucket(n))
             if key in seen:
                 continue
             seen.add(key)
-            x = _input(rng, step.in_shape, build.input_range)
-            want = layer.reference(x, part_w).astype(np.float32)
+            if experts:
+                # The images split evenly between the experts, in expert order, as the
+                # mixture sorts them; each one checked against its expert's twin.
+                owner, segments = _split(part.device, max(n, CHECK_IMAGES), experts)
+                spans = build.input_range or [None] * experts
+                x = np.concatenate(
+                    [_input(rng, step.in_shape, spans[e], 1) for e in owner[:CHECK_IMAGES]]
+                )
+                want = np.concatenate(
+                    [layer.reference(x[i : i + 1], per_expert[e]) for i, e in enumerate(owner)]
+                ).astype(np.float32)
+                build = replace(build, segments=segments)
+            else:
+                x = _input(rng, step.in_shape, build.input_range)
+                want = layer.reference(x, part_w).astype(np.float32)
             axis = 1 if x.ndim == 4 else 0  # conv: [C][N][H][W] on the device
 
             def make(
@@ -91,12 +110,23 @@ def tuning_cases(
 
 
 def _input(
-    rng: np.random.Generator, shape: tuple[int, ...], span: tuple[float, float] | None
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    span: tuple[float, float] | None,
+    count: int = CHECK_IMAGES,
 ) -> np.ndarray:
-    """CHECK_IMAGES inputs spread over the layer's calibrated range (quantised layers),
+    """`count` inputs spread over the layer's calibrated range (quantised layers),
     else over [-1, 1)."""
     lo, hi = span if span is not None else (-1.0, 1.0)
-    return rng.uniform(lo, hi, (CHECK_IMAGES, *shape)).astype(np.float32)
+    return rng.uniform(lo, hi, (count, *shape)).astype(np.float32)
+
+
+def _split(device: Any, rows: int, experts: int) -> tuple[np.ndarray, Any]:
+    """`rows` images split evenly between the experts in order: each image's expert
+    (the first CHECK_IMAGES are checked), and the segment table on the device."""
+    counts = [len(a) for a in np.array_split(np.arange(rows), experts)]
+    table = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return np.repeat(np.arange(experts), counts)[:CHECK_IMAGES], device.upload(table)
 
 
 def is_tuned(network: Runnable) -> bool:

@@ -196,7 +196,10 @@ class Conv2d(Launcher, Tuned):
             else None
         )
         self._kernels: dict[int, dict[str, Any]] = {}
-        shape = conv_shape(in_shape, weight.shape, stride, padding, groups, experts)
+        # One expert's filters (the key the convolution factory looks the layer up by).
+        shape = conv_shape(
+            in_shape, (self.m, self.cg, self.kh, self.kw), stride, padding, groups, experts
+        )
         self.tuned_init(shape, params)
 
     def effective(self, n: int) -> dict[str, Any]:

@@ -336,10 +336,10 @@ def conv2d(
     transforms would turn exact integer products into rounded float ones.
 
     `segments`: a mixture's experts in one set of launches (`weight` [E][M][C][r][r],
-    `input_range` one per expert): Winograd at floating-point precisions, which only
-    the layers it fits have (small maps with 3x3 filters take 2x2 tiles); the implicit
-    GEMM at quantised ones (Conv2d). Grouped layers and layers in a store keep the
-    built-in choice."""
+    `input_range` one per expert): built in, Winograd at floating-point precisions,
+    which only the layers it fits have (small maps with 3x3 filters take 2x2 tiles),
+    and the implicit GEMM at quantised ones (Conv2d); tuned, either where it fits.
+    Layers read from a store (int16, int8) keep the built-in choice."""
     winograd = winograd_fits(weight.shape[-4:], stride, groups) and not precision.quantized
     if segments is not None and not winograd and not precision.quantized:
         raise ValueError(
@@ -348,6 +348,8 @@ def conv2d(
         )
 
     def build(algorithm: str | None) -> Launcher:
+        if segments is not None and algorithm not in (None, "winograd", "implicit"):
+            raise ValueError(f"grouped experts run Winograd or the implicit GEMM, not {algorithm}")
         if algorithm == "winograd" and not winograd:
             raise ValueError(f"Winograd does not fit this layer at {precision.name}")
         if algorithm == "winograd" or (algorithm is None and winograd):
@@ -387,8 +389,9 @@ def conv2d(
     if params is not None:
         return build(params.get("algorithm"))
     chosen: dict[int, Any] = {}
-    if segments is None and store is None:
-        shape = conv_shape(in_shape, weight.shape, stride, padding, groups)
+    if store is None or not store.serves(precision):  # (a float network beside a store)
+        experts = weight.shape[0] if segments is not None else 1
+        shape = conv_shape(in_shape, weight.shape[-4:], stride, padding, groups, experts)
         tuned = device.tuning.buckets("conv", shape, precision.name)
         # Named, a built-in Winograd is the form a bucket tuned to Winograd runs too.
         chosen = {b: p.get("algorithm", "winograd" if winograd else None) for b, p in tuned.items()}

@@ -258,6 +258,47 @@ def test_a_bucket_on_the_built_in_algorithm_shares_the_tuned_form(device, rng, m
     assert op.effective(8)["nv"] == 2
 
 
+def test_grouped_experts_tuned_to_another_algorithm_by_bucket(device, rng, monkeypatch):
+    """A mixture's grouped layer is looked up by one expert's filters: tuned to the
+    implicit GEMM at batch 8 and built in (Winograd) at batch 1, it runs in two forms,
+    the implicit one with its tuned panel width, both under the layer's one key."""
+    e, m, c, hw = 3, 8, 5, 6
+    w = rng.standard_normal((e, m, c, 3, 3), np.float32)
+    shape = conv_shape((c, hw, hw), w.shape, (1, 1), (1, 1), 1, e)
+    assert shape.endswith("/e3") and f"/{m}x{c}x3x3/" in shape
+    t = Tuning(device.tuning.key)
+    t.put("conv", shape, "fp32", 1, {}, 1.0)
+    t.put("conv", shape, "fp32", 8, {"algorithm": "implicit", "nv": 1, "spread": 2}, 1.0)
+    monkeypatch.setattr(device, "tuning", t)
+    seg = device.upload(np.array([0, 3, 5, 8], np.int32))
+    op = ops.conv2d(device, (c, hw, hw), w, None, (1, 1), (1, 1), 1, True, segments=seg)
+    assert isinstance(op, PerBatch)
+    small, large = op.form(1), op.form(8)
+    assert type(small).__name__ == "WinogradConv2d" and type(large).__name__ == "Conv2d"
+    assert small.shape == large.shape == shape and large.effective(8)["nv"] == 1
+    with pytest.raises(ValueError, match="grouped experts run Winograd or the implicit GEMM"):
+        ops.conv2d(device, (c, hw, hw), w, None, (1, 1), (1, 1), 1, True, segments=seg,
+                   params={"algorithm": "direct"})  # fmt: skip
+
+
+def test_a_float_layer_of_a_model_with_a_store_is_tuned(device, rng, monkeypatch):
+    """A model held at int16 and int8 has a weight store; its fp32 network reads none
+    of it and runs what the tuning chose (the implicit GEMM, not the built-in
+    Winograd); int16 keeps the built-in choice, whose layout the store holds."""
+    w = rng.standard_normal((12, 8, 3, 3), np.float32)
+    shape = conv_shape((8, 9, 9), w.shape, (1, 1), (1, 1), 1)
+    t = Tuning(device.tuning.key)
+    for p in ("fp32", "int16"):
+        t.put("conv", shape, p, 1, {"algorithm": "im2col"}, 1.0)
+    monkeypatch.setattr(device, "tuning", t)
+    store = ops.PlaneStore()
+    fp32 = ops.conv2d(device, (8, 9, 9), w, None, (1, 1), (1, 1), 1, True, store=store, key="c")
+    assert type(fp32).__name__ == "Conv2d" and not fp32.implicit and not fp32.direct
+    int16 = ops.conv2d(device, (8, 9, 9), w, None, (1, 1), (1, 1), 1, True, PRECISIONS["int16"],
+                       (-3.0, 3.0), store=store, key="c")  # fmt: skip
+    assert type(int16).__name__ == "Conv2d" and int16.implicit
+
+
 def test_tuning_off_reads_nothing(tmp_path, monkeypatch):
     t = Tuning(KEY)
     t.put("linear", "1x1", "fp32", 1, {"ro": 2}, 0.5)

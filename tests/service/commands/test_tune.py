@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kernels.tuning import read
@@ -45,6 +46,43 @@ def test_tune_writes_a_database_that_bench_and_devices_read(repo, tmp_path, caps
     code, out, _ = run(capsys, "bench", "--model", "tiny", "--batch", "1", "--iterations", "2",
                        "--json")  # fmt: skip
     assert code == 0 and json.loads(out.splitlines()[0])["tuned"] is False
+
+
+def test_a_mixtures_grouped_experts_are_tuned_and_run_tuned(moe_repo, tmp_path, capsys,
+                                                            monkeypatch):  # fmt: skip
+    """small-moe's grouped experts (five, in one launch a layer) are cases of their own,
+    each candidate checked against every expert's twin; the mixture then runs what was
+    kept and still matches the dense reference."""
+    out_dir = tmp_path / "tuning"
+    code, out, err = run(
+        capsys, "tune", "--model", "small-moe", "--precision", "fp32,int8", "--batch", "1,8",
+        "--budget", "4", "--output", str(out_dir), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    layers = {r["layer"]: r for r in json.loads(out)["layers"]}
+    grouped = [name for name in layers if name.startswith("experts.")]
+    assert {name.split()[0] for name in grouped} == {"experts.c2", "experts.fc"}
+    assert len(grouped) == 8 and all(layers[n]["rejected"] == 0 for n in grouped)
+    db = read(next(out_dir.glob("*.json")), None)
+    assert sum("/e5" in key for key in db.entries) == 8
+
+    from experts.model.architectures import random_weights
+    from experts.networks.mixture import MixtureNetwork
+    from experts.networks.reference import mixture_forward
+    from kernels.runtime import Device
+    from tests.helpers import SMALL
+
+    monkeypatch.setenv("MOE_TUNING_DIR", str(out_dir))
+    monkeypatch.setenv("MOE_TUNING", "1")
+    weights = random_weights(SMALL, seed=2)
+    net = MixtureNetwork(Device(), SMALL, weights)
+    assert net.grouped is not None
+    for n in (1, 8):
+        x = np.random.default_rng(n).standard_normal((n, 3, 12, 12)).astype(np.float32)
+        want, indices, _ = mixture_forward(SMALL, weights, x, 2)
+        scores, routing = net.run(x, 2)
+        np.testing.assert_array_equal(routing.indices, indices)
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(
