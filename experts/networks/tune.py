@@ -72,9 +72,7 @@ def tuning_cases(
                 # mixture sorts them; each one checked against its expert's twin.
                 owner, segments = _split(part.device, max(n, CHECK_IMAGES), experts)
                 spans = build.input_range or [None] * experts
-                x = np.concatenate(
-                    [_input(rng, step.in_shape, spans[e], 1) for e in owner[:CHECK_IMAGES]]
-                )
+                x = np.concatenate([_input(rng, step.in_shape, spans[e], 1) for e in owner])
                 want = np.concatenate(
                     [layer.reference(x[i : i + 1], per_expert[e]) for i, e in enumerate(owner)]
                 ).astype(np.float32)
