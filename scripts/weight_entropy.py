@@ -58,14 +58,14 @@ def measure(weights: dict[str, np.ndarray]) -> list[dict[str, float | str]]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="alexnet")
     parser.add_argument("--models-dir", default=str(ROOT / "models"))
     parser.add_argument("--random-weights", action="store_true", help="seeded He-normal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from experts.model.model import ModelError
     from experts.model.resolve import resolve_model
 
