@@ -7,12 +7,14 @@ calibrated on synthetic images, with its int8 and fp16 copies), then starts one 
 per configuration on loopback and reads its /proc status once it is ready:
 
     python scripts/serve_memory.py --model alexnet
+    python scripts/serve_memory.py --model fashion-moe --cold-cache
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,13 +61,20 @@ def status(pid: int) -> dict[str, float]:
     return out
 
 
-def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, float]:
+def measure(
+    root: Path, name: str, precisions: str, copies: bool, cold: bool = False
+) -> dict[str, float]:
+    """One server's figures; `cold`: with an empty PoCL kernel cache of its own."""
     from loadtest import start_server, stop_server
 
     folder = root / name
     hidden = list(folder.glob("weights.*.safetensors")) if not copies else []
     for p in hidden:
         p.rename(p.with_suffix(".off"))
+    saved = os.environ.get("POCL_CACHE_DIR")
+    cache = tempfile.TemporaryDirectory() if cold else None
+    if cache is not None:
+        os.environ["POCL_CACHE_DIR"] = cache.name
     try:
         start = time.monotonic()
         proc, _ = start_server(
@@ -78,6 +87,12 @@ def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, f
     finally:
         for p in hidden:
             p.with_suffix(".off").rename(p)
+        if cache is not None:
+            cache.cleanup()
+            if saved is None:
+                os.environ.pop("POCL_CACHE_DIR", None)
+            else:
+                os.environ["POCL_CACHE_DIR"] = saved
     return {
         "rss_mib": mem["VmRSS"],
         "peak_mib": mem["VmHWM"],
@@ -90,6 +105,12 @@ def measure(root: Path, name: str, precisions: str, copies: bool) -> dict[str, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="alexnet", help="a built-in architecture")
+    parser.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="each server with an empty PoCL kernel cache (a new container: every kernel "
+        "compiled in the server)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +118,10 @@ def main() -> int:
         prepare(root, args.model)
         rows = []
         for label, precisions, copies in CONFIGS:
-            row = {"config": label, **measure(root, args.model, precisions, copies)}
+            row = {
+                "config": label,
+                **measure(root, args.model, precisions, copies, args.cold_cache),
+            }
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
