@@ -16,11 +16,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# Everything `python -m service.commands.main` imports beyond numpy (the machine has
+# numpy, torch and pytest only): checked in a Python 3.12 venv of numpy and pytest.
 WHEELS="pyopencl==2026.1.4 pytools==2026.1.1 platformdirs==4.14.9 siphash24==1.9
-pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0
-typing-inspection==0.4.5 typing-extensions==4.16.0 python-dotenv==1.2.4
-fastapi==0.165.0 fastapi-offline==1.7.7 starlette==1.10.0 annotated-doc==0.0.7
-uvicorn==0.55.0 python-multipart==0.0.34 httptools==0.9.0"
+attrs==26.1.0 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3
+annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+python-dotenv==1.2.4 fastapi==0.165.0 fastapi-offline==1.7.7 starlette==1.10.0
+annotated-doc==0.0.7 anyio==4.16.0 idna==3.20 sniffio==1.3.1 opentelemetry-api==1.45.2
+uvicorn==0.55.0 click==8.5.1 h11==0.16.0 python-multipart==0.0.34 httptools==0.9.0
+pillow==13.0.0 safetensors==0.8.0 tqdm==4.70.1 prometheus-client==0.26.0"
 
 if [ "${1:-}" = "--fetch" ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
