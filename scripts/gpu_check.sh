@@ -10,6 +10,9 @@
 #                 bash scripts/gpu_check.sh OUT TUNE_BUDGET_S shipped
 #   tunes alexnet-moe and the shipped models (fashion-alexnet, fashion-moe) at fp32 and
 #   fp16, batch 1 and 8, into the same database, and benches them tuned.
+#                 bash scripts/gpu_check.sh OUT TUNE_BUDGET_S precisions
+#   the precision issue's figures: alexnet at fp32, fp16 and int8, alexnet-moe (k=1)
+#   beside alexnet, and fashion-moe beside fashion-alexnet, at batch 64 and 256.
 #
 # OUT receives log.txt, tune.json, bench-untuned.json, bench-tuned.json, torch.json and
 # tuning/<device>.json (the database to commit under kernels/tuned/).
@@ -51,14 +54,28 @@ export MOE_DEVICE=${MOE_DEVICE:-nvidia:0} MOE_TUNING_DIR=$out/tuning
 cli() { python3 -m service.commands.main "$@"; }
 alexnet=(--model alexnet --random-weights --precision fp32 --batch 1,8,64,256)
 
+data=()  # real test images where the machine has them (a mixture's routing)
+[ -e /usr/share/datasets/fashion-mnist ] && data=(--dataset fashion-mnist)
+
+if [ "${3:-}" = "precisions" ]; then
+    {
+        cli bench --model alexnet --random-weights --precision fp32,fp16,int8 --batch 64,256 \
+            --iterations 10 --rounds 3 --json >"$out/bench-precisions.json"
+        cli bench --model alexnet,alexnet-moe --random-weights --k 1 --batch 64,256 \
+            --iterations 10 --rounds 3 --json >"$out/bench-alexnet-moe.json"
+        cli bench --model fashion-alexnet,fashion-moe --precision fp32,fp16,int8 --batch 64,256 \
+            "${data[@]}" --iterations 10 --rounds 3 --json >"$out/bench-fashion.json"
+        cat "$out/bench-precisions.json" "$out/bench-alexnet-moe.json" "$out/bench-fashion.json"
+    } 2>&1 | tee "$out/log-precisions.txt"
+    exit 0
+fi
+
 if [ "${3:-}" = "shipped" ]; then
     {
         time cli tune --model alexnet-moe --random-weights --precision fp32,fp16 --batch 1,8 \
             --budget "$budget" --json >"$out/tune-alexnet-moe.json"
         time cli tune --model fashion-alexnet,fashion-moe --precision fp32,fp16 --batch 1,8 \
             --budget "$budget" --json >"$out/tune-shipped.json"
-        data=()  # real test images where the machine has them (a mixture's routing)
-        [ -e /usr/share/datasets/fashion-mnist ] && data=(--dataset fashion-mnist)
         cli bench --model fashion-alexnet,fashion-moe --precision fp32,fp16 --batch 1,8 \
             "${data[@]}" --untuned --iterations 20 --rounds 3 --json >"$out/bench-shipped.json"
         cat "$out/bench-shipped.json"
