@@ -107,12 +107,13 @@ def conv_shape(
     stride: tuple[int, int],
     padding: tuple[int, int],
     groups: int,
-    experts: int = 1,
 ) -> str:
     """A convolution's shape key: input C x H x W, filters M x Cg x KH x KW, stride,
-    padding, groups (and a mixture's grouped experts)."""
+    padding, groups, and for a mixture's grouped experts (filters [E][M][Cg][KH][KW])
+    one expert's filters and E."""
     c, h, w = in_shape
     m, cg, kh, kw = weight_shape[-4:]
+    experts = weight_shape[0] if len(weight_shape) == 5 else 1
     key = f"{c}x{h}x{w}/{m}x{cg}x{kh}x{kw}/s{stride[0]}x{stride[1]}/p{padding[0]}x{padding[1]}"
     return key + f"/g{groups}" + ("" if experts == 1 else f"/e{experts}")
 

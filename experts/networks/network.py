@@ -195,7 +195,7 @@ class Network(Runnable):
         sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
         act = 4 * n * max(sizes)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
-        d, role = self.device, self.name or "network"
+        d, role = self.device, self._role
         own_input = 4 * n * sizes[-1] if source is None else 0
         plan = Plan(
             n,
@@ -209,17 +209,21 @@ class Network(Runnable):
         with d.record() as launches:
             plan.output = self._enqueue(plan)
         plan.tape = d.tape(launches)
-        self._plans[key] = plan
-        self._plans.move_to_end(key)
         for stale in [k for k, p in self._plans.items() if not self._current(p)]:
             del self._plans[stale]
+        self._plans[key] = plan
         while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan
 
+    @property
+    def _role(self) -> str:
+        """The name of this network's shared buffers (`Device.shared`): its part's."""
+        return self.name or "network"
+
     def _current(self, plan: Plan) -> bool:
         """Whether the plan still runs in the device's current shared buffers."""
-        d, role = self.device, self.name or "network"
+        d, role = self.device, self._role
         mine = [("ping", plan.ping), ("pong", plan.pong), ("scratch", plan.scratch)]
         if not plan.source:
             mine.append(("input", plan.input))

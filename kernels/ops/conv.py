@@ -82,6 +82,7 @@ class Conv2d(Launcher, Tuned):
             if groups != 1:
                 raise ValueError("grouped experts need convolutions without groups")
             direct, implicit = False, True  # the implicit GEMM alone has a grouped form
+        self.tuned_init(conv_shape(in_shape, weight.shape, stride, padding, groups), params)
         weight = weight.reshape(-1, *weight.shape[-3:])  # grouped: [E * M][C][KH][KW]
         self.c, self.h, self.w = in_shape
         self.m, self.cg, self.kh, self.kw = weight.shape
@@ -196,11 +197,6 @@ class Conv2d(Launcher, Tuned):
             else None
         )
         self._kernels: dict[int, dict[str, Any]] = {}
-        # One expert's filters (the key the convolution factory looks the layer up by).
-        shape = conv_shape(
-            in_shape, (self.m, self.cg, self.kh, self.kw), stride, padding, groups, experts
-        )
-        self.tuned_init(shape, params)
 
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""

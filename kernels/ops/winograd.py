@@ -104,10 +104,7 @@ class WinogradConv2d(Launcher, Tuned):
         params: dict[str, Any] | None = None,
     ) -> None:
         self.device = device
-        shape = conv_shape(
-            in_shape, weight.shape, (1, 1), padding, 1, len(weight) if segments is not None else 1
-        )
-        self.tuned_init(shape, params)
+        self.tuned_init(conv_shape(in_shape, weight.shape, (1, 1), padding, 1), params)
         self.segments = segments
         self.experts = weight.shape[0] if segments is not None else 1
         weight = weight.reshape(-1, *weight.shape[-3:])  # [E * M][C][r][r]
@@ -390,8 +387,7 @@ def conv2d(
         return build(params.get("algorithm"))
     chosen: dict[int, Any] = {}
     if store is None or not store.serves(precision):  # (a float network beside a store)
-        experts = weight.shape[0] if segments is not None else 1
-        shape = conv_shape(in_shape, weight.shape[-4:], stride, padding, groups, experts)
+        shape = conv_shape(in_shape, weight.shape, stride, padding, groups)
         tuned = device.tuning.buckets("conv", shape, precision.name)
         # Named, a built-in Winograd is the form a bucket tuned to Winograd runs too.
         chosen = {b: p.get("algorithm", "winograd" if winograd else None) for b, p in tuned.items()}

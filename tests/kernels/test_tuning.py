@@ -264,7 +264,7 @@ def test_grouped_experts_tuned_to_another_algorithm_by_bucket(device, rng, monke
     the implicit one with its tuned panel width, both under the layer's one key."""
     e, m, c, hw = 3, 8, 5, 6
     w = rng.standard_normal((e, m, c, 3, 3), np.float32)
-    shape = conv_shape((c, hw, hw), w.shape, (1, 1), (1, 1), 1, e)
+    shape = conv_shape((c, hw, hw), w.shape, (1, 1), (1, 1), 1)
     assert shape.endswith("/e3") and f"/{m}x{c}x3x3/" in shape
     t = Tuning(device.tuning.key)
     t.put("conv", shape, "fp32", 1, {}, 1.0)
