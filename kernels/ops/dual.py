@@ -7,6 +7,10 @@ SKIP). Outputs estimated below the layer's threshold are clearly negative, so Re
 makes them 0 whatever their exact value: the big layer writes 0 there without reading
 their weight rows, and computes the rest exactly. The big Linear is shared, not
 copied: a network with and without the little module holds one set of big weights.
+
+Small layers on a CPU (`fused`) run all of it in one launch (little.cl's
+dual_linear): there a launch costs as much as the layer's arithmetic, so the
+projection's own launch would eat what skipping saves.
 """
 
 from __future__ import annotations
@@ -65,10 +69,22 @@ class SkipStats(NamedTuple):
         }
 
 
+# Fused (one launch) where the big layer has at most this many weights (an expert's,
+# grouped): a fashion-moe expert's fc6 and fc7 (41 and 66 thousand) take 5-20 us, a
+# launch 2-4 us of it. Larger layers stream their weights for longer than a launch
+# takes, and the fused kernel's projection, repeated by every work-item, would cost
+# more than it saves (fashion-alexnet's fc6, 786 thousand, ran slower fused). Each
+# image takes two work-items, half the rows each: one per thread of a two-core CPU at
+# batch 1; more would each cost more to start than their rows take (64 rows each
+# measured no faster than 128).
+FUSED_WEIGHTS = 1 << 18
+
+
 class DualLinear(Launcher):
     """`big` (a Linear with its ReLU) run with its little module: `project` [r][I] and
     `shift` [r], `weight` [O][r] and `bias` [O] (grouped experts: each with a leading
-    expert axis), and each expert's threshold."""
+    expert axis), and each expert's threshold. `fused`: one launch (little.cl's
+    dual_linear) or two; None: fused for small layers on a CPU (`FUSED_WEIGHTS`)."""
 
     def __init__(
         self,
@@ -78,6 +94,7 @@ class DualLinear(Launcher):
         weight: np.ndarray,
         bias: np.ndarray,
         thresholds: np.ndarray,
+        fused: bool | None = None,
     ) -> None:
         if not big.relu:
             raise ValueError("dual-module inference needs the layer's ReLU")
@@ -110,7 +127,14 @@ class DualLinear(Launcher):
         self.weight_bytes = big.weight_bytes + self.little_bytes
         self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
         defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
-        self.kernel = device.kernel("little.cl", "little_project", defines)
+        if fused is None:
+            fused = device.is_cpu and big.weight_count <= FUSED_WEIGHTS * big.experts
+        self.fused_ro = -(-big.o // 2) if fused else 0
+        if fused:
+            defines.update(FUSED_RO=self.fused_ro, FUSED_I=big.i)
+            self.qparams = device.upload(big.qparams)  # quantised on the fly
+        name = "dual_linear" if fused else "little_project"
+        self.kernel = device.kernel("little.cl", name, defines)
         self._z: dict[int, Any] = {}
 
     @property
@@ -128,8 +152,19 @@ class DualLinear(Launcher):
         return found
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
-        z, big = self.projections(n), self.big
+        big = self.big
         grouped = () if big.segments is None else (big.segments, np.int32(big.experts))
+        if self.fused_ro:
+            i32 = np.int32
+            self.device.launch(
+                self.kernel,
+                (-(-big.o // self.fused_ro), n),
+                self.device.each_alone(2),
+                *(i32(n), i32(big.i), i32(big.o), x, big.w, big.b, big.scale, y),
+                *(*self.project, *self.little, self.stats, self.qparams, *grouped),
+            )
+            return
+        z = self.projections(n)
         with self.device.labelled("little"):
             self.device.launch(
                 self.kernel,

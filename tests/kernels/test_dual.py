@@ -10,6 +10,7 @@ import pytest
 
 from kernels import ops
 from kernels import reference as ref
+from kernels.ops import dual
 from kernels.ops.dual import little_weights
 from kernels.precision import PRECISIONS, get_precision
 from tests.kernels.helpers import UNPACKED, nmse, segment_table, skip_unless_dot4
@@ -150,59 +151,98 @@ def _twin(x, project, shift, weight, bias, p):
 @pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("n,i,o,r", [(1, 200, 40, 8), (3, 37, 9, 5), (9, 1031, 70, 33)])
 def test_dual_linear_against_its_twins(device, rng, name, n, i, o, r):
-    """The whole layer: the little module's estimates against little.cl's twin, the
-    output against the plain layer masked by those estimates, and the statistics."""
+    """The whole layer in both forms: the little module's estimates against little.cl's
+    twin, the output against the plain layer masked by those estimates, and the
+    statistics. One launch and two decide alike: the same arithmetic, the same rows."""
     p = PRECISIONS[name]
     x = rng.standard_normal((n, i), np.float32)
     wt = rng.standard_normal((o, i), np.float32)
     b = rng.standard_normal(o, np.float32)
     big = ops.Linear(device, wt, b, True, precision=p, input_range=RANGE)
     little = _little(rng, i, o, r)
-    dual = ops.DualLinear(big, *little, np.array([0.25]))
-    xb, y, plain = device.upload(x), device.alloc(4 * n * o), device.alloc(4 * n * o)
-    scratch = device.alloc(max(dual.scratch_bytes(n), 4))
-    dual(n, xb, y, scratch)
-    big(n, xb, plain, scratch)
     z, estimate = _twin(x, *little, p)
-    assert nmse(device.read(dual.projections(n), (n, r)), z) < 1e-10
-    got, plain = device.read(y, (n, o)), device.read(plain, (n, o))
     # float32 sums against float64 ones: an estimate within a hair of the threshold
     # could land either side; there are none here.
     assert (np.abs(estimate - 0.25) > 1e-4 * np.abs(estimate).max()).all()
-    np.testing.assert_array_equal(got, ref.skip_insensitive(plain, estimate, 0.25))
-    stats = dual.take_stats()
-    assert (stats.images, stats.computed) == (n, int((estimate >= 0.25).sum()))
-    assert stats.row_bytes == i * np.dtype(p.weight_dtype).itemsize
-    assert dual.take_stats().images == 0  # taken: counting starts again
+    xb, plain = device.upload(x), device.alloc(4 * n * o)
+    scratch = device.alloc(max(big.scratch_bytes(n), 4))
+    big(n, xb, plain, scratch)
+    plain = device.read(plain, (n, o))
+    for fused in (False, True):
+        dual = ops.DualLinear(big, *little, np.array([0.25]), fused=fused)
+        assert bool(dual.fused_ro) == fused
+        y = device.alloc(4 * n * o)
+        dual(n, xb, y, scratch)
+        if not fused:
+            assert nmse(device.read(dual.projections(n), (n, r)), z) < 1e-10
+        got = device.read(y, (n, o))
+        np.testing.assert_array_equal(got, ref.skip_insensitive(plain, estimate, 0.25))
+        stats = dual.take_stats()
+        assert (stats.images, stats.computed) == (n, int((estimate >= 0.25).sum()))
+        assert stats.row_bytes == i * np.dtype(p.weight_dtype).itemsize
+        assert dual.take_stats().images == 0  # taken: counting starts again
     assert dual.weight_bytes == big.weight_bytes + dual.little_bytes
     itemsize = np.dtype(p.weight_dtype).itemsize
     assert dual.little_bytes == itemsize * r * (i + o) + 4 * (2 * r + 2 * o + 1)
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16"])
-def test_grouped_little_modules(device, rng, name):
+@pytest.mark.parametrize("name", UNPACKED)
+@pytest.mark.parametrize("n,i,o,r", [(1, 300, 33, 8), (3, 9000, 70, 5)])
+def test_fused_no_skip_and_all_skipped_equal_the_plain_layer(device, rng, name, n, i, o, r):
+    """One launch (little.cl's dual_linear, the input quantised on the fly): at 0% skip
+    the plain layer exactly (9000 inputs cross int8's flush of the float lanes), at
+    100% skip zeros, which the plain layer gives too where every pre-activation is
+    negative (a bias far below the sums)."""
+    p = PRECISIONS[name]
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    for bias, threshold in ((rng.standard_normal(o, np.float32), -np.inf), (-1e5, np.inf)):
+        b = np.full(o, bias, np.float32) if np.isscalar(bias) else bias
+        big = ops.Linear(device, wt, b, True, precision=p, input_range=RANGE)
+        dual = ops.DualLinear(big, *_little(rng, i, o, r), np.array([threshold]), fused=True)
+        xb, y, plain = device.upload(x), device.alloc(4 * n * o), device.alloc(4 * n * o)
+        scratch = device.alloc(max(big.scratch_bytes(n), 4))
+        big(n, xb, plain, scratch)
+        dual(n, xb, y, None)
+        plain = device.read(plain, (n, o))
+        np.testing.assert_array_equal(device.read(y, (n, o)), plain)
+        stats = dual.take_stats()
+        if threshold > 0:
+            assert not plain.any() and (stats.row_reads, stats.computed) == (0, 0)
+        else:
+            assert stats.computed == stats.row_reads == n * o
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two", "fused"])
+@pytest.mark.parametrize("name", UNPACKED)
+def test_grouped_little_modules(device, rng, name, fused):
     """Each row projected with its expert's little module and skipped against its
-    expert's estimate and threshold; padding rows are left alone."""
-    counts, i, o, r = [2, 0, 3], 45, 12, 4
+    expert's estimate and threshold (none skipped, some, all); padding rows are left
+    alone. int16: each expert's planes found across all experts' weights."""
+    counts, i, o, r = [2, 0, 3, 2], 45, 12, 4
     n, e = sum(counts), len(counts)
     p = get_precision(name)
     x = rng.standard_normal((n + 1, i), np.float32)
     seg, expert_of = segment_table(device, counts)
     wt = rng.standard_normal((e, o, i), np.float32)
-    big = ops.Linear(device, wt, None, True, p, segments=seg)
+    big = ops.Linear(device, wt, None, True, p, input_range=[RANGE] * e, segments=seg)
     little = _little(rng, i, o, r, experts=e)
-    dual = ops.DualLinear(big, *little, np.array([0.0, 0.0, 0.5]))
+    thresholds = np.array([-np.inf, 0.0, 0.5, np.inf], np.float32)
+    dual = ops.DualLinear(big, *little, thresholds, fused=fused)
     y, plain = device.alloc(4 * (n + 1) * o), device.alloc(4 * (n + 1) * o)
     xb = device.upload(x)
-    dual(n + 1, xb, y, None)
-    big(n + 1, xb, plain, None)
+    scratch = device.alloc(max(big.scratch_bytes(n + 1), 4))
+    dual(n + 1, xb, y, scratch)
+    big(n + 1, xb, plain, scratch)
     twins = [_twin(x[b : b + 1], *(a[expert_of[b]] for a in little), p) for b in range(n)]
-    z = np.concatenate([t[0] for t in twins])
-    assert nmse(device.read(dual.projections(n + 1), (n + 1, r))[:n], z) < 1e-10
+    if not fused:
+        z = np.concatenate([t[0] for t in twins])
+        assert nmse(device.read(dual.projections(n + 1), (n + 1, r))[:n], z) < 1e-10
     estimate = np.concatenate([t[1] for t in twins])
-    threshold = np.array([0.0, 0.0, 0.5])[expert_of][:, None]
+    threshold = thresholds[expert_of][:, None]
     want = ref.skip_insensitive(device.read(plain, (n + 1, o))[:n], estimate, threshold)
     np.testing.assert_array_equal(device.read(y, (n + 1, o))[:n], want)
+    assert dual.take_stats().images == n
 
 
 def test_a_little_module_that_does_not_fit_is_refused(device, rng):
@@ -219,3 +259,16 @@ def test_packed_rows_are_refused(device, rng, name):
     big = ops.Linear(device, wt, None, True, get_precision(name), input_range=RANGE)
     with pytest.raises(ValueError, match=f"reads plain rows; {name} packs them"):
         ops.DualLinear(big, *_little(rng, 64, 9, 4), np.array([0.25]))
+
+
+def test_small_layers_on_a_cpu_run_fused(device, rng):
+    """One launch for an expert-sized layer on a CPU, two for one past FUSED_WEIGHTS
+    (grouped: an expert's weights count) or on another device."""
+    i = dual.FUSED_WEIGHTS // 4 + 1
+    big = ops.Linear(device, rng.standard_normal((4, i), np.float32), None, relu=True)
+    assert not ops.DualLinear(big, *_little(rng, i, 4, 2), np.zeros(1)).fused_ro
+    seg, _ = segment_table(device, [1, 1])
+    wt = rng.standard_normal((2, 64, 160), np.float32)
+    big = ops.Linear(device, wt, None, True, segments=seg)
+    small = ops.DualLinear(big, *_little(rng, 160, 64, 4, experts=2), np.zeros(2))
+    assert small.fused_ro == (32 if device.is_cpu else 0)
