@@ -97,26 +97,46 @@ __kernel void dual_linear(const int B, const int I, const int O,
     A += (size_t)ex * O * RANK;
     const int e0 = ex * O;
     const float thr = threshold[ex];
-    const int I16 = I & ~15;
+    // Decide every row first, then compute the rows wanted 4 at a time: they lie
+    // scattered, and 4 independent streams keep more misses in flight than one.
+    int need[FUSED_RO];
     int computed = 0;
     for (int o = o0; o < min(o0 + FUSED_RO, O); ++o) {
         const float e = estimate(A + (size_t)o * RANK, z, (size_t)EXPERTS * O * RANK);
-        if (e * ascale[e0 + o] + abias[e0 + o] < thr) {
+        if (e * ascale[e0 + o] + abias[e0 + o] >= thr)
+            need[computed++] = o;
+        else
             Y[(size_t)b * O + o] = 0.0f;
-            continue;
+    }
+    const int I16 = I & ~15;
+    for (int j = 0; j < computed; j += 4) {
+        __global const wtype *w[4];
+        acc16 acc[4];
+        accs tot[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {  // past the last row wanted: it again, unwritten
+            w[r] = W + (size_t)need[min(j + r, computed - 1)] * I;
+            acc[r] = 0;
+            tot[r] = 0;
         }
-        ++computed;
-        __global const wtype *w = W + (size_t)o * I;
-        acc16 acc = 0;
-        accs tot = 0;
         for (int i0 = 0; i0 < I16; i0 += 16 * QCHUNK) {
             const int i1 = min(I16, i0 + 16 * QCHUNK);
-            for (int i = i0; i < i1; i += 16) acc = MACC(LOADW16(0, w + i), vload16(0, xq + i), acc);
-            tot += hsum(acc);
-            acc = 0;
+            for (int i = i0; i < i1; i += 16) {
+                const float16 xv = vload16(0, xq + i);
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[r] = MACC(LOADW16(0, w[r] + i), xv, acc[r]);
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                tot[r] += hsum(acc[r]);
+                acc[r] = 0;
+            }
         }
-        for (int i = I16; i < I; ++i) tot += (accs)LOADW(i, w) * (accs)xq[i];
-        Y[(size_t)b * O + o] = fmax((float)tot * scale[e0 + o] + bias[e0 + o], 0.0f);
+        for (int r = 0; r < 4 && j + r < computed; ++r) {
+            const int o = need[j + r];
+            for (int i = I16; i < I; ++i) tot[r] += (accs)LOADW(i, w[r]) * (accs)xq[i];
+            Y[(size_t)b * O + o] = fmax((float)tot[r] * scale[e0 + o] + bias[e0 + o], 0.0f);
+        }
     }
     if (o0 == 0) atomic_inc(stats + 1);
     if (computed) {

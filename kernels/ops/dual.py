@@ -78,6 +78,7 @@ class SkipStats(NamedTuple):
 # batch 1; more would each cost more to start than their rows take (64 rows each
 # measured no faster than 128).
 FUSED_WEIGHTS = 1 << 18
+FUSED_SIDE = 4096  # the fused kernel keeps a row index an output, a float an input
 
 
 class DualLinear(Launcher):
@@ -128,7 +129,8 @@ class DualLinear(Launcher):
         self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
         defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
         if fused is None:
-            fused = device.is_cpu and big.weight_count <= FUSED_WEIGHTS * big.experts
+            small = big.weight_count <= FUSED_WEIGHTS * big.experts
+            fused = device.is_cpu and small and max(big.o, big.i) <= FUSED_SIDE
         self.fused_ro = -(-big.o // 2) if fused else 0
         if fused:
             defines.update(FUSED_RO=self.fused_ro, FUSED_I=big.i)
