@@ -53,61 +53,73 @@ __kernel void little_project(const int I, __global const float *restrict X,
 }
 
 #ifdef FUSED_RO
-// linear.cl's `estimate` on a private z.
-inline float estimate(__global const wtype *a, const float *z, const size_t wplane)
-{
-    float16 acc = 0;
-    int k = 0;
-    for (; k + 16 <= RANK; k += 16) acc = MAD(LOADW16(0, a + k), vload16(0, z + k), acc);
-    float e = fsum16(acc);
-    for (; k < RANK; ++k) e += LOADW(k, a) * z[k];
-    return e;
-}
+#define R16 ((RANK + 15) / 16)  // float16s of a projection
+#define FUSED_I16 ((FUSED_I + 15) & ~15)
 
-// Work-item (g, b): image b, rows [g FUSED_RO, (g + 1) FUSED_RO). Quantised: the
-// work-item quantises x itself (FUSED_I = I elements) with the expert's qp[2 ex]
-// (qinv) and qp[2 ex + 1] (qzero), as quantize_input would; stats as linear.cl's
-// SKIP counts them.
+// Work-item (g, b): image b, rows [g FUSED_RO, (g + 1) FUSED_RO), FUSED_RO a multiple
+// of 16. The little module comes transposed and padded with zeros (dual.py's
+// _transposed): P^T [I][16 R16], A^T [16 R16][O16], pscale, shift [16 R16], ascale,
+// abias [O16] (grouped: each expert's in turn), so that 16 projections, or 16 rows'
+// estimates, are one float16 and no lanes are summed across. Quantised: the work-item
+// quantises x itself (FUSED_I elements) with the expert's qp[2 ex] (qinv) and
+// qp[2 ex + 1] (qzero), as quantize_input would. stats as linear.cl's SKIP counts.
 __kernel void dual_linear(const int B, const int I, const int O,
                           __global const float *restrict X, __global const wtype *restrict W,
                           __global const float *restrict bias, __global const float *restrict scale,
-                          __global float *restrict Y, __global const wtype *restrict P,
+                          __global float *restrict Y, __global const wtype *restrict PT,
                           __global const float *restrict pscale, __global const float *restrict shift,
-                          __global const wtype *restrict A, __global const float *restrict ascale,
+                          __global const wtype *restrict AT, __global const float *restrict ascale,
                           __global const float *restrict abias, __global const float *restrict threshold,
                           __global int *restrict stats, __global const float *restrict qp GROUP_ARGS)
 {
     const int o0 = get_global_id(0) * FUSED_RO, b = get_global_id(1);
     EXPERT_OF(b)
+    const int O16 = (O + 15) & ~15;
     __global const float *x = X + (size_t)b * I;
-    float z[RANK];
-    P += (size_t)ex * RANK * I;
-    for (int r = 0; r < RANK; ++r)
-        z[r] = project(P + (size_t)r * I, x, I, (size_t)EXPERTS * RANK * I) * pscale[ex * RANK + r] +
-               shift[ex * RANK + r];
+    float z[16 * R16];
+    {
+        PLANE((size_t)EXPERTS * I * 16 * R16)
+        __global const wtype *pt = PT + (size_t)ex * I * 16 * R16;
+        float16 acc[R16];
+        for (int c = 0; c < R16; ++c) acc[c] = 0;
+        for (int i = 0; i < I; ++i)
+            for (int c = 0; c < R16; ++c)
+                acc[c] = MAD(LOADW16(0, pt + ((size_t)i * R16 + c) * 16), (float16)x[i], acc[c]);
+        for (int c = 0; c < R16; ++c)
+            vstore16(acc[c] * vload16(ex * R16 + c, pscale) + vload16(ex * R16 + c, shift), c, z);
+    }
 #if QBITS  // x quantised once for all the rows (quantize_input's QX), kept private
     const float qinv = qp[2 * ex], qzero = qp[2 * ex + 1];
-    float xq[FUSED_I];
-    for (int i = 0; i < I; ++i) xq[i] = QX(x[i]);
+    float xq[FUSED_I16];
+    for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i)), 0, xq + i);
+    for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i]);
 #else
 #define xq x
 #endif
-    PLANE((size_t)EXPERTS * O * I)
-    W += (size_t)ex * O * I;
-    A += (size_t)ex * O * RANK;
-    const int e0 = ex * O;
-    const float thr = threshold[ex];
-    // Decide every row first, then compute the rows wanted 4 at a time: they lie
-    // scattered, and 4 independent streams keep more misses in flight than one.
+    // Decide every row first, 16 at a time, then compute the rows wanted 4 at a time:
+    // they lie scattered, and 4 independent streams keep more misses in flight.
     int need[FUSED_RO];
     int computed = 0;
-    for (int o = o0; o < min(o0 + FUSED_RO, O); ++o) {
-        const float e = estimate(A + (size_t)o * RANK, z, (size_t)EXPERTS * O * RANK);
-        if (e * ascale[e0 + o] + abias[e0 + o] >= thr)
-            need[computed++] = o;
-        else
-            Y[(size_t)b * O + o] = 0.0f;
+    {
+        PLANE((size_t)EXPERTS * 16 * R16 * O16)
+        __global const wtype *at = AT + (size_t)ex * 16 * R16 * O16;
+        const float thr = threshold[ex];
+        const int end = min(o0 + FUSED_RO, O);
+        for (int o = o0; o < end; o += 16) {
+            float16 e = 0;
+            for (int k = 0; k < 16 * R16; ++k) e = MAD(LOADW16(0, at + (size_t)k * O16 + o), (float16)z[k], e);
+            float est[16];
+            vstore16(e * vload16(0, ascale + ex * O16 + o) + vload16(0, abias + ex * O16 + o), 0, est);
+            for (int l = 0; l < 16 && o + l < end; ++l) {
+                if (est[l] >= thr)
+                    need[computed++] = o + l;
+                else
+                    Y[(size_t)b * O + o + l] = 0.0f;
+            }
+        }
     }
+    PLANE((size_t)EXPERTS * O * I)
+    W += (size_t)ex * O * I;
     const int I16 = I & ~15;
     for (int j = 0; j < computed; j += 4) {
         __global const wtype *w[4];
@@ -135,7 +147,8 @@ __kernel void dual_linear(const int B, const int I, const int O,
         for (int r = 0; r < 4 && j + r < computed; ++r) {
             const int o = need[j + r];
             for (int i = I16; i < I; ++i) tot[r] += (accs)LOADW(i, w[r]) * (accs)xq[i];
-            Y[(size_t)b * O + o] = fmax((float)tot[r] * scale[e0 + o] + bias[e0 + o], 0.0f);
+            const int eo = ex * O + o;
+            Y[(size_t)b * O + o] = fmax((float)tot[r] * scale[eo] + bias[eo], 0.0f);
         }
     }
     if (o0 == 0) atomic_inc(stats + 1);

@@ -81,6 +81,30 @@ FUSED_WEIGHTS = 1 << 18
 FUSED_SIDE = 4096  # the fused kernel keeps a row index an output, a float an input
 
 
+def _transposed(
+    experts: int, project: tuple[np.ndarray, ...], estimate: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, ...]:
+    """The fused kernel's layout (little.cl's dual_linear): P^T [E][I][R16] and A^T
+    [E][R16][O16] with their scales and vectors, R and O padded with zeros to
+    multiples of 16, so that 16 projections or 16 rows' estimates are one vector."""
+    (pw, ps, shift), (aw, a_s, bias) = project, estimate
+    r, i, o = len(ps) // experts, pw.shape[1], len(a_s) // experts
+    r16, o16 = 16 * -(-r // 16), 16 * -(-o // 16)
+
+    def padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.zeros(shape, a.dtype)
+        out[tuple(slice(0, n) for n in a.shape)] = a
+        return out
+
+    pt = padded(pw.reshape(experts, r, i).transpose(0, 2, 1), (experts, i, r16))
+    at = padded(aw.reshape(experts, o, r).transpose(0, 2, 1), (experts, r16, o16))
+    ps, shift, a_s, bias = (
+        padded(v.reshape(experts, -1), (experts, n))
+        for v, n in ((ps, r16), (shift, r16), (a_s, o16), (bias, o16))
+    )
+    return pt, ps, shift, at, a_s, bias
+
+
 class DualLinear(Launcher):
     """`big` (a Linear with its ReLU) run with its little module: `project` [r][I] and
     `shift` [r], `weight` [O][r] and `bias` [O] (grouped experts: each with a leading
@@ -116,25 +140,29 @@ class DualLinear(Launcher):
         self.device = device = big.device
         self.big, self.rank = big, rank
         p = big.precision
-        p_w, p_scale = little_weights(project.reshape(-1, big.i), p)
-        a_w, a_scale = little_weights(weight.reshape(-1, rank), p)
-        shift, bias = (v.astype(np.float32).ravel() for v in (shift, bias))
-        p_w, a_w = p.device_form(p_w), p.device_form(a_w)  # int16: as byte planes
-        self.project = [device.upload(a) for a in (p_w, p_scale, shift)]
-        self.little = [device.upload(a) for a in (a_w, a_scale, bias, thresholds)]
-        self.stats = device.upload(np.zeros(3, np.int32))
-        arrays = (p_w, p_scale, shift, a_w, a_scale, bias, thresholds)
-        self.little_bytes = sum(a.nbytes for a in arrays)
-        self.weight_bytes = big.weight_bytes + self.little_bytes
-        self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
-        defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
         if fused is None:
             small = big.weight_count <= FUSED_WEIGHTS * big.experts
             fused = device.is_cpu and small and max(big.o, big.i) <= FUSED_SIDE
-        self.fused_ro = -(-big.o // 2) if fused else 0
+        # Fused: two work-items an image, each a multiple of 16 rows (16 estimates a step)
+        self.fused_ro = 16 * -(-big.o // 32) if fused else 0
+        p_w, p_scale = little_weights(project.reshape(-1, big.i), p)
+        a_w, a_scale = little_weights(weight.reshape(-1, rank), p)
+        shift, bias = (v.astype(np.float32).ravel() for v in (shift, bias))
+        if fused:
+            arrays = _transposed(experts, (p_w, p_scale, shift), (a_w, a_scale, bias))
+        else:
+            arrays = (p_w, p_scale, shift, a_w, a_scale, bias)
+        arrays = (p.device_form(arrays[0]), *arrays[1:3], p.device_form(arrays[3]), *arrays[4:])
+        self.project = [device.upload(a) for a in arrays[:3]]  # int16: as byte planes
+        self.little = [device.upload(a) for a in (*arrays[3:], thresholds)]
+        self.stats = device.upload(np.zeros(3, np.int32))
+        self.little_bytes = sum(a.nbytes for a in arrays) + thresholds.nbytes
+        self.weight_bytes = big.weight_bytes + self.little_bytes
+        self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
+        defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
         if fused:
             defines.update(FUSED_RO=self.fused_ro, FUSED_I=big.i)
-            self.qparams = device.upload(big.qparams)  # quantised on the fly
+            self.qparams = device.upload(big.qparams)  # the input quantised in the kernel
         name = "dual_linear" if fused else "little_project"
         self.kernel = device.kernel("little.cl", name, defines)
         self._z: dict[int, Any] = {}
