@@ -1,19 +1,20 @@
 // Dual-module inference's little module (kernels/ops/dual.py). Arithmetic is float:
 // the weights are stored as the layer's own are (precision.h's wtype and LOADW;
 // quantised ones with a scale per row), but an estimate needs no exact sums, so the
-// input is not quantised.
+// input is not quantised for it.
 //  - little_project: the projection z[b][r] = (P[r] . x_b) * pscale[r] + shift[r], one
-//    work-item per (r, b); the rest, estimate = A z, runs inside the big layer's
-//    kernel (linear.cl's SKIP), on the rows it decides about. Two launches: for layers
-//    whose weight streaming dwarfs a launch.
-//  - dual_linear (FUSED_RO): all of it in one launch, for small layers, where a launch
-//    costs as much as the arithmetic (a mixture's experts): each work-item projects
-//    its image itself (RANK x I products, repeated by every work-item of the image,
-//    so it takes FUSED_RO rows to pay for that) and computes its rows as linear.cl's
-//    `linear` does, row by row: the same sums in the same order, so the same outputs.
+//    work-item per (r, b), for linear.cl's SKIP (GPUs, and CPU layers too wide for
+//    dual_linear) or for dual_linear (PROJECTED).
+//  - dual_linear (CPUs): estimate = A z for its rows, 16 at a time, then the rows
+//    wanted computed as linear.cl's `linear` computes them (the same sums in the same
+//    order, so the same outputs) but four at a time from a list, never branching
+//    inside a row. Without PROJECTED it projects its image itself, all of it in one
+//    launch: for small layers, where a launch costs as much as the arithmetic (a
+//    mixture's experts); every work-item of an image repeats the projection, so it
+//    takes many rows to pay for it.
 // GROUPED (a mixture's experts, rows sorted by expert as linear.cl's): row b takes
 // expert ex's weights; rows past seg[experts] are left alone.
-// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS (precision.h), FUSED_RO, FUSED_I.
+// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS (precision.h), ROWS, IN, PROJECTED.
 #include "precision.h"
 
 #if GROUPED
@@ -52,31 +53,39 @@ __kernel void little_project(const int I, __global const float *restrict X,
     Z[(size_t)b * RANK + r] = s * pscale[ex * RANK + r] + shift[ex * RANK + r];
 }
 
-#ifdef FUSED_RO
+#ifdef ROWS
 #define R16 ((RANK + 15) / 16)  // float16s of a projection
-#define FUSED_I16 ((FUSED_I + 15) & ~15)
 
-// Work-item (g, b): image b, rows [g FUSED_RO, (g + 1) FUSED_RO), FUSED_RO a multiple
-// of 16. The little module comes transposed and padded with zeros (dual.py's
-// _transposed): P^T [I][16 R16], A^T [16 R16][O16], pscale, shift [16 R16], ascale,
-// abias [O16] (grouped: each expert's in turn), so that 16 projections, or 16 rows'
-// estimates, are one float16 and no lanes are summed across. Quantised: the work-item
-// quantises x itself (FUSED_I elements) with the expert's qp[2 ex] (qinv) and
-// qp[2 ex + 1] (qzero), as quantize_input would. stats as linear.cl's SKIP counts.
+// Work-item (g, b): image b, rows [g ROWS, (g + 1) ROWS), ROWS a multiple of 16. The
+// little module comes transposed, its rows padded with zeros to a multiple of 16
+// (dual.py's _transposed): A^T [RANK][O16], ascale and abias [O16]; P^T [IN][16 R16],
+// pscale and shift [16 R16] (grouped: each expert's in turn). So 16 rows' estimates,
+// or 16 projections, are one float16: no lanes are summed across. PROJECTED: Z [B][RANK]
+// from little_project instead. Quantised: the work-item quantises x itself (IN
+// elements) with the expert's qp[2 ex] (qinv) and qp[2 ex + 1] (qzero), as
+// quantize_input would. stats as linear.cl's SKIP counts them.
+#if PROJECTED
+#define LITTLE_ARGS __global const float *restrict Z
+#else
+#define LITTLE_ARGS __global const wtype *restrict PT, __global const float *restrict pscale, \
+    __global const float *restrict shift
+#endif
 __kernel void dual_linear(const int B, const int I, const int O,
                           __global const float *restrict X, __global const wtype *restrict W,
                           __global const float *restrict bias, __global const float *restrict scale,
-                          __global float *restrict Y, __global const wtype *restrict PT,
-                          __global const float *restrict pscale, __global const float *restrict shift,
+                          __global float *restrict Y, LITTLE_ARGS,
                           __global const wtype *restrict AT, __global const float *restrict ascale,
                           __global const float *restrict abias, __global const float *restrict threshold,
                           __global int *restrict stats, __global const float *restrict qp GROUP_ARGS)
 {
-    const int o0 = get_global_id(0) * FUSED_RO, b = get_global_id(1);
+    const int o0 = get_global_id(0) * ROWS, b = get_global_id(1);
     EXPERT_OF(b)
     const int O16 = (O + 15) & ~15;
     __global const float *x = X + (size_t)b * I;
     float z[16 * R16];
+#if PROJECTED
+    for (int k = 0; k < RANK; ++k) z[k] = Z[(size_t)b * RANK + k];
+#else
     {
         PLANE((size_t)EXPERTS * I * 16 * R16)
         __global const wtype *pt = PT + (size_t)ex * I * 16 * R16;
@@ -88,9 +97,10 @@ __kernel void dual_linear(const int B, const int I, const int O,
         for (int c = 0; c < R16; ++c)
             vstore16(acc[c] * vload16(ex * R16 + c, pscale) + vload16(ex * R16 + c, shift), c, z);
     }
+#endif
 #if QBITS  // x quantised once for all the rows (quantize_input's QX), kept private
     const float qinv = qp[2 * ex], qzero = qp[2 * ex + 1];
-    float xq[FUSED_I16];
+    float xq[(IN + 15) & ~15];
     for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i)), 0, xq + i);
     for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i]);
 #else
@@ -98,16 +108,16 @@ __kernel void dual_linear(const int B, const int I, const int O,
 #endif
     // Decide every row first, 16 at a time, then compute the rows wanted 4 at a time:
     // they lie scattered, and 4 independent streams keep more misses in flight.
-    int need[FUSED_RO];
+    int need[ROWS];
     int computed = 0;
     {
-        PLANE((size_t)EXPERTS * 16 * R16 * O16)
-        __global const wtype *at = AT + (size_t)ex * 16 * R16 * O16;
+        PLANE((size_t)EXPERTS * RANK * O16)
+        __global const wtype *at = AT + (size_t)ex * RANK * O16;
         const float thr = threshold[ex];
-        const int end = min(o0 + FUSED_RO, O);
+        const int end = min(o0 + ROWS, O);
         for (int o = o0; o < end; o += 16) {
             float16 e = 0;
-            for (int k = 0; k < 16 * R16; ++k) e = MAD(LOADW16(0, at + (size_t)k * O16 + o), (float16)z[k], e);
+            for (int k = 0; k < RANK; ++k) e = MAD(LOADW16(0, at + (size_t)k * O16 + o), (float16)z[k], e);
             float est[16];
             vstore16(e * vload16(0, ascale + ex * O16 + o) + vload16(0, abias + ex * O16 + o), 0, est);
             for (int l = 0; l < 16 && o + l < end; ++l) {

@@ -8,9 +8,9 @@ makes them 0 whatever their exact value: the big layer writes 0 there without re
 their weight rows, and computes the rest exactly. The big Linear is shared, not
 copied: a network with and without the little module holds one set of big weights.
 
-Small layers on a CPU (`fused`) run all of it in one launch (little.cl's
-dual_linear): there a launch costs as much as the layer's arithmetic, so the
-projection's own launch would eat what skipping saves.
+On a CPU (`form`, chosen by the layer's size) the rows run in little.cl's
+dual_linear, which decides all its rows first and then computes the ones wanted from
+a list, four at a time; small layers project inside it too, all in one launch.
 """
 
 from __future__ import annotations
@@ -69,47 +69,39 @@ class SkipStats(NamedTuple):
         }
 
 
-# Fused (one launch) where the big layer has at most this many weights (an expert's,
-# grouped): a fashion-moe expert's fc6 and fc7 (41 and 66 thousand) take 5-20 us, a
-# launch 2-4 us of it. Larger layers stream their weights for longer than a launch
-# takes, and the fused kernel's projection, repeated by every work-item, would cost
-# more than it saves (fashion-alexnet's fc6, 786 thousand, ran slower fused). Each
-# image takes two work-items, half the rows each: one per thread of a two-core CPU at
-# batch 1; more would each cost more to start than their rows take (64 rows each
-# measured no faster than 128).
+# The CPU forms (little.cl's dual_linear) for layers of at most FUSED_SIDE inputs and
+# outputs (it keeps a row index an output and a float an input); "fused" (projecting
+# inside, one launch) where the layer has at most FUSED_WEIGHTS weights (an expert's,
+# grouped). A fashion-moe expert's fc6 and fc7 (41 and 66 thousand) take 5-20 us, a
+# launch 2-4 us of it; in larger layers the projection, repeated by every work-item
+# of an image, would cost more than its launch. Each image takes two work-items, half
+# the rows each: one per thread of a two-core CPU at batch 1 (four or eight measured
+# no faster on the experts).
 FUSED_WEIGHTS = 1 << 18
-FUSED_SIDE = 4096  # the fused kernel keeps a row index an output, a float an input
+FUSED_SIDE = 4096
+FORMS = ("skip", "listed", "fused")  # linear.cl's SKIP, dual_linear after little_project, alone
 
 
-def _transposed(
-    experts: int, project: tuple[np.ndarray, ...], estimate: tuple[np.ndarray, ...]
-) -> tuple[np.ndarray, ...]:
-    """The fused kernel's layout (little.cl's dual_linear): P^T [E][I][R16] and A^T
-    [E][R16][O16] with their scales and vectors, R and O padded with zeros to
-    multiples of 16, so that 16 projections or 16 rows' estimates are one vector."""
-    (pw, ps, shift), (aw, a_s, bias) = project, estimate
-    r, i, o = len(ps) // experts, pw.shape[1], len(a_s) // experts
-    r16, o16 = 16 * -(-r // 16), 16 * -(-o // 16)
-
-    def padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        out = np.zeros(shape, a.dtype)
-        out[tuple(slice(0, n) for n in a.shape)] = a
-        return out
-
-    pt = padded(pw.reshape(experts, r, i).transpose(0, 2, 1), (experts, i, r16))
-    at = padded(aw.reshape(experts, o, r).transpose(0, 2, 1), (experts, r16, o16))
-    ps, shift, a_s, bias = (
-        padded(v.reshape(experts, -1), (experts, n))
-        for v, n in ((ps, r16), (shift, r16), (a_s, o16), (bias, o16))
-    )
-    return pt, ps, shift, at, a_s, bias
+def _transposed(w: np.ndarray, vectors: tuple[np.ndarray, ...], experts: int) -> list[np.ndarray]:
+    """dual_linear's layout: w [E * M][K] as [E][K][M16] and each per-row vector [E * M]
+    as [E][M16], M padded with zeros to a multiple of 16 (16 rows one vector)."""
+    m, k = len(w) // experts, w.shape[1]
+    m16 = 16 * -(-m // 16)
+    wt = np.zeros((experts, k, m16), w.dtype)
+    wt[:, :, :m] = w.reshape(experts, m, k).transpose(0, 2, 1)
+    out = [wt]
+    for v in vectors:
+        padded = np.zeros((experts, m16), v.dtype)
+        padded[:, :m] = v.reshape(experts, m)
+        out.append(padded)
+    return out
 
 
 class DualLinear(Launcher):
     """`big` (a Linear with its ReLU) run with its little module: `project` [r][I] and
     `shift` [r], `weight` [O][r] and `bias` [O] (grouped experts: each with a leading
-    expert axis), and each expert's threshold. `fused`: one launch (little.cl's
-    dual_linear) or two; None: fused for small layers on a CPU (`FUSED_WEIGHTS`)."""
+    expert axis), and each expert's threshold. `form` (`FORMS`); None: by the layer's
+    size and the device (`FUSED_WEIGHTS`, `FUSED_SIDE`)."""
 
     def __init__(
         self,
@@ -119,7 +111,7 @@ class DualLinear(Launcher):
         weight: np.ndarray,
         bias: np.ndarray,
         thresholds: np.ndarray,
-        fused: bool | None = None,
+        form: str | None = None,
     ) -> None:
         if not big.relu:
             raise ValueError("dual-module inference needs the layer's ReLU")
@@ -140,31 +132,38 @@ class DualLinear(Launcher):
         self.device = device = big.device
         self.big, self.rank = big, rank
         p = big.precision
-        if fused is None:
+        if form is None:
             small = big.weight_count <= FUSED_WEIGHTS * big.experts
-            fused = device.is_cpu and small and max(big.o, big.i) <= FUSED_SIDE
-        # Fused: two work-items an image, each a multiple of 16 rows (16 estimates a step)
-        self.fused_ro = 16 * -(-big.o // 32) if fused else 0
+            cpu = device.is_cpu and max(big.o, big.i) <= FUSED_SIDE
+            form = "skip" if not cpu else "fused" if small else "listed"
+        if form not in FORMS:
+            raise ValueError(f"dual-module form {form!r}: one of {', '.join(FORMS)}")
+        self.form = form
         p_w, p_scale = little_weights(project.reshape(-1, big.i), p)
         a_w, a_scale = little_weights(weight.reshape(-1, rank), p)
         shift, bias = (v.astype(np.float32).ravel() for v in (shift, bias))
-        if fused:
-            arrays = _transposed(experts, (p_w, p_scale, shift), (a_w, a_scale, bias))
-        else:
-            arrays = (p_w, p_scale, shift, a_w, a_scale, bias)
-        arrays = (p.device_form(arrays[0]), *arrays[1:3], p.device_form(arrays[3]), *arrays[4:])
-        self.project = [device.upload(a) for a in arrays[:3]]  # int16: as byte planes
-        self.little = [device.upload(a) for a in (*arrays[3:], thresholds)]
+        projection = [p_w, p_scale, shift]
+        if form == "fused":
+            projection = _transposed(p_w, (p_scale, shift), experts)
+        estimate = [a_w, a_scale, bias]
+        if form != "skip":
+            estimate = _transposed(a_w, (a_scale, bias), experts)
+        projection[0], estimate[0] = p.device_form(projection[0]), p.device_form(estimate[0])
+        self.project = [device.upload(a) for a in projection]  # int16: as byte planes
+        self.little = [device.upload(a) for a in (*estimate, thresholds)]
         self.stats = device.upload(np.zeros(3, np.int32))
-        self.little_bytes = sum(a.nbytes for a in arrays) + thresholds.nbytes
+        arrays = (*projection, *estimate, thresholds)
+        self.little_bytes = sum(a.nbytes for a in arrays)
         self.weight_bytes = big.weight_bytes + self.little_bytes
         self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
         defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
-        if fused:
-            defines.update(FUSED_RO=self.fused_ro, FUSED_I=big.i)
+        if form != "fused":
+            self.kernel = device.kernel("little.cl", "little_project", defines)
+        self.rows = 16 * -(-big.o // 32)  # dual_linear's per work-item: two an image
+        if form != "skip":
             self.qparams = device.upload(big.qparams)  # the input quantised in the kernel
-        name = "dual_linear" if fused else "little_project"
-        self.kernel = device.kernel("little.cl", name, defines)
+            more = {"ROWS": self.rows, "IN": big.i, "PROJECTED": form == "listed"}
+            self.dual = device.kernel("little.cl", "dual_linear", {**defines, **more})
         self._z: dict[int, Any] = {}
 
     @property
@@ -182,31 +181,28 @@ class DualLinear(Launcher):
         return found
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
-        big = self.big
-        grouped = () if big.segments is None else (big.segments, np.int32(big.experts))
-        if self.fused_ro:
-            i32 = np.int32
-            self.device.launch(
-                self.kernel,
-                (-(-big.o // self.fused_ro), n),
-                self.device.each_alone(2),
-                *(i32(n), i32(big.i), i32(big.o), x, big.w, big.b, big.scale, y),
-                *(*self.project, *self.little, self.stats, self.qparams, *grouped),
-            )
+        big, i32 = self.big, np.int32
+        grouped = () if big.segments is None else (big.segments, i32(big.experts))
+        little: tuple[Any, ...] = tuple(self.project)
+        if self.form != "fused":
+            z = little = (self.projections(n),)
+            with self.device.labelled("little"):
+                self.device.launch(
+                    self.kernel,
+                    (self.rank, n),
+                    self.device.each_alone(2),
+                    *(i32(big.i), x, *self.project, *z, *grouped),
+                )
+        if self.form == "skip":
+            big.launch(n, x, y, scratch, (*z, *self.little, self.stats), self.rank)
             return
-        z = self.projections(n)
-        with self.device.labelled("little"):
-            self.device.launch(
-                self.kernel,
-                (self.rank, n),
-                self.device.each_alone(2),
-                np.int32(big.i),
-                x,
-                *self.project,
-                z,
-                *grouped,
-            )
-        big.launch(n, x, y, scratch, (z, *self.little, self.stats), self.rank)
+        self.device.launch(
+            self.dual,
+            (-(-big.o // self.rows), n),
+            self.device.each_alone(2),
+            *(i32(n), i32(big.i), i32(big.o), x, big.w, big.b, big.scale, y, *little),
+            *(*self.little, self.stats, self.qparams, *grouped),
+        )
 
     def take_stats(self) -> SkipStats:
         """The counts since the last call (waits for the queue), and starts them again."""

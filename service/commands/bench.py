@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 BATCHES = 16  # distinct input batches per row, taken in turn
-PROFILE_RUNS = 9  # profiled runs per row (`--profile`), after the timed ones
+PROFILE_RUNS = 25  # profiled runs per row (`--profile`), after the timed ones: the median
+# of 9 moved by a third between runs for layers of a few microseconds
 
 
 def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:

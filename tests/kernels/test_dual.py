@@ -168,30 +168,34 @@ def test_dual_linear_against_its_twins(device, rng, name, n, i, o, r):
     scratch = device.alloc(max(big.scratch_bytes(n), 4))
     big(n, xb, plain, scratch)
     plain = device.read(plain, (n, o))
-    for fused in (False, True):
-        dual = ops.DualLinear(big, *little, np.array([0.25]), fused=fused)
-        assert bool(dual.fused_ro) == fused
+    for form in dual.FORMS:
+        op = ops.DualLinear(big, *little, np.array([0.25]), form=form)
         y = device.alloc(4 * n * o)
-        dual(n, xb, y, scratch)
-        if not fused:
-            assert nmse(device.read(dual.projections(n), (n, r)), z) < 1e-10
+        op(n, xb, y, scratch)
+        if form != "fused":
+            assert nmse(device.read(op.projections(n), (n, r)), z) < 1e-10
         got = device.read(y, (n, o))
         np.testing.assert_array_equal(got, ref.skip_insensitive(plain, estimate, 0.25))
-        stats = dual.take_stats()
+        stats = op.take_stats()
         assert (stats.images, stats.computed) == (n, int((estimate >= 0.25).sum()))
         assert stats.row_bytes == i * np.dtype(p.weight_dtype).itemsize
-        assert dual.take_stats().images == 0  # taken: counting starts again
-        assert dual.weight_bytes == big.weight_bytes + dual.little_bytes
-        # fused: transposed, the rank and the rows padded to multiples of 16
-        rr, oo = (-(-r // 16) * 16, -(-o // 16) * 16) if fused else (r, o)
+        assert op.take_stats().images == 0  # taken: counting starts again
+        assert op.weight_bytes == big.weight_bytes + op.little_bytes
+        # dual_linear reads A (fused: P too) transposed, rows padded to 16
+        r16, o16 = -(-r // 16) * 16, -(-o // 16) * 16
+        rp = r16 if form == "fused" else r
+        oo = o if form == "skip" else o16
         itemsize = np.dtype(p.weight_dtype).itemsize
-        assert dual.little_bytes == itemsize * rr * (i + oo) + 4 * (2 * rr + 2 * oo + 1)
+        assert op.little_bytes == itemsize * (rp * i + r * oo) + 4 * (2 * rp + 2 * oo + 1)
 
 
 @pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("n,i,o,r", [(1, 300, 33, 8), (3, 9000, 70, 5)])
-def test_fused_no_skip_and_all_skipped_equal_the_plain_layer(device, rng, name, n, i, o, r):
-    """One launch (little.cl's dual_linear, the input quantised on the fly): at 0% skip
+@pytest.mark.parametrize("form", ["listed", "fused"])
+def test_cpu_forms_no_skip_and_all_skipped_equal_the_plain_layer(
+    device, rng, name, n, i, o, r, form
+):
+    """little.cl's dual_linear (the input quantised in the kernel): at 0% skip
     the plain layer exactly (9000 inputs cross int8's flush of the float lanes), at
     100% skip zeros, which the plain layer gives too where every pre-activation is
     negative (a bias far below the sums)."""
@@ -201,23 +205,23 @@ def test_fused_no_skip_and_all_skipped_equal_the_plain_layer(device, rng, name, 
     for bias, threshold in ((rng.standard_normal(o, np.float32), -np.inf), (-1e5, np.inf)):
         b = np.full(o, bias, np.float32) if np.isscalar(bias) else bias
         big = ops.Linear(device, wt, b, True, precision=p, input_range=RANGE)
-        dual = ops.DualLinear(big, *_little(rng, i, o, r), np.array([threshold]), fused=True)
+        op = ops.DualLinear(big, *_little(rng, i, o, r), np.array([threshold]), form=form)
         xb, y, plain = device.upload(x), device.alloc(4 * n * o), device.alloc(4 * n * o)
         scratch = device.alloc(max(big.scratch_bytes(n), 4))
         big(n, xb, plain, scratch)
-        dual(n, xb, y, None)
+        op(n, xb, y, None)
         plain = device.read(plain, (n, o))
         np.testing.assert_array_equal(device.read(y, (n, o)), plain)
-        stats = dual.take_stats()
+        stats = op.take_stats()
         if threshold > 0:
             assert not plain.any() and (stats.row_reads, stats.computed) == (0, 0)
         else:
             assert stats.computed == stats.row_reads == n * o
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["two", "fused"])
+@pytest.mark.parametrize("form", dual.FORMS)
 @pytest.mark.parametrize("name", UNPACKED)
-def test_grouped_little_modules(device, rng, name, fused):
+def test_grouped_little_modules(device, rng, name, form):
     """Each row projected with its expert's little module and skipped against its
     expert's estimate and threshold (none skipped, some, all); padding rows are left
     alone. int16: each expert's planes found across all experts' weights."""
@@ -230,21 +234,21 @@ def test_grouped_little_modules(device, rng, name, fused):
     big = ops.Linear(device, wt, None, True, p, input_range=[RANGE] * e, segments=seg)
     little = _little(rng, i, o, r, experts=e)
     thresholds = np.array([-np.inf, 0.0, 0.5, np.inf], np.float32)
-    dual = ops.DualLinear(big, *little, thresholds, fused=fused)
+    op = ops.DualLinear(big, *little, thresholds, form=form)
     y, plain = device.alloc(4 * (n + 1) * o), device.alloc(4 * (n + 1) * o)
     xb = device.upload(x)
     scratch = device.alloc(max(big.scratch_bytes(n + 1), 4))
-    dual(n + 1, xb, y, scratch)
+    op(n + 1, xb, y, scratch)
     big(n + 1, xb, plain, scratch)
     twins = [_twin(x[b : b + 1], *(a[expert_of[b]] for a in little), p) for b in range(n)]
-    if not fused:
+    if form != "fused":
         z = np.concatenate([t[0] for t in twins])
-        assert nmse(device.read(dual.projections(n + 1), (n + 1, r))[:n], z) < 1e-10
+        assert nmse(device.read(op.projections(n + 1), (n + 1, r))[:n], z) < 1e-10
     estimate = np.concatenate([t[1] for t in twins])
     threshold = thresholds[expert_of][:, None]
     want = ref.skip_insensitive(device.read(plain, (n + 1, o))[:n], estimate, threshold)
     np.testing.assert_array_equal(device.read(y, (n + 1, o))[:n], want)
-    assert dual.take_stats().images == n
+    assert op.take_stats().images == n
 
 
 def test_a_little_module_that_does_not_fit_is_refused(device, rng):
@@ -263,14 +267,26 @@ def test_packed_rows_are_refused(device, rng, name):
         ops.DualLinear(big, *_little(rng, 64, 9, 4), np.array([0.25]))
 
 
-def test_small_layers_on_a_cpu_run_fused(device, rng):
-    """One launch for an expert-sized layer on a CPU, two for one past FUSED_WEIGHTS
-    (grouped: an expert's weights count) or on another device."""
-    i = dual.FUSED_WEIGHTS // 4 + 1
-    big = ops.Linear(device, rng.standard_normal((4, i), np.float32), None, relu=True)
-    assert not ops.DualLinear(big, *_little(rng, i, 4, 2), np.zeros(1)).fused_ro
-    seg, _ = segment_table(device, [1, 1])
-    wt = rng.standard_normal((2, 64, 160), np.float32)
-    big = ops.Linear(device, wt, None, True, segments=seg)
-    small = ops.DualLinear(big, *_little(rng, 160, 64, 4, experts=2), np.zeros(2))
-    assert small.fused_ro == (32 if device.is_cpu else 0)  # two work-items an image
+def test_the_form_follows_the_layer_and_the_device(device, rng):
+    """On a CPU: one launch for an expert-sized layer, dual_linear after the projection
+    past FUSED_WEIGHTS (grouped: an expert's weights count), linear.cl's SKIP past
+    FUSED_SIDE; SKIP on any other device."""
+    cpu = device.is_cpu
+
+    def form(o: int, i: int, experts: int = 1) -> str:
+        seg = segment_table(device, [1] * experts)[0] if experts > 1 else None
+        wt = rng.standard_normal((experts, o, i) if seg else (o, i), np.float32)
+        big = ops.Linear(device, wt, None, True, segments=seg)
+        little = _little(rng, i, o, 2, experts=experts if seg else None)
+        return ops.DualLinear(big, *little, np.zeros(experts)).form
+
+    assert form(64, 160, experts=2) == ("fused" if cpu else "skip")
+    assert form(128, dual.FUSED_WEIGHTS // 128 + 16) == ("listed" if cpu else "skip")
+    assert form(2, dual.FUSED_SIDE + 1) == "skip"
+    with pytest.raises(ValueError, match="form 'tiled': one of skip, listed, fused"):
+        ops.DualLinear(
+            ops.Linear(device, np.ones((4, 8), np.float32), None, relu=True),
+            *_little(rng, 8, 4, 2),
+            np.zeros(1),
+            form="tiled",
+        )
