@@ -14,7 +14,7 @@
 //    takes many rows to pay for it.
 // GROUPED (a mixture's experts, rows sorted by expert as linear.cl's): row b takes
 // expert ex's weights; rows past seg[experts] are left alone.
-// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS (precision.h), ROWS, IN, PROJECTED.
+// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS, DOT4 (precision.h), ROWS, IN, PROJECTED.
 #include "precision.h"
 
 #if GROUPED
@@ -64,6 +64,43 @@ __kernel void little_project(const int I, __global const float *restrict X,
 // from little_project instead. Quantised: the work-item quantises x itself (IN
 // elements) with the expert's qp[2 ex] (qinv) and qp[2 ex + 1] (qzero), as
 // quantize_input would. stats as linear.cl's SKIP counts them.
+#if DOT4
+// The rows wanted on AVX-512 VNNI (linear.cl's linear_dot4, four rows at a time): x
+// as bytes q + 128 (xb), each row's sum less corr[o]. The same integers as `linear`.
+TARGET void wanted_dot4(const int computed, const int *need, __global const char *W, const int I,
+                        const uchar *xb, __global const int *corr, __global const float *scale,
+                        __global const float *bias, __global float *y)
+{
+    const int I64 = I & ~63;
+    for (int j = 0; j < computed; j += 4) {
+        __global const char *w[4];
+        int16 acc[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            w[r] = W + (size_t)need[min(j + r, computed - 1)] * I;
+            acc[r] = 0;
+        }
+        for (int i = 0; i < I64; i += 64) {
+            const int16 xv = vload16(0, (const int *)(xb + i));
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                acc[r] = DOT4_MAC(acc[r], xv, vload16(0, (__global const int *)(w[r] + i)));
+        }
+        for (int r = 0; r < 4 && j + r < computed; ++r) {
+            const int o = need[j + r];
+            const int8 s8 = acc[r].lo + acc[r].hi;
+            const int4 s4 = s8.lo + s8.hi;
+            int s = s4.x + s4.y + s4.z + s4.w - corr[o];
+            for (int i = I64; i < I; ++i) s += (int)w[r][i] * (int)xb[i];
+            y[o] = fmax((float)s * scale[o] + bias[o], 0.0f);
+        }
+    }
+}
+#define CORR_ARG , __global const int *restrict corr
+#else
+#define CORR_ARG
+#endif
+
 #if PROJECTED
 #define LITTLE_ARGS __global const float *restrict Z
 #else
@@ -76,7 +113,8 @@ __kernel void dual_linear(const int B, const int I, const int O,
                           __global float *restrict Y, LITTLE_ARGS,
                           __global const wtype *restrict AT, __global const float *restrict ascale,
                           __global const float *restrict abias, __global const float *restrict threshold,
-                          __global int *restrict stats, __global const float *restrict qp GROUP_ARGS)
+                          __global int *restrict stats, __global const float *restrict qp CORR_ARG
+                          GROUP_ARGS)
 {
     const int o0 = get_global_id(0) * ROWS, b = get_global_id(1);
     EXPERT_OF(b)
@@ -100,9 +138,17 @@ __kernel void dual_linear(const int B, const int I, const int O,
 #endif
 #if QBITS  // x quantised once for all the rows (quantize_input's QX), kept private
     const float qinv = qp[2 * ex], qzero = qp[2 * ex + 1];
+#if DOT4  // as bytes q + 128, 4 to a uint
+    uint xw[(IN + 63) / 64 * 16];
+    uchar *xb = (uchar *)xw;
+    for (int i = 0; i < (I & ~15); i += 16)
+        vstore16(convert_uchar16(QX(vload16(0, x + i)) + qzero + 128.0f), 0, xb + i);
+    for (int i = I & ~15; i < I; ++i) xb[i] = QBYTE(x[i]);
+#else
     float xq[(IN + 15) & ~15];
     for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i)), 0, xq + i);
     for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i]);
+#endif
 #else
 #define xq x
 #endif
@@ -130,6 +176,10 @@ __kernel void dual_linear(const int B, const int I, const int O,
     }
     PLANE((size_t)EXPERTS * O * I)
     W += (size_t)ex * O * I;
+#if DOT4
+    const int e0 = ex * O;
+    wanted_dot4(computed, need, W, I, xb, corr + e0, scale + e0, bias + e0, Y + (size_t)b * O);
+#else
     const int I16 = I & ~15;
     for (int j = 0; j < computed; j += 4) {
         __global const wtype *w[4];
@@ -161,6 +211,7 @@ __kernel void dual_linear(const int B, const int I, const int O,
             Y[(size_t)b * O + o] = fmax((float)tot[r] * scale[eo] + bias[eo], 0.0f);
         }
     }
+#endif
     if (o0 == 0) atomic_inc(stats + 1);
     if (computed) {
         atomic_add(stats, computed);

@@ -162,7 +162,7 @@ class DualLinear(Launcher):
         self.rows = 16 * -(-big.o // 32)  # dual_linear's per work-item: two an image
         if form != "skip":
             self.qparams = device.upload(big.qparams)  # the input quantised in the kernel
-            more = {"ROWS": self.rows, "IN": big.i, "PROJECTED": form == "listed"}
+            more = {"ROWS": self.rows, "IN": big.i, "PROJECTED": form == "listed", "DOT4": big.dot4}
             self.dual = device.kernel("little.cl", "dual_linear", {**defines, **more})
         self._z: dict[int, Any] = {}
 
@@ -201,7 +201,8 @@ class DualLinear(Launcher):
             (-(-big.o // self.rows), n),
             self.device.each_alone(2),
             *(i32(n), i32(big.i), i32(big.o), x, big.w, big.b, big.scale, y, *little),
-            *(*self.little, self.stats, self.qparams, *grouped),
+            *(*self.little, self.stats, self.qparams, *((big.corr,) if big.dot4 else ())),
+            *grouped,
         )
 
     def take_stats(self) -> SkipStats:

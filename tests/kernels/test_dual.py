@@ -219,6 +219,27 @@ def test_cpu_forms_no_skip_and_all_skipped_equal_the_plain_layer(
             assert stats.computed == stats.row_reads == n * o
 
 
+@pytest.mark.parametrize("dot4", [True, False])
+@pytest.mark.parametrize("form", ["listed", "fused"])
+def test_int8_cpu_forms_on_byte_dot_products_too(device, rng, dot4, form):
+    """dual_linear at int8 on VNNI (bytes q + 128, 200 inputs: three 64-byte steps and a
+    tail) and on float lanes: the plain layer's integers either way."""
+    skip_unless_dot4(device, dot4)
+    n, i, o, r = 3, 200, 40, 8
+    x = rng.standard_normal((n, i), np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    p = PRECISIONS["int8"]
+    big = ops.Linear(device, wt, None, True, precision=p, input_range=RANGE, dot4=dot4)
+    little = _little(rng, i, o, r)
+    op = ops.DualLinear(big, *little, np.array([0.25]), form=form)
+    xb, y, plain = device.upload(x), device.alloc(4 * n * o), device.alloc(4 * n * o)
+    big(n, xb, plain, device.alloc(big.scratch_bytes(n)))
+    op(n, xb, y, None)
+    estimate = _twin(x, *little, p)[1]
+    want = ref.skip_insensitive(device.read(plain, (n, o)), estimate, 0.25)
+    np.testing.assert_array_equal(device.read(y, (n, o)), want)
+
+
 @pytest.mark.parametrize("form", dual.FORMS)
 @pytest.mark.parametrize("name", UNPACKED)
 def test_grouped_little_modules(device, rng, name, form):
