@@ -101,48 +101,51 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
 }
 
 // pad2d_pixels where every group's channels are a multiple of four (every layer but a
-// network's first: no padding bytes within a pixel, CP = C): one work-item per padded
-// row and block of 16 channels, gathering a pixel's 16 channels into one vector and
-// storing its 16 bytes at once; the last block of 4, 8 or 12 channels four at a time.
-// Work-items alone (no implicit vectorisation across them): 2-2.6x pad2d_pixels on
-// 192-384 channels (docs/benchmark-log.md).
+// network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
+// rows (of all N * HP) and a block of 16 channels, gathering a pixel's 16 channels into
+// one vector and storing its 16 bytes at once; the last block of 4, 8 or 12 channels
+// four at a time. Work-items alone (no implicit vectorisation across them): 2-2.6x
+// pad2d_pixels on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on
+// PoCL a work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
 __kernel void pad2d_channels(__global const float *restrict x, __global uchar *restrict y,
                              const int H, const int W, const int PH, const int PW,
-                             const int C, const int N, QARGS)
+                             const int C, const int N, const int R, QARGS)
 {
-    const int row = get_global_id(0), c0 = get_global_id(1) * 16;  // row = b * HP + oy
+    const int c0 = get_global_id(1) * 16, n = min(16, C - c0);
     const int HP = H + 2 * PH, WP = W + 2 * PW;
-    const int b = row / HP, iy = row % HP - PH;
-    QPARAMS(b)
-    const uchar pad = QBYTE(0.0f);
-    __global uchar *dst = y + (size_t)row * WP * C + c0;
-    const int n = min(16, C - c0);
-    const bool inside = iy >= 0 && iy < H;
-    for (int i = 0; i < WP; ++i) {
-        if (inside && i >= PW && i < PW + W) continue;
-        for (int t = 0; t < n; ++t) dst[i * C + t] = pad;
-    }
-    if (!inside) return;
     const size_t plane = (size_t)N * H * W;
-    __global const float *src = x + (((size_t)c0 * N + b) * H + iy) * W;
-    __global uchar *d = dst + PW * C;
-    if (n == 16) {
-        for (int i = 0; i < W; ++i) {
-            const float16 v = (float16)(GATHER4(src, i, plane), GATHER4(src + 4 * plane, i, plane),
-                                        GATHER4(src + 8 * plane, i, plane),
-                                        GATHER4(src + 12 * plane, i, plane));
-            vstore16(convert_uchar16(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
-                     d + i * C);
+    const int r0 = get_global_id(0) * R;
+    for (int row = r0; row < min(r0 + R, N * HP); ++row) {  // row = b * HP + oy
+        const int b = row / HP, iy = row % HP - PH;
+        QPARAMS(b)
+        const uchar pad = QBYTE(0.0f);
+        __global uchar *dst = y + (size_t)row * WP * C + c0;
+        const bool inside = iy >= 0 && iy < H;
+        for (int i = 0; i < WP; ++i) {
+            if (inside && i >= PW && i < PW + W) continue;
+            for (int t = 0; t < n; ++t) dst[i * C + t] = pad;
         }
-        return;
-    }
-    for (int t = 0; t < n; t += 4) {
-        for (int i = 0; i < W; ++i) {
-            const float4 v = GATHER4(src + t * plane, i, plane);
-            vstore4(convert_uchar4(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
-                    d + i * C + t);
+        if (!inside) continue;
+        __global const float *src = x + (((size_t)c0 * N + b) * H + iy) * W;
+        __global uchar *d = dst + PW * C;
+        if (n == 16) {
+            for (int i = 0; i < W; ++i) {
+                const float16 v = (float16)(GATHER4(src, i, plane), GATHER4(src + 4 * plane, i, plane),
+                                            GATHER4(src + 8 * plane, i, plane),
+                                            GATHER4(src + 12 * plane, i, plane));
+                vstore16(convert_uchar16(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
+                         d + i * C);
+            }
+            continue;
+        }
+        for (int t = 0; t < n; t += 4) {
+            for (int i = 0; i < W; ++i) {
+                const float4 v = GATHER4(src + t * plane, i, plane);
+                vstore4(convert_uchar4(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
+                        d + i * C + t);
+            }
         }
     }
 }

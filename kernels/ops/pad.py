@@ -11,6 +11,7 @@ import numpy as np
 from kernels.runtime import Device
 
 I32 = np.int32
+ITEMS = 32  # pad2d_channels' work-items (rows each: enough to repay starting one)
 
 
 class ConvPad:
@@ -51,8 +52,10 @@ class ConvPad:
     def __call__(self, n: int, x: Any, out: Any) -> None:
         d, geometry = self.device, (I32(self.h), I32(self.w), I32(self.ph), I32(self.pw))
         if self.channels4:
-            grid, local = (self.hp * n, -(-self.c // 16)), d.each_alone(2)
-            args: tuple[Any, ...] = (I32(self.c), I32(n))
+            rows, blocks = self.hp * n, -(-self.c // 16)
+            each = max(1, rows * blocks // ITEMS)
+            grid, local = (-(-rows // each), blocks), d.each_alone(2)
+            args: tuple[Any, ...] = (I32(self.c), I32(n), I32(each))
         elif self.dot4:
             grid, local = (self.hp, n), d.work_group(self.hp, 1)
             args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))

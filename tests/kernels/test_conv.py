@@ -33,6 +33,7 @@ CONV_CASES = [
     (1, 16, 7, 7, 50, 1, 1, 0, 1, False),
     (7, 12, 6, 5, 20, 3, 1, 1, 4, True),
     (2, 40, 7, 6, 24, 3, 1, 1, 2, True),  # DOT4's input 16 channels at a time, and 8
+    (5, 24, 9, 7, 16, 3, 1, 1, 1, True),  # pad2d_channels: 3 of 55 rows an item, the last 1
 ]
 
 
