@@ -9,12 +9,15 @@ tests/conftest.py and tests/service/conftest.py.
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,16 @@ from experts.model.architectures import random_weights
 from experts.model.repository import Repository
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def script(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module (scripts/ is not a package)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
 
 # -- tiny models ---------------------------------------------------------------------------
 

@@ -4,22 +4,16 @@ on real photos and synthetic images (alexnet's figures in BENCHMARKS.md)."""
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import script
 
 
 @pytest.fixture
 def dual_agreement():
     pytest.importorskip("skimage.data", reason="scikit-image is not installed")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import dual_agreement
-    finally:
-        sys.path.pop(0)
-    return dual_agreement
+    return script("dual_agreement")
 
 
 def test_each_precision_counts_its_unchanged_answers(dual_agreement, capsys):

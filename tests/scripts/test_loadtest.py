@@ -4,11 +4,9 @@ figures, and refuses any address but loopback."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import script
 from tests.service.servers import server
 
 pytestmark = pytest.mark.timeout(300)
@@ -18,11 +16,7 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
     """scripts/loadtest.py (its lean keep-alive client): a bounded run on loopback
     counts every answer, errors by status included, and reads the server's figures."""
     pytest.importorskip("skimage.data", reason="scikit-image is not installed (photos)")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import loadtest
-    finally:
-        sys.path.pop(0)
+    loadtest = script("loadtest")
     with server(shared_tiny_repo, log=tmp_path / "server.log", max_batch_size="4") as srv:
         argv = [
             "--url",

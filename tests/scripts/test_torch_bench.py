@@ -4,20 +4,15 @@ reference) on the CPU: one row per batch size, written where asked."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import script
 
 
 def test_torch_bench_on_the_cpu(tmp_path, capsys):
     pytest.importorskip("torch", reason="torch is not installed (the train extra)")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import torch_bench
-    finally:
-        sys.path.pop(0)
+    torch_bench = script("torch_bench")
     out = tmp_path / "torch.json"
     argv = ["--model", "fashion-alexnet", "--random-weights", "--batch", "1,3", "--device",
             "cpu", "--iterations", "2", "--warmup", "1", "--out", str(out)]  # fmt: skip

@@ -4,21 +4,15 @@ weight beside the entropy of the integers, which no lossless code goes below."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import script
 
 
 @pytest.fixture
 def weight_entropy():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import weight_entropy
-    finally:
-        sys.path.pop(0)
-    return weight_entropy
+    return script("weight_entropy")
 
 
 def test_a_mixtures_layers_and_their_bound(weight_entropy, capsys):
