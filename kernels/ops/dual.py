@@ -70,13 +70,13 @@ class SkipStats(NamedTuple):
 
 
 # The CPU forms (little.cl's dual_linear) for layers of at most FUSED_SIDE inputs and
-# outputs (it keeps a float an input and a row index an output in private memory, 64
-# KiB at most); "fused" (projecting inside, one launch) where the layer has at most
-# FUSED_WEIGHTS weights (an expert's, grouped). A fashion-moe expert's fc6 and fc7 (41
-# and 66 thousand) take 5-20 us, a launch 2-4 us of it; in larger layers the
+# outputs (it keeps a float an input and a row index for half the outputs in private
+# memory, 96 KiB at most); "fused" (projecting inside, one launch) where the layer has
+# at most FUSED_WEIGHTS weights (an expert's, grouped). A fashion-moe expert's fc6 and
+# fc7 (41 and 66 thousand) take 5-20 us, a launch 2-4 us of it; in larger layers the
 # projection, repeated by every work-item of an image, would cost more than its launch.
 # Each image takes two work-items, half the rows each: one per thread of a two-core
-# CPU at batch 1 (four or eight measured no faster on the experts).
+# CPU at batch 1 (one, four or eight measured no faster on the experts).
 FUSED_WEIGHTS = 1 << 18
 FUSED_SIDE = 16384
 FORMS = ("skip", "listed", "fused")  # linear.cl's SKIP, dual_linear after little_project, alone
