@@ -147,6 +147,10 @@ class Network(Runnable):
                     raise SpecError(f"{step.name}: {exc}") from exc
                 step = replace(step, op=op)
             twin.steps.append(step)
+        ran = [s.op for s in twin.steps if s.op is not None]  # dropout between: no op
+        for first, second in zip(ran, ran[1:], strict=False):
+            if isinstance(first, ops.DualLinear) and isinstance(second, ops.DualLinear):
+                second.follows(first)  # one launch for both where they are small
         twin.weight_bytes = sum(s.op.weight_bytes for s in twin.steps if s.op is not None)
         twin._plans = OrderedDict()
         return twin

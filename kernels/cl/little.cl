@@ -14,7 +14,8 @@
 //    takes many rows to pay for it.
 // GROUPED (a mixture's experts, rows sorted by expert as linear.cl's): row b takes
 // expert ex's weights; rows past seg[experts] are left alone.
-// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS, DOT4 (precision.h), ROWS, IN, PROJECTED.
+// Defines: RANK, GROUPED, WEIGHT_HALF, QBITS, DOT4 (precision.h), ROWS, IN, PROJECTED;
+// PAIR with RANK2, IN2, ROWS2.
 #include "precision.h"
 
 #if GROUPED
@@ -54,7 +55,6 @@ __kernel void little_project(const int I, __global const float *restrict X,
 }
 
 #ifdef ROWS
-#define R16 ((RANK + 15) / 16)  // float16s of a projection
 
 // Work-item (g, b): image b, rows [g ROWS, (g + 1) ROWS), ROWS a multiple of 16. The
 // little module comes transposed, its rows padded with zeros to a multiple of 16
@@ -103,10 +103,92 @@ TARGET void wanted_dot4(const int computed, const int *need, __global const char
 
 #if PROJECTED
 #define LITTLE_ARGS __global const float *restrict Z
+#define LITTLE Z
 #else
 #define LITTLE_ARGS __global const wtype *restrict PT, __global const float *restrict pscale, \
     __global const float *restrict shift
+#define LITTLE PT, pscale, shift
 #endif
+#if DOT4
+#define CORR , corr
+#else
+#define CORR
+#endif
+
+#if PAIR
+// dual_pair: a fused layer and the fused layer it feeds (fc6 and fc7 of a mixture's
+// experts) in one launch, one work-item an image: the first layer's output H row is
+// written and then read by the same work-item, so nothing waits between the layers.
+// The first layer takes RANK, IN, ROWS (all its rows), the second RANK2, IN2, ROWS2.
+#define L_FN dual_first
+#define L_RANK RANK
+#define L_IN IN
+#define L_ROWS ROWS
+#define L_PROJECTED 0
+#include "dual_layer.h"
+#undef L_FN
+#undef L_RANK
+#undef L_IN
+#undef L_ROWS
+#define L_FN dual_second
+#define L_RANK RANK2
+#define L_IN IN2
+#define L_ROWS ROWS2
+#include "dual_layer.h"
+#if DOT4
+#define CORR_ARG2 , __global const int *restrict corr2
+#define CORR2 , corr2
+#else
+#define CORR_ARG2
+#define CORR2
+#endif
+
+inline void count(__global int *stats, const int computed)
+{
+    atomic_inc(stats + 1);
+    if (computed) {
+        atomic_add(stats, computed);
+        atomic_add(stats + 2, computed);
+    }
+}
+
+__kernel void dual_pair(const int B, const int I, const int O, const int O2,
+                        __global const float *restrict X, __global const wtype *restrict W,
+                        __global const float *restrict bias, __global const float *restrict scale,
+                        __global float *restrict H, __global const wtype *restrict PT,
+                        __global const float *restrict pscale, __global const float *restrict shift,
+                        __global const wtype *restrict AT, __global const float *restrict ascale,
+                        __global const float *restrict abias, __global const float *restrict threshold,
+                        __global int *restrict stats, __global const float *restrict qp CORR_ARG,
+                        __global const wtype *restrict W2, __global const float *restrict bias2,
+                        __global const float *restrict scale2, __global float *restrict Y,
+                        __global const wtype *restrict PT2, __global const float *restrict pscale2,
+                        __global const float *restrict shift2, __global const wtype *restrict AT2,
+                        __global const float *restrict ascale2, __global const float *restrict abias2,
+                        __global const float *restrict threshold2, __global int *restrict stats2,
+                        __global const float *restrict qp2 CORR_ARG2 GROUP_ARGS)
+{
+    const int b = get_global_id(1);
+    EXPERT_OF(b)
+    __global float *h = H + (size_t)b * O;
+    count(stats, dual_first(b, ex, EXPERTS, 0, I, O, X + (size_t)b * I, W, bias, scale, h, PT,
+                            pscale, shift, AT, ascale, abias, threshold, qp CORR));
+    count(stats2, dual_second(b, ex, EXPERTS, 0, O, O2, h, W2, bias2, scale2, Y + (size_t)b * O2,
+                              PT2, pscale2, shift2, AT2, ascale2, abias2, threshold2, qp2 CORR2));
+}
+#else
+#define L_FN dual_layer
+#define L_RANK RANK
+#define L_IN IN
+#define L_ROWS ROWS
+#define L_PROJECTED PROJECTED
+#include "dual_layer.h"
+#undef L_FN
+#undef L_RANK
+#undef L_IN
+#undef L_ROWS
+#undef L_PROJECTED
+
 __kernel void dual_linear(const int B, const int I, const int O,
                           __global const float *restrict X, __global const wtype *restrict W,
                           __global const float *restrict bias, __global const float *restrict scale,
@@ -118,104 +200,13 @@ __kernel void dual_linear(const int B, const int I, const int O,
 {
     const int o0 = get_global_id(0) * ROWS, b = get_global_id(1);
     EXPERT_OF(b)
-    const int O16 = (O + 15) & ~15;
-    __global const float *x = X + (size_t)b * I;
-    float z[16 * R16];
-#if PROJECTED
-    for (int k = 0; k < RANK; ++k) z[k] = Z[(size_t)b * RANK + k];
-#else
-    {
-        PLANE((size_t)EXPERTS * I * 16 * R16)
-        __global const wtype *pt = PT + (size_t)ex * I * 16 * R16;
-        float16 acc[R16];
-        for (int c = 0; c < R16; ++c) acc[c] = 0;
-        for (int i = 0; i < I; ++i)
-            for (int c = 0; c < R16; ++c)
-                acc[c] = MAD(LOADW16(0, pt + ((size_t)i * R16 + c) * 16), (float16)x[i], acc[c]);
-        for (int c = 0; c < R16; ++c)
-            vstore16(acc[c] * vload16(ex * R16 + c, pscale) + vload16(ex * R16 + c, shift), c, z);
-    }
-#endif
-#if QBITS  // x quantised once for all the rows (quantize_input's QX), kept private
-    const float qinv = qp[2 * ex], qzero = qp[2 * ex + 1];
-#if DOT4  // as bytes q + 128, 4 to a uint
-    uint xw[(IN + 63) / 64 * 16];
-    uchar *xb = (uchar *)xw;
-    for (int i = 0; i < (I & ~15); i += 16)
-        vstore16(convert_uchar16(QX(vload16(0, x + i)) + qzero + 128.0f), 0, xb + i);
-    for (int i = I & ~15; i < I; ++i) xb[i] = QBYTE(x[i]);
-#else
-    float xq[(IN + 15) & ~15];
-    for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i)), 0, xq + i);
-    for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i]);
-#endif
-#else
-#define xq x
-#endif
-    // Decide every row first, 16 at a time, then compute the rows wanted 4 at a time:
-    // they lie scattered, and 4 independent streams keep more misses in flight.
-    int need[ROWS];
-    int computed = 0;
-    {
-        PLANE((size_t)EXPERTS * RANK * O16)
-        __global const wtype *at = AT + (size_t)ex * RANK * O16;
-        const float thr = threshold[ex];
-        const int end = min(o0 + ROWS, O);
-        for (int o = o0; o < end; o += 16) {
-            float16 e = 0;
-            for (int k = 0; k < RANK; ++k) e = MAD(LOADW16(0, at + (size_t)k * O16 + o), (float16)z[k], e);
-            float est[16];
-            vstore16(e * vload16(0, ascale + ex * O16 + o) + vload16(0, abias + ex * O16 + o), 0, est);
-            for (int l = 0; l < 16 && o + l < end; ++l) {
-                if (est[l] >= thr)
-                    need[computed++] = o + l;
-                else
-                    Y[(size_t)b * O + o + l] = 0.0f;
-            }
-        }
-    }
-    PLANE((size_t)EXPERTS * O * I)
-    W += (size_t)ex * O * I;
-#if DOT4
-    const int e0 = ex * O;
-    wanted_dot4(computed, need, W, I, xb, corr + e0, scale + e0, bias + e0, Y + (size_t)b * O);
-#else
-    const int I16 = I & ~15;
-    for (int j = 0; j < computed; j += 4) {
-        __global const wtype *w[4];
-        acc16 acc[4];
-        accs tot[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {  // past the last row wanted: it again, unwritten
-            w[r] = W + (size_t)need[min(j + r, computed - 1)] * I;
-            acc[r] = 0;
-            tot[r] = 0;
-        }
-        for (int i0 = 0; i0 < I16; i0 += 16 * QCHUNK) {
-            const int i1 = min(I16, i0 + 16 * QCHUNK);
-            for (int i = i0; i < i1; i += 16) {
-                const float16 xv = vload16(0, xq + i);
-#pragma unroll
-                for (int r = 0; r < 4; ++r) acc[r] = MACC(LOADW16(0, w[r] + i), xv, acc[r]);
-            }
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                tot[r] += hsum(acc[r]);
-                acc[r] = 0;
-            }
-        }
-        for (int r = 0; r < 4 && j + r < computed; ++r) {
-            const int o = need[j + r];
-            for (int i = I16; i < I; ++i) tot[r] += (accs)LOADW(i, w[r]) * (accs)xq[i];
-            const int eo = ex * O + o;
-            Y[(size_t)b * O + o] = fmax((float)tot[r] * scale[eo] + bias[eo], 0.0f);
-        }
-    }
-#endif
+    const int computed = dual_layer(b, ex, EXPERTS, o0, I, O, X + (size_t)b * I, W, bias, scale,
+                                    Y + (size_t)b * O, LITTLE, AT, ascale, abias, threshold, qp CORR);
     if (o0 == 0) atomic_inc(stats + 1);
     if (computed) {
         atomic_add(stats, computed);
         atomic_add(stats + 2, computed);
     }
 }
+#endif  // PAIR
 #endif

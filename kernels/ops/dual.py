@@ -157,14 +157,37 @@ class DualLinear(Launcher):
         self.weight_bytes = big.weight_bytes + self.little_bytes
         self.weight_count, self.bits_per_weight = big.weight_count, big.bits_per_weight
         defines = {**p.defines, "RANK": rank, "GROUPED": big.segments is not None}
+        self.defines = {**defines, "DOT4": big.dot4}
+        self.leader: DualLinear | None = None  # `follows`: run with the layer before
+        self.paired = False  # run by the layer after (`follows`)
         if form != "fused":
             self.kernel = device.kernel("little.cl", "little_project", defines)
         self.rows = 16 * -(-big.o // 32)  # dual_linear's per work-item: two an image
         if form != "skip":
             self.qparams = device.upload(big.qparams)  # the input quantised in the kernel
-            more = {"ROWS": self.rows, "IN": big.i, "PROJECTED": form == "listed", "DOT4": big.dot4}
-            self.dual = device.kernel("little.cl", "dual_linear", {**defines, **more})
+            more = {"ROWS": self.rows, "IN": big.i, "PROJECTED": form == "listed"}
+            self.dual = device.kernel("little.cl", "dual_linear", {**self.defines, **more})
         self._z: dict[int, Any] = {}
+        self._h: dict[int, Any] = {}
+
+    def follows(self, first: DualLinear) -> bool:
+        """Run `first`, the layer whose output this one takes, in this layer's launch
+        (little.cl's dual_pair, one work-item an image) where both are fused alike: at
+        fashion-moe's expert sizes the launch between them cost what either layer's
+        arithmetic does. Returns whether they were paired."""
+        a, b = first.big, self.big
+        alike = a.precision is b.precision and a.segments is b.segments and a.dot4 == b.dot4
+        if not (first.form == self.form == "fused" and a.o == b.i and alike):
+            return False
+        rows = {"ROWS": 16 * -(-a.o // 16), "ROWS2": 16 * -(-b.o // 16), "PAIR": True}
+        shapes = {"IN": a.i, "RANK2": self.rank, "IN2": b.i, "PROJECTED": False}
+        defines = {**first.defines, **shapes, **rows}
+        self.pair = self.device.kernel("little.cl", "dual_pair", defines)
+        self.leader, first.paired = first, True
+        return True
+
+    def runs_at(self, n: int) -> bool:
+        return not self.paired  # the layer after runs it
 
     @property
     def out_shape(self) -> tuple[int]:
@@ -180,9 +203,27 @@ class DualLinear(Launcher):
             found = self._z[n] = self.device.alloc(4 * n * self.rank)
         return found
 
+    def _corr(self) -> tuple[Any, ...]:
+        return (self.big.corr,) if self.big.dot4 else ()
+
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         big, i32 = self.big, np.int32
         grouped = () if big.segments is None else (big.segments, i32(big.experts))
+        if self.leader is not None:
+            first, a = self.leader, self.leader.big
+            h = self._h.get(n)
+            if h is None:
+                h = self._h[n] = self.device.alloc(4 * n * a.o)
+            self.device.launch(
+                self.pair,
+                (1, n),
+                self.device.each_alone(2),
+                *(i32(n), i32(a.i), i32(a.o), i32(big.o), x, a.w, a.b, a.scale, h),
+                *(*first.project, *first.little, first.stats, first.qparams, *first._corr()),
+                *(big.w, big.b, big.scale, y, *self.project, *self.little, self.stats),
+                *(self.qparams, *self._corr(), *grouped),
+            )
+            return
         little: tuple[Any, ...] = tuple(self.project)
         if self.form != "fused":
             z = little = (self.projections(n),)
@@ -201,8 +242,7 @@ class DualLinear(Launcher):
             (-(-big.o // self.rows), n),
             self.device.each_alone(2),
             *(i32(n), i32(big.i), i32(big.o), x, big.w, big.b, big.scale, y, *little),
-            *(*self.little, self.stats, self.qparams, *((big.corr,) if big.dot4 else ())),
-            *grouped,
+            *(*self.little, self.stats, self.qparams, *self._corr(), *grouped),
         )
 
     def take_stats(self) -> SkipStats:

@@ -290,3 +290,47 @@ def test_the_form_follows_the_layer_and_the_device(device, rng):
             np.zeros(1),
             form="tiled",
         )
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one", "experts"])
+@pytest.mark.parametrize("name", UNPACKED)
+def test_a_pair_in_one_launch_equals_the_two_layers(device, rng, name, grouped):
+    """little.cl's dual_pair (a fused layer and the fused layer it feeds, one work-item
+    an image) against the same two layers launched one after the other: the same
+    outputs bit for bit, the same counts; the first layer then no longer runs alone."""
+    counts, i, o1, o2 = [2, 0, 3], 100, 36, 21  # 100 inputs: VNNI's 64 and a tail
+    n, e = sum(counts), len(counts)
+    seg = segment_table(device, counts)[0] if grouped else None
+    p = PRECISIONS[name]
+    lead = (e,) if grouped else ()
+    ranges = [RANGE] * e if grouped else RANGE
+
+    def layer(o: int, i: int) -> ops.DualLinear:
+        wt = rng.standard_normal((*lead, o, i), np.float32)
+        b = rng.standard_normal((*lead, o), np.float32)
+        big = ops.Linear(device, wt, b, True, p, input_range=ranges, segments=seg)
+        little = _little(rng, i, o, 5, experts=e if grouped else None)
+        return ops.DualLinear(big, *little, np.full(e if grouped else 1, 0.1), form="fused")
+
+    first, second = layer(o1, i), layer(o2, o1)
+    x = device.upload(rng.standard_normal((n, i), np.float32))
+    h, want, got = device.alloc(4 * n * o1), device.alloc(4 * n * o2), device.alloc(4 * n * o2)
+    first(n, x, h, None)
+    second(n, h, want, None)
+    apart = [first.take_stats(), second.take_stats()]
+    assert first.runs_at(n) and second.follows(first) and not first.runs_at(n)
+    second(n, x, got, None)
+    np.testing.assert_array_equal(device.read(got, (n, o2)), device.read(want, (n, o2)))
+    assert [first.take_stats(), second.take_stats()] == apart
+    assert 0 < apart[1].computed < n * o2  # some skipped, some not
+
+
+def test_only_fused_layers_that_feed_each_other_pair(device, rng):
+    def layer(o: int, i: int, form: str) -> ops.DualLinear:
+        big = ops.Linear(device, rng.standard_normal((o, i), np.float32), None, relu=True)
+        return ops.DualLinear(big, *_little(rng, i, o, 4), np.zeros(1), form=form)
+
+    assert not layer(8, 12, "fused").follows(layer(12, 16, "listed"))
+    assert not layer(8, 10, "fused").follows(layer(12, 16, "fused"))  # 12 outputs, 10 inputs
+    first = layer(12, 16, "fused")
+    assert first.runs_at(1) and layer(8, 12, "fused").follows(first) and not first.runs_at(1)
