@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
                 if dual is not None:
                     dual.take_skip_stats()  # counted from here: the timed runs' inputs
             times = time_rounds(runners, args, warmup)
+            skips = {r[0]: r[3].take_skip_stats() for r in rows}  # the timed runs' counts
+            profiles = {}
+            if args.profile:
+                profiles = profile_layers({r[0]: (r[3].device, runners[r[0]]) for r in rows})
             for key, name, session, network, k in rows:
                 row = {
                     "runtime": "moe-alexnet",
@@ -195,11 +199,11 @@ def run(args: argparse.Namespace) -> int:
                 }
                 if spreads[key]:  # a mixture: distinct experts per batch run
                     row["experts_per_batch"] = round(float(np.mean(spreads[key])), 2)
-                stats = network.take_skip_stats()
+                stats = skips[key]
                 if stats:
                     row["dual_module"] = {n: st.as_dict() for n, st in stats.items()}
                 if args.profile:
-                    row["profile"] = profile_layers(network.device, runners[key])
+                    row["profile"] = profiles[key]
                 _emit(row, args.json)
                 if session is not None:
                     ort = times[f"{key} onnxruntime"]  # the plain row's key
@@ -212,29 +216,37 @@ PROFILE_RUNS = 25  # profiled runs per row (`--profile`), after the timed ones: 
 # of 9 moved by a third between runs for layers of a few microseconds
 
 
-def profile_layers(device: Any, run: Callable[[], Any]) -> list[dict[str, Any]]:
-    """Device time per layer: each launch's OpenCL profiling event, summed per label
-    (the layer's name, "stem.conv1" in a mixture; the kernel's where a launch has
-    none), over PROFILE_RUNS runs (`_typical`), in first-launch order."""
-    runs: list[dict[str, float]] = []
-    kernels: dict[str, list[str]] = {}
+def profile_layers(
+    runs: dict[str, tuple[Any, Callable[[], Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Device time per layer of each (device, run) by key: each launch's OpenCL
+    profiling event, summed per label (the layer's name, "stem.conv1" in a mixture;
+    the kernel's where a launch has none), over PROFILE_RUNS runs (`_typical`), in
+    first-launch order. The keys take turns, a run each, as the timed rounds do: one
+    after another, a layer of a few microseconds drifted with the machine between them."""
+    seen: dict[str, list[dict[str, float]]] = {key: [] for key in runs}
+    kernels: dict[str, dict[str, list[str]]] = {key: {} for key in runs}
     for _ in range(PROFILE_RUNS):
-        device.events.clear()
-        run()
-        device.finish()
-        ms: dict[str, float] = {}
-        for label, name, event in device.events:
-            layer = label or name
-            ms[layer] = ms.get(layer, 0.0) + (event.profile.end - event.profile.start) * 1e-6
-            names = kernels.setdefault(layer, [])
-            if name not in names:
-                names.append(name)
-        runs.append(ms)
-    device.events.clear()
-    return [
-        {"layer": layer, "kernels": names, "ms": round(_typical(runs, layer), 4)}
-        for layer, names in kernels.items()
-    ]
+        for key, (device, run) in runs.items():
+            device.events.clear()
+            run()
+            device.finish()
+            ms: dict[str, float] = {}
+            for label, name, event in device.events:
+                layer = label or name
+                ms[layer] = ms.get(layer, 0.0) + (event.profile.end - event.profile.start) * 1e-6
+                names = kernels[key].setdefault(layer, [])
+                if name not in names:
+                    names.append(name)
+            seen[key].append(ms)
+            device.events.clear()
+    return {
+        key: [
+            {"layer": layer, "kernels": names, "ms": round(_typical(seen[key], layer), 4)}
+            for layer, names in kernels[key].items()
+        ]
+        for key in runs
+    }
 
 
 def _typical(runs: list[dict[str, float]], layer: str) -> float:
