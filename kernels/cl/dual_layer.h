@@ -66,11 +66,20 @@ inline int L_FN(const int b, const int ex, const int E, const int o0, const int 
             for (int k = 0; k < L_RANK; ++k) e = MAD(LOADW16(0, at + (size_t)k * O16 + o), (float16)z[k], e);
             float est[16];
             vstore16(e * vload16(0, ascale + ex * O16 + o) + vload16(0, abias + ex * O16 + o), 0, est);
-            for (int l = 0; l < 16 && o + l < end; ++l) {
-                if (est[l] >= thr)
-                    need[computed++] = o + l;
-                else
+            // Without branches (a third of the rows wanted, at random, mispredicted):
+            // every output 0 first, the wanted ones overwritten below.
+            if (o + 16 <= end) {
+                vstore16((float16)0.0f, 0, y + o);
+                for (int l = 0; l < 16; ++l) {
+                    need[computed] = o + l;
+                    computed += est[l] >= thr;
+                }
+            } else {
+                for (int l = 0; o + l < end; ++l) {
                     y[o + l] = 0.0f;
+                    need[computed] = o + l;
+                    computed += est[l] >= thr;
+                }
             }
         }
     }
