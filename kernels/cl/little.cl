@@ -11,7 +11,9 @@
 //    inside a row. Without PROJECTED it projects its image itself, all of it in one
 //    launch: for small layers, where a launch costs as much as the arithmetic (a
 //    mixture's experts); every work-item of an image repeats the projection, so it
-//    takes many rows to pay for it.
+//    takes many rows to pay for it. The body is cl/dual_layer.h, a template.
+//  - dual_pair (CPUs, PAIR): two such layers, the first feeding the second, in one
+//    launch, one work-item an image.
 // GROUPED (a mixture's experts, rows sorted by expert as linear.cl's): row b takes
 // expert ex's weights; rows past seg[experts] are left alone.
 // Defines: RANK, GROUPED, WEIGHT_HALF, QBITS, DOT4 (precision.h), ROWS, IN, PROJECTED;
@@ -55,7 +57,6 @@ __kernel void little_project(const int I, __global const float *restrict X,
 }
 
 #ifdef ROWS
-
 // Work-item (g, b): image b, rows [g ROWS, (g + 1) ROWS), ROWS a multiple of 16. The
 // little module comes transposed, its rows padded with zeros to a multiple of 16
 // (dual.py's _transposed): A^T [RANK][O16], ascale and abias [O16]; P^T [IN][16 R16],
