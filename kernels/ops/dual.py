@@ -177,7 +177,8 @@ class DualLinear(Launcher):
         arithmetic does. Returns whether they were paired."""
         a, b = first.big, self.big
         alike = a.precision is b.precision and a.segments is b.segments and a.dot4 == b.dot4
-        if not (first.form == self.form == "fused" and a.o == b.i and alike):
+        free = first.leader is None  # else `first` runs inside its own pair, not alone
+        if not (first.form == self.form == "fused" and a.o == b.i and alike and free):
             return False
         rows = {"ROWS": 16 * -(-a.o // 16), "ROWS2": 16 * -(-b.o // 16), "PAIR": True}
         shapes = {"IN": a.i, "RANK2": self.rank, "IN2": b.i, "PROJECTED": False}

@@ -333,4 +333,7 @@ def test_only_fused_layers_that_feed_each_other_pair(device, rng):
     assert not layer(8, 12, "fused").follows(layer(12, 16, "listed"))
     assert not layer(8, 10, "fused").follows(layer(12, 16, "fused"))  # 12 outputs, 10 inputs
     first = layer(12, 16, "fused")
-    assert first.runs_at(1) and layer(8, 12, "fused").follows(first) and not first.runs_at(1)
+    second = layer(8, 12, "fused")
+    assert first.runs_at(1) and second.follows(first) and not first.runs_at(1)
+    # a third layer after a pair: the second runs inside the pair, so not with the third
+    assert not layer(6, 8, "fused").follows(second) and not second.paired
