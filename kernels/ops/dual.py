@@ -10,7 +10,8 @@ copied: a network with and without the little module holds one set of big weight
 
 On a CPU (`form`, chosen by the layer's size) the rows run in little.cl's
 dual_linear, which decides all its rows first and then computes the ones wanted from
-a list, four at a time; small layers project inside it too, all in one launch.
+a list, four at a time; small layers project inside it too, all in one launch, and
+two such layers in a row share one launch (`DualLinear.follows`).
 """
 
 from __future__ import annotations

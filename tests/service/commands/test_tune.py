@@ -14,12 +14,15 @@ from service.commands import tune as tune_command
 from tests.service.commands.cli import one_line_error, run
 
 
+def _tune(capsys, model: str, batches: str, budget: int, out_dir) -> tuple[int, str, str]:
+    """`tune --model M --precision fp32,int8 --batch B --budget S --output DIR --json`."""
+    argv = ["--model", model, "--precision", "fp32,int8", "--batch", batches]
+    return run(capsys, "tune", *argv, "--budget", str(budget), "--output", str(out_dir), "--json")
+
+
 def test_tune_writes_a_database_that_bench_and_devices_read(repo, tmp_path, capsys, monkeypatch):
     out_dir = tmp_path / "tuning"
-    code, out, err = run(
-        capsys, "tune", "--model", "tiny", "--precision", "fp32,int8", "--batch", "1,3",
-        "--budget", "3", "--output", str(out_dir), "--json",
-    )  # fmt: skip
+    code, out, err = _tune(capsys, "tiny", "1,3", 3, out_dir)
     assert code == 0, err
     result = json.loads(out)
     layers = result["layers"]
@@ -54,10 +57,7 @@ def test_a_mixtures_grouped_experts_are_tuned_and_run_tuned(moe_repo, tmp_path, 
     each candidate checked against every expert's twin; the mixture then runs what was
     kept and still matches the dense reference."""
     out_dir = tmp_path / "tuning"
-    code, out, err = run(
-        capsys, "tune", "--model", "small-moe", "--precision", "fp32,int8", "--batch", "1,8",
-        "--budget", "4", "--output", str(out_dir), "--json",
-    )  # fmt: skip
+    code, out, err = _tune(capsys, "small-moe", "1,8", 4, out_dir)
     assert code == 0, err
     layers = {r["layer"]: r for r in json.loads(out)["layers"]}
     grouped = [name for name in layers if name.startswith("experts.")]
