@@ -7,8 +7,9 @@ including those not running now. For a batch asked at precision "auto" (or a mix
 scheduler takes the most accurate loaded precision (the table's `fidelity`; then the
 largest k up to the model's own) whose predicted finish, after the batches already
 queued on the device, meets the earliest deadline in the batch and leaves the images
-queued behind it time for theirs; when none does, the fastest. An explicit precision
-or k is never changed.
+queued behind it done within half the time they have left (the other half is kept
+for a burst of arrivals); when none does, the fastest. An explicit precision or k is
+never changed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ FACTOR_RANGE = (0.25, 20.0)
 # A precision is chosen only if it fits with its prediction taken this much longer: the
 # factor lags a sudden slowdown, and the answer still has to be sent after the device.
 HEADROOM = 1.2
+# The images queued behind a batch must be predicted done within this share of the time
+# their earliest deadline leaves. Taking all of it let the queue sit at the edge of the
+# deadline under overload, where each burst of arrivals missed it (and filled the queue:
+# 503s); the rest absorbs bursts, and the fast precision brings the queue back.
+BACKLOG_SHARE = 0.5
 
 Key = tuple[str, str, int | None]  # (model, precision, k)
 
@@ -106,9 +112,12 @@ class Scheduler:
     ) -> tuple[str, int | None]:
         """The first (precision, k) of `candidates` (most accurate first) predicted to
         finish by `deadline` (monotonic seconds) after the work queued ahead, and to
-        leave the `backlog` images queued behind, run the same way, done by theirs
-        (each prediction taken HEADROOM times longer); the fastest when none is."""
-        start = time.monotonic() + self.busy_for()
+        leave the `backlog` images queued behind, run the same way, done within
+        BACKLOG_SHARE of the time to theirs (each prediction taken HEADROOM times
+        longer); the fastest when none is."""
+        now = time.monotonic()
+        start = now + self.busy_for()
+        backlog_by = now + BACKLOG_SHARE * (backlog_deadline - now)
         fastest, fastest_s = candidates[0], float("inf")
         for precision, k in candidates:
             seconds = self.predict(model, precision, k, size)
@@ -116,7 +125,7 @@ class Scheduler:
                 continue
             drain = (self.predict(model, precision, k, backlog) or 0.0) if backlog else 0.0
             end = start + HEADROOM * seconds
-            if end <= deadline and end + HEADROOM * drain <= backlog_deadline:
+            if end <= deadline and end + HEADROOM * drain <= backlog_by:
                 return precision, k
             if seconds < fastest_s:
                 fastest, fastest_s = (precision, k), seconds
