@@ -197,7 +197,10 @@ class Network(Runnable):
             self._plans.move_to_end(key)
             return plan
         sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
-        act = 4 * n * max(sizes)
+        # A convolution fed bytes reads them padded: more values than floats at times.
+        fed = [self.steps[j].op for j in self.requant_links().values()]
+        padded = [-(-op.pad.nbytes(1) // 4) for op in fed if type(op) is ops.Conv2d]
+        act = 4 * n * max(sizes + padded)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
         d, role = self.device, self._role
         own_input = 4 * n * sizes[-1] if source is None else 0
@@ -253,13 +256,15 @@ class Network(Runnable):
                 cur, spare = p.input, p.ping
             links = self.requant_links()
             fed = set(links.values())
+            pools = self._byte_pools(links)
             for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
                 with d.labelled(step.name):
-                    if i in links or i in fed:  # the integer pipeline
-                        consumer = self.steps[links[i]].op if i in links else None
-                        requant = step.op.requantizer(consumer) if consumer else ()
+                    if i in pools:  # a max pool on the integer pipeline's bytes
+                        step.op.launch_bytes(n, cur, spare, *self.steps[pools[i]].op.input_bytes)
+                    elif i in links or i in fed:  # the integer pipeline
+                        requant = self._requantizer(i, links, pools)
                         step.op.launch(
                             n, cur, spare, p.scratch, requant=requant, quantised_input=i in fed
                         )
@@ -269,17 +274,42 @@ class Network(Runnable):
         return cur
 
     def requant_links(self) -> dict[int, int]:
-        """Steps whose layer writes the next layer's quantised input itself (int8 fully
-        connected layers feeding int8 ones, kernels/requant.py): producer -> consumer
-        step index. Steps without an op between them (dropout) do not break a link."""
+        """Steps whose layer writes a later layer's quantised input itself, producer ->
+        consumer step index: int8 fully connected layers feeding int8 ones
+        (kernels/requant.py), int8 convolutions on VNNI feeding such convolutions
+        straight or through a max pool that pools their bytes (Conv2d.feeds). Steps
+        without an op between them (dropout) do not break a link."""
         if not self.integer_pipeline:
             return {}
         ran = [(i, s.op) for i, s in enumerate(self.steps) if s.op is not None]
+        links = {}
+        for t, (i, a) in enumerate(ran[:-1]):
+            if type(a) not in (ops.Linear, ops.Conv2d):
+                continue
+            j, b = ran[t + 1]
+            if a.feeds(b):
+                links[i] = j
+            elif type(b) is ops.Pool2d and b.takes_bytes and t + 2 < len(ran):
+                k, c = ran[t + 2]
+                if type(a) is ops.Conv2d and a.feeds(c):
+                    links[i] = k
+        return links
+
+    def _byte_pools(self, links: dict[int, int]) -> dict[int, int]:
+        """The max pools inside links (on bytes): pool step -> the consumer's step."""
         return {
-            i: j
-            for (i, a), (j, b) in zip(ran, ran[1:], strict=False)
-            if type(a) is ops.Linear and a.feeds(b)
+            j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
         }
+
+    def _requantizer(self, i: int, links: dict[int, int], pools: dict[int, int]) -> tuple:
+        """Step i's epilogue arguments for writing its consumer's input (none where it
+        is a consumer only)."""
+        if i not in links:
+            return ()
+        op, consumer = self.steps[i].op, self.steps[links[i]].op
+        if type(op) is ops.Conv2d:
+            return op.requantizer(consumer, pooled=any(i < j < links[i] for j in pools))
+        return op.requantizer(consumer)
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
         check_k(None, k)

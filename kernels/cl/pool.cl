@@ -19,7 +19,7 @@
 #define ADD(acc, v) ((acc) + (v))
 #endif
 
-#ifdef KH
+#if defined(KH) && !BYTES
 __kernel void pool2d(__global const float *restrict x, __global float *restrict y)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
@@ -64,6 +64,44 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
         yp[ox] = acc;
     }
 #endif
+}
+#endif
+
+#if defined(KH) && BYTES
+// Max pooling on the integer pipeline's bytes: a DOT4 convolution's output q + 128
+// [N][H][W][C] (C a multiple of 16) -> the next convolution's input [N][OH + 2 * OPH]
+// [OW + 2 * OPW][C], its padding bytes `pad` included (kernels/ops/pool.py). Quantising
+// is monotonic, so the largest byte is the byte of the largest float: the bytes pooling
+// the floats and padding them would give. A work-item takes R rows of the padded output
+// and 16 channels (a vector); windows are clipped at the edges, as pool2d's.
+__kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *restrict y,
+                           const int C, const int N, const int R, const int pad)
+{
+    const int c0 = get_global_id(1) * 16, r0 = get_global_id(0) * R;
+    const int HP = OH + 2 * OPH, WP = OW + 2 * OPW;
+    const uchar16 fill = (uchar16)((uchar)pad);
+    for (int row = r0; row < min(r0 + R, N * HP); ++row) {  // row = b * HP + OPH + oy
+        const int b = row / HP, oy = row % HP - OPH;
+        __global uchar *dst = y + (size_t)row * WP * C + c0;
+        if (oy < 0 || oy >= OH) {
+            for (int i = 0; i < WP; ++i) vstore16(fill, 0, dst + i * C);
+            continue;
+        }
+        for (int i = 0; i < OPW; ++i) {
+            vstore16(fill, 0, dst + i * C);
+            vstore16(fill, 0, dst + (WP - 1 - i) * C);
+        }
+        const int y0 = oy * SH - PH, ys = max(y0, 0), ye = min(y0 + KH, H);
+        __global const uchar *src = x + (size_t)b * H * W * C + c0;
+        for (int ox = 0; ox < OW; ++ox) {
+            const int x0 = ox * SW - PW, xs = max(x0, 0), xe = min(x0 + KW, W);
+            uchar16 m = (uchar16)(0);  // bytes are >= 0, and every window holds one
+            for (int iy = ys; iy < ye; ++iy)
+                for (int ix = xs; ix < xe; ++ix)
+                    m = max(m, vload16(0, src + ((size_t)iy * W + ix) * C));
+            vstore16(m, 0, dst + (size_t)(OPW + ox) * C);
+        }
+    }
 }
 #endif
 

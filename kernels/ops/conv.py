@@ -11,6 +11,7 @@ import pyopencl as cl
 from kernels import blocking
 from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
+from kernels.ops.im2col import im2col_conv
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
 from kernels.ops.store import PlaneStore, upload_weights
@@ -196,17 +197,17 @@ class Conv2d(Launcher, Tuned):
             if padded
             else None
         )
-        self._kernels: dict[int, dict[str, Any]] = {}
+        self._kernels: dict[tuple[int, Any], dict[str, Any]] = {}
 
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
         kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
-        out = {"algorithm": kind, "nv": self._nv(n)}
+        out = {"algorithm": kind, "nv": self.panel_nv(n)}
         if self.implicit:
             out["spread"] = self.tuned(n).get("spread", SPREAD)
         return out
 
-    def _nv(self, n: int) -> int:
+    def panel_nv(self, n: int) -> int:
         """The panel width at batch n: the tuned one where it fits, else the one that
         pads the path's columns least (choose_nv; the direct kernel's run along a row)."""
         widest = self.widest_nv if self.implicit else self.device.widest_panel
@@ -218,12 +219,15 @@ class Conv2d(Launcher, Tuned):
         """Local memory for one float panel of K x LANES * nv columns."""
         return 4 * self.k * LANES * nv
 
-    def kernels(self, nv: int) -> dict[str, Any]:
-        """The kernels for panels of LANES * nv columns, built on first use."""
-        found = self._kernels.get(nv)
+    def kernels(self, nv: int, out_pad: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The kernels for panels of LANES * nv columns, built on first use; `out_pad`:
+        the implicit GEMM writing the next layer's bytes, padded so (`requantizer`)."""
+        found = self._kernels.get((nv, out_pad))
         if found is None:
             d, nb = self.device, {"NB": LANES * nv}
             defines = {"NV": nv, "RELU": self.relu, **self.defines}
+            if out_pad is not None:
+                defines.update(BYTES_OUT=1, OPH=out_pad[0], OPW=out_pad[1])
             if self.direct:
                 found = {"direct": d.kernel("gemm.cl", "conv_direct", defines)}
             elif self.implicit:
@@ -235,7 +239,7 @@ class Conv2d(Launcher, Tuned):
                     "im2col": d.kernel("im2col.cl", "im2col_packed", nb),
                     "tail": d.kernel("im2col.cl", "im2col_tail", nb),
                 }
-            self._kernels[nv] = found
+            self._kernels[(nv, out_pad)] = found
         return found
 
     @property
@@ -244,28 +248,76 @@ class Conv2d(Launcher, Tuned):
 
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
-            return self.pad.nbytes(n) + 4 * LANES * self._nv(n)
+            return self.pad.nbytes(n) + 4 * LANES * self.panel_nv(n)
         if self.implicit:
             return self.pad.nbytes(n) if self.pad is not None else 0
         cols = n * self.oh * self.ow
-        nb = LANES * self._nv(n)
+        nb = LANES * self.panel_nv(n)
         return -(-cols // nb) * self.k * nb * 4
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
+        self.launch(n, x, y, scratch)
+
+    # -- the integer pipeline: a DOT4 convolution writes the next one's input bytes --------
+
+    def feeds(self, consumer: Launcher) -> bool:
+        """Whether this layer can write `consumer`'s input bytes itself (gemm.cl's
+        BYTES_OUT), straight or through a max pool: DOT4 into DOT4, plain networks, whole
+        eights of output channels (one store a column), whole fours of channels in the
+        consumer's groups (its pixels hold just its channels, as pad2d_channels's do)."""
+        return (
+            type(consumer) is Conv2d
+            and self.dot4
+            and consumer.dot4
+            and self.segments is None
+            and consumer.segments is None
+            and self.mg % 8 == 0
+            and consumer.cg % 4 == 0
+            and consumer.c == self.m
+        )
+
+    @property
+    def input_bytes(self) -> tuple[tuple[int, int], int]:
+        """This layer's input as the integer pipeline writes it: its padding, and the
+        byte that pads (the zero point's: an input of 0.0)."""
+        return (self.ph, self.pw), int(np.clip(self.qargs[1], -128, 127)) + 128
+
+    def requantizer(self, consumer: Conv2d, pooled: bool) -> tuple[Any, ...]:
+        """`launch`'s `requant` for writing `consumer`'s input bytes: their padding (none
+        where `pooled`: the max pool between pads), the consumer's qinv and qzero."""
+        padding = (0, 0) if pooled else consumer.input_bytes[0]
+        return (padding, *consumer.qargs)
+
+    def launch(
+        self,
+        n: int,
+        x: Any,
+        y: Any,
+        scratch: Any,
+        requant: tuple[Any, ...] = (),
+        quantised_input: bool = False,
+    ) -> None:
+        """`requant` (`requantizer`): write the next convolution's input bytes instead of
+        floats; `quantised_input`: x holds this layer's padded input bytes already
+        (written by the layer before, so no pad pass)."""
+        if (requant or quantised_input) and not self.dot4:
+            raise ValueError("the integer pipeline of convolutions needs DOT4")
         if self.direct:
             self._direct(n, x, y, scratch)
         elif self.implicit:
-            self._implicit(n, x, y, scratch)
+            self._implicit(n, x, y, scratch, requant, quantised_input)
         else:
-            self._im2col(n, x, y, scratch)
+            im2col_conv(self, n, x, y, scratch)
 
-    def _implicit(self, n: int, x: Any, y: Any, scratch: Any) -> None:
+    def _implicit(
+        self, n: int, x: Any, y: Any, scratch: Any, requant: tuple[Any, ...], quantised: bool
+    ) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        if self.pad is not None:
+        if self.pad is not None and not quantised:
             self.pad(n, x, scratch)
             x = scratch
         cols = n * self.oh * self.ow
-        nv = self._nv(n)
+        nv = self.panel_nv(n)
         panels = -(-cols // (LANES * nv))
         # Few panels (small batch, small images): split the row blocks too, `spread`
         # items a core; each part gathers its own panel, so more costs more than it evens.
@@ -278,10 +330,12 @@ class Conv2d(Launcher, Tuned):
         k = self.kh * self.kw * self.cg4 if self.dot4 or self.taps else self.k
         c0 = self.cg4 if self.dot4 else self.cg
         local = cl.LocalMemory((1 if self.dot4 else 4) * k * LANES * nv)
-        conv = self.kernels(nv)["conv"]
+        conv = self.kernels(nv, requant[0] if requant else None)["conv"]
         grouped = () if self.segments is None else (self.segments, I32(self.experts))
+        # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
+        ldc, qout = (self.m, requant[1:]) if requant else (cols, ())
         for g in range(self.groups):
-            dot4 = (self.corr[g], I32(self.groups * self.cg4)) if self.dot4 else ()
+            dot4 = (self.corr[g], I32(self.groups * self.cg4), *qout) if self.dot4 else ()
             self.device.launch(
                 conv,
                 (panels, parts),
@@ -294,7 +348,7 @@ class Conv2d(Launcher, Tuned):
                 self.bias[g],
                 self.scale[g],
                 y,
-                I32(cols),
+                I32(ldc),
                 I32(g * self.mg),
                 I32(n),
                 I32(hp),
@@ -316,7 +370,7 @@ class Conv2d(Launcher, Tuned):
     def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self.pad(n, x, scratch)
-        nv = self._nv(n)
+        nv = self.panel_nv(n)
         chunks = -(-self.ow // (LANES * nv))
         cols = n * self.oh * self.ow
         for g in range(self.groups):
@@ -342,58 +396,4 @@ class Conv2d(Launcher, Tuned):
                 I32(self.oh),
                 I32(self.ow),
                 I32(chunks),
-            )
-
-    def _im2col(self, n: int, x: Any, y: Any, scratch: Any) -> None:
-        cols = n * self.oh * self.ow
-        nv = self._nv(n)
-        nb, panels, kern = LANES * nv, -(-cols // (LANES * nv)), self.kernels(nv)
-        for g in range(self.groups):
-            self.device.launch(
-                kern["im2col"],
-                (-(-self.k // 16) * 16, n * self.oh),
-                (16, 1),
-                x,
-                scratch,
-                I32(n),
-                I32(self.h),
-                I32(self.w),
-                I32(g * self.cg),
-                I32(self.kh),
-                I32(self.kw),
-                I32(self.sh),
-                I32(self.sw),
-                I32(self.ph),
-                I32(self.pw),
-                I32(self.oh),
-                I32(self.ow),
-                I32(self.k),
-                *self.qargs,
-            )
-            if cols % nb:
-                self.device.launch(
-                    kern["tail"],
-                    (self.k,),
-                    self.device.work_group(self.k),
-                    scratch,
-                    I32(self.k),
-                    I32(cols),
-                )
-            self.device.launch(
-                kern["gemm"],
-                (self.blocks, panels, 1),
-                self.device.each_alone(3),
-                I32(self.mg),
-                I32(cols),
-                I32(self.k),
-                self.a[g],
-                scratch,
-                self.bias[g],
-                self.scale[g],
-                y,
-                I32(cols),
-                I32(g * self.mg),
-                I32(0),
-                I32(0),
-                I32(0),
             )

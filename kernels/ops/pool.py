@@ -8,6 +8,7 @@ import numpy as np
 
 from kernels.geometry import pool_out
 from kernels.ops.launcher import Launcher
+from kernels.ops.pad import ITEMS
 from kernels.runtime import Device
 
 I32 = np.int32
@@ -62,6 +63,13 @@ class Pool2d(Launcher):
             **geometry,
         }
         self.kernel = device.kernel("pool.cl", "pool2d", defines)
+        self.mode, self.geometry = mode, geometry
+        self._bytes: dict[tuple[int, int], Any] = {}
+
+    @property
+    def takes_bytes(self) -> bool:
+        """Whether it can pool the integer pipeline's bytes (`launch_bytes`)."""
+        return self.mode == "max" and self.c % 16 == 0
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -70,6 +78,21 @@ class Pool2d(Launcher):
     def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
         self.device.launch(
             self.kernel, (self.oh, self.c * n), self.device.work_group(self.oh, self.c), x, y
+        )
+
+    def launch_bytes(self, n: int, x: Any, y: Any, padding: tuple[int, int], pad: int) -> None:
+        """Max pooling in the integer pipeline (pool.cl's pool2d_bytes): x holds a DOT4
+        convolution's output bytes [N][H][W][C]; y gets the next convolution's input,
+        padded by `padding` with the byte `pad` (Conv2d.requantizer)."""
+        kernel = self._bytes.get(padding)
+        if kernel is None:
+            defines = {**self.geometry, "BYTES": 1, "OPH": padding[0], "OPW": padding[1]}
+            kernel = self._bytes[padding] = self.device.kernel("pool.cl", "pool2d_bytes", defines)
+        rows, blocks = n * (self.oh + 2 * padding[0]), self.c // 16
+        each = max(1, rows * blocks // ITEMS)
+        grid = (-(-rows // each), blocks)
+        self.device.launch(
+            kernel, grid, self.device.each_alone(2), x, y, I32(self.c), I32(n), I32(each), I32(pad)
         )
 
 

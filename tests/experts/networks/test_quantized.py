@@ -1,6 +1,7 @@
 """Quantised networks end to end on small models (experts/networks/network.py and
 build.py): a per-layer precision override, int8 against the quantised numpy twins
-layer by layer, and a quantised layer without a calibrated range refused."""
+layer by layer, a quantised layer without a calibrated range refused, and the integer
+pipeline of convolutions against the float hand-offs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import numpy as np
 import pytest
 
 from experts.layers import SpecError
+from experts.model.architectures import random_weights
 from experts.model.model import Model, validate
 from experts.model.spec import parse_layers
 from experts.networks.build import build_network
 from experts.networks.calibrate import calibrate
 from experts.networks.network import Network
+from tests.kernels.helpers import skip_unless_dot4
 
 
 def test_per_layer_override_runs_that_layer_at_its_precision(device, tiny_model, sample):
@@ -69,3 +72,37 @@ def test_quantized_layer_without_range_is_refused(device, tiny_model):
         Network(
             device, parse_layers(meta["layers"]), meta["input"]["shape"], weights, precision="int8"
         )
+
+
+def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, sample):
+    """The integer pipeline of convolutions (Conv2d.feeds): on VNNI conv1 writes the
+    bytes that pool1 pools and conv2 reads, and conv2 writes conv3's; the scores are the
+    float hand-offs' bit for bit (the same bytes: quantising is monotonic, so it
+    commutes with the max)."""
+    skip_unless_dot4(device, True)
+    conv = {"op": "conv", "kernel": 3, "padding": 1, "relu": True}
+    pool = {"op": "maxpool", "kernel": 2, "stride": 2}
+    meta = dict(
+        tiny_meta,
+        layers=[
+            # Stride 2 and 32 channels in: implicit GEMMs (DOT4), not the direct kernel.
+            {"name": "conv1", **conv, "out_channels": 32, "stride": 2},
+            {"name": "pool1", **pool},
+            {"name": "conv2", **conv, "out_channels": 32},
+            {"name": "conv3", **conv, "out_channels": 24},
+            {"name": "pool3", **pool},
+            {"name": "flat", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 3},
+        ],
+    )
+    weights = random_weights(meta, seed=2)
+    ranges = calibrate(meta, weights, [sample]).ranges
+    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
+    net = Network(device, layers, shape, weights, precision="int8", ranges=ranges)
+    names = {net.steps[i].name: net.steps[j].name for i, j in net.requant_links().items()}
+    assert names == {"conv1": "conv2", "conv2": "conv3"}
+    floats = Network(
+        device, layers, shape, weights, precision="int8", ranges=ranges, integer_pipeline=False
+    )
+    for x in (sample, sample[:1]):
+        np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)

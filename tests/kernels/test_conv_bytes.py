@@ -1,0 +1,110 @@
+"""The integer pipeline of convolutions (kernels/ops/conv.py: Conv2d.feeds): an int8
+convolution on VNNI writing the next one's input bytes itself (gemm.cl's BYTES_OUT),
+padded as that one reads them, and a max pool between them pooling the bytes
+(pool.cl's pool2d_bytes), against their numpy twins on awkward shapes: the bytes the
+float path gives (the float output, quantised and padded by the consumer's pad pass)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import ops
+from kernels import reference as ref
+from kernels.precision import PRECISIONS
+from tests.kernels.helpers import run4d, skip_unless_dot4, to_cnhw
+
+INT8 = PRECISIONS["int8"]
+
+
+def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0)):
+    wt = rng.standard_normal((m, c // groups, k, k), np.float32)
+    b = rng.standard_normal(m, np.float32)
+    return ops.Conv2d(
+        device, (c, *hw), wt, b, (stride, stride), pad, groups, True, True, INT8, input_range
+    )
+
+
+def _twin_bytes(y: np.ndarray, consumer: ops.Conv2d, padding: tuple[int, int]) -> np.ndarray:
+    """NCHW floats -> the consumer's input bytes q + 128, [N][H + 2ph][W + 2pw][C],
+    the padding at the zero point's byte."""
+    qinv, qzero = consumer.qargs
+    q = ref.quantize(y, qinv, qzero, 8) + int(qzero) + 128
+    (ph, pw), fill = padding, consumer.input_bytes[1]
+    q = np.pad(q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    return q.transpose(0, 2, 3, 1).astype(np.uint8)
+
+
+CASES = [
+    # producer (c, (h, w), m, k, stride, padding, groups), consumer (m, k, padding)
+    ((3, (17, 19), 16, 3, 2, (1, 1), 1), (24, 3, (1, 1))),
+    ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1))),  # producer groups; wide padding
+    ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0))),  # a consumer without padding
+]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("case", CASES)
+def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
+    skip_unless_dot4(device, True)
+    (c, hw, m, k, stride, pad, groups), (m2, k2, pad2) = case
+    a = _conv(device, rng, c, hw, m, k, stride, pad, groups)
+    b = _conv(device, rng, m, a.out_shape[1:], m2, k2, 1, pad2, input_range=(0.0, 9.0))
+    assert a.feeds(b) and a.dot4 and b.dot4
+    x = rng.standard_normal((n, c, *hw), np.float32)
+    floats = run4d(device, a, x, a.scratch_bytes(n))
+    _, oh, ow = a.out_shape
+    y = device.alloc(b.pad.nbytes(n))
+    scratch = device.alloc(a.scratch_bytes(n))
+    a.launch(n, device.upload(to_cnhw(x)), y, scratch, requant=a.requantizer(b, pooled=False))
+    got = device.read(y, (n, oh + 2 * pad2[0], ow + 2 * pad2[1], m), np.uint8)
+    np.testing.assert_array_equal(got, _twin_bytes(floats, b, pad2))
+    # The consumer on those bytes, without its pad pass: its output on the floats.
+    out = device.alloc(4 * n * int(np.prod(b.out_shape)))
+    b.launch(n, y, out, device.alloc(b.scratch_bytes(n)), quantised_input=True)
+    want = run4d(device, b, floats, b.scratch_bytes(n))
+    got = device.read(out, (b.out_shape[0], n, *b.out_shape[1:])).transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(got, want)
+
+
+POOLS = [
+    # (c, h, w, kernel, stride, padding, ceil_mode), the consumer's padding
+    (16, 13, 11, 3, 2, (0, 0), False, (2, 1)),
+    (32, 9, 10, 3, 2, (1, 1), True, (1, 1)),  # pool padding, and a ceil-mode overhang
+    (48, 5, 5, 2, 2, (0, 0), True, (0, 0)),  # 48 channels: three vectors
+]
+
+
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("case", POOLS)
+def test_max_pool_on_bytes(device, rng, case, n):
+    """pool2d_bytes against its twin: the max of the bytes, padded for the consumer
+    (the padding byte is an argument: here 77)."""
+    c, h, w, k, s, p, ceil, padding = case
+    pool = ops.Pool2d(device, (c, h, w), "max", (k, k), (s, s), p, ceil)
+    assert pool.takes_bytes
+    x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    _, oh, ow = pool.out_shape
+    hp, wp = oh + 2 * padding[0], ow + 2 * padding[1]
+    y = device.alloc(n * hp * wp * c)
+    pool.launch_bytes(n, device.upload(x), y, padding, 77)
+    got = device.read(y, (n, hp, wp, c), np.uint8)
+    pooled = ref.maxpool2d(x.transpose(0, 3, 1, 2).astype(np.float32), k, s, p, ceil)
+    want = np.pad(
+        pooled, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=77
+    )
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1).astype(np.uint8))
+
+
+def test_what_the_integer_pipeline_takes(device, rng):
+    """Pools of bytes: max only, whole vectors of 16 channels; links: DOT4 into DOT4,
+    whole eights of the producer's channels."""
+    assert not ops.Pool2d(device, (16, 8, 8), "avg", (2, 2), (2, 2)).takes_bytes
+    assert not ops.Pool2d(device, (24, 8, 8), "max", (2, 2), (2, 2)).takes_bytes
+    skip_unless_dot4(device, True)
+    a = _conv(device, rng, 8, (9, 9), 12, 3, 1, (1, 1))
+    b = _conv(device, rng, 12, (9, 9), 8, 3, 1, (1, 1))
+    assert not a.feeds(b)  # 12 channels: a block of 8 rows would straddle the end
+    wt = rng.standard_normal((8, 12, 3, 3), np.float32)
+    floats = ops.Conv2d(device, (12, 9, 9), wt, None, (1, 1), (1, 1))
+    assert not floats.feeds(b) and not b.feeds(floats)
