@@ -198,7 +198,7 @@ class Network(Runnable):
             return plan
         sizes = [int(np.prod(s.out_shape)) for s in self.steps] + [int(np.prod(self.input_shape))]
         # A convolution fed bytes reads them padded: more values than floats at times.
-        fed = [self.steps[j].op for j in self.requant_links().values()]
+        fed = [ops.at_batch(self.steps[j].op, n) for j in self.requant_links(n).values()]
         padded = [-(-op.pad.nbytes(1) // 4) for op in fed if type(op) is ops.Conv2d]
         act = 4 * n * max(sizes + padded)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
@@ -254,18 +254,20 @@ class Network(Runnable):
                 cur, spare = p.ping, p.pong
             else:
                 cur, spare = p.input, p.ping
-            links = self.requant_links()
+            links = self.requant_links(n)
             fed = set(links.values())
             pools = self._byte_pools(links)
             for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
+                op = ops.at_batch(step.op, n)
                 with d.labelled(step.name):
                     if i in pools:  # a max pool on the integer pipeline's bytes
-                        step.op.launch_bytes(n, cur, spare, *self.steps[pools[i]].op.input_bytes)
+                        consumer = ops.at_batch(self.steps[pools[i]].op, n)
+                        op.launch_bytes(n, cur, spare, *consumer.input_bytes)
                     elif i in links or i in fed:  # the integer pipeline
-                        requant = self._requantizer(i, links, pools)
-                        step.op.launch(
+                        requant = self._requantizer(i, n, links, pools)
+                        op.launch(
                             n, cur, spare, p.scratch, requant=requant, quantised_input=i in fed
                         )
                     else:
@@ -273,15 +275,15 @@ class Network(Runnable):
                 cur, spare = spare, (p.pong if spare is p.ping else p.ping)
         return cur
 
-    def requant_links(self) -> dict[int, int]:
-        """Steps whose layer writes a later layer's quantised input itself, producer ->
-        consumer step index: int8 fully connected layers feeding int8 ones
+    def requant_links(self, n: int = 1) -> dict[int, int]:
+        """Steps whose layer writes a later layer's quantised input itself at batch n,
+        producer -> consumer step index: int8 fully connected layers feeding int8 ones
         (kernels/requant.py), int8 convolutions on VNNI feeding such convolutions
         straight or through a max pool that pools their bytes (Conv2d.feeds). Steps
         without an op between them (dropout) do not break a link."""
         if not self.integer_pipeline:
             return {}
-        ran = [(i, s.op) for i, s in enumerate(self.steps) if s.op is not None]
+        ran = [(i, ops.at_batch(s.op, n)) for i, s in enumerate(self.steps) if s.op is not None]
         links = {}
         for t, (i, a) in enumerate(ran[:-1]):
             if type(a) not in (ops.Linear, ops.Conv2d):
@@ -301,12 +303,12 @@ class Network(Runnable):
             j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
         }
 
-    def _requantizer(self, i: int, links: dict[int, int], pools: dict[int, int]) -> tuple:
-        """Step i's epilogue arguments for writing its consumer's input (none where it
-        is a consumer only)."""
+    def _requantizer(self, i: int, n: int, links: dict[int, int], pools: dict[int, int]) -> tuple:
+        """Step i's epilogue arguments for writing its consumer's input at batch n (none
+        where it is a consumer only)."""
         if i not in links:
             return ()
-        op, consumer = self.steps[i].op, self.steps[links[i]].op
+        op, consumer = (ops.at_batch(self.steps[j].op, n) for j in (i, links[i]))
         if type(op) is ops.Conv2d:
             return op.requantizer(consumer, pooled=any(i < j < links[i] for j in pools))
         return op.requantizer(consumer)

@@ -130,12 +130,13 @@ inline void store_head(const float16 v, const int n, __global float *o)
 }
 
 #if BYTES_OUT
-#if !DOT4 || GROUPED
-#error "gemm.cl: BYTES_OUT is for DOT4 convolutions of plain networks"
+#if !DOT4
+#error "gemm.cl: BYTES_OUT is for DOT4 convolutions"
 #endif
 // The integer pipeline (kernels/ops/conv.py: Conv2d.feeds): instead of floats the
 // block writes the next convolution's input, bytes q + 128 quantised with its qinv and
-// qzero (the arguments oqinv, oqzero) from the floats STORE would write, as pad2d does,
+// qzero (oqinv, oqzero; GROUPED: each expert's, from oqp) from the floats STORE would
+// write, as pad2d does,
 // so the bytes are the ones the float path gives. They go to padded pixels [N][OH + 2 *
 // OPH][OW + 2 * OPW][ldc] (ldc: every channel), a column's eight rows (channels) as
 // one 8-byte store: the block's 8 x 16 bytes of each column vector are transposed in
@@ -323,7 +324,11 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 // columns n = (b * OH + oy) * OW + ox.
 #if DOT4
 #define xtype uchar
-#if BYTES_OUT
+#if BYTES_OUT && GROUPED
+#define CORR_ARG , __global const int *restrict corr, const int CP, \
+    __global const float *restrict oqp
+#define CORR , corr, CP, oqp
+#elif BYTES_OUT
 #define CORR_ARG , __global const int *restrict corr, const int CP, const float oqinv, \
     const float oqzero
 #define CORR , corr, CP, oqinv, oqzero
@@ -376,8 +381,7 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     for (int t = 0; t < NB; ++t) {
         const int n = min(n0 + t, N - 1);
         const int b = n / (OH * OW), rem = n % (OH * OW), oy = rem / OW, ox = rem % OW;
-        const int ph = OPH, pw = OPW;  // (constants in a condition draw a warning)
-        const bool edge = (ph && (oy == 0 || oy == OH - 1)) || (pw && (ox == 0 || ox == OW - 1));
+        const bool edge = (OPH > 0) * (oy == 0 || oy == OH - 1) + (OPW > 0) * (ox == 0 || ox == OW - 1);
         pix[t] = edge ? -1 : (b * (OH + 2 * OPH) + oy + OPH) * (OW + 2 * OPW) + ox + OPW;
     }
 #endif
@@ -443,6 +447,9 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
         scale = scale0 + ex * M;
 #if DOT4
         corr = corr0 + ex * M;
+#endif
+#if BYTES_OUT
+        const float oqinv = oqp[2 * ex], oqzero = oqp[2 * ex + 1];
 #endif
 #else
     PLANE((size_t)blocks * block_a)

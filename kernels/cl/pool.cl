@@ -69,38 +69,54 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
 
 #if defined(KH) && BYTES
 // Max pooling on the integer pipeline's bytes: a DOT4 convolution's output q + 128
-// [N][H][W][C] (C a multiple of 16) -> the next convolution's input [N][OH + 2 * OPH]
-// [OW + 2 * OPW][C], its padding bytes `pad` included (kernels/ops/pool.py). Quantising
-// is monotonic, so the largest byte is the byte of the largest float: the bytes pooling
-// the floats and padding them would give. A work-item takes R rows of the padded output
-// and 16 channels (a vector); windows are clipped at the edges, as pool2d's.
-__kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *restrict y,
-                           const int C, const int N, const int R, const int pad)
+// [N][H][W][C] (C a multiple of 8) -> the next convolution's input [N][OH + 2 * OPH]
+// [OW + 2 * OPW][C], its padding bytes included (kernels/ops/pool.py): `pad`, or
+// (GROUPED: a mixture's experts, expert x owning images [seg[x], seg[x + 1])) pad[x].
+// Quantising is monotonic, so the largest byte is the byte of the largest float: the
+// bytes pooling the floats and padding them would give. A work-item takes R rows of
+// the padded output and 16 channels (a vector; the last 8: half one); windows are
+// clipped at the edges, as pool2d's.
+#if GROUPED
+#define PAD_ARGS __global const int *restrict pad, __global const int *restrict seg, \
+    const int experts
+#define PAD_OF(b) pad[expert_of((b), seg, experts)]
+inline int expert_of(const int b, __global const int *seg, const int experts)
 {
-    const int c0 = get_global_id(1) * 16, r0 = get_global_id(0) * R;
+    int x = 0;
+    while (x < experts - 1 && b >= seg[x + 1]) ++x;
+    return x;
+}
+#else
+#define PAD_ARGS const int pad
+#define PAD_OF(b) pad
+#endif
+#define POOL_PIXELS(V, LOAD, STORE) \
+    for (int ox = 0; ox < OW; ++ox) { \
+        const int x0 = ox * SW - PW, xs = max(x0, 0), xe = min(x0 + KW, W); \
+        V m = (V)(0);  /* bytes are >= 0, and every window holds one */ \
+        for (int iy = ys; iy < ye; ++iy) \
+            for (int ix = xs; ix < xe; ++ix) m = max(m, LOAD(0, src + ((size_t)iy * W + ix) * C)); \
+        STORE(m, 0, dst + (size_t)(OPW + ox) * C); \
+    }
+__kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *restrict y,
+                           const int C, const int N, const int R, PAD_ARGS)
+{
+    const int c0 = get_global_id(1) * 16, r0 = get_global_id(0) * R, narrow = C - c0 < 16;
     const int HP = OH + 2 * OPH, WP = OW + 2 * OPW;
-    const uchar16 fill = (uchar16)((uchar)pad);
     for (int row = r0; row < min(r0 + R, N * HP); ++row) {  // row = b * HP + OPH + oy
         const int b = row / HP, oy = row % HP - OPH;
+        const uchar16 fill = (uchar16)((uchar)PAD_OF(b));
         __global uchar *dst = y + (size_t)row * WP * C + c0;
-        if (oy < 0 || oy >= OH) {
-            for (int i = 0; i < WP; ++i) vstore16(fill, 0, dst + i * C);
-            continue;
+        for (int i = 0; i < WP; ++i) {
+            if (oy >= 0 && oy < OH && i >= OPW && i < OPW + OW) continue;
+            if (narrow) vstore8(fill.lo, 0, dst + i * C);
+            else vstore16(fill, 0, dst + i * C);
         }
-        for (int i = 0; i < OPW; ++i) {
-            vstore16(fill, 0, dst + i * C);
-            vstore16(fill, 0, dst + (WP - 1 - i) * C);
-        }
+        if (oy < 0 || oy >= OH) continue;
         const int y0 = oy * SH - PH, ys = max(y0, 0), ye = min(y0 + KH, H);
         __global const uchar *src = x + (size_t)b * H * W * C + c0;
-        for (int ox = 0; ox < OW; ++ox) {
-            const int x0 = ox * SW - PW, xs = max(x0, 0), xe = min(x0 + KW, W);
-            uchar16 m = (uchar16)(0);  // bytes are >= 0, and every window holds one
-            for (int iy = ys; iy < ye; ++iy)
-                for (int ix = xs; ix < xe; ++ix)
-                    m = max(m, vload16(0, src + ((size_t)iy * W + ix) * C));
-            vstore16(m, 0, dst + (size_t)(OPW + ox) * C);
-        }
+        if (narrow) POOL_PIXELS(uchar8, vload8, vstore8)
+        else POOL_PIXELS(uchar16, vload16, vstore16)
     }
 }
 #endif

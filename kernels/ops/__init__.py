@@ -16,7 +16,7 @@ from kernels.ops.elementwise import (
     SwapOuter,
     TopKBuckets,
 )
-from kernels.ops.launcher import Launcher
+from kernels.ops.launcher import Launcher, at_batch
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
@@ -41,5 +41,6 @@ __all__ = [
     "SwapOuter",
     "TopKBuckets",
     "WinogradConv2d",
+    "at_batch",
     "conv2d",
 ]

@@ -11,6 +11,7 @@ import pyopencl as cl
 from kernels import blocking
 from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
+from kernels.ops.conv_bytes import ByteLink
 from kernels.ops.im2col import im2col_conv
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -27,7 +28,7 @@ DIRECT_MAX_K = 144
 SPREAD = 2  # the implicit GEMM's work-items per compute unit at small batch, untuned
 
 
-class Conv2d(Launcher, Tuned):
+class Conv2d(Launcher, Tuned, ByteLink):
     """Convolution on [C][N][H][W] activations, bias and ReLU fused in the GEMM.
 
     Where a B panel (K x NB floats) fits the device's local memory (CPUs), one
@@ -158,6 +159,7 @@ class Conv2d(Launcher, Tuned):
                 for g in range(groups)
             ]
         self.qargs = quantize_args(device, prepared[0], segments)
+        self.qzero = np.atleast_1d(prepared[0].qzero)  # per expert (the padding bytes)
         self.cg4 = -(-self.cg // 4) * 4
         # DOT4's layout groups four k of a row into an int (int8 on VNNI, and a store
         # that holds a layer for it: its low plane, int16's alone, in tap order).
@@ -257,36 +259,6 @@ class Conv2d(Launcher, Tuned):
 
     def __call__(self, n: int, x: Any, y: Any, scratch: Any) -> None:
         self.launch(n, x, y, scratch)
-
-    # -- the integer pipeline: a DOT4 convolution writes the next one's input bytes --------
-
-    def feeds(self, consumer: Launcher) -> bool:
-        """Whether this layer can write `consumer`'s input bytes itself (gemm.cl's
-        BYTES_OUT), straight or through a max pool: DOT4 into DOT4, plain networks, whole
-        eights of output channels (one store a column), whole fours of channels in the
-        consumer's groups (its pixels hold just its channels, as pad2d_channels's do)."""
-        return (
-            type(consumer) is Conv2d
-            and self.dot4
-            and consumer.dot4
-            and self.segments is None
-            and consumer.segments is None
-            and self.mg % 8 == 0
-            and consumer.cg % 4 == 0
-            and consumer.c == self.m
-        )
-
-    @property
-    def input_bytes(self) -> tuple[tuple[int, int], int]:
-        """This layer's input as the integer pipeline writes it: its padding, and the
-        byte that pads (the zero point's: an input of 0.0)."""
-        return (self.ph, self.pw), int(np.clip(self.qargs[1], -128, 127)) + 128
-
-    def requantizer(self, consumer: Conv2d, pooled: bool) -> tuple[Any, ...]:
-        """`launch`'s `requant` for writing `consumer`'s input bytes: their padding (none
-        where `pooled`: the max pool between pads), the consumer's qinv and qzero."""
-        padding = (0, 0) if pooled else consumer.input_bytes[0]
-        return (padding, *consumer.qargs)
 
     def launch(
         self,

@@ -58,6 +58,11 @@ class PerBatch(Launcher):
         self.form(n)(n, x, y, scratch)
 
 
+def at_batch(op: Launcher, n: int) -> Launcher:
+    """The launcher that runs batch n: a PerBatch's form for it, else `op`."""
+    return op.form(n) if isinstance(op, PerBatch) else op
+
+
 class Tuned:
     """A launcher whose kernel parameters are tuning data (kernels/tuning.py): the
     device's entry for (`op`, `shape`, precision, batch bucket), or `params` where the

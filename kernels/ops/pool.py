@@ -64,12 +64,12 @@ class Pool2d(Launcher):
         }
         self.kernel = device.kernel("pool.cl", "pool2d", defines)
         self.mode, self.geometry = mode, geometry
-        self._bytes: dict[tuple[int, int], Any] = {}
+        self._bytes: dict[tuple[Any, bool], Any] = {}
 
     @property
     def takes_bytes(self) -> bool:
         """Whether it can pool the integer pipeline's bytes (`launch_bytes`)."""
-        return self.mode == "max" and self.c % 16 == 0
+        return self.mode == "max" and self.c % 8 == 0
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -80,19 +80,24 @@ class Pool2d(Launcher):
             self.kernel, (self.oh, self.c * n), self.device.work_group(self.oh, self.c), x, y
         )
 
-    def launch_bytes(self, n: int, x: Any, y: Any, padding: tuple[int, int], pad: int) -> None:
+    def launch_bytes(
+        self, n: int, x: Any, y: Any, padding: tuple[int, int], pad: tuple[Any, ...]
+    ) -> None:
         """Max pooling in the integer pipeline (pool.cl's pool2d_bytes): x holds a DOT4
         convolution's output bytes [N][H][W][C]; y gets the next convolution's input,
-        padded by `padding` with the byte `pad` (Conv2d.requantizer)."""
-        kernel = self._bytes.get(padding)
+        padded by `padding` with the byte `pad` (Conv2d.input_bytes: one value, or
+        grouped experts' device table with the segment table and their count)."""
+        grouped = len(pad) > 1
+        kernel = self._bytes.get((padding, grouped))
         if kernel is None:
             defines = {**self.geometry, "BYTES": 1, "OPH": padding[0], "OPW": padding[1]}
-            kernel = self._bytes[padding] = self.device.kernel("pool.cl", "pool2d_bytes", defines)
-        rows, blocks = n * (self.oh + 2 * padding[0]), self.c // 16
+            kernel = self.device.kernel("pool.cl", "pool2d_bytes", {**defines, "GROUPED": grouped})
+            self._bytes[(padding, grouped)] = kernel
+        rows, blocks = n * (self.oh + 2 * padding[0]), -(-self.c // 16)
         each = max(1, rows * blocks // ITEMS)
         grid = (-(-rows // each), blocks)
         self.device.launch(
-            kernel, grid, self.device.each_alone(2), x, y, I32(self.c), I32(n), I32(each), I32(pad)
+            kernel, grid, self.device.each_alone(2), x, y, I32(self.c), I32(n), I32(each), *pad
         )
 
 

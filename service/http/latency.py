@@ -7,8 +7,8 @@ including those not running now. For a batch asked at precision "auto" (or a mix
 scheduler takes the most accurate loaded precision (the table's `fidelity`; then the
 largest k up to the model's own) whose predicted finish, after the batches already
 queued on the device, meets the earliest deadline in the batch and leaves the images
-queued behind it done within half the time they have left (the other half is kept
-for a burst of arrivals); when none does, the fastest. An explicit precision or k is
+queued behind it done within a share of the time they have left (BACKLOG_SHARE; the
+rest is kept for a burst of arrivals); when none does, the fastest. An explicit precision or k is
 never changed.
 """
 
@@ -32,7 +32,7 @@ HEADROOM = 1.2
 # their earliest deadline leaves. Taking all of it let the queue sit at the edge of the
 # deadline under overload, where each burst of arrivals missed it (and filled the queue:
 # 503s); the rest absorbs bursts, and the fast precision brings the queue back.
-BACKLOG_SHARE = 0.5
+BACKLOG_SHARE = 0.3
 
 Key = tuple[str, str, int | None]  # (model, precision, k)
 

@@ -12,7 +12,7 @@ import pytest
 from kernels import ops
 from kernels import reference as ref
 from kernels.precision import PRECISIONS
-from tests.kernels.helpers import run4d, skip_unless_dot4, to_cnhw
+from tests.kernels.helpers import run4d, segment_table, skip_unless_dot4, to_cnhw
 
 INT8 = PRECISIONS["int8"]
 
@@ -25,12 +25,11 @@ def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.
     )
 
 
-def _twin_bytes(y: np.ndarray, consumer: ops.Conv2d, padding: tuple[int, int]) -> np.ndarray:
-    """NCHW floats -> the consumer's input bytes q + 128, [N][H + 2ph][W + 2pw][C],
-    the padding at the zero point's byte."""
-    qinv, qzero = consumer.qargs
+def _twin_bytes(y: np.ndarray, qinv, qzero, padding: tuple[int, int]) -> np.ndarray:
+    """NCHW floats -> a consumer's input bytes q + 128, [N][H + 2ph][W + 2pw][C], the
+    padding at the zero point's byte."""
     q = ref.quantize(y, qinv, qzero, 8) + int(qzero) + 128
-    (ph, pw), fill = padding, consumer.input_bytes[1]
+    (ph, pw), fill = padding, int(np.clip(np.rint(qzero), -128, 127)) + 128
     q = np.pad(q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
     return q.transpose(0, 2, 3, 1).astype(np.uint8)
 
@@ -58,7 +57,7 @@ def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
     scratch = device.alloc(a.scratch_bytes(n))
     a.launch(n, device.upload(to_cnhw(x)), y, scratch, requant=a.requantizer(b, pooled=False))
     got = device.read(y, (n, oh + 2 * pad2[0], ow + 2 * pad2[1], m), np.uint8)
-    np.testing.assert_array_equal(got, _twin_bytes(floats, b, pad2))
+    np.testing.assert_array_equal(got, _twin_bytes(floats, *b.qargs, pad2))
     # The consumer on those bytes, without its pad pass: its output on the floats.
     out = device.alloc(4 * n * int(np.prod(b.out_shape)))
     b.launch(n, y, out, device.alloc(b.scratch_bytes(n)), quantised_input=True)
@@ -71,7 +70,7 @@ POOLS = [
     # (c, h, w, kernel, stride, padding, ceil_mode), the consumer's padding
     (16, 13, 11, 3, 2, (0, 0), False, (2, 1)),
     (32, 9, 10, 3, 2, (1, 1), True, (1, 1)),  # pool padding, and a ceil-mode overhang
-    (48, 5, 5, 2, 2, (0, 0), True, (0, 0)),  # 48 channels: three vectors
+    (40, 5, 5, 2, 2, (0, 0), True, (0, 0)),  # 40 channels: two vectors and a half
 ]
 
 
@@ -87,7 +86,7 @@ def test_max_pool_on_bytes(device, rng, case, n):
     _, oh, ow = pool.out_shape
     hp, wp = oh + 2 * padding[0], ow + 2 * padding[1]
     y = device.alloc(n * hp * wp * c)
-    pool.launch_bytes(n, device.upload(x), y, padding, 77)
+    pool.launch_bytes(n, device.upload(x), y, padding, (np.int32(77),))
     got = device.read(y, (n, hp, wp, c), np.uint8)
     pooled = ref.maxpool2d(x.transpose(0, 3, 1, 2).astype(np.float32), k, s, p, ceil)
     want = np.pad(
@@ -96,11 +95,48 @@ def test_max_pool_on_bytes(device, rng, case, n):
     np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1).astype(np.uint8))
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_grouped_experts_write_the_next_layers_bytes(device, rng, pooled):
+    """A mixture's experts in one launch (images sorted by expert, panels straddling
+    two): each image's bytes quantised with its own expert's parameters of the next
+    layer and padded with its zero point's byte, straight or through a max pool (40
+    channels: two vectors and a half)."""
+    skip_unless_dot4(device, True)
+    counts, (c, h, w, m) = [2, 0, 3], (8, 9, 7, 40)
+    seg, expert_of = segment_table(device, counts)
+    n, e = sum(counts), len(counts)
+    wa = rng.standard_normal((e, m, c, 3, 3), np.float32)
+    ranges = [(-2.5, 3.0), (-1.0, 1.0), (-3.0, 2.0)]
+    a = ops.Conv2d(device, (c, h, w), wa, None, padding=(1, 1), relu=True, precision=INT8,
+                   input_range=ranges, segments=seg)  # fmt: skip
+    pool = ops.Pool2d(device, (m, h, w), "max", (3, 3), (2, 2)) if pooled else None
+    hb, wb = pool.out_shape[1:] if pooled else (h, w)
+    wb_ = rng.standard_normal((e, 16, m, 3, 3), np.float32)
+    b = ops.Conv2d(device, (m, hb, wb), wb_, None, padding=(1, 1), relu=True, precision=INT8,
+                   input_range=[(0.0, 9.0), (0.0, 4.0), (0.0, 12.0)], segments=seg)  # fmt: skip
+    assert a.feeds(b)
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    floats = run4d(device, a, x, a.scratch_bytes(n))
+    y = device.alloc(n * h * w * m + b.pad.nbytes(n))
+    scratch = device.alloc(a.scratch_bytes(n))
+    a.launch(n, device.upload(to_cnhw(x)), y, scratch, requant=a.requantizer(b, pooled))
+    if pooled:
+        pooled_bytes = device.alloc(b.pad.nbytes(n))
+        pool.launch_bytes(n, y, pooled_bytes, *b.input_bytes)
+        y, floats = pooled_bytes, ref.maxpool2d(floats, 3, 2)
+    got = device.read(y, (n, hb + 2, wb + 2, m), np.uint8)
+    qp = device.read(b.qargs[0], (e, 2))
+    for r in range(n):
+        qinv, qzero = qp[expert_of[r]]
+        want = _twin_bytes(floats[r : r + 1], qinv, qzero, (1, 1))
+        np.testing.assert_array_equal(got[r : r + 1], want)
+
+
 def test_what_the_integer_pipeline_takes(device, rng):
-    """Pools of bytes: max only, whole vectors of 16 channels; links: DOT4 into DOT4,
-    whole eights of the producer's channels."""
+    """Pools of bytes: max only, whole eights of channels; links: DOT4 into DOT4,
+    whole eights of the producer's channels, grouped alike."""
     assert not ops.Pool2d(device, (16, 8, 8), "avg", (2, 2), (2, 2)).takes_bytes
-    assert not ops.Pool2d(device, (24, 8, 8), "max", (2, 2), (2, 2)).takes_bytes
+    assert not ops.Pool2d(device, (20, 8, 8), "max", (2, 2), (2, 2)).takes_bytes
     skip_unless_dot4(device, True)
     a = _conv(device, rng, 8, (9, 9), 12, 3, 1, (1, 1))
     b = _conv(device, rng, 12, (9, 9), 8, 3, 1, (1, 1))
@@ -108,3 +144,9 @@ def test_what_the_integer_pipeline_takes(device, rng):
     wt = rng.standard_normal((8, 12, 3, 3), np.float32)
     floats = ops.Conv2d(device, (12, 9, 9), wt, None, (1, 1), (1, 1))
     assert not floats.feeds(b) and not b.feeds(floats)
+    seg, _ = segment_table(device, [1, 1])
+    grouped = ops.Conv2d(device, (8, 9, 9), rng.standard_normal((2, 16, 8, 3, 3), np.float32),
+                         None, padding=(1, 1), precision=INT8, input_range=[(-1.0, 1.0)] * 2,
+                         segments=seg)  # fmt: skip
+    c = _conv(device, rng, 16, (9, 9), 8, 3, 1, (1, 1))
+    assert not grouped.feeds(c)  # the next layer is not grouped
