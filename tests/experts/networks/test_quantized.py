@@ -5,6 +5,8 @@ pipeline of convolutions against the float hand-offs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from experts.model.spec import parse_layers
 from experts.networks.build import build_network
 from experts.networks.calibrate import calibrate
 from experts.networks.network import Network
+from kernels.ops.launcher import PerBatch
 from tests.kernels.helpers import skip_unless_dot4
 
 
@@ -104,5 +107,14 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     floats = Network(
         device, layers, shape, weights, precision="int8", ranges=ranges, integer_pipeline=False
     )
+    for x in (sample, sample[:1]):
+        np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
+    # A layer built per batch size (the tuner's winners differ) links as its form does.
+    step = net.steps[2]
+    build = replace(net.build_for(layers[2]), params={"algorithm": "implicit", "nv": 1})
+    narrow = layers[2].launcher(build, step.in_shape, weights)
+    net.steps[2] = replace(step, op=PerBatch({1: step.op, 8: narrow}))
+    net._plans.clear()
+    assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3}
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
