@@ -13,16 +13,20 @@ from kernels import ops
 from kernels import reference as ref
 from kernels.precision import PRECISIONS
 from tests.kernels.helpers import run4d, segment_table, skip_unless_dot4, to_cnhw
+from tests.kernels.test_conv import conv_twin
 
 INT8 = PRECISIONS["int8"]
 
 
 def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0)):
+    """An int8 Conv2d with ReLU, its weights and bias kept for the twin (`op.twin`)."""
     wt = rng.standard_normal((m, c // groups, k, k), np.float32)
     b = rng.standard_normal(m, np.float32)
-    return ops.Conv2d(
+    op = ops.Conv2d(
         device, (c, *hw), wt, b, (stride, stride), pad, groups, True, True, INT8, input_range
     )
+    op.twin = (wt, b, (stride, stride), pad, groups, True, input_range)
+    return op
 
 
 def _twin_bytes(y: np.ndarray, qinv, qzero, padding: tuple[int, int]) -> np.ndarray:
@@ -58,6 +62,11 @@ def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
     a.launch(n, device.upload(to_cnhw(x)), y, scratch, requant=a.requantizer(b, pooled=False))
     got = device.read(y, (n, oh + 2 * pad2[0], ow + 2 * pad2[1], m), np.uint8)
     np.testing.assert_array_equal(got, _twin_bytes(floats, *b.qargs, pad2))
+    # Against the numpy twin: the same integer sums; the float epilogue may differ by an
+    # ulp, which moves a value lying on a rounding edge by one step.
+    twin = _twin_bytes(conv_twin(INT8, x, *a.twin)[0], *b.qargs, pad2).astype(int)
+    off = np.abs(got.astype(int) - twin)
+    assert off.max() <= 1 and (off > 0).mean() < 1e-3
     # The consumer on those bytes, without its pad pass: its output on the floats.
     out = device.alloc(4 * n * int(np.prod(b.out_shape)))
     b.launch(n, y, out, device.alloc(b.scratch_bytes(n)), quantised_input=True)
