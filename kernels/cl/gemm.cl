@@ -133,16 +133,15 @@ inline void store_head(const float16 v, const int n, __global float *o)
 #if !DOT4
 #error "gemm.cl: BYTES_OUT is for DOT4 convolutions"
 #endif
-// The integer pipeline (kernels/ops/conv.py: Conv2d.feeds): instead of floats the
-// block writes the next convolution's input, bytes q + 128 quantised with its qinv and
-// qzero (oqinv, oqzero; GROUPED: each expert's, from oqp) from the floats STORE would
-// write, as pad2d does,
-// so the bytes are the ones the float path gives. They go to padded pixels [N][OH + 2 *
-// OPH][OW + 2 * OPW][ldc] (ldc: every channel), a column's eight rows (channels) as
-// one 8-byte store: the block's 8 x 16 bytes of each column vector are transposed in
-// registers (three rounds of interleaving). `pix` (conv_item) holds each column's
-// padded pixel, or -1 for a pixel on an edge, which also writes the padding beyond it
-// (put_pixel), so no pass pads.
+// The integer pipeline (kernels/ops/conv_bytes.py): instead of floats the block writes
+// the next convolution's input, bytes q + 128 quantised with its qinv and qzero
+// (oqinv, oqzero; GROUPED: each expert's, from oqp) from the floats STORE would write,
+// as pad2d does, so the bytes are the ones the float path gives. They go to padded
+// pixels [N][OH + 2 * OPH][OW + 2 * OPW][ldc] (ldc: every channel), a column's eight
+// rows (channels) as one 8-byte store: the block's 8 x 16 bytes of each column vector
+// are transposed in registers (three rounds of interleaving). `pix` (conv_item) holds
+// each column's padded pixel, or -1 for a pixel on an edge, which also writes the
+// padding beyond it (put_pixel), so no pass pads.
 inline void put_pixel(__global uchar *y, const int n, const int c, const uchar8 u,
                       const uchar8 pad, const int OH, const int OW, const int ldc)
 {
