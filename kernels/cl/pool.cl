@@ -77,15 +77,11 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
 // the padded output and 16 channels (a vector; the last 8: half one); windows are
 // clipped at the edges, as pool2d's.
 #if GROUPED
+// precision.h has expert_of: which expert an image belongs to.
+#include "precision.h"
 #define PAD_ARGS __global const int *restrict pad, __global const int *restrict seg, \
     const int experts
 #define PAD_OF(b) pad[expert_of((b), seg, experts)]
-inline int expert_of(const int b, __global const int *seg, const int experts)
-{
-    int x = 0;
-    while (x < experts - 1 && b >= seg[x + 1]) ++x;
-    return x;
-}
 #else
 #define PAD_ARGS const int pad
 #define PAD_OF(b) pad
