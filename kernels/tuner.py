@@ -42,7 +42,7 @@ def tolerance(precision: Precision) -> float:
 # The parameters each kind of candidate reads (the op's first parameter says which
 # kind); the rest would only make equal kernels look different.
 READS = {
-    "rows": {"ro", "rb"},
+    "rows": {"ro", "rb", "kb"},
     "split": {"ls", "rb"},
     "implicit": {"nv", "spread"},
     "tiled": set(TILE),

@@ -59,11 +59,12 @@ SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
     },
     # form: RO rows per work-item (linear, CPUs), a work-group of LS per row splitting
     # K (linear_split, GPUs at small batch), or the tiled GEMM (GPUs at large batch);
-    # rb: images per work-item.
+    # rb: images per work-item; kb: bytes of k per block (int8 rows on VNNI).
     "linear": {
         "form": ("rows", "split", "tiled"),
         "ro": (1, 2, 4, 8),
         "rb": (1, 2, 4, 8),
+        "kb": (0, 512, 1024, 2048),
         "ls": (32, 64, 128, 256),
         **TILE,
     },

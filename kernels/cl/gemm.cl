@@ -315,7 +315,8 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
         for (int j = 0; j < KW; ++j) {
             __global const int *src = (__global const int *)(x + (i * WP + j) * CP + c0);
             for (int c4 = 0; c4 < c4s; ++c4, dst += NB)
-                for (int t = 0; t < NB; ++t) dst[t] = src[off[t] + c4];
+                for (int t = 0; t < NB; t += 16)
+                    vstore16(GATHER16(src + c4, vload16(0, off + t)), 0, dst + t);
         }
     }
 #elif TAPS

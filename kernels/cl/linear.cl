@@ -291,59 +291,7 @@ void linear_split(LINEAR_ARGS)
 #endif
 
 #if defined(RO) && DOT4
-// int8 on AVX-512 VNNI (gemm.cl explains DOT4): X holds bytes q + 128, and each
-// DOT4_MAC takes 64 consecutive k of a row of X and a row of W into 16 int lanes,
-// summed at the end; corr[o] = (128 + zero) * (sum of row o of W) is then taken off.
-// I is a multiple of four, so every row starts on an int.
-#define DOT4_ARGS const int B, const int I, const int O, \
-    __global const uchar *restrict X, __global const char *restrict W, \
-    __global const float *restrict bias, __global const float *restrict scale, \
-    __global float *restrict Y, __global const int *restrict corr
-
-TARGET void linear_dot4(const int o0, const int b0, const uint *need, DOT4_ARGS REQ_ARGS)
-{
-    __global const char *w[RO];
-    __global const uchar *x[RB];
-    int16 acc[RO][RB];
-#pragma unroll
-    for (int r = 0; r < RO; ++r) w[r] = W + (size_t)min(o0 + r, O - 1) * I;
-#pragma unroll
-    for (int q = 0; q < RB; ++q) x[q] = X + (size_t)min(b0 + q, B - 1) * I;
-#pragma unroll
-    for (int r = 0; r < RO; ++r)
-#pragma unroll
-        for (int q = 0; q < RB; ++q) acc[r][q] = 0;
-    const int I64 = I & ~63;
-    for (int i = 0; i < I64; i += 64) {
-        int16 xv[RB];
-#pragma unroll
-        for (int q = 0; q < RB; ++q) xv[q] = vload16(0, (__global const int *)(x[q] + i));
-#pragma unroll
-        for (int r = 0; r < RO; ++r) {
-            if (!need[r]) continue;
-            const int16 wv = vload16(0, (__global const int *)(w[r] + i));
-#pragma unroll
-            for (int q = 0; q < RB; ++q) acc[r][q] = DOT4_MAC(acc[r][q], xv[q], wv);
-        }
-    }
-    for (int r = 0; r < RO && o0 + r < O; ++r) {
-        for (int q = 0; q < RB && b0 + q < B && need[r]; ++q) {
-            const int8 s8 = acc[r][q].lo + acc[r][q].hi;
-            const int4 s4 = s8.lo + s8.hi;
-            int s = s4.x + s4.y + s4.z + s4.w - corr[o0 + r];
-            for (int i = I64; i < I; ++i) s += (int)w[r][i] * (int)x[q][i];
-            OUT(need[r], q, b0 + q, o0 + r, s);
-        }
-    }
-}
-
-__kernel void linear(DOT4_ARGS GROUP_ARGS SKIP_ARGS REQ_ARGS)
-{
-    const int o0 = get_global_id(0) * RO, b0 = get_global_id(1) * RB;
-    EXPERT_ROWS(b0)
-    SENSITIVE(need, RO, o0, b0, true)
-    linear_dot4(o0, b0, need, B, I, O, X, W, bias, scale, Y, corr REQ_PASS);
-}
+#include "linear_dot4.h"
 #endif
 
 #if PACKED

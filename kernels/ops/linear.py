@@ -18,6 +18,10 @@ I32 = np.int32
 
 
 SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
+# VNNI rows: past X_IN_L1 bytes of X per work-item (half a 32 KB L1 data cache), k runs
+# in blocks of KB_BLOCK bytes (fc6 at batch 8: 1.25x; docs/benchmark-log.md).
+X_IN_L1 = 16384
+KB_BLOCK = 1024
 
 
 def choose_packing(
@@ -171,7 +175,7 @@ class Linear(Launcher, Tuned):
             self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
-        # by (split, RO, RB, LS, little module's rank, REQUANT form)
+        # by (split, RO, RB, LS, KB, little module's rank, REQUANT form)
         self._kernels: dict[tuple[Any, ...], Any] = {}
         # The tiled GEMM (GPUs at large batch): plain float rows only.
         plain = not precision.quantized and packed is None and segments is None
@@ -184,16 +188,34 @@ class Linear(Launcher, Tuned):
 
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
-        form, ro, rb, ls = self._tile(n)
+        form, ro, rb, ls, kb = self._tile(n)
         if form == "tiled":
             return {"form": form, **self.tiled.tile(self.tuned(n))}
-        return {"form": form, "rb": rb, **({"ls": ls} if form == "split" else {"ro": ro})}
+        shape = {"ls": ls} if form == "split" else {"ro": ro, **({"kb": kb} if self.dot4 else {})}
+        return {"form": form, "rb": rb, **shape}
 
-    def _tile(self, n: int, requant: bool = False, skip: bool = False) -> tuple[str, int, int, int]:
-        """(form, RO, RB, LS): "rows" (linear), "split" (linear_split) or "tiled"
+    def _tile(
+        self, n: int, requant: bool = False, skip: bool = False
+    ) -> tuple[str, int, int, int, int]:
+        """(form, RO, RB, LS, KB): "rows" (linear), "split" (linear_split) or "tiled"
         (tiled.cl), rows and images per work-item (per work-group when split),
-        work-items per work-group when split. `requant`, `skip`: the launch writes
-        the next layer's quantised input, or runs a little module."""
+        work-items per work-group when split, bytes of k per block (VNNI rows; 0: no
+        blocks). `requant`, `skip`: the launch writes the next layer's quantised input,
+        or runs a little module."""
+        form, ro, rb, ls = self._shape(n, requant, skip)
+        t = self.tuned(n)
+        if not self.dot4:
+            if t.get("kb") and self.params is not None:  # the tuner's candidate: refused
+                raise ValueError("k blocks (kb) are for int8 rows on VNNI only")
+            return form, ro, rb, ls, 0
+        # The RB rows of X outgrow L1: k in blocks, over more rows per work-item, so
+        # that each block of X is read from L1 by every pass (linear.cl, KB).
+        big = rb * self.i > X_IN_L1
+        kb = t.get("kb", KB_BLOCK if big else 0)
+        return form, t.get("ro", 8 if kb else 2), rb, ls, kb
+
+    def _shape(self, n: int, requant: bool, skip: bool) -> tuple[str, int, int, int]:
+        """(form, RO, RB, LS) of `_tile`, RO for VNNI rows left to it."""
         t = self.tuned(n)
         asked = form = t.get("form", "split" if self.split else "rows")
         if self.packed is not None or self.dot4 or requant:
@@ -211,8 +233,6 @@ class Linear(Launcher, Tuned):
             return form, 1 if form == "split" else t.get("ro", 4), 1, ls
         if form == "split":  # an int16 lane is a long16: 32 registers per image
             return form, 1, 1 if self.precision.wide_accumulator else min(n, t.get("rb", 4)), ls
-        if self.dot4:  # RO * RB int16 accumulators and RB inputs within 32 registers
-            return form, t.get("ro", 2), rb, ls
         return form, t.get("ro", 4), rb, ls
 
     def _tiled(self, n: int, x: Any, y: Any) -> None:
@@ -274,19 +294,19 @@ class Linear(Launcher, Tuned):
             raise ValueError("skipping rows needs the layer's ReLU")
         if skip and requant:
             raise ValueError("a layer with a little module writes floats")
-        kind, ro, rb, ls = self._tile(n, bool(requant), bool(skip))
+        kind, ro, rb, ls, kb = self._tile(n, bool(requant), bool(skip))
         if kind == "tiled":
             self._tiled(n, x, y)
             return
         split = kind == "split"
         form = requant[0] if requant else 0
-        kernel = self._kernels.get((split, ro, rb, ls, rank, form))
+        kernel = self._kernels.get((split, ro, rb, ls, kb, rank, form))
         if kernel is None and self.packed is not None:
             defines = {"PACKED": 1, "RB": rb, "RELU": self.relu, "REQUANT": form, **self.defines}
             kernel = self.device.kernel("linear.cl", "linear_packed", defines)
-            self._kernels[(split, ro, rb, ls, rank, form)] = kernel
+            self._kernels[(split, ro, rb, ls, kb, rank, form)] = kernel
         elif kernel is None:
-            shape = {"LS": ls} if split else {"RO": ro}
+            shape = {"LS": ls} if split else {"RO": ro, "KB": kb}
             defines = {
                 **shape,
                 "RB": rb,
@@ -298,7 +318,7 @@ class Linear(Launcher, Tuned):
             }
             name = "linear_split" if split else "linear"
             kernel = self.device.kernel("linear.cl", name, defines)
-            self._kernels[(split, ro, rb, ls, rank, form)] = kernel
+            self._kernels[(split, ro, rb, ls, kb, rank, form)] = kernel
         if self.precision.quantized and not quantised_input:
             count = n * self.i
             self.device.launch(

@@ -97,6 +97,33 @@ def test_int8_linear_byte_dot_products(device, rng, n, i, o, dot4):
             ops.Linear(device, wt[:, :-1], b, precision=p, input_range=input_range, dot4=True)
 
 
+@pytest.mark.parametrize("ro,rb,kb", [(1, 8, 512), (2, 3, 1024), (4, 8, 2048), (8, 5, 64)])
+def test_int8_linear_in_blocks_of_k(device, rng, ro, rb, kb):
+    """VNNI rows with k in blocks (KB): blocks that do not divide the 64-byte steps'
+    span (2944 of 3004 k), the scalar tail, passes of one or two rows, RO cut at O
+    and RB at N; the same exact sums as the twin."""
+    skip_unless_dot4(device, True)
+    p = PRECISIONS["int8"]
+    n, i, o = 11, 3004, 13
+    x = rng.uniform(-1, 3, (n, i)).astype(np.float32)
+    wt = rng.standard_normal((o, i), np.float32)
+    b = rng.standard_normal(o, np.float32)
+    params = {"form": "rows", "ro": ro, "rb": rb, "kb": kb}
+    op = ops.Linear(device, wt, b, True, precision=p, input_range=(-1.0, 3.0), params=params)
+    assert op.effective(n) == params
+    y = device.alloc(4 * n * o)
+    op(n, device.upload(x), y, device.alloc(op.scratch_bytes(n)))
+    pp = p.prepare(wt, (-1.0, 3.0))
+    args = (pp.weights, pp.scale, pp.qinv, pp.qzero, p.bits)
+    want = ref.linear_quantized(x, *args, b, True)
+    scale_of = np.abs(ref.linear_quantized(x, *args)) + np.abs(b)
+    assert_dequantized_close(device.read(y, (n, o)), want, scale_of)
+    float_rows = ops.Linear(device, wt, b, precision=p, input_range=(-1.0, 3.0), dot4=False)
+    float_rows.params = params  # as the tuner builds a candidate
+    with pytest.raises(ValueError, match="k blocks"):
+        float_rows(n, device.upload(x), y, device.alloc(float_rows.scratch_bytes(n)))
+
+
 @pytest.mark.parametrize("name", QUANTIZED)
 def test_quantized_layers_need_a_range(device, rng, name):
     with pytest.raises(ValueError, match=f"linear: {name} needs the calibrated range"):
