@@ -333,8 +333,8 @@ def test_candidates_start_with_the_fixed_set_each_kernel_once():
     assert all(set(p) <= {"algorithm", "nv"} for p in found if p.get("algorithm") == "direct")
     # a small space runs dry once every kernel in it has been drawn
     rows = [p for p in candidates("linear", random.Random(1)) if p.get("form") == "rows"]
-    space = SPACE["linear"]
-    assert len(rows) == 1 + len(space["ro"]) * len(space["rb"]) * len(space["kb"])  # + {"form": "rows"}
+    space = SPACE["linear"]  # every (ro, rb, kb), and {"form": "rows"}
+    assert len(rows) == 1 + len(space["ro"]) * len(space["rb"]) * len(space["kb"])
 
 
 def test_the_shipped_databases_parse():
