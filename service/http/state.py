@@ -342,13 +342,16 @@ class ServiceState:
         model, precision, k, dual = key
         n = len(batch)
         if AUTO in (precision, k):
+            # Behind this batch: the images queued, and the requests still being decoded
+            # (under a burst the decode pool holds what the queue will hold next).
+            decoding, decoding_deadline = self.decode_pool.on_the_way()
             precision, k = self.scheduler.choose(
                 model,
                 self._candidates(key),
                 n,
                 pressure.deadline,
-                pressure.backlog,
-                pressure.backlog_deadline,
+                pressure.backlog + decoding,
+                min(pressure.backlog_deadline, decoding_deadline),
             )
         pending = self.engine.submit(model, precision, k, batch, dual)
         predicted = self.scheduler.queued(model, precision, k, n)

@@ -42,3 +42,34 @@ def test_work_whose_deadline_passes_in_the_pool_is_skipped():
     finally:
         pool.shutdown(wait=True)
     assert ran == []
+
+
+def test_work_on_the_way_is_counted_with_its_earliest_deadline():
+    """precision=auto counts the requests being decoded as queued behind the batch it
+    chooses for: the pool says how many are here and their earliest deadline, and
+    forgets each as it leaves (done or failed)."""
+    pool = DecodePool(workers=1)
+
+    def fail() -> None:
+        raise ValueError("bad image")
+
+    async def scenario() -> None:
+        assert pool.on_the_way() == (0, float("inf"))
+        gate = threading.Event()
+        now = time.monotonic()
+        first = asyncio.ensure_future(pool.run(now + 30, gate.wait, 10))
+        second = asyncio.ensure_future(pool.run(now + 20, fail))
+        third = asyncio.ensure_future(pool.run(now + 20, len, "abc"))
+        await asyncio.sleep(0.05)
+        assert pool.on_the_way() == (3, now + 20)
+        gate.set()
+        assert await first is True
+        with pytest.raises(ValueError, match="bad image"):
+            await second
+        assert await third == 3
+        assert pool.on_the_way() == (0, float("inf"))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown(wait=True)
