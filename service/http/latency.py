@@ -7,8 +7,9 @@ including those not running now. For a batch asked at precision "auto" (or a mix
 scheduler takes the most accurate loaded precision (the table's `fidelity`; then the
 largest k up to the model's own) whose predicted finish, after the batches already
 queued on the device, meets the earliest deadline in the batch and leaves the images
-queued behind it done within a share of the time they have left (BACKLOG_SHARE; the
-rest is kept for a burst of arrivals); when none does, the fastest. An explicit
+queued behind it (state.py counts the requests still being decoded among them) done
+within a share of the time they have left (BACKLOG_SHARE; the rest is kept for a burst
+of arrivals); when none does, the fastest. An explicit
 precision or k is never changed.
 """
 
