@@ -209,13 +209,15 @@ class Linear(Launcher, Tuned):
                 raise ValueError("k blocks (kb) are for int8 rows on VNNI only")
             return form, ro, rb, ls, 0
         # The RB rows of X outgrow L1: k in blocks, over more rows per work-item, so
-        # that each block of X is read from L1 by every pass (linear.cl, KB).
+        # that each block of X is read from L1 by every pass (linear_dot4.h, KB).
         big = rb * self.i > X_IN_L1
         kb = t.get("kb", KB_BLOCK if big else 0)
-        return form, t.get("ro", 8 if kb else 2), rb, ls, kb
+        if self.segments is None:  # RO * RB int16 sums and RB inputs in 32 registers
+            ro = t.get("ro", 8 if kb else 2)
+        return form, ro, rb, ls, kb
 
     def _shape(self, n: int, requant: bool, skip: bool) -> tuple[str, int, int, int]:
-        """(form, RO, RB, LS) of `_tile`, RO for VNNI rows left to it."""
+        """(form, RO, RB, LS) of `_tile`, which sets RO for ungrouped VNNI rows."""
         t = self.tuned(n)
         asked = form = t.get("form", "split" if self.split else "rows")
         if self.packed is not None or self.dot4 or requant:

@@ -178,6 +178,8 @@ def test_grouped_quantised_linear(device, rng, name, dot4, counts, i, o, split):
     seg, expert_of = segment_table(device, counts)
     op = ops.Linear(device, wt, b, True, p, ranges, segments=seg, split=split, dot4=dot4)
     assert op.dot4 == (device.dot4 and name == "int8" and dot4 is None and not split)
+    if not split:  # one image a work-item, four rows (VNNI's 8-row blocks are ungrouped)
+        assert op.effective(n + 2)["ro"] == 4 and op.effective(n + 2)["rb"] == 1
     y = device.alloc(4 * (n + 2) * o)
     device.write(y, np.full((n + 2, o), 7.0, np.float32))
     op(n + 2, device.upload(x), y, device.alloc(op.scratch_bytes(n + 2)))
