@@ -1,5 +1,5 @@
-// linear.cl's rows for int8 on AVX-512 VNNI, included where RO and DOT4 are set.
-// int8 on AVX-512 VNNI (gemm.cl explains DOT4): X holds bytes q + 128, and each
+// linear.cl's rows for int8 on AVX-512 VNNI, included where RO and DOT4 are set
+// (gemm.cl explains DOT4). X holds bytes q + 128, and each
 // DOT4_MAC takes 64 consecutive k of a row of X and a row of W into 16 int lanes,
 // summed at the end; corr[o] = (128 + zero) * (sum of row o of W) is then taken off.
 // I is a multiple of four, so every row starts on an int.
