@@ -19,7 +19,7 @@ I32 = np.int32
 
 SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
 # VNNI rows: past X_IN_L1 bytes of X per work-item (half a 32 KB L1 data cache), k runs
-# in blocks of KB_BLOCK bytes (fc6 at batch 8: 1.25x; docs/benchmark-log.md).
+# in blocks of KB_BLOCK bytes (fc6 at batch 8: 1.3x; docs/benchmark-log.md).
 X_IN_L1 = 16384
 KB_BLOCK = 1024
 

@@ -9,8 +9,7 @@ largest k up to the model's own) whose predicted finish, after the batches alrea
 queued on the device, meets the earliest deadline in the batch and leaves the images
 queued behind it (state.py counts the requests still being decoded among them) done
 within a share of the time they have left (BACKLOG_SHARE; the rest is kept for a burst
-of arrivals); when none does, the fastest. An explicit
-precision or k is never changed.
+of arrivals); when none does, the fastest. An explicit precision or k is never changed.
 """
 
 from __future__ import annotations
