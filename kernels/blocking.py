@@ -53,6 +53,15 @@ def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
     return tap_rows(w, cg, cg4, group=4)
 
 
+def window_rows(w: np.ndarray, cg: int, kh: int, kw: int) -> np.ndarray:
+    """[M][cg * KH * KW] weights as gemm.cl's direct DOT4 reads them: each row of a
+    filter's taps in fours (zeros past KW), four taps to an int, k over (channel, i,
+    four taps)."""
+    kj = -(-kw // 4)
+    rows = np.pad(w.reshape(len(w), cg, kh, kw), ((0, 0), (0, 0), (0, 0), (0, 4 * kj - kw)))
+    return pack_rows(rows.reshape(len(w), -1), group=4)
+
+
 def per_expert(
     layout: Callable[[np.ndarray], np.ndarray], experts: int
 ) -> Callable[[np.ndarray], np.ndarray]:

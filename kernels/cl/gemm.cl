@@ -20,14 +20,14 @@
 // exactly (precision.h) and scale each row's total by scale[row]; float ones pass
 // scale = 1.
 //
-// DOT4 (int8, conv_packed only, x86 CPUs with AVX-512 VNNI): the products run on
-// vpdpbusd, which adds four byte products into each int lane, 64 multiply-adds per
-// instruction where a float FMA does 16. B holds unsigned bytes (pad2d_pixels stores
-// q + 128, so an input at zero point z reads z + 128), A signed ones; both are grouped
-// by four along K, which runs over (i, j, channel) with the channels padded to four
-// (A [M/8][K/4][8][4], the panel [K/4][NB][4]; the padding's weights are zero).
-// The int sums are exact and equal the float path's once each row takes off
-// corr[row] = (128 + z) * (sum of its weights). OpenCL C has no byte dot product
+// DOT4 (int8, conv_packed and conv_direct, x86 CPUs with AVX-512 VNNI): the products
+// run on vpdpbusd, which adds four byte products into each int lane, 64 multiply-adds
+// per instruction where a float FMA does 16. B holds unsigned bytes (pad2d_pixels
+// stores q + 128, so an input at zero point z reads z + 128), A signed ones; both are
+// grouped by four along K, which runs over (i, j, channel) with the channels padded to
+// four (A [M/8][K/4][8][4], the panel [K/4][NB][4]; the padding's weights are zero;
+// conv_direct.h groups taps along a filter row instead). The int sums are exact and
+// equal the float path's once each row takes off corr[row] = (128 + z) * (sum of its weights). OpenCL C has no byte dot product
 // (cl_khr_integer_dot_product is absent from PoCL) and LLVM does not find vpdpbusd
 // on its own, so the builtin is called from a function compiled for the feature;
 // the runtime sets DOT4 only where the CPU has it (runtime.py: Device.dot4).
@@ -193,52 +193,6 @@ __kernel void gemm_packed(const int M, const int N, const int K,
 }
 #endif
 
-#if !DOT4
-// Direct convolution for stride-1 layers whose K = CG * KH * KW is small (a network's
-// first layer: one grey channel, 5 x 5): a work-item computes 8 output channels x NB
-// pixels of one output row, broadcasting 8 weights against NV rows of the padded
-// input per tap (c, i, j), the same inner step as BLOCK. The implicit GEMM's panel
-// gather costs as much as its multiply-adds at such K; here there is none. x is
-// pad2d's output [C][N][HP][WP] (quantised for QBITS); a row's last vectors read up to
-// NB - 1 floats past its end, into the next row or, after the last, into slack that
-// the buffer carries (Conv2d.scratch_bytes); those columns are never stored. Work-item
-// (item, mt) with item = (b * OH + oy) * chunks + chunk, NB columns per chunk.
-__kernel void conv_direct(const int M, const int K, __global const wtype *restrict Ap,
-                          __global const float *restrict x,
-                          __global const float *restrict bias,
-                          __global const float *restrict scale,
-                          __global float *restrict C, const int ldc, const int c_row0,
-                          const int batch, const int HP, const int WP, const int c0,
-                          const int KH, const int KW, const int OH, const int OW,
-                          const int chunks)
-{
-    const int item = get_global_id(0), mt = get_global_id(1);
-    const int chunk = item % chunks, row = item / chunks;  // row = b * OH + oy
-    const int b = row / OH, oy = row % OH, m0 = mt * ROW_BLOCK;
-    PLANE((size_t)((M + ROW_BLOCK - 1) / ROW_BLOCK) * K * ROW_BLOCK)
-    const size_t plane = (size_t)batch * HP * WP;
-    __global const float *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy) * WP + chunk * NB;
-    __global const wtype *a = Ap + (size_t)mt * K * ROW_BLOCK;
-    ROWS(DECL)
-    const int cg = K / (KH * KW);
-    int k = 0;
-    for (int c = 0; c < cg; ++c) {
-        for (int i = 0; i < KH; ++i) {
-            for (int j = 0; j < KW; ++j, ++k) {
-                __global const float *bk = xr + c * plane + i * WP + j;
-                EACH(LOADB, 0)
-                const atype8 a8 = LOADA8(k, a);
-                ROWS(MAC)
-                if (k % QCHUNK == QCHUNK - 1) { ROWS(FLUSH) }  // int8: as BLOCK does
-            }
-        }
-    }
-    ROWS(FLUSH)
-    const int n0 = row * OW + chunk * NB, lo = n0, hi = row * OW + min(OW, chunk * NB + NB);
-    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
-}
-#endif
-
 // x: the (padded, and for quantised precisions quantised: pad2d) input
 // [C][N][HP][WP] (DOT4: pad2d_pixels' bytes [N][HP][WP][CP], CP channels a pixel);
 // columns n = (b * OH + oy) * OW + ox.
@@ -261,6 +215,8 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
 #define CORR_ARG
 #define CORR
 #endif
+#include "conv_direct.h"
+
 // GROUPED (a mixture's experts in one launch): images sorted by expert, expert x
 // owning images [seg[x], seg[x + 1]) (columns OH * OW times that); its A lies x times
 // one expert's A on, its bias, scale and corr x * M on.

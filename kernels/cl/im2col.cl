@@ -100,6 +100,47 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
     }
 }
 
+// gemm.cl's direct DOT4 input: [C][N][H][W] floats -> zero-padded [C][N][HP][WP] ints,
+// the int at a pixel holding the bytes q + 128 of it and the next three pixels of its
+// row (past the row's end: the padding value; their weights are zero), lowest address
+// first, so that one int of B meets four taps of a filter row in one vpdpbusd. A
+// work-item takes R of the C * N * HP padded rows (a work-group costs PoCL about
+// 0.15 us to start: one row each cost more than the rows), each quantised once into
+// `line` (local memory: a work-item's own scratch on a CPU, WP + 3 bytes and a vector
+// of slack) and read back four bytes at every pixel.
+__kernel void pad2d_windows(__global const float *restrict x, __global uint *restrict y,
+                            const int H, const int W, const int PH, const int PW, const int N,
+                            const int rows, const int R, __local uchar *restrict line, QARGS)
+{
+    const int HP = H + 2 * PH, WP = W + 2 * PW, r0 = get_global_id(0) * R;
+    for (int row = r0; row < min(r0 + R, rows); ++row) {  // row = p * HP + oy
+        const int p = row / HP, iy = row % HP - PH;  // p = c * N + b
+        QPARAMS(p % N)
+        const uchar pad = QBYTE(0.0f);
+        const bool inside = iy >= 0 && iy < H;
+        for (int i = 0; i < (inside ? PW : WP + 3); ++i) line[i] = pad;
+        if (inside) {
+            for (int i = PW + W; i < WP + 3; ++i) line[i] = pad;
+            __global const float *src = x + ((size_t)p * H + iy) * W;
+            int i = 0;
+            for (; i + 16 <= W; i += 16)
+                vstore16(convert_uchar16(clamp(rint(vload16(0, src + i) * qinv) + qzero, QLO, QHI)
+                                         + 128.0f), 0, line + PW + i);
+            for (; i < W; ++i) line[PW + i] = QBYTE(src[i]);
+        }
+        __global uint *out = y + (size_t)row * WP;
+        int i = 0;
+        for (; i + 16 <= WP; i += 16) {
+            const uint16 w = convert_uint16(vload16(0, line + i))
+                             | convert_uint16(vload16(0, line + i + 1)) << 8
+                             | convert_uint16(vload16(0, line + i + 2)) << 16
+                             | convert_uint16(vload16(0, line + i + 3)) << 24;
+            vstore16(w, 0, out + i);
+        }
+        for (; i < WP; ++i) out[i] = as_uint(vload4(0, line + i));
+    }
+}
+
 // pad2d_pixels where every group's channels are a multiple of four (every layer but a
 // network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
 // rows (of all N * HP) and a block of 16 channels, gathering a pixel's 16 channels into

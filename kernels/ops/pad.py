@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 
 from kernels.runtime import Device
 
@@ -17,6 +18,8 @@ ITEMS = 32  # pad2d_channels' work-items (rows each: enough to repay starting on
 class ConvPad:
     """[C][N][H][W] floats -> the padded input a convolution reads:
     - `pad2d`: [C][N][HP][WP] floats (quantised precisions: the offsets q - zero);
+    - DOT4's direct convolution (`direct`): `pad2d_windows`, [C][N][HP][WP] ints, each
+      a pixel's byte q + 128 and the next three along its row;
     - DOT4 (int8 on VNNI): [N][HP][WP][CP] bytes q + 128, each group's `cg` channels
       padded to `cg4`; `pad2d_channels`, 16 channels of a pixel at a time, where the
       groups hold whole fours (every layer but a network's first), else
@@ -32,6 +35,7 @@ class ConvPad:
         qargs: tuple[Any, ...],
         cg: int,
         cg4: int,
+        direct: bool = False,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -39,13 +43,22 @@ class ConvPad:
         self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self.qargs, self.cg, self.cg4 = qargs, cg, cg4
         self.dot4 = bool(defines.get("DOT4"))
-        self.channels4 = self.dot4 and cg % 4 == 0
-        name = "pad2d_channels" if self.channels4 else "pad2d_pixels" if self.dot4 else "pad2d"
+        self.windows = self.dot4 and direct
+        self.channels4 = self.dot4 and not direct and cg % 4 == 0
+        name = (
+            "pad2d_windows"
+            if self.windows
+            else "pad2d_channels"
+            if self.channels4
+            else "pad2d_pixels"
+            if self.dot4
+            else "pad2d"
+        )
         self.kernel = device.kernel("im2col.cl", name, defines)
 
     def nbytes(self, n: int) -> int:
         """The padded input of n images."""
-        if self.dot4:
+        if self.dot4 and not self.windows:
             return n * self.hp * self.wp * self.c // self.cg * self.cg4
         return 4 * self.c * n * self.hp * self.wp
 
@@ -56,7 +69,13 @@ class ConvPad:
             each = max(1, rows * blocks // ITEMS)
             grid, local = (-(-rows // each), blocks), d.each_alone(2)
             args: tuple[Any, ...] = (I32(self.c), I32(n), I32(each))
-        elif self.dot4:
+        elif self.windows:
+            rows = self.c * n * self.hp
+            each = max(1, rows // ITEMS)
+            grid, local = (-(-rows // each),), d.each_alone(1)
+            line = cl.LocalMemory(self.wp + 3 + 16)
+            args = (I32(n), I32(rows), I32(each), line)
+        elif self.dot4 and not self.windows:
             grid, local = (self.hp, n), d.work_group(self.hp, 1)
             args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))
         else:

@@ -163,9 +163,21 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("name", UNPACKED)
 @pytest.mark.parametrize("case", DIRECT_CASES)
 def test_direct_conv2d(device, rng, name, case):
-    """gemm.cl's conv_direct against the numpy twin at every precision."""
-    op = check_conv_precision(device, rng, PRECISIONS[name], case, None, direct=True)
-    assert op.direct and not op.implicit
+    """gemm.cl's conv_direct against the numpy twin at every precision (int8: in
+    float lanes)."""
+    dot4 = False if PRECISIONS[name].byte_dot else None
+    op = check_conv_precision(device, rng, PRECISIONS[name], case, None, dot4, direct=True)
+    assert op.direct and not op.implicit and not op.dot4
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_int8_conv_on_byte_dot_products(device, rng, case):
+    """int8's direct convolution on VNNI: four taps of a filter row a step, against
+    pad2d_windows' ints (a pixel's byte and the next three of its row); the same exact
+    sums as the twin's, filters of 3 and 5 columns (one and three taps of padding)."""
+    skip_unless_dot4(device, True)
+    op = check_conv_precision(device, rng, PRECISIONS["int8"], case, None, direct=True)
+    assert op.direct and op.dot4 and op.pad.windows
 
 
 @pytest.mark.parametrize(
@@ -207,13 +219,20 @@ def test_direct_conv2d_needs_stride_one(device):
 
 @pytest.mark.parametrize(
     ("implicit", "dot4", "direct"),
-    [(True, True, False), (True, False, False), (False, False, False), (None, None, True)],
+    [
+        (True, True, False),
+        (True, False, False),
+        (False, False, False),
+        (None, False, True),
+        (None, True, True),
+    ],
 )
 def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4, direct):
     """K = 64 * 25 = 1600 > 512: the int8 GEMM flushes its float partial sums four
     times. Row 0 is the worst case, every product 127 * 255, a sum of 51.8M (past
     2^24, where a float would start dropping integers); with dot4, 1600 products of
-    127 * 255 in an int lane, less the offset correction."""
+    127 * 255 in an int lane, less the offset correction (direct: 640 steps of four
+    taps, three of each five-tap row's eight padding)."""
     skip_unless_dot4(device, dot4)
     if implicit:
         skip_unless_panel_fits(device, 1600)
@@ -238,7 +257,7 @@ def test_int8_conv_sums_past_one_chunk_exactly(device, rng, implicit, dot4, dire
         dot4=dot4,
         direct=direct,
     )
-    assert (op.dot4, op.direct) == (bool(dot4), direct)
+    assert (op.dot4, op.direct) == (dot4, direct)
     got = run4d(device, op, x, op.scratch_bytes(2))
     want, scale_of = conv_twin(p, x, wt, np.zeros(9, np.float32), 1, 0, 1, False, input_range)
     assert_dequantized_close(got, want, scale_of)
@@ -262,9 +281,9 @@ def test_implicit_conv_panel_width_fits_local_memory(device, rng):
         ops.Conv2d(device, (too_wide.shape[1], 2, 2), too_wide, None, implicit=True)
 
 
-def test_dot4_only_for_implicit_int8_where_the_device_has_it(device, rng, monkeypatch):
+def test_dot4_only_for_int8_where_the_device_has_it(device, rng, monkeypatch):
     wt = rng.standard_normal((4, 3, 3, 3), np.float32)
-    with pytest.raises(ValueError, match="dot4 needs an implicit int8 convolution"):
+    with pytest.raises(ValueError, match="dot4 needs an implicit or direct int8 convolution"):
         ops.Conv2d(device, (3, 8, 8), wt, None, dot4=True)  # fp32
     monkeypatch.setenv("MOE_INT8_DOT4", "0")
     assert not Device(device.info.index).dot4
