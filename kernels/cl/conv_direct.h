@@ -14,12 +14,10 @@
 // 4 * jq + 3) of a row: KJ = KW / 4 steps a row, rounded up (the taps past KW have zero
 // weights), A laid out for them (blocking.window_rows).
 #if DOT4
-#define TAP_STRIDE 4
 #define dxtype int
 #define DCORR_ARG , __global const int *restrict corr
 #define DCORR , corr
 #else
-#define TAP_STRIDE 1
 #define dxtype float
 #define DCORR_ARG
 #define DCORR
@@ -29,15 +27,16 @@ TARGET void direct_item(const int item, const int part, const int M, const int K
                         __global const float *restrict bias, __global const float *restrict scale,
                         __global float *restrict C, const int ldc, const int c_row0,
                         const int batch, const int HP, const int WP, const int c0,
-                        const int KH, const int KJ, const int OH, const int OW,
-                        const int chunks, const int blocks_per_item DCORR_ARG)
+                        const int KH, const int KJ, const int SH, const int JS,
+                        const int OH, const int OW, const int chunks,
+                        const int blocks_per_item DCORR_ARG)
 {
     const int chunk = item % chunks, row = item / chunks;  // row = b * OH + oy
     const int b = row / OH, oy = row % OH;
     const int blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
     PLANE((size_t)blocks * K * ROW_BLOCK)
     const size_t plane = (size_t)batch * HP * WP;
-    __global const dxtype *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy) * WP + chunk * NB;
+    __global const dxtype *xr = x + (size_t)c0 * plane + ((size_t)b * HP + oy * SH) * WP + chunk * NB;
     const int cg = K / (KH * KJ);
     const int n0 = row * OW + chunk * NB, lo = n0, hi = row * OW + min(OW, chunk * NB + NB);
     const int mt1 = min(blocks, (part + 1) * blocks_per_item);
@@ -49,7 +48,7 @@ TARGET void direct_item(const int item, const int part, const int M, const int K
         for (int c = 0; c < cg; ++c) {
             for (int i = 0; i < KH; ++i) {
                 for (int j = 0; j < KJ; ++j, ++k) {
-                    __global const dxtype *bk = xr + c * plane + i * WP + j * TAP_STRIDE;
+                    __global const dxtype *bk = xr + c * plane + i * WP + j * JS;
                     EACH(LOADB, 0)
                     const atype8 a8 = LOADA8(k, a);
                     ROWS(MAC)
@@ -68,10 +67,11 @@ __kernel void conv_direct(const int M, const int K, __global const wtype *restri
                           __global const float *restrict scale,
                           __global float *restrict C, const int ldc, const int c_row0,
                           const int batch, const int HP, const int WP, const int c0,
-                          const int KH, const int KJ, const int OH, const int OW,
-                          const int chunks, const int blocks_per_item DCORR_ARG)
+                          const int KH, const int KJ, const int SH, const int JS,
+                          const int OH, const int OW, const int chunks,
+                          const int blocks_per_item DCORR_ARG)
 {
     // The ids as arguments: PoCL cannot inline a TARGET function that reads them.
     direct_item(get_global_id(0), get_global_id(1), M, K, Ap, x, bias, scale, C, ldc, c_row0,
-                batch, HP, WP, c0, KH, KJ, OH, OW, chunks, blocks_per_item DCORR);
+                batch, HP, WP, c0, KH, KJ, SH, JS, OH, OW, chunks, blocks_per_item DCORR);
 }

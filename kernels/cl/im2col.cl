@@ -141,6 +141,33 @@ __kernel void pad2d_windows(__global const float *restrict x, __global uint *res
     }
 }
 
+// gemm.cl's direct DOT4 input for a stride of 4 along rows (Conv2d.rows4):
+// [C][N][H][W] floats -> zero-padded [C][N][HP][WR] bytes q + 128, WR a multiple of
+// four (past WP: the padding value), so that the int at 4 * ox + 4 * jq holds the four
+// taps 4 * jq .. 4 * jq + 3 of output pixel ox. Rows split as in pad2d_windows.
+__kernel void pad2d_rows(__global const float *restrict x, __global uchar *restrict y,
+                         const int H, const int W, const int PH, const int PW, const int N,
+                         const int WR, const int rows, const int R, QARGS)
+{
+    const int HP = H + 2 * PH, r0 = get_global_id(0) * R;
+    for (int row = r0; row < min(r0 + R, rows); ++row) {  // row = p * HP + oy
+        const int p = row / HP, iy = row % HP - PH;  // p = c * N + b
+        QPARAMS(p % N)
+        const uchar pad = QBYTE(0.0f);
+        __global uchar *dst = y + (size_t)row * WR;
+        const bool inside = iy >= 0 && iy < H;
+        for (int i = 0; i < (inside ? PW : WR); ++i) dst[i] = pad;
+        if (!inside) continue;
+        for (int i = PW + W; i < WR; ++i) dst[i] = pad;
+        __global const float *src = x + ((size_t)p * H + iy) * W;
+        int i = 0;
+        for (; i + 16 <= W; i += 16)
+            vstore16(convert_uchar16(clamp(rint(vload16(0, src + i) * qinv) + qzero, QLO, QHI)
+                                     + 128.0f), 0, dst + PW + i);
+        for (; i < W; ++i) dst[PW + i] = QBYTE(src[i]);
+    }
+}
+
 // pad2d_pixels where every group's channels are a multiple of four (every layer but a
 // network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
 // rows (of all N * HP) and a block of 16 channels, gathering a pixel's 16 channels into

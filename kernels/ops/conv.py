@@ -12,6 +12,7 @@ from kernels import blocking
 from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
 from kernels.ops.conv_bytes import ByteLink
+from kernels.ops.conv_direct import direct_conv
 from kernels.ops.im2col import im2col_conv
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -43,6 +44,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
     `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
     not int16): gemm.cl's conv_direct reads its taps straight from the padded input,
     no GEMM panels (a network's first layer: K = 25 for one grey channel, 5 x 5).
+    Also the default for int8 on VNNI with a stride of 4 along rows (`rows4`, AlexNet's
+    conv1: 1.3-1.4x the implicit GEMM with its pad at batch 1 and 8): an int of the
+    padded input row then holds four taps of one output pixel, so nothing is gathered.
 
     `segments` (a mixture's grouped experts, quantised: the float ones run Winograd):
     `weight` [E][M][C][KH][KW], `bias` [E][M], `input_range` one per expert; the
@@ -104,17 +108,27 @@ class Conv2d(Launcher, Tuned, ByteLink):
         fits = [nv for nv in PANEL_SPEED if self._panel_bytes(nv) <= local_bytes]
         self.widest_nv = min(max(fits, default=0), device.widest_panel)
         stride1 = (self.sh, self.sw) == (1, 1)
+        shared = store is not None and store.serves(precision)
+        # int8 on VNNI reads the input rows of a layer with a stride of 4 along them as
+        # ints, four taps of a filter row each, without gathering (AlexNet's conv1).
+        rows4 = (
+            self.sw == 4 and precision.byte_dot and device.dot4 and not shared and dot4 is not False
+        )
         # The defaults: the direct kernel for small K (not int16, with its long
-        # accumulators), else the implicit GEMM where the widest panel fits.
+        # accumulators) and for rows4, else the implicit GEMM where the widest panel fits.
         direct_fits = device.is_cpu and stride1 and 1 < self.kh * self.kw and self.k <= DIRECT_MAX_K
         implicit_fits = device.is_cpu and self.widest_nv == max(PANEL_SPEED)
         if direct is None:  # asking for a path (implicit, dot4) rules the default out
             direct = (
-                implicit is None and dot4 is None and direct_fits and not precision.wide_accumulator
+                implicit is None
+                and dot4 is None
+                and (direct_fits or rows4)
+                and not precision.wide_accumulator
             )
-        elif direct and not stride1:
-            raise ValueError("direct convolution needs stride 1")
+        elif direct and not (stride1 or rows4):
+            raise ValueError("direct convolution needs stride 1 (int8 on VNNI: or 4 along rows)")
         self.direct = direct
+        self.rows4 = direct and rows4 and not stride1
         if implicit is None:
             implicit = implicit_fits
         elif implicit and not self.widest_nv:
@@ -128,7 +142,6 @@ class Conv2d(Launcher, Tuned, ByteLink):
         # own and the float lanes (int16) pick bytes from (gemm.cl's TAPS); elsewhere the
         # float-lane GEMM's, which int8's direct kernel reads too. The defaults decide,
         # so the int16 and int8 launchers of a layer agree.
-        shared = store is not None and store.serves(precision)
         default_dot4 = segments is not None or (implicit_fits and not direct_fits)
         self.taps = shared and device.dot4 and default_dot4
         byte_dot = (self.implicit or self.direct) and precision.byte_dot
@@ -174,8 +187,11 @@ class Conv2d(Launcher, Tuned, ByteLink):
         by_four = partial(blocking.dot4_rows, cg=self.cg, cg4=self.cg4)
         layout = by_four if dot4_layout else blocking.pack_rows
         self.kj = -(-self.kw // 4) if self.direct and self.dot4 else self.kw  # direct: taps a step
-        if self.direct and self.dot4:  # four taps of a row to an int (pad2d_windows)
+        if self.direct and self.dot4:  # four taps of a row to an int
             layout = partial(blocking.window_rows, cg=self.cg, kh=self.kh, kw=self.kw)
+        # rows4: a padded input row in ints, reaching the last window's last step
+        wp = self.w + 2 * self.pw
+        self.row_ints = -(-(wp + 4 * self.kj - self.kw) // 4) if self.rows4 else 0
         low = partial(blocking.tap_rows, cg=self.cg, cg4=self.cg4) if self.taps else None
         if experts > 1:
             layout, low = (blocking.per_expert(f, experts) if f else None for f in (layout, low))
@@ -204,7 +220,17 @@ class Conv2d(Launcher, Tuned, ByteLink):
         # bytes, channels innermost): kernels/ops/pad.py.
         padded = direct or (self.implicit and (self.ph or self.pw or precision.quantized))
         self.pad = (
-            ConvPad(device, in_shape, padding, self.defines, self.qargs, self.cg, self.cg4, direct)
+            ConvPad(
+                device,
+                in_shape,
+                padding,
+                self.defines,
+                self.qargs,
+                self.cg,
+                self.cg4,
+                direct,
+                self.row_ints,
+            )
             if padded
             else None
         )
@@ -259,7 +285,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
 
     def scratch_bytes(self, n: int) -> int:
         if self.direct:  # the padded input, and the slack conv_direct reads past its end
-            return self.pad.nbytes(n) + 4 * LANES * self.panel_nv(n)
+            return self.pad.nbytes(n) + 4 * (LANES * self.panel_nv(n) + self.kj)
         if self.implicit:
             return self.pad.nbytes(n) if self.pad is not None else 0
         cols = n * self.oh * self.ow
@@ -284,7 +310,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
         if (requant or quantised_input) and not self.dot4:
             raise ValueError("the integer pipeline of convolutions needs DOT4")
         if self.direct:
-            self._direct(n, x, y, scratch)
+            direct_conv(self, n, x, y, scratch)
         elif self.implicit:
             self._implicit(n, x, y, scratch, requant, quantised_input)
         else:
@@ -346,41 +372,4 @@ class Conv2d(Launcher, Tuned, ByteLink):
                 local,
                 *dot4,
                 *grouped,
-            )
-
-    def _direct(self, n: int, x: Any, y: Any, scratch: Any) -> None:
-        hp, wp = self.h + 2 * self.ph, self.w + 2 * self.pw
-        self.pad(n, x, scratch)
-        nv = self.panel_nv(n)
-        chunks = -(-self.ow // (LANES * nv))
-        cols = n * self.oh * self.ow
-        # A work-item runs all its row blocks over the input it reads (10% faster on the
-        # Fashion-MNIST conv1, batch 8), unless that leaves too few items to share.
-        items = n * self.oh * chunks
-        per_item = self.blocks if items >= 2 * SPREAD * self.device.info.compute_units else 1
-        for g in range(self.groups):
-            self.device.launch(
-                self.kernels(nv)["direct"],
-                (items, -(-self.blocks // per_item)),
-                (1, 1),
-                I32(self.mg),
-                I32(self.cg * self.kh * self.kj),
-                self.a[g],
-                scratch,
-                self.bias[g],
-                self.scale[g],
-                y,
-                I32(cols),
-                I32(g * self.mg),
-                I32(n),
-                I32(hp),
-                I32(wp),
-                I32(g * self.cg),
-                I32(self.kh),
-                I32(self.kj),
-                I32(self.oh),
-                I32(self.ow),
-                I32(chunks),
-                I32(per_item),
-                *((self.corr[g],) if self.dot4 else ()),
             )

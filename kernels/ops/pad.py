@@ -19,7 +19,8 @@ class ConvPad:
     """[C][N][H][W] floats -> the padded input a convolution reads:
     - `pad2d`: [C][N][HP][WP] floats (quantised precisions: the offsets q - zero);
     - DOT4's direct convolution (`direct`): `pad2d_windows`, [C][N][HP][WP] ints, each
-      a pixel's byte q + 128 and the next three along its row;
+      a pixel's byte q + 128 and the next three along its row; with a stride of 4
+      along rows (`row_ints`), `pad2d_rows`, [C][N][HP][4 * row_ints] bytes;
     - DOT4 (int8 on VNNI): [N][HP][WP][CP] bytes q + 128, each group's `cg` channels
       padded to `cg4`; `pad2d_channels`, 16 channels of a pixel at a time, where the
       groups hold whole fours (every layer but a network's first), else
@@ -36,6 +37,7 @@ class ConvPad:
         cg: int,
         cg4: int,
         direct: bool = False,
+        row_ints: int = 0,
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
@@ -43,10 +45,13 @@ class ConvPad:
         self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
         self.qargs, self.cg, self.cg4 = qargs, cg, cg4
         self.dot4 = bool(defines.get("DOT4"))
-        self.windows = self.dot4 and direct
+        self.row_ints = row_ints
+        self.windows = self.dot4 and direct and not row_ints
         self.channels4 = self.dot4 and not direct and cg % 4 == 0
         name = (
-            "pad2d_windows"
+            "pad2d_rows"
+            if row_ints
+            else "pad2d_windows"
             if self.windows
             else "pad2d_channels"
             if self.channels4
@@ -58,6 +63,8 @@ class ConvPad:
 
     def nbytes(self, n: int) -> int:
         """The padded input of n images."""
+        if self.row_ints:
+            return 4 * self.c * n * self.hp * self.row_ints
         if self.dot4 and not self.windows:
             return n * self.hp * self.wp * self.c // self.cg * self.cg4
         return 4 * self.c * n * self.hp * self.wp
@@ -69,13 +76,15 @@ class ConvPad:
             each = max(1, rows * blocks // ITEMS)
             grid, local = (-(-rows // each), blocks), d.each_alone(2)
             args: tuple[Any, ...] = (I32(self.c), I32(n), I32(each))
-        elif self.windows:
+        elif self.windows or self.row_ints:
             rows = self.c * n * self.hp
             each = max(1, rows // ITEMS)
             grid, local = (-(-rows // each),), d.each_alone(1)
-            line = cl.LocalMemory(self.wp + 3 + 16)
-            args = (I32(n), I32(rows), I32(each), line)
-        elif self.dot4 and not self.windows:
+            if self.row_ints:
+                args = (I32(n), I32(4 * self.row_ints), I32(rows), I32(each))
+            else:
+                args = (I32(n), I32(rows), I32(each), cl.LocalMemory(self.wp + 3 + 16))
+        elif self.dot4:
             grid, local = (self.hp, n), d.work_group(self.hp, 1)
             args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))
         else:

@@ -180,6 +180,25 @@ def test_direct_int8_conv_on_byte_dot_products(device, rng, case):
     assert op.direct and op.dot4 and op.pad.windows
 
 
+ROWS4_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu): a stride of 4 along rows
+    (2, 3, 31, 29, 9, 11, 4, 2, 1, True),  # AlexNet's conv1, small: 12 taps a filter row
+    (3, 2, 13, 23, 10, (3, 5), (2, 4), (1, 2), 1, False),  # 8 taps, three of them padding
+    (2, 4, 9, 21, 16, 4, 4, 0, 2, True),  # groups; four taps, none padding
+    (1, 1, 7, 70, 5, (1, 6), (1, 4), 0, 1, True),  # 17 outputs a row: two chunks
+]
+
+
+@pytest.mark.parametrize("case", ROWS4_CASES)
+def test_int8_conv_with_a_stride_of_four_reads_rows_as_ints(device, rng, case):
+    """int8 on VNNI with a stride of 4 along rows: the direct kernel reads pad2d_rows'
+    bytes four at a time, an int holding four taps of a filter row for one output
+    pixel, no panel gathered; the same exact sums as the twin's."""
+    skip_unless_dot4(device, True)
+    op = check_conv_precision(device, rng, PRECISIONS["int8"], case, None)
+    assert op.direct and op.dot4 and op.rows4 and op.pad.row_ints
+
+
 @pytest.mark.parametrize(
     "shape,stride,precision,options,direct",
     [
