@@ -11,7 +11,19 @@
 // rows (channels) as one 8-byte store: the block's 8 x 16 bytes of each column vector
 // are transposed in registers (three rounds of interleaving). `pix` (conv_item) holds
 // each column's padded pixel, or -1 for a pixel on an edge, which also writes the
-// padding beyond it (put_pixel), so no pass pads.
+// padding beyond it (put_pixel), so no pass pads. gemm.cl's conv_direct writes them
+// alike.
+// pix[t]: column n0 + t's padded output pixel, or -1 on an edge (put_pixel); columns
+// past N repeat the last.
+inline void out_pixels(int *pix, const int n0, const int N, const int OH, const int OW)
+{
+    for (int t = 0; t < NB; ++t) {
+        const int n = min(n0 + t, N - 1);
+        const int b = n / (OH * OW), rem = n % (OH * OW), oy = rem / OW, ox = rem % OW;
+        const bool edge = (OPH > 0) * (oy == 0 || oy == OH - 1) + (OPW > 0) * (ox == 0 || ox == OW - 1);
+        pix[t] = edge ? -1 : (b * (OH + 2 * OPH) + oy + OPH) * (OW + 2 * OPW) + ox + OPW;
+    }
+}
 inline void put_pixel(__global uchar *y, const int n, const int c, const uchar8 u,
                       const uchar8 pad, const int OH, const int OW, const int ldc)
 {

@@ -13,7 +13,11 @@
 // of it and the next three along its row, so one step takes four taps (i, 4 * jq ..
 // 4 * jq + 3) of a row: KJ = KW / 4 steps a row, rounded up (the taps past KW have zero
 // weights), A laid out for them (blocking.window_rows).
-#if DOT4
+#if DOT4 && BYTES_OUT  // the next convolution's input bytes (bytes_out.h)
+#define dxtype int
+#define DCORR_ARG , __global const int *restrict corr, const float oqinv, const float oqzero
+#define DCORR , corr, oqinv, oqzero
+#elif DOT4
 #define dxtype int
 #define DCORR_ARG , __global const int *restrict corr
 #define DCORR , corr
@@ -40,6 +44,10 @@ TARGET void direct_item(const int item, const int part, const int M, const int K
     const int cg = K / (KH * KJ);
     const int n0 = row * OW + chunk * NB, lo = n0, hi = row * OW + min(OW, chunk * NB + NB);
     const int mt1 = min(blocks, (part + 1) * blocks_per_item);
+#if BYTES_OUT
+    int pix[NB];
+    out_pixels(pix, n0, batch * OH * OW, OH, OW);
+#endif
     for (int mt = part * blocks_per_item; mt < mt1; ++mt) {  // the row blocks share xr in L1
         const int m0 = mt * ROW_BLOCK;
         __global const wtype *a = Ap + (size_t)mt * K * ROW_BLOCK * (DOT4 ? 4 : 1);
@@ -57,7 +65,7 @@ TARGET void direct_item(const int item, const int part, const int M, const int K
             }
         }
         ROWS(FLUSH)
-        STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
+        STORE_BLOCK
     }
 }
 

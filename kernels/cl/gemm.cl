@@ -253,13 +253,8 @@ TARGET void conv_item(const int nt, const int part, CONV_ARGS)
     }
     const int cg = K / (KH * KW);
 #if BYTES_OUT
-    int pix[NB];  // each column's padded output pixel; -1 on an edge (put_pixel)
-    for (int t = 0; t < NB; ++t) {
-        const int n = min(n0 + t, N - 1);
-        const int b = n / (OH * OW), rem = n % (OH * OW), oy = rem / OW, ox = rem % OW;
-        const bool edge = (OPH > 0) * (oy == 0 || oy == OH - 1) + (OPW > 0) * (ox == 0 || ox == OW - 1);
-        pix[t] = edge ? -1 : (b * (OH + 2 * OPH) + oy + OPH) * (OW + 2 * OPW) + ox + OPW;
-    }
+    int pix[NB];
+    out_pixels(pix, n0, N, OH, OW);
 #endif
 #if DOT4
     // x: pad2d_pixels' [N][HP][WP][CP] bytes, this group's channels from c0 on; K runs

@@ -309,8 +309,10 @@ class Conv2d(Launcher, Tuned, ByteLink):
         (written by the layer before, so no pad pass)."""
         if (requant or quantised_input) and not self.dot4:
             raise ValueError("the integer pipeline of convolutions needs DOT4")
+        if quantised_input and not self.implicit:
+            raise ValueError("only the implicit GEMM reads the bytes the layer before wrote")
         if self.direct:
-            direct_conv(self, n, x, y, scratch)
+            direct_conv(self, n, x, y, scratch, requant)
         elif self.implicit:
             self._implicit(n, x, y, scratch, requant, quantised_input)
         else:

@@ -29,13 +29,12 @@ class ByteLink:
 
     def feeds(self, consumer: Any) -> bool:
         """Whether this layer can write `consumer`'s input bytes itself, straight or
-        through a max pool: implicit DOT4 into implicit DOT4, grouped alike (a mixture's
+        through a max pool: DOT4 into the implicit GEMM's DOT4, grouped alike (a mixture's
         experts: each expert's images quantised with its own parameters), whole eights
         of output channels (one store a column), whole fours of channels in the
         consumer's groups (its pixels hold just its channels, as pad2d_channels's do)."""
         return (
             isinstance(consumer, ByteLink)
-            and self.implicit
             and consumer.implicit
             and self.dot4
             and consumer.dot4

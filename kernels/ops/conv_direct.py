@@ -13,9 +13,12 @@ I32 = np.int32
 ITEMS_PER_UNIT = 4  # fewer work-items a compute unit than this: split their row blocks
 
 
-def direct_conv(conv: Any, n: int, x: Any, y: Any, scratch: Any) -> None:
+def direct_conv(
+    conv: Any, n: int, x: Any, y: Any, scratch: Any, requant: tuple[Any, ...] = ()
+) -> None:
     """Enqueue Conv2d `conv` for n images with conv_direct, group by group (its pad
-    pass first: ConvPad)."""
+    pass first: ConvPad); `requant` (Conv2d.requantizer): write the next convolution's
+    input bytes instead of floats."""
     hp, wp = conv.h + 2 * conv.ph, conv.w + 2 * conv.pw
     conv.pad(n, x, scratch)
     nv = conv.panel_nv(n)
@@ -27,9 +30,12 @@ def direct_conv(conv: Any, n: int, x: Any, y: Any, scratch: Any) -> None:
     # A step's ints along a row: pad2d_windows' hold a pixel and the next three, so a
     # step of four taps is four of them; pad2d_rows' bytes under a stride of 4, one.
     step = 4 if conv.dot4 and not conv.rows4 else 1
+    # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
+    ldc, qout = (conv.m, requant[1:]) if requant else (n * conv.oh * conv.ow, ())
+    kernel = conv.kernels(nv, requant[0] if requant else None)["direct"]
     for g in range(conv.groups):
         conv.device.launch(
-            conv.kernels(nv)["direct"],
+            kernel,
             (items, -(-conv.blocks // per_item)),
             (1, 1),
             I32(conv.mg),
@@ -39,7 +45,7 @@ def direct_conv(conv: Any, n: int, x: Any, y: Any, scratch: Any) -> None:
             conv.bias[g],
             conv.scale[g],
             y,
-            I32(n * conv.oh * conv.ow),
+            I32(ldc),
             I32(g * conv.mg),
             I32(n),
             I32(hp),
@@ -53,5 +59,5 @@ def direct_conv(conv: Any, n: int, x: Any, y: Any, scratch: Any) -> None:
             I32(conv.ow),
             I32(chunks),
             I32(per_item),
-            *((conv.corr[g],) if conv.dot4 else ()),
+            *((conv.corr[g], *qout) if conv.dot4 else ()),
         )

@@ -1,8 +1,9 @@
 """The integer pipeline of convolutions (kernels/ops/conv.py: Conv2d.feeds): an int8
-convolution on VNNI writing the next one's input bytes itself (gemm.cl's BYTES_OUT),
-padded as that one reads them, and a max pool between them pooling the bytes
-(pool.cl's pool2d_bytes), against their numpy twins on awkward shapes: the bytes the
-float path gives (the float output, quantised and padded by the consumer's pad pass)."""
+convolution on VNNI (the implicit GEMM or the direct kernel) writing the next one's
+input bytes itself (gemm.cl's BYTES_OUT), padded as that one reads them, and a max pool
+between them pooling the bytes (pool.cl's pool2d_bytes), against their numpy twins on
+awkward shapes: the bytes the float path gives (the float output, quantised and padded
+by the consumer's pad pass)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from tests.kernels.test_conv import conv_twin
 INT8 = PRECISIONS["int8"]
 
 
-def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0)):
+def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0), implicit=True):
     """An int8 Conv2d with ReLU, its weights and bias kept for the twin (`op.twin`)."""
     wt = rng.standard_normal((m, c // groups, k, k), np.float32)
     b = rng.standard_normal(m, np.float32)
     op = ops.Conv2d(
-        device, (c, *hw), wt, b, (stride, stride), pad, groups, True, True, INT8, input_range
+        device, (c, *hw), wt, b, (stride, stride), pad, groups, True, implicit, INT8, input_range
     )
     op.twin = (wt, b, (stride, stride), pad, groups, True, input_range)
     return op
@@ -39,10 +40,14 @@ def _twin_bytes(y: np.ndarray, qinv, qzero, padding: tuple[int, int]) -> np.ndar
 
 
 CASES = [
-    # producer (c, (h, w), m, k, stride, padding, groups), consumer (m, k, padding)
-    ((3, (17, 19), 16, 3, 2, (1, 1), 1), (24, 3, (1, 1))),
-    ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1))),  # producer groups; wide padding
-    ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0))),  # a consumer without padding
+    # producer (c, (h, w), m, k, stride, padding, groups), consumer (m, k, padding), the
+    # producer's path (implicit: the implicit GEMM; None: its default, here the direct
+    # kernel)
+    ((3, (17, 19), 16, 3, 2, (1, 1), 1), (24, 3, (1, 1)), True),
+    ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1)), True),  # groups; wide padding
+    ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0)), True),  # a consumer without padding
+    ((3, (31, 29), 16, 11, 4, (2, 2), 1), (24, 5, (2, 2)), None),  # stride 4 along rows
+    ((1, (12, 13), 8, 5, 1, (2, 2), 1), (16, 3, (1, 1)), None),  # stride 1: pad2d_windows
 ]
 
 
@@ -50,10 +55,10 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
     skip_unless_dot4(device, True)
-    (c, hw, m, k, stride, pad, groups), (m2, k2, pad2) = case
-    a = _conv(device, rng, c, hw, m, k, stride, pad, groups)
+    (c, hw, m, k, stride, pad, groups), (m2, k2, pad2), implicit = case
+    a = _conv(device, rng, c, hw, m, k, stride, pad, groups, implicit=implicit)
     b = _conv(device, rng, m, a.out_shape[1:], m2, k2, 1, pad2, input_range=(0.0, 9.0))
-    assert a.feeds(b) and a.dot4 and b.dot4
+    assert a.feeds(b) and a.dot4 and b.dot4 and a.direct == (implicit is None)
     x = rng.standard_normal((n, c, *hw), np.float32)
     floats = run4d(device, a, x, a.scratch_bytes(n))
     _, oh, ow = a.out_shape
