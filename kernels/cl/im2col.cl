@@ -100,6 +100,19 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
     }
 }
 
+// One padded row of bytes q + 128 for the direct DOT4 kernel's pads below: WR bytes at
+// dst, the padding value outside the image (a row outside it: all of them), the
+// image's row src quantised 16 values at a time in between.
+#define PAD_ROW(dst, src, inside, WR) { \
+    for (int i = 0; i < ((inside) ? PW : (WR)); ++i) (dst)[i] = pad; \
+    if (inside) { \
+        for (int i = PW + W; i < (WR); ++i) (dst)[i] = pad; \
+        int i = 0; \
+        for (; i + 16 <= W; i += 16) \
+            vstore16(convert_uchar16(clamp(rint(vload16(0, (src) + i) * qinv) + qzero, QLO, QHI) \
+                                     + 128.0f), 0, (dst) + PW + i); \
+        for (; i < W; ++i) (dst)[PW + i] = QBYTE((src)[i]); } }
+
 // gemm.cl's direct DOT4 input: [C][N][H][W] floats -> zero-padded [C][N][HP][WP] ints,
 // the int at a pixel holding the bytes q + 128 of it and the next three pixels of its
 // row (past the row's end: the padding value; their weights are zero), lowest address
@@ -118,16 +131,8 @@ __kernel void pad2d_windows(__global const float *restrict x, __global uint *res
         QPARAMS(p % N)
         const uchar pad = QBYTE(0.0f);
         const bool inside = iy >= 0 && iy < H;
-        for (int i = 0; i < (inside ? PW : WP + 3); ++i) line[i] = pad;
-        if (inside) {
-            for (int i = PW + W; i < WP + 3; ++i) line[i] = pad;
-            __global const float *src = x + ((size_t)p * H + iy) * W;
-            int i = 0;
-            for (; i + 16 <= W; i += 16)
-                vstore16(convert_uchar16(clamp(rint(vload16(0, src + i) * qinv) + qzero, QLO, QHI)
-                                         + 128.0f), 0, line + PW + i);
-            for (; i < W; ++i) line[PW + i] = QBYTE(src[i]);
-        }
+        __global const float *src = x + ((size_t)p * H + (inside ? iy : 0)) * W;
+        PAD_ROW(line, src, inside, WP + 3)
         __global uint *out = y + (size_t)row * WP;
         int i = 0;
         for (; i + 16 <= WP; i += 16) {
@@ -154,17 +159,9 @@ __kernel void pad2d_rows(__global const float *restrict x, __global uchar *restr
         const int p = row / HP, iy = row % HP - PH;  // p = c * N + b
         QPARAMS(p % N)
         const uchar pad = QBYTE(0.0f);
-        __global uchar *dst = y + (size_t)row * WR;
         const bool inside = iy >= 0 && iy < H;
-        for (int i = 0; i < (inside ? PW : WR); ++i) dst[i] = pad;
-        if (!inside) continue;
-        for (int i = PW + W; i < WR; ++i) dst[i] = pad;
-        __global const float *src = x + ((size_t)p * H + iy) * W;
-        int i = 0;
-        for (; i + 16 <= W; i += 16)
-            vstore16(convert_uchar16(clamp(rint(vload16(0, src + i) * qinv) + qzero, QLO, QHI)
-                                     + 128.0f), 0, dst + PW + i);
-        for (; i < W; ++i) dst[PW + i] = QBYTE(src[i]);
+        __global const float *src = x + ((size_t)p * H + (inside ? iy : 0)) * W;
+        PAD_ROW(y + (size_t)row * WR, src, inside, WR)
     }
 }
 

@@ -48,17 +48,14 @@ class ConvPad:
         self.row_ints = row_ints
         self.windows = self.dot4 and direct and not row_ints
         self.channels4 = self.dot4 and not direct and cg % 4 == 0
-        name = (
-            "pad2d_rows"
-            if row_ints
-            else "pad2d_windows"
-            if self.windows
-            else "pad2d_channels"
-            if self.channels4
-            else "pad2d_pixels"
-            if self.dot4
-            else "pad2d"
-        )
+        if row_ints:
+            name = "pad2d_rows"
+        elif self.windows:
+            name = "pad2d_windows"
+        elif self.dot4:
+            name = "pad2d_channels" if self.channels4 else "pad2d_pixels"
+        else:
+            name = "pad2d"
         self.kernel = device.kernel("im2col.cl", name, defines)
 
     def nbytes(self, n: int) -> int:
