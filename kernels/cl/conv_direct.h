@@ -9,10 +9,13 @@
 // buffer carries (Conv2d.scratch_bytes); those columns are never stored. Work-item
 // (item, part): item = (b * OH + oy) * chunks + chunk, NB columns per chunk, and row
 // blocks [part * blocks_per_item, ...) of 8 output channels, over the same input.
-// DOT4 (int8 on VNNI): x is pad2d_windows' ints, the int at a pixel holding the bytes
+// DOT4 (int8 on VNNI): x is pad2d_direct's windows, the int at a pixel holding the bytes
 // of it and the next three along its row, so one step takes four taps (i, 4 * jq ..
 // 4 * jq + 3) of a row: KJ = KW / 4 steps a row, rounded up (the taps past KW have zero
-// weights), A laid out for them (blocking.window_rows).
+// weights), A laid out for them (blocking.window_rows), a step JS = 4 ints along the
+// row. With a stride of 4 along rows (Conv2d.rows4) x is pad2d_direct's plain bytes
+// read as ints, WP of them a row: int ox + jq holds those four taps of output pixel
+// ox, so JS = 1, and output row oy reads input rows from SH * oy.
 #if DOT4 && BYTES_OUT  // the next convolution's input bytes (bytes_out.h)
 #define dxtype int
 #define DCORR_ARG , __global const int *restrict corr, const float oqinv, const float oqzero

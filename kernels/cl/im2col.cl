@@ -113,17 +113,22 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
                                      + 128.0f), 0, (dst) + PW + i); \
         for (; i < W; ++i) (dst)[PW + i] = QBYTE((src)[i]); } }
 
-// gemm.cl's direct DOT4 input: [C][N][H][W] floats -> zero-padded [C][N][HP][WP] ints,
-// the int at a pixel holding the bytes q + 128 of it and the next three pixels of its
-// row (past the row's end: the padding value; their weights are zero), lowest address
-// first, so that one int of B meets four taps of a filter row in one vpdpbusd. A
-// work-item takes R of the C * N * HP padded rows (a work-group costs PoCL about
-// 0.15 us to start: one row each cost more than the rows), each quantised once into
-// `line` (local memory: a work-item's own scratch on a CPU, WP + 3 bytes and a vector
-// of slack) and read back four bytes at every pixel.
-__kernel void pad2d_windows(__global const float *restrict x, __global uint *restrict y,
-                            const int H, const int W, const int PH, const int PW, const int N,
-                            const int rows, const int R, __local uchar *restrict line, QARGS)
+// gemm.cl's direct DOT4 input, [C][N][H][W] floats -> zero-padded rows of bytes q + 128:
+//  - WINDOWS (stride 1): [C][N][HP][WP] ints, the int at a pixel holding its byte and
+//    the next three pixels' of its row (past the row's end: the padding value; their
+//    weights are zero), lowest address first, so that one int of B meets four taps of
+//    a filter row in one vpdpbusd; each row is quantised once into `line` (local
+//    memory: a work-item's own scratch on a CPU, WR = WP + 3 bytes and a vector of
+//    slack) and read back four bytes at every pixel;
+//  - else (a stride of 4 along rows, Conv2d.rows4): [C][N][HP][WR] bytes, WR a multiple
+//    of four (past WP: the padding value), so that the int at 4 * ox + 4 * jq holds the
+//    four taps 4 * jq .. 4 * jq + 3 of output pixel ox.
+// A work-item takes R of the C * N * HP padded rows (a work-group costs PoCL about
+// 0.15 us to start: one row each cost more than the row).
+__kernel void pad2d_direct(__global const float *restrict x, __global uchar *restrict y,
+                           const int H, const int W, const int PH, const int PW, const int N,
+                           const int WR, const int rows, const int R,
+                           __local uchar *restrict line, QARGS)
 {
     const int HP = H + 2 * PH, WP = W + 2 * PW, r0 = get_global_id(0) * R;
     for (int row = r0; row < min(r0 + R, rows); ++row) {  // row = p * HP + oy
@@ -132,8 +137,9 @@ __kernel void pad2d_windows(__global const float *restrict x, __global uint *res
         const uchar pad = QBYTE(0.0f);
         const bool inside = iy >= 0 && iy < H;
         __global const float *src = x + ((size_t)p * H + (inside ? iy : 0)) * W;
-        PAD_ROW(line, src, inside, WP + 3)
-        __global uint *out = y + (size_t)row * WP;
+#if WINDOWS
+        PAD_ROW(line, src, inside, WR)
+        __global uint *out = (__global uint *)y + (size_t)row * WP;
         int i = 0;
         for (; i + 16 <= WP; i += 16) {
             const uint16 w = convert_uint16(vload16(0, line + i))
@@ -143,25 +149,9 @@ __kernel void pad2d_windows(__global const float *restrict x, __global uint *res
             vstore16(w, 0, out + i);
         }
         for (; i < WP; ++i) out[i] = as_uint(vload4(0, line + i));
-    }
-}
-
-// gemm.cl's direct DOT4 input for a stride of 4 along rows (Conv2d.rows4):
-// [C][N][H][W] floats -> zero-padded [C][N][HP][WR] bytes q + 128, WR a multiple of
-// four (past WP: the padding value), so that the int at 4 * ox + 4 * jq holds the four
-// taps 4 * jq .. 4 * jq + 3 of output pixel ox. Rows split as in pad2d_windows.
-__kernel void pad2d_rows(__global const float *restrict x, __global uchar *restrict y,
-                         const int H, const int W, const int PH, const int PW, const int N,
-                         const int WR, const int rows, const int R, QARGS)
-{
-    const int HP = H + 2 * PH, r0 = get_global_id(0) * R;
-    for (int row = r0; row < min(r0 + R, rows); ++row) {  // row = p * HP + oy
-        const int p = row / HP, iy = row % HP - PH;  // p = c * N + b
-        QPARAMS(p % N)
-        const uchar pad = QBYTE(0.0f);
-        const bool inside = iy >= 0 && iy < H;
-        __global const float *src = x + ((size_t)p * H + (inside ? iy : 0)) * W;
+#else
         PAD_ROW(y + (size_t)row * WR, src, inside, WR)
+#endif
     }
 }
 

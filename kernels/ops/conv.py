@@ -39,7 +39,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
     `dot4` (int8, the implicit GEMM or the direct kernel; default: where `device.dot4`,
     but not for a direct layer read from a store): the products run on AVX-512 VNNI's
     byte dot products instead of in float lanes (gemm.cl's DOT4); same sums. The
-    direct kernel then takes four taps of a filter row a step (pad2d_windows).
+    direct kernel then takes four taps of a filter row a step (pad2d_direct).
 
     `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
     not int16): gemm.cl's conv_direct reads its taps straight from the padded input,

@@ -27,8 +27,8 @@ def direct_conv(
     # Fashion-MNIST conv1, batch 8), unless that leaves too few items to share.
     items = n * conv.oh * chunks
     per_item = conv.blocks if items >= ITEMS_PER_UNIT * conv.device.info.compute_units else 1
-    # A step's ints along a row: pad2d_windows' hold a pixel and the next three, so a
-    # step of four taps is four of them; pad2d_rows' bytes under a stride of 4, one.
+    # A step's ints along a row: pad2d_direct's windows hold a pixel and the next three, so
+    # a step of four taps is four of them; its bytes under a stride of 4, one.
     step = 4 if conv.dot4 and not conv.rows4 else 1
     # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
     ldc, qout = (conv.m, requant[1:]) if requant else (n * conv.oh * conv.ow, ())

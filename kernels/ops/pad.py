@@ -18,9 +18,9 @@ ITEMS = 32  # pad2d_channels' work-items (rows each: enough to repay starting on
 class ConvPad:
     """[C][N][H][W] floats -> the padded input a convolution reads:
     - `pad2d`: [C][N][HP][WP] floats (quantised precisions: the offsets q - zero);
-    - DOT4's direct convolution (`direct`): `pad2d_windows`, [C][N][HP][WP] ints, each
-      a pixel's byte q + 128 and the next three along its row; with a stride of 4
-      along rows (`row_ints`), `pad2d_rows`, [C][N][HP][4 * row_ints] bytes;
+    - DOT4's direct convolution (`direct`, `pad2d_direct`): [C][N][HP][WP] ints, each a
+      pixel's byte q + 128 and the next three along its row; with a stride of 4 along
+      rows (`row_ints`), [C][N][HP][4 * row_ints] bytes;
     - DOT4 (int8 on VNNI): [N][HP][WP][CP] bytes q + 128, each group's `cg` channels
       padded to `cg4`; `pad2d_channels`, 16 channels of a pixel at a time, where the
       groups hold whole fours (every layer but a network's first), else
@@ -48,10 +48,8 @@ class ConvPad:
         self.row_ints = row_ints
         self.windows = self.dot4 and direct and not row_ints
         self.channels4 = self.dot4 and not direct and cg % 4 == 0
-        if row_ints:
-            name = "pad2d_rows"
-        elif self.windows:
-            name = "pad2d_windows"
+        if self.windows or row_ints:
+            name, defines = "pad2d_direct", {**defines, "WINDOWS": int(self.windows)}
         elif self.dot4:
             name = "pad2d_channels" if self.channels4 else "pad2d_pixels"
         else:
@@ -77,10 +75,9 @@ class ConvPad:
             rows = self.c * n * self.hp
             each = max(1, rows // ITEMS)
             grid, local = (-(-rows // each),), d.each_alone(1)
-            if self.row_ints:
-                args = (I32(n), I32(4 * self.row_ints), I32(rows), I32(each))
-            else:
-                args = (I32(n), I32(rows), I32(each), cl.LocalMemory(self.wp + 3 + 16))
+            wr = 4 * self.row_ints or self.wp + 3  # a padded row's bytes
+            line = cl.LocalMemory(wr + 16 if self.windows else 1)
+            args = (I32(n), I32(wr), I32(rows), I32(each), line)
         elif self.dot4:
             grid, local = (self.hp, n), d.work_group(self.hp, 1)
             args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))

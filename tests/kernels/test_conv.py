@@ -173,7 +173,7 @@ def test_direct_conv2d(device, rng, name, case):
 @pytest.mark.parametrize("case", DIRECT_CASES)
 def test_direct_int8_conv_on_byte_dot_products(device, rng, case):
     """int8's direct convolution on VNNI: four taps of a filter row a step, against
-    pad2d_windows' ints (a pixel's byte and the next three of its row); the same exact
+    pad2d_direct's windows (a pixel's byte and the next three of its row); the same exact
     sums as the twin's, filters of 3 and 5 columns (one and three taps of padding)."""
     skip_unless_dot4(device, True)
     op = check_conv_precision(device, rng, PRECISIONS["int8"], case, None, direct=True)
@@ -191,7 +191,7 @@ ROWS4_CASES = [
 
 @pytest.mark.parametrize("case", ROWS4_CASES)
 def test_int8_conv_with_a_stride_of_four_reads_rows_as_ints(device, rng, case):
-    """int8 on VNNI with a stride of 4 along rows: the direct kernel reads pad2d_rows'
+    """int8 on VNNI with a stride of 4 along rows: the direct kernel reads pad2d_direct's
     bytes four at a time, an int holding four taps of a filter row for one output
     pixel, no panel gathered; the same exact sums as the twin's."""
     skip_unless_dot4(device, True)

@@ -47,7 +47,7 @@ CASES = [
     ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1)), True),  # groups; wide padding
     ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0)), True),  # a consumer without padding
     ((3, (31, 29), 16, 11, 4, (2, 2), 1), (24, 5, (2, 2)), None),  # stride 4 along rows
-    ((1, (12, 13), 8, 5, 1, (2, 2), 1), (16, 3, (1, 1)), None),  # stride 1: pad2d_windows
+    ((1, (12, 13), 8, 5, 1, (2, 2), 1), (16, 3, (1, 1)), None),  # stride 1: windows
 ]
 
 
