@@ -248,7 +248,13 @@ class Network(Runnable):
             # One image, or one channel, is laid out alike in NCHW and CNHW: no copy
             # (nor in the flatten before the fully connected layers).
             nchw = len(self.input_shape) == 3 and self.input_layout == "nchw"
-            if nchw and n > 1 and self.input_shape[0] > 1:
+            nchw = nchw and n > 1 and self.input_shape[0] > 1
+            # A first layer that reads the images as they come spares the copy.
+            first = next((i for i, s in enumerate(self.steps) if s.op is not None), None)
+            reads = first is not None and getattr(
+                ops.at_batch(self.steps[first].op, n), "reads_nchw", False
+            )
+            if nchw and not reads:
                 with d.labelled("input"):
                     self.to_cnhw(n, self.input_shape[0], p.input, p.ping)
                 cur, spare = p.ping, p.pong
@@ -261,6 +267,7 @@ class Network(Runnable):
                 if step.op is None or not step.op.runs_at(n):
                     continue
                 op = ops.at_batch(step.op, n)
+                as_is = {"nchw": True} if i == first and nchw and reads else {}
                 with d.labelled(step.name):
                     if i in pools:  # a max pool on the integer pipeline's bytes
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
@@ -268,8 +275,16 @@ class Network(Runnable):
                     elif i in links or i in fed:  # the integer pipeline
                         requant = self._requantizer(i, n, links, pools)
                         op.launch(
-                            n, cur, spare, p.scratch, requant=requant, quantised_input=i in fed
+                            n,
+                            cur,
+                            spare,
+                            p.scratch,
+                            requant=requant,
+                            quantised_input=i in fed,
+                            **as_is,
                         )
+                    elif as_is:
+                        op.launch(n, cur, spare, p.scratch, **as_is)
                     else:
                         step.op(n, cur, spare, p.scratch)
                 cur, spare = spare, (p.pong if spare is p.ping else p.ping)

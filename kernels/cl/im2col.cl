@@ -124,11 +124,13 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
 //    of four (past WP: the padding value), so that the int at 4 * ox + 4 * jq holds the
 //    four taps 4 * jq .. 4 * jq + 3 of output pixel ox.
 // A work-item takes R of the C * N * HP padded rows (a work-group costs PoCL about
-// 0.15 us to start: one row each cost more than the row).
+// 0.15 us to start: one row each cost more than the row). NCHW (a network's input, C
+// channels; 0: x is [C][N][H][W]) reads x in the images' own layout, so the network
+// need not swap it first.
 __kernel void pad2d_direct(__global const float *restrict x, __global uchar *restrict y,
                            const int H, const int W, const int PH, const int PW, const int N,
                            const int WR, const int rows, const int R,
-                           __local uchar *restrict line, QARGS)
+                           __local uchar *restrict line, const int NCHW, QARGS)
 {
     const int HP = H + 2 * PH, WP = W + 2 * PW, r0 = get_global_id(0) * R;
     for (int row = r0; row < min(r0 + R, rows); ++row) {  // row = p * HP + oy
@@ -136,7 +138,8 @@ __kernel void pad2d_direct(__global const float *restrict x, __global uchar *res
         QPARAMS(p % N)
         const uchar pad = QBYTE(0.0f);
         const bool inside = iy >= 0 && iy < H;
-        __global const float *src = x + ((size_t)p * H + (inside ? iy : 0)) * W;
+        const int plane = NCHW ? p % N * NCHW + p / N : p;
+        __global const float *src = x + ((size_t)plane * H + (inside ? iy : 0)) * W;
 #if WINDOWS
         PAD_ROW(line, src, inside, WR)
         __global uint *out = (__global uint *)y + (size_t)row * WP;

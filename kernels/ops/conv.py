@@ -280,6 +280,12 @@ class Conv2d(Launcher, Tuned, ByteLink):
         return found
 
     @property
+    def reads_nchw(self) -> bool:
+        """Whether `launch` can take a network's images as they come, [N][C][H][W]
+        (the direct DOT4 kernel's pad pass reads either layout)."""
+        return self.direct and self.pad is not None and self.pad.reads_nchw
+
+    @property
     def out_shape(self) -> tuple[int, int, int]:
         return (self.m, self.oh, self.ow)
 
@@ -303,16 +309,20 @@ class Conv2d(Launcher, Tuned, ByteLink):
         scratch: Any,
         requant: tuple[Any, ...] = (),
         quantised_input: bool = False,
+        nchw: bool = False,
     ) -> None:
         """`requant` (`requantizer`): write the next convolution's input bytes instead of
         floats; `quantised_input`: x holds this layer's padded input bytes already
-        (written by the layer before, so no pad pass)."""
+        (written by the layer before, so no pad pass); `nchw`: x is [N][C][H][W], a
+        network's input as it comes (`reads_nchw`)."""
         if (requant or quantised_input) and not self.dot4:
             raise ValueError("the integer pipeline of convolutions needs DOT4")
         if quantised_input and not self.implicit:
             raise ValueError("only the implicit GEMM reads the bytes the layer before wrote")
+        if nchw and not self.reads_nchw:
+            raise ValueError("this convolution reads [C][N][H][W] input only")
         if self.direct:
-            direct_conv(self, n, x, y, scratch, requant)
+            direct_conv(self, n, x, y, scratch, requant, nchw)
         elif self.implicit:
             self._implicit(n, x, y, scratch, requant, quantised_input)
         else:

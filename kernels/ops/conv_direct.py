@@ -14,13 +14,19 @@ ITEMS_PER_UNIT = 4  # fewer work-items a compute unit than this: split their row
 
 
 def direct_conv(
-    conv: Any, n: int, x: Any, y: Any, scratch: Any, requant: tuple[Any, ...] = ()
+    conv: Any,
+    n: int,
+    x: Any,
+    y: Any,
+    scratch: Any,
+    requant: tuple[Any, ...] = (),
+    nchw: bool = False,
 ) -> None:
     """Enqueue Conv2d `conv` for n images with conv_direct, group by group (its pad
-    pass first: ConvPad); `requant` (Conv2d.requantizer): write the next convolution's
-    input bytes instead of floats."""
+    pass first: ConvPad, reading x as [N][C][H][W] where `nchw`); `requant`
+    (Conv2d.requantizer): write the next convolution's input bytes instead of floats."""
     hp, wp = conv.h + 2 * conv.ph, conv.w + 2 * conv.pw
-    conv.pad(n, x, scratch)
+    conv.pad(n, x, scratch, nchw)
     nv = conv.panel_nv(n)
     chunks = -(-conv.ow // (LANES * nv))
     # A work-item runs all its row blocks over the input it reads (10% faster on the

@@ -56,6 +56,11 @@ class ConvPad:
             name = "pad2d"
         self.kernel = device.kernel("im2col.cl", name, defines)
 
+    @property
+    def reads_nchw(self) -> bool:
+        """Whether the pass can read images as they come, [N][C][H][W] (pad2d_direct)."""
+        return self.windows or bool(self.row_ints)
+
     def nbytes(self, n: int) -> int:
         """The padded input of n images."""
         if self.row_ints:
@@ -64,7 +69,10 @@ class ConvPad:
             return n * self.hp * self.wp * self.c // self.cg * self.cg4
         return 4 * self.c * n * self.hp * self.wp
 
-    def __call__(self, n: int, x: Any, out: Any) -> None:
+    def __call__(self, n: int, x: Any, out: Any, nchw: bool = False) -> None:
+        """`nchw`: x is the images as they come, [N][C][H][W] (`reads_nchw` only)."""
+        if nchw and not self.reads_nchw:
+            raise ValueError(f"{self.kernel.function_name} reads [C][N][H][W] input only")
         d, geometry = self.device, (I32(self.h), I32(self.w), I32(self.ph), I32(self.pw))
         if self.channels4:
             rows, blocks = self.hp * n, -(-self.c // 16)
@@ -77,7 +85,7 @@ class ConvPad:
             grid, local = (-(-rows // each),), d.each_alone(1)
             wr = 4 * self.row_ints or self.wp + 3  # a padded row's bytes
             line = cl.LocalMemory(wr + 16 if self.windows else 1)
-            args = (I32(n), I32(wr), I32(rows), I32(each), line)
+            args = (I32(n), I32(wr), I32(rows), I32(each), line, I32(self.c if nchw else 0))
         elif self.dot4:
             grid, local = (self.hp, n), d.work_group(self.hp, 1)
             args = (I32(self.c), I32(n), I32(self.cg), I32(self.cg4))

@@ -407,3 +407,15 @@ def test_grouped_conv_refuses_groups(device, rng):
             input_range=[(0, 1)] * 2,
             segments=seg,
         )
+
+
+def test_only_the_direct_int8_pad_reads_images_as_they_come(device, rng):
+    """`nchw` (a network's input in its own layout) is for pad2d_direct alone: the
+    other paths refuse it rather than read the planes in the wrong order."""
+    wt = rng.standard_normal((4, 3, 3, 3), np.float32)
+    op = ops.Conv2d(device, (3, 8, 8), wt, None, padding=(1, 1))
+    assert not op.reads_nchw
+    x = device.upload(np.zeros((2, 3, 8, 8), np.float32))
+    out, scratch = device.alloc(4 * 2 * 4 * 64), device.alloc(op.scratch_bytes(2) or 4)
+    with pytest.raises(ValueError, match=r"reads \[C\]\[N\]\[H\]\[W\] input only"):
+        op.launch(2, x, out, scratch, nchw=True)

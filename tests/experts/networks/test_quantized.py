@@ -118,3 +118,47 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3}
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
+
+
+def test_int8_first_layer_reads_the_images_as_they_come(device, tiny_meta, sample):
+    """A first convolution with a stride of 4 along rows runs int8's direct kernel on
+    VNNI, whose pad pass reads the images in their own [N][C][H][W] layout: a batch
+    runs without the layout swap, writes conv2's bytes through the max pool, and each
+    image scores as it does alone (where the two layouts coincide) and as the float
+    hand-offs give it."""
+    skip_unless_dot4(device, True)
+    meta = dict(
+        tiny_meta,
+        layers=[
+            {
+                "name": "conv1",
+                "op": "conv",
+                "out_channels": 24,
+                "kernel": 5,
+                "stride": 4,
+                "padding": 2,
+                "relu": True,
+            },  # fmt: skip
+            {"name": "pool1", "op": "maxpool", "kernel": 2, "stride": 1},
+            # K = 24 * 9 > DIRECT_MAX_K: the implicit GEMM, which takes conv1's bytes
+            {"name": "conv2", "op": "conv", "out_channels": 8, "kernel": 3, "padding": 1},
+            {"name": "flat", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 3},
+        ],
+    )
+    weights = random_weights(meta, seed=5)
+    ranges = calibrate(meta, weights, [sample]).ranges
+    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
+    net = Network(device, layers, shape, weights, precision="int8", ranges=ranges)
+    conv1 = net.steps[0].op
+    assert conv1.direct and conv1.rows4 and conv1.reads_nchw
+    assert net.requant_links() == {0: 2}
+    first = [item[0].function_name for item in net.plan(len(sample)).tape.items][:2]
+    assert first == ["pad2d_direct", "conv_direct"]  # no swap_outer of the input first
+    batch = net.run(sample).scores
+    alone = np.concatenate([net.run(x[None]).scores for x in sample])
+    np.testing.assert_array_equal(batch, alone)
+    floats = Network(
+        device, layers, shape, weights, precision="int8", ranges=ranges, integer_pipeline=False
+    )
+    np.testing.assert_array_equal(batch, floats.run(sample).scores)
