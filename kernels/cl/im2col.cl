@@ -165,6 +165,36 @@ __kernel void pad2d_direct(__global const float *restrict x, __global uchar *res
 // four at a time. Work-items alone (no implicit vectorisation across them): 2-2.6x
 // pad2d_pixels on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on
 // PoCL a work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
+// 16 channels x 16 pixels of a row (channel t's pixels at src + t * plane), quantised,
+// to the first `count` pixels' 16 bytes at d (C bytes apart): each channel read as a
+// vector, four channels' bytes packed into each pixel's int, and the 4 x 16 ints
+// transposed by two rounds of two-vector permutes (vpermt2d). The pixel-by-pixel
+// gathers below read 16 scalars a pixel.
+#define QUANT_U16(v) convert_uint16(convert_uchar16(clamp(rint((v) * qinv) + qzero, QLO, QHI) \
+    + 128.0f))
+#define PUT4(v, sw, p) if ((p) < count) vstore4((v).sw, 0, (__global uint *)(d + (p) * C));
+inline void pixels16(__global const float *src, const size_t plane, const float qinv,
+                     const float qzero, __global uchar *d, const int C, const int count)
+{
+    uint16 w[4];
+    for (int g = 0; g < 4; ++g) {
+        uint16 acc = 0;
+        for (int k = 0; k < 4; ++k) acc |= QUANT_U16(vload16(0, src + (4 * g + k) * plane)) << (8 * k);
+        w[g] = acc;
+    }
+    const uint16 lo = (uint16)(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const uint16 hi = lo + (uint16)8;
+    const uint16 u0 = shuffle2(w[0], w[1], lo), u1 = shuffle2(w[0], w[1], hi);
+    const uint16 u2 = shuffle2(w[2], w[3], lo), u3 = shuffle2(w[2], w[3], hi);
+    const uint16 first = (uint16)(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    const uint16 second = first + (uint16)8;
+    const uint16 v0 = shuffle2(u0, u2, first), v1 = shuffle2(u0, u2, second);
+    const uint16 v2 = shuffle2(u1, u3, first), v3 = shuffle2(u1, u3, second);
+    PUT4(v0, s0123, 0) PUT4(v0, s4567, 1) PUT4(v0, s89ab, 2) PUT4(v0, scdef, 3)
+    PUT4(v1, s0123, 4) PUT4(v1, s4567, 5) PUT4(v1, s89ab, 6) PUT4(v1, scdef, 7)
+    PUT4(v2, s0123, 8) PUT4(v2, s4567, 9) PUT4(v2, s89ab, 10) PUT4(v2, scdef, 11)
+    PUT4(v3, s0123, 12) PUT4(v3, s4567, 13) PUT4(v3, s89ab, 14) PUT4(v3, scdef, 15)
+}
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
 __kernel void pad2d_channels(__global const float *restrict x, __global uchar *restrict y,
@@ -189,7 +219,12 @@ __kernel void pad2d_channels(__global const float *restrict x, __global uchar *r
         __global const float *src = x + (((size_t)c0 * N + b) * H + iy) * W;
         __global uchar *d = dst + PW * C;
         if (n == 16) {
-            for (int i = 0; i < W; ++i) {
+            // Whole tiles of 16 pixels where the last channel's read stays inside x.
+            const size_t end = plane * C, last = ((size_t)(c0 + 15) * N + b) * H * W + (size_t)iy * W;
+            int i = 0;
+            for (; i < W && last + i + 16 <= end; i += 16)
+                pixels16(src + i, plane, qinv, qzero, d + i * C, C, min(16, W - i));
+            for (; i < W; ++i) {
                 const float16 v = (float16)(GATHER4(src, i, plane), GATHER4(src + 4 * plane, i, plane),
                                             GATHER4(src + 8 * plane, i, plane),
                                             GATHER4(src + 12 * plane, i, plane));
