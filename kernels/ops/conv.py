@@ -45,7 +45,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
     not int16): gemm.cl's conv_direct reads its taps straight from the padded input,
     no GEMM panels (a network's first layer: K = 25 for one grey channel, 5 x 5).
     Also the default for int8 on VNNI with a stride of 4 along rows (`rows4`, AlexNet's
-    conv1: 1.3-1.4x the implicit GEMM with its pad at batch 1 and 8): an int of the
+    conv1: 1.4-1.5x the implicit GEMM with its pad at batch 8 and 1): an int of the
     padded input row then holds four taps of one output pixel, so nothing is gathered.
 
     `segments` (a mixture's grouped experts, quantised: the float ones run Winograd):
@@ -186,8 +186,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
         dot4_layout = self.taps or (self.dot4 and not shared)
         by_four = partial(blocking.dot4_rows, cg=self.cg, cg4=self.cg4)
         layout = by_four if dot4_layout else blocking.pack_rows
-        self.kj = -(-self.kw // 4) if self.direct and self.dot4 else self.kw  # direct: taps a step
+        self.kj = self.kw  # the direct kernel's steps along a filter row
         if self.direct and self.dot4:  # four taps of a row to an int
+            self.kj = -(-self.kw // 4)
             layout = partial(blocking.window_rows, cg=self.cg, kh=self.kh, kw=self.kw)
         # rows4: a padded input row in ints, reaching the last window's last step
         wp = self.w + 2 * self.pw
