@@ -1,7 +1,8 @@
 """Quantised networks end to end on small models (experts/networks/network.py and
 build.py): a per-layer precision override, int8 against the quantised numpy twins
 layer by layer, a quantised layer without a calibrated range refused, and the integer
-pipeline of convolutions against the float hand-offs."""
+pipeline of convolutions against the float hand-offs (a first layer reading the images
+as they come among them)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,19 @@ def test_quantized_layer_without_range_is_refused(device, tiny_model):
         )
 
 
+def _int8_networks(device, meta: dict, sample: np.ndarray, seed: int) -> tuple:
+    """`meta` on seeded random weights at int8, calibrated on `sample`: the network, the
+    same without the integer pipeline (float hand-offs), and (its layers, weights)."""
+    weights = random_weights(meta, seed=seed)
+    ranges = calibrate(meta, weights, [sample]).ranges
+    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
+    nets = [
+        Network(device, layers, shape, weights, precision="int8", ranges=ranges, **pipeline)
+        for pipeline in ({}, {"integer_pipeline": False})
+    ]
+    return nets[0], nets[1], (layers, weights)
+
+
 def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, sample):
     """The integer pipeline of convolutions (Conv2d.feeds): on VNNI conv1 writes the
     bytes that pool1 pools and conv2 reads, and conv2 writes conv3's; the scores are the
@@ -98,15 +112,9 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
             {"name": "fc", "op": "linear", "out_features": 3},
         ],
     )
-    weights = random_weights(meta, seed=2)
-    ranges = calibrate(meta, weights, [sample]).ranges
-    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
-    net = Network(device, layers, shape, weights, precision="int8", ranges=ranges)
+    net, floats, (layers, weights) = _int8_networks(device, meta, sample, seed=2)
     names = {net.steps[i].name: net.steps[j].name for i, j in net.requant_links().items()}
     assert names == {"conv1": "conv2", "conv2": "conv3"}
-    floats = Network(
-        device, layers, shape, weights, precision="int8", ranges=ranges, integer_pipeline=False
-    )
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
     # A layer built per batch size (the tuner's winners differ) links as its form does.
@@ -146,10 +154,7 @@ def test_int8_first_layer_reads_the_images_as_they_come(device, tiny_meta, sampl
             {"name": "fc", "op": "linear", "out_features": 3},
         ],
     )
-    weights = random_weights(meta, seed=5)
-    ranges = calibrate(meta, weights, [sample]).ranges
-    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
-    net = Network(device, layers, shape, weights, precision="int8", ranges=ranges)
+    net, floats, _ = _int8_networks(device, meta, sample, seed=5)
     conv1 = net.steps[0].op
     assert conv1.direct and conv1.rows4 and conv1.reads_nchw
     assert net.requant_links() == {0: 2}
@@ -158,7 +163,4 @@ def test_int8_first_layer_reads_the_images_as_they_come(device, tiny_meta, sampl
     batch = net.run(sample).scores
     alone = np.concatenate([net.run(x[None]).scores for x in sample])
     np.testing.assert_array_equal(batch, alone)
-    floats = Network(
-        device, layers, shape, weights, precision="int8", ranges=ranges, integer_pipeline=False
-    )
     np.testing.assert_array_equal(batch, floats.run(sample).scores)
