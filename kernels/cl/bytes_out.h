@@ -9,12 +9,10 @@
 // as pad2d does, so the bytes are the ones the float path gives. They go to padded
 // pixels [N][OH + 2 * OPH][OW + 2 * OPW][ldc] (ldc: every channel), a column's eight
 // rows (channels) as one 8-byte store: the block's 8 x 16 bytes of each column vector
-// are transposed in registers (three rounds of interleaving). `pix` (conv_item) holds
-// each column's padded pixel, or -1 for a pixel on an edge, which also writes the
-// padding beyond it (put_pixel), so no pass pads. gemm.cl's conv_direct writes them
-// alike.
-// pix[t]: column n0 + t's padded output pixel, or -1 on an edge (put_pixel); columns
-// past N repeat the last.
+// are transposed in registers (three rounds of interleaving). `pix` (out_pixels, for
+// conv_item and conv_direct alike) holds each column's padded pixel, or -1 for a pixel
+// on an edge, which also writes the padding beyond it (put_pixel), so no pass pads.
+// out_pixels: pix[t] for column n0 + t; columns past N repeat the last.
 inline void out_pixels(int *pix, const int n0, const int N, const int OH, const int OW)
 {
     for (int t = 0; t < NB; ++t) {

@@ -27,10 +27,11 @@
 // grouped by four along K, which runs over (i, j, channel) with the channels padded to
 // four (A [M/8][K/4][8][4], the panel [K/4][NB][4]; the padding's weights are zero;
 // conv_direct.h groups taps along a filter row instead). The int sums are exact and
-// equal the float path's once each row takes off corr[row] = (128 + z) * (sum of its weights). OpenCL C has no byte dot product
-// (cl_khr_integer_dot_product is absent from PoCL) and LLVM does not find vpdpbusd
-// on its own, so the builtin is called from a function compiled for the feature;
-// the runtime sets DOT4 only where the CPU has it (runtime.py: Device.dot4).
+// equal the float path's once each row takes off corr[row] = (128 + z) * (sum of its
+// weights). OpenCL C has no byte dot product (cl_khr_integer_dot_product is absent
+// from PoCL) and LLVM does not find vpdpbusd on its own, so the builtin is called from
+// a function compiled for the feature; the runtime sets DOT4 only where the CPU has it
+// (runtime.py: Device.dot4).
 #include "precision.h"
 
 // ROW_BLOCK and LANES come from kernels/blocking.py as -D defines; the macros below

@@ -109,8 +109,7 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
         for (int i = PW + W; i < (WR); ++i) (dst)[i] = pad; \
         int i = 0; \
         for (; i + 16 <= W; i += 16) \
-            vstore16(convert_uchar16(clamp(rint(vload16(0, (src) + i) * qinv) + qzero, QLO, QHI) \
-                                     + 128.0f), 0, (dst) + PW + i); \
+            vstore16(convert_uchar16(QU(vload16(0, (src) + i))), 0, (dst) + PW + i); \
         for (; i < W; ++i) (dst)[PW + i] = QBYTE((src)[i]); } }
 
 // gemm.cl's direct DOT4 input, [C][N][H][W] floats -> zero-padded rows of bytes q + 128:
@@ -158,20 +157,11 @@ __kernel void pad2d_direct(__global const float *restrict x, __global uchar *res
     }
 }
 
-// pad2d_pixels where every group's channels are a multiple of four (every layer but a
-// network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
-// rows (of all N * HP) and a block of 16 channels, gathering a pixel's 16 channels into
-// one vector and storing its 16 bytes at once; the last block of 4, 8 or 12 channels
-// four at a time. Work-items alone (no implicit vectorisation across them): 2-2.6x
-// pad2d_pixels on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on
-// PoCL a work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
 // 16 channels x 16 pixels of a row (channel t's pixels at src + t * plane), quantised,
 // to the first `count` pixels' 16 bytes at d (C bytes apart): each channel read as a
 // vector, four channels' bytes packed into each pixel's int, and the 4 x 16 ints
 // transposed by two rounds of two-vector permutes (vpermt2d). The pixel-by-pixel
 // gathers below read 16 scalars a pixel.
-#define QUANT_U16(v) convert_uint16(convert_uchar16(clamp(rint((v) * qinv) + qzero, QLO, QHI) \
-    + 128.0f))
 #define PUT4(v, sw, p) if ((p) < count) vstore4((v).sw, 0, (__global uint *)(d + (p) * C));
 inline void pixels16(__global const float *src, const size_t plane, const float qinv,
                      const float qzero, __global uchar *d, const int C, const int count)
@@ -179,7 +169,10 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
     uint16 w[4];
     for (int g = 0; g < 4; ++g) {
         uint16 acc = 0;
-        for (int k = 0; k < 4; ++k) acc |= QUANT_U16(vload16(0, src + (4 * g + k) * plane)) << (8 * k);
+        for (int k = 0; k < 4; ++k) {
+            const float16 v = vload16(0, src + (4 * g + k) * plane);
+            acc |= convert_uint16(convert_uchar16(QU(v))) << (8 * k);
+        }
         w[g] = acc;
     }
     const uint16 lo = (uint16)(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -195,6 +188,14 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
     PUT4(v2, s0123, 8) PUT4(v2, s4567, 9) PUT4(v2, s89ab, 10) PUT4(v2, scdef, 11)
     PUT4(v3, s0123, 12) PUT4(v3, s4567, 13) PUT4(v3, s89ab, 14) PUT4(v3, scdef, 15)
 }
+
+// pad2d_pixels where every group's channels are a multiple of four (every layer but a
+// network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
+// rows (of all N * HP) and a block of 16 channels, 16 pixels at a time (pixels16)
+// where the reads stay inside x, else gathering a pixel's 16 channels into one vector
+// and storing its 16 bytes at once; the last block of 4, 8 or 12 channels four at a time. Work-items alone (no implicit vectorisation across them): 2-2.6x
+// pad2d_pixels on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on
+// PoCL a work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
 __kernel void pad2d_channels(__global const float *restrict x, __global uchar *restrict y,
@@ -228,16 +229,14 @@ __kernel void pad2d_channels(__global const float *restrict x, __global uchar *r
                 const float16 v = (float16)(GATHER4(src, i, plane), GATHER4(src + 4 * plane, i, plane),
                                             GATHER4(src + 8 * plane, i, plane),
                                             GATHER4(src + 12 * plane, i, plane));
-                vstore16(convert_uchar16(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
-                         d + i * C);
+                vstore16(convert_uchar16(QU(v)), 0, d + i * C);
             }
             continue;
         }
         for (int t = 0; t < n; t += 4) {
             for (int i = 0; i < W; ++i) {
                 const float4 v = GATHER4(src + t * plane, i, plane);
-                vstore4(convert_uchar4(clamp(rint(v * qinv) + qzero, QLO, QHI) + 128.0f), 0,
-                        d + i * C + t);
+                vstore4(convert_uchar4(QU(v)), 0, d + i * C + t);
             }
         }
     }

@@ -74,8 +74,10 @@
 #define QLO (-(float)(1 << (QBITS - 1)))
 #define QHI ((float)((1 << (QBITS - 1)) - 1))
 #define QX(v) (clamp(rint((v) * qinv) + qzero, QLO, QHI) - qzero)
-// DOT4's form of an int8 input: the byte q + 128 (q - zero + zero + 128, exact).
-#define QBYTE(v) convert_uchar(QX(v) + qzero + 128.0f)
+// DOT4's form of an int8 input: the byte q + 128, held in floats by QU (any vector
+// width: the pads convert it at theirs), one uchar by QBYTE.
+#define QU(v) (clamp(rint((v) * qinv) + qzero, QLO, QHI) + 128.0f)
+#define QBYTE(v) convert_uchar(QU(v))
 #else
 #define QX(v) (v)
 #endif
