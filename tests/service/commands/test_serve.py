@@ -170,9 +170,15 @@ def test_full_queue_answers_503_with_retry_after(shared_tiny_repo, tmp_path):
         max_queue_size="1",
         max_batch_size="1",
     ) as srv:
-        results, threads = concurrently(5, lambda: post_image(srv.url, photo))
-        for t in threads:
+        # One request first, so that it runs (1 s) while the others arrive: one of them
+        # waits in the queue of one, the rest are turned away.
+        first, first_threads = concurrently(1, lambda: post_image(srv.url, photo))
+        wait_handling(srv.url, 1)
+        time.sleep(0.5)  # decoded and taken off the queue by the batcher
+        results, threads = concurrently(4, lambda: post_image(srv.url, photo))
+        for t in first_threads + threads:
             t.join(60)
+        results = first + results
         statuses = sorted(r.status_code for r in results)
         assert statuses.count(200) >= 2 and 503 in statuses, statuses
         for r in results:
