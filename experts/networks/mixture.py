@@ -227,8 +227,9 @@ class MixtureNetwork(Runnable):
         x = self.check_input(x)
         d, n = self.device, len(x)
         stem = self.stem.plan(n)
-        written = [d.write(stem.input, x)]  # kept until the wait: dropping one waits for it
-        stem.tape.replay()
+        source, fed = d.feed(stem.input, x)
+        written = [fed]  # kept until the wait: dropping one waits for it
+        stem.tape.replay(source)
         gate = self.gate.plan(n, source=stem.output)
         gate.tape.replay()
         if self.grouped is not None:
@@ -268,7 +269,7 @@ class MixtureNetwork(Runnable):
         routing = Routing(indices, gates, _confidence(logits))
 
         def wait() -> Output:
-            for event in (*written, read):
+            for event in (read, *written):  # the read first: it comes after every launch
                 event.wait()
             return Output(scores, routing)
 
@@ -298,7 +299,7 @@ class MixtureNetwork(Runnable):
         ]
 
         def wait() -> Output:
-            for event in (*written, *(event for _, event in reads)):
+            for event in (*(event for _, event in reads), *written):
                 event.wait()
             z, indices, gates, scores = (array for array, _ in reads)
             return Output(scores, Routing(indices, gates, _confidence(z)))

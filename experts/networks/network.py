@@ -215,7 +215,7 @@ class Network(Runnable):
         )
         with d.record() as launches:
             plan.output = self._enqueue(plan)
-        plan.tape = d.tape(launches)
+        plan.tape = d.tape(launches, None if plan.source else plan.input)
         for stale in [k for k, p in self._plans.items() if not self._current(p)]:
             del self._plans[stale]
         self._plans[key] = plan
@@ -333,16 +333,16 @@ class Network(Runnable):
         x = self.check_input(x)
         n = x.shape[0]
         p = self.plan(n)
-        written = self.device.write(p.input, x)
-        p.tape.replay()
+        source, written = self.device.feed(p.input, x)
+        p.tape.replay(source)
         cnhw = len(self.output_shape) == 3  # ends in CNHW: back to NCHW, flattened per image
         c, *rest = self.output_shape
         shape = (c, n, *rest) if cnhw else (n, c, *rest)
         out, read = self.device.read_later(p.output, shape)
 
         def wait() -> Output:
-            written.wait()  # kept until here: dropping it earlier would wait for it
             read.wait()
+            written.wait()  # kept until here: dropping it earlier would wait for it
             if cnhw:
                 return Output(np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(n, -1)))
             return Output(out)

@@ -1,6 +1,7 @@
 """The OpenCL runtime (kernels/runtime.py): work-group sizes that divide the per-image
-extents, the profiling device's labelled events, direct and replayed from a tape, weights
-on huge pages (kernels/hugepages.py), and PoCL's workers pinned (kernels/devices.py)."""
+extents, the profiling device's labelled events, direct and replayed from a tape, a
+tape's input rebound to the caller's array, weights on huge pages (kernels/hugepages.py),
+and PoCL's workers pinned (kernels/devices.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,32 @@ def test_profiling_labels_direct_and_recorded_launches(device, rng):
         ("net.taped", "swap_outer"),
     ]
     assert all(e.profile.end >= e.profile.start > 0 for _, _, e in prof.events)
+
+
+def test_a_tape_reads_what_it_is_fed_then_its_own_input_again(device, rng):
+    """`Device.feed` on a CPU device hands the tape a buffer over the array itself (no
+    copy); a replay without one reads the recorded input buffer again, and an array fed
+    after the copy was queued is what the launch sees."""
+    from kernels.runtime import Held
+
+    op = ops.SwapOuter(device, 20, True)
+    own, dst = device.alloc(7 * 3 * 20 * 4), device.alloc(7 * 3 * 20 * 4)
+    with device.record() as launches:
+        op(7, 3, own, dst)
+    tape = device.tape(launches, own)
+    xs = [rng.standard_normal((7, 3, 20), np.float32) for _ in range(3)]
+    want = [x.transpose(1, 0, 2) for x in xs]
+    source, kept = device.feed(own, xs[0])
+    assert (source is not own) == device.is_cpu and isinstance(kept, Held) == device.is_cpu
+    tape.replay(source)
+    np.testing.assert_array_equal(device.read(dst, (3, 7, 20)), want[0])
+    kept.wait()
+    device.write(own, xs[1]).wait()
+    tape.replay()
+    np.testing.assert_array_equal(device.read(dst, (3, 7, 20)), want[1])
+    source, kept = device.feed(own, xs[2])
+    tape.replay(source)
+    np.testing.assert_array_equal(device.read(dst, (3, 7, 20)), want[2])
 
 
 def test_device_selectors(device):
