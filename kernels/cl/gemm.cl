@@ -60,9 +60,11 @@
 #define FLUSH(r, q)
 #define TOTAL(r, q) convert_float16(c##r##q - corr[m0 + r]),
 #define LOADB(r, q) const int16 b##q = vload16(q, bk);
-#define atype8 int8
-#define LOADA8(k, a) vload8((k), (__global const int *)(a))
-#define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8.s##r));
+// A's eight ints of a step stay in memory: each row's is broadcast straight from there
+// (a load), where held in registers each took a shuffle beside the vpdpbusd.
+#define atype8 __global const int *
+#define LOADA8(k, a) ((__global const int *)(a) + 8 * (k))
+#define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8[r]));
 #else
 #define btype float
 #if QBITS == 8
