@@ -71,6 +71,18 @@ def test_passes_queued_back_to_back_keep_their_own_outputs(built):
         np.testing.assert_array_equal(out, expected[i])
 
 
+def test_images_read_in_place_at_any_address(built):
+    """A CPU device's first kernel reads the caller's array itself (`Device.feed`): a
+    read-only array two bytes off alignment, as the v2 binary extension's bytes give,
+    scores as the same images copied."""
+    meta, _, net = built
+    x = np.random.default_rng(2).standard_normal((3, *meta["input"]["shape"]), np.float32)
+    odd = np.frombuffer(b"\0\0" + x.tobytes(), np.float32, count=x.size, offset=2)
+    odd = odd.reshape(x.shape)
+    assert not odd.flags.writeable and odd.ctypes.data % 4 == 2
+    np.testing.assert_array_equal(net.run(odd).scores, net.run(x.copy()).scores)
+
+
 # Every op the spec knows, in one small network.
 SMALL = [
     {"name": "c1", "op": "conv", "out_channels": 6, "kernel": 3, "padding": 1},
