@@ -12,6 +12,7 @@ import numpy as np
 
 ROW_BLOCK = 8  # rows of C (output channels) per GEMM register block; A is packed so
 LANES = 16  # floats per vector: a GEMM panel is LANES * NV columns wide
+LANE_BLOCK = 2 * LANES  # output channels per work-item of conv_lanes.cl (two vectors)
 
 DEFINES = {"ROW_BLOCK": ROW_BLOCK, "LANES": LANES}
 
@@ -40,17 +41,25 @@ def pack_rows(a: np.ndarray, block: int = ROW_BLOCK, group: int = 1) -> np.ndarr
     return np.ascontiguousarray(panels).reshape(mp // block, kp // group, block * group)
 
 
-def tap_rows(w: np.ndarray, cg: int, cg4: int, group: int = 1) -> np.ndarray:
+def tap_rows(
+    w: np.ndarray, cg: int, cg4: int, group: int = 1, block: int = ROW_BLOCK
+) -> np.ndarray:
     """[M][cg * KH * KW] weights, k over (channel, i, j), with k over (i, j, channel),
     each tap's cg channels followed by zeros up to cg4, as `pack_rows` packs them."""
     taps = w.reshape(len(w), cg, -1).transpose(0, 2, 1)
     taps = np.pad(taps, ((0, 0), (0, 0), (0, cg4 - cg))).reshape(len(w), -1)
-    return pack_rows(taps, group=group)
+    return pack_rows(taps, block, group)
 
 
 def dot4_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
     """`tap_rows` as DOT4 reads them (gemm.cl): four k of a row to an int."""
     return tap_rows(w, cg, cg4, group=4)
+
+
+def lane_rows(w: np.ndarray, cg: int, cg4: int) -> np.ndarray:
+    """`tap_rows` as conv_lanes.cl reads them: LANE_BLOCK rows (output channels) a
+    block, four k of a row to an int: [M/32][K/4][32][4]."""
+    return tap_rows(w, cg, cg4, group=4, block=LANE_BLOCK)
 
 
 def window_rows(w: np.ndarray, cg: int, kh: int, kw: int) -> np.ndarray:

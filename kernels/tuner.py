@@ -45,6 +45,7 @@ READS = {
     "rows": {"ro", "rb", "kb"},
     "split": {"ls", "rb"},
     "implicit": {"nv", "spread"},
+    "lanes": set(),
     "tiled": set(TILE),
 }
 

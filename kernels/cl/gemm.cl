@@ -62,7 +62,7 @@
 #define LOADB(r, q) const int16 b##q = vload16(q, bk);
 // A's eight ints of a step stay in memory: each row's is broadcast straight from there
 // (a load), where held in registers each took a shuffle beside the vpdpbusd.
-#define atype8 __global const int *
+#define atype8 __global int *  // read as `const atype8`: a pointer to const ints
 #define LOADA8(k, a) ((__global const int *)(a) + 8 * (k))
 #define MAC(r, q) c##r##q = DOT4_MAC(c##r##q, b##q, (int16)(a8[r]));
 #else

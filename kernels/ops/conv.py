@@ -13,6 +13,7 @@ from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
 from kernels.ops.conv_bytes import ByteLink
 from kernels.ops.conv_direct import direct_conv
+from kernels.ops.conv_lanes import lanes_conv, lanes_fit, lanes_kernel
 from kernels.ops.im2col import im2col_conv
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -40,6 +41,10 @@ class Conv2d(Launcher, Tuned, ByteLink):
     but not for a direct layer read from a store): the products run on AVX-512 VNNI's
     byte dot products instead of in float lanes (gemm.cl's DOT4); same sums. The
     direct kernel then takes four taps of a filter row a step (pad2d_direct).
+
+    `lanes` (int8 on VNNI, the implicit GEMM's input; default: where `lanes_fit`):
+    conv_lanes.cl puts output channels in the lanes and broadcasts the input's bytes,
+    read where they lie, instead of gathering GEMM panels (kernels/ops/conv_lanes.py).
 
     `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
     not int16): gemm.cl's conv_direct reads its taps straight from the padded input,
@@ -82,6 +87,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
         segments: Any = None,
         weight_scale: np.ndarray | None = None,
         params: dict[str, Any] | None = None,
+        lanes: bool | None = None,
     ) -> None:
         self.device = device
         self.segments = segments
@@ -155,6 +161,13 @@ class Conv2d(Launcher, Tuned, ByteLink):
         if shared and (self.dot4 if not self.taps else not self.implicit):
             held = "DOT4's layout" if self.taps else "the float-lane GEMM's layout"
             raise ValueError(f"{key}: a weight store holds this layer in {held}, not this path's")
+        lanes_ok = self.implicit and self.dot4 and not shared and segments is None
+        if lanes and not (lanes_ok and self.mg % blocking.LANE_BLOCK == 0):
+            raise ValueError(
+                "lanes needs an int8 implicit convolution on VNNI, not a store's or grouped "
+                f"experts', with whole {blocking.LANE_BLOCK}s of output channels a group"
+            )
+        self.lanes = lanes_ok and (lanes_fit(self) if lanes is None else lanes)
         rows = experts * self.m
         bias = np.zeros(rows, np.float32) if bias is None else bias.astype(np.float32).ravel()
         # `weight_scale` (one per output channel): the weights are integers already.
@@ -186,6 +199,8 @@ class Conv2d(Launcher, Tuned, ByteLink):
         dot4_layout = self.taps or (self.dot4 and not shared)
         by_four = partial(blocking.dot4_rows, cg=self.cg, cg4=self.cg4)
         layout = by_four if dot4_layout else blocking.pack_rows
+        if self.lanes:
+            layout = partial(blocking.lane_rows, cg=self.cg, cg4=self.cg4)
         self.kj = self.kw  # the direct kernel's steps along a filter row
         if self.direct and self.dot4:  # four taps of a row to an int
             self.kj = -(-self.kw // 4)
@@ -240,6 +255,8 @@ class Conv2d(Launcher, Tuned, ByteLink):
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
         kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
+        if self.lanes:
+            return {"algorithm": "lanes"}
         out = {"algorithm": kind, "nv": self.panel_nv(n)}
         if self.implicit:
             out["spread"] = self.tuned(n).get("spread", SPREAD)
@@ -266,7 +283,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
             defines = {"NV": nv, "RELU": self.relu, **self.defines}
             if out_pad is not None:
                 defines.update(BYTES_OUT=1, OPH=out_pad[0], OPW=out_pad[1])
-            if self.direct:
+            if self.lanes:
+                found = {"lanes": lanes_kernel(self, out_pad)}
+            elif self.direct:
                 found = {"direct": d.kernel("gemm.cl", "conv_direct", defines)}
             elif self.implicit:
                 found = {"conv": d.kernel("gemm.cl", "conv_packed", defines)}
@@ -336,6 +355,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
         if self.pad is not None and not quantised:
             self.pad(n, x, scratch)
             x = scratch
+        if self.lanes:
+            lanes_conv(self, n, x, y, requant)
+            return
         cols = n * self.oh * self.ow
         nv = self.panel_nv(n)
         panels = -(-cols // (LANES * nv))

@@ -363,6 +363,9 @@ def conv2d(
             )
         paths = {None: (None, None), "direct": (True, None), "implicit": (False, True)}
         direct, implicit = paths.get(algorithm, (False, False))  # im2col: neither
+        lanes = {"lanes": True, "implicit": False}.get(algorithm)
+        if lanes:
+            direct, implicit = False, True
         return Conv2d(
             device,
             in_shape,
@@ -381,6 +384,7 @@ def conv2d(
             segments=segments,
             weight_scale=weight_scale,
             params=params,
+            lanes=lanes,
         )
 
     if params is not None:

@@ -91,7 +91,9 @@ def conv_twin(p, x, wt, b, stride, pad, groups, relu, input_range, high_plane=Fa
     return want, np.abs(raw) + np.abs(b).reshape(1, m, 1, 1)
 
 
-def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None, store=None):
+def check_conv_precision(
+    device, rng, p, case, implicit, dot4=None, direct=None, store=None, lanes=None
+):
     """The launcher at precision p against its twin (`store`: built with one, under the
     key "conv"); returns the launcher."""
     n, c, h, w, m, k, stride, pad, groups, relu = case
@@ -120,6 +122,7 @@ def check_conv_precision(device, rng, p, case, implicit, dot4=None, direct=None,
         direct=direct,
         store=store,
         key="conv",
+        lanes=lanes,
     )
     got = run4d(device, op, x, op.scratch_bytes(n))
     geometry = (sh, sw), (ph, pw), groups, relu, input_range
@@ -147,6 +150,69 @@ def test_int8_conv_byte_dot_products(device, rng, case, dot4):
     op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, dot4)
     assert op.dot4 == dot4
     assert op.pad.channels4 == (dot4 and case[1] // case[8] % 4 == 0)  # pad2d_channels
+
+
+LANES_CASES = [
+    # (n, c, h, w, m, k, stride, pad, groups, relu): whole 32s of output channels a group
+    (3, 20, 13, 13, 64, 3, 1, 1, 1, True),  # 13 pixels a work-item; channels padded to 24
+    (2, 16, 11, 27, 32, 5, 1, 2, 1, False),  # rows of 27: runs of 9
+    (1, 24, 9, 28, 64, 3, 2, 1, 2, True),  # groups of 32; stride 2: rows of 14
+    (2, 8, 7, 17, 32, (3, 1), (1, 2), (1, 0), 1, True),  # a prime row of 17: one pixel a run
+    (7, 12, 6, 5, 64, 1, 1, 0, 1, False),  # 1 x 1 filters, rows of 5
+]
+
+
+@pytest.mark.parametrize("case", LANES_CASES)
+def test_int8_conv_with_channels_in_the_lanes(device, rng, case):
+    """int8 on VNNI with output channels in the lanes (conv_lanes.cl): each input int
+    broadcast against sixteen channels' weights, read where pad2d_channels put it; the
+    same exact sums as the twin's, on rows of every run length (one pixel to 14)."""
+    skip_unless_dot4(device, True)
+    op = check_conv_precision(device, rng, PRECISIONS["int8"], case, True, lanes=True)
+    assert op.lanes and op.dot4 and op.effective(case[0]) == {"algorithm": "lanes"}
+
+
+@pytest.mark.parametrize(
+    ("shape", "m", "groups", "lanes"),
+    [
+        ((64, 27, 27), 192, 1, True),  # AlexNet's conv2: runs of 9
+        ((192, 13, 13), 384, 1, True),  # conv3: runs of 13
+        ((48, 27, 27), 128, 2, True),  # Caffe's conv2: groups of 64
+        ((64, 27, 27), 200, 1, False),  # output channels not in 32s
+        ((64, 7, 7), 64, 1, False),  # runs of 7: too few pixels a broadcast
+        ((64, 17, 17), 64, 1, False),  # a prime row past 14
+    ],
+)
+def test_channels_in_the_lanes_by_default_where_they_fit(device, rng, shape, m, groups, lanes):
+    skip_unless_dot4(device, True)
+    wt = rng.standard_normal((m, shape[0] // groups, 3, 3), np.float32)
+    op = ops.Conv2d(
+        device,
+        shape,
+        wt,
+        None,
+        (1, 1),
+        (1, 1),
+        groups,
+        precision=PRECISIONS["int8"],
+        input_range=(-1.0, 1.0),
+    )
+    assert op.lanes == lanes and op.implicit
+
+
+def test_channels_in_the_lanes_need_whole_blocks(device, rng):
+    skip_unless_dot4(device, True)
+    wt = rng.standard_normal((40, 8, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="whole 32s"):
+        ops.Conv2d(
+            device,
+            (8, 9, 9),
+            wt,
+            None,
+            precision=PRECISIONS["int8"],
+            input_range=(-1.0, 1.0),
+            lanes=True,
+        )
 
 
 DIRECT_CASES = [

@@ -19,12 +19,32 @@ from tests.kernels.test_conv import conv_twin
 INT8 = PRECISIONS["int8"]
 
 
-def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0), implicit=True):
+PATHS = {  # a producer's path: Conv2d's implicit and lanes
+    "implicit": (True, False),
+    "direct": (None, None),  # the default, here the direct kernel
+    "lanes": (True, True),
+    None: (True, None),  # the implicit GEMM, channels in the lanes where they fit
+}
+
+
+def _conv(device, rng, c, hw, m, k, stride, pad, groups=1, input_range=(-2.5, 3.0), path=None):
     """An int8 Conv2d with ReLU, its weights and bias kept for the twin (`op.twin`)."""
     wt = rng.standard_normal((m, c // groups, k, k), np.float32)
     b = rng.standard_normal(m, np.float32)
+    implicit, lanes = PATHS[path]
     op = ops.Conv2d(
-        device, (c, *hw), wt, b, (stride, stride), pad, groups, True, implicit, INT8, input_range
+        device,
+        (c, *hw),
+        wt,
+        b,
+        (stride, stride),
+        pad,
+        groups,
+        True,
+        implicit,
+        INT8,
+        input_range,
+        lanes=lanes,
     )
     op.twin = (wt, b, (stride, stride), pad, groups, True, input_range)
     return op
@@ -41,13 +61,16 @@ def _twin_bytes(y: np.ndarray, qinv, qzero, padding: tuple[int, int]) -> np.ndar
 
 CASES = [
     # producer (c, (h, w), m, k, stride, padding, groups), consumer (m, k, padding), the
-    # producer's path (implicit: the implicit GEMM; None: its default, here the direct
-    # kernel)
-    ((3, (17, 19), 16, 3, 2, (1, 1), 1), (24, 3, (1, 1)), True),
-    ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1)), True),  # groups; wide padding
-    ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0)), True),  # a consumer without padding
-    ((3, (31, 29), 16, 11, 4, (2, 2), 1), (24, 5, (2, 2)), None),  # stride 4 along rows
-    ((1, (12, 13), 8, 5, 1, (2, 2), 1), (16, 3, (1, 1)), None),  # stride 1: windows
+    # producer's path (PATHS; the consumer takes its default)
+    ((3, (17, 19), 16, 3, 2, (1, 1), 1), (24, 3, (1, 1)), "implicit"),
+    ((8, (9, 7), 32, 3, 1, (1, 0), 2), (16, 5, (2, 1)), "implicit"),  # groups; wide padding
+    ((12, (6, 5), 8, 1, 1, (0, 0), 1), (8, 3, (0, 0)), "implicit"),  # a consumer without padding
+    ((3, (31, 29), 16, 11, 4, (2, 2), 1), (24, 5, (2, 2)), "direct"),  # stride 4 along rows
+    ((1, (12, 13), 8, 5, 1, (2, 2), 1), (16, 3, (1, 1)), "direct"),  # stride 1: windows
+    # channels in the lanes, into a consumer that takes them too (runs of 13)
+    ((20, (13, 13), 64, 3, 1, (1, 1), 1), (32, 3, (1, 1)), "lanes"),
+    ((16, (11, 27), 64, 5, 1, (2, 2), 2), (16, 5, (2, 1)), "lanes"),  # groups; wide padding
+    ((24, (9, 28), 32, 3, 2, (1, 1), 1), (8, 3, (0, 0)), "lanes"),  # a consumer without padding
 ]
 
 
@@ -55,10 +78,11 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
     skip_unless_dot4(device, True)
-    (c, hw, m, k, stride, pad, groups), (m2, k2, pad2), implicit = case
-    a = _conv(device, rng, c, hw, m, k, stride, pad, groups, implicit=implicit)
+    (c, hw, m, k, stride, pad, groups), (m2, k2, pad2), path = case
+    a = _conv(device, rng, c, hw, m, k, stride, pad, groups, path=path)
     b = _conv(device, rng, m, a.out_shape[1:], m2, k2, 1, pad2, input_range=(0.0, 9.0))
-    assert a.feeds(b) and a.dot4 and b.dot4 and a.direct == (implicit is None)
+    assert a.feeds(b) and a.dot4 and b.dot4
+    assert (a.direct, a.lanes) == (path == "direct", path == "lanes")
     x = rng.standard_normal((n, c, *hw), np.float32)
     floats = run4d(device, a, x, a.scratch_bytes(n))
     _, oh, ow = a.out_shape

@@ -326,8 +326,9 @@ def test_candidates_start_with_the_fixed_set_each_kernel_once():
 
     found = list(islice(candidates("conv", random.Random(0)), 2000))
     assert len(found) == 2000  # sampled lazily: the space holds tens of thousands
-    algorithms = ("winograd", "direct", "implicit", "im2col", "tiled")
-    assert found[:6] == [{}] + [{"algorithm": a} for a in algorithms]
+    algorithms = ("winograd", "direct", "implicit", "lanes", "im2col", "tiled")
+    assert found[:7] == [{}] + [{"algorithm": a} for a in algorithms]
+    assert all(set(p) == {"algorithm"} for p in found if p.get("algorithm") == "lanes")
     # irrelevant parameters are dropped, so every candidate is a distinct kernel
     assert len({key("conv", p) for p in found}) == len(found)
     assert all(set(p) <= {"algorithm", "nv"} for p in found if p.get("algorithm") == "direct")

@@ -1,0 +1,76 @@
+"""Conv2d's int8 path with the output channels in the lanes (kernels/cl/conv_lanes.cl):
+on VNNI, each input int (four channels of a pixel) broadcast against sixteen output
+channels' weights; no panel gathered, an output pixel's channels stored together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.blocking import LANE_BLOCK
+
+I32 = np.int32
+MOST_PIXELS = 14  # 2 x 14 int16 sums, two weight vectors and a broadcast: 31 registers
+FEWEST_PIXELS = 9  # the default takes it from here: fewer sums a broadcast pays less
+
+
+def lane_pixels(ow: int) -> int:
+    """Pixels of a row a work-item takes: the largest divisor of the row's `ow` up to
+    MOST_PIXELS (so that no work-item runs past a row's end)."""
+    return max(p for p in range(1, min(ow, MOST_PIXELS) + 1) if ow % p == 0)
+
+
+def lanes_fit(conv: Any) -> bool:
+    """Whether the default takes this path: whole blocks of LANE_BLOCK output channels
+    a group, and rows that split into runs of at least FEWEST_PIXELS."""
+    return conv.mg % LANE_BLOCK == 0 and lane_pixels(conv.ow) >= FEWEST_PIXELS
+
+
+def lanes_kernel(conv: Any, out_pad: tuple[int, int] | None) -> Any:
+    """The kernel for Conv2d `conv`, its geometry compiled in (immediate offsets for the
+    broadcasts); `out_pad`: writing the next layer's bytes, padded so."""
+    defines = {
+        **conv.defines,
+        "RELU": conv.relu,
+        "OH": conv.oh,
+        "OW": conv.ow,
+        "HP": conv.h + 2 * conv.ph,
+        "WP": conv.w + 2 * conv.pw,
+        "SH": conv.sh,
+        "SW": conv.sw,
+        "KH": conv.kh,
+        "KW": conv.kw,
+        "CP": conv.groups * conv.cg4,
+        "CG4": conv.cg4,
+        "P": lane_pixels(conv.ow),
+    }
+    if out_pad is not None:
+        defines.update(BYTES_OUT=1, OPH=out_pad[0], OPW=out_pad[1])
+    return conv.device.kernel("conv_lanes.cl", "conv_lanes", defines)
+
+
+def lanes_conv(conv: Any, n: int, x: Any, y: Any, requant: tuple[Any, ...] = ()) -> None:
+    """Enqueue Conv2d `conv` for n images from its padded input bytes x, group by
+    group; `requant` (Conv2d.requantizer): write the next convolution's input bytes
+    instead of floats."""
+    kernel = conv.kernels(0, requant[0] if requant else None)["lanes"]
+    # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
+    ldc, qout = (conv.m, requant[1:]) if requant else (n * conv.oh * conv.ow, ())
+    blocks = n * conv.oh * (conv.ow // lane_pixels(conv.ow))
+    for g in range(conv.groups):
+        conv.device.launch(
+            kernel,
+            (blocks, conv.mg // LANE_BLOCK),
+            (1, 1),
+            conv.a[g],
+            x,
+            conv.bias[g],
+            conv.scale[g],
+            conv.corr[g],
+            y,
+            I32(ldc),
+            I32(g * conv.mg),
+            I32(g * conv.cg4),
+            *qout,
+        )
