@@ -8,9 +8,9 @@
 // [N][HP][WP][CP] that pad2d_channels and the byte pipeline write, and an output
 // pixel's sixteen channels leave as one 16-byte store into the next layer's pixels.
 //
-// A work-item takes P output pixels along one row and 32 output channels (two vectors
-// of 16): 2 * P int16 sums, P <= 14 so that they, the two weight vectors and the
-// broadcast fit AVX-512's 32 registers. Weights: [M/32][K/4][32][4], k over (i, j,
+// A work-item takes P output pixels along one row and `blocks` blocks of 32 output
+// channels (two vectors of 16) one after the other: 2 * P int16 sums, P <= 14 so that
+// they, the two weight vectors and the broadcast fit AVX-512's 32 registers. Weights: [M/32][K/4][32][4], k over (i, j,
 // channel) as gemm.cl's DOT4 (blocking.lane_rows). The sums are exact and equal
 // gemm.cl's; the epilogue takes off corr, scales, adds the bias and applies the ReLU
 // with the same float operations as its STORE and QBYTES.
@@ -97,45 +97,58 @@ inline void put16(__global uchar *y, const int b, const int oy, const int ox, co
 
 // The work of one item, in a function of its own so that it can be compiled for VNNI
 // (gemm.cl's conv_item says why); the ids come as arguments.
-TARGET void lanes_item(const int block, const int cb, __global const int *restrict w,
+TARGET void lanes_item(const int block, const int part, __global const int *restrict w,
                        __global const uchar *restrict x, __global const float *restrict bias,
                        __global const float *restrict scale, __global const int *restrict corr,
                        __global OUT_T *restrict C, const int ldc, const int c_row0,
-                       const int c0 OUT_ARG)
+                       const int c0, const int M, const int blocks OUT_ARG)
 {
     const int row = block / (OW / P), ox0 = block % (OW / P) * P;  // row = b * OH + oy
     const int b = row / OH, oy = row % OH;
     __global const uchar *xr = x + (((size_t)b * HP + oy * SH) * WP + ox0 * SW) * CP + c0;
-    __global const int *wb = w + (size_t)cb * (KH * KW * CG4 / 4) * 32;
-    EACH_PIXEL(DECL)
-    for (int i = 0; i < KH; ++i) {
-        for (int j = 0; j < KW; ++j) {
-            __global const int *xp = (__global const int *)(xr + (i * WP + j) * CP);
-            for (int c4 = 0; c4 < CG4 / 4; ++c4, wb += 32) {
-                const int16 w0 = vload16(0, wb), w1 = vload16(1, wb);
-                EACH_PIXEL(MAC)
-            }
-        }
-    }
-    const int r0 = cb * 32;
-    const int16 corr0 = vload16(0, corr + r0), corr1 = vload16(1, corr + r0);
-    const float16 scale0 = vload16(0, scale + r0), scale1 = vload16(1, scale + r0);
-    const float16 bias0 = vload16(0, bias + r0), bias1 = vload16(1, bias + r0);
 #if BYTES_OUT
     const uchar16 pad = (uchar16)(convert_uchar(clamp(oqzero, QLO, QHI) + 128.0f));
 #endif
-    EACH_PIXEL(PUT)
+    const int cb1 = min(M / 32, (part + 1) * blocks);
+    for (int cb = part * blocks; cb < cb1; ++cb) {
+        __global const int *wb = w + (size_t)cb * (KH * KW * CG4 / 4) * 32;
+        EACH_PIXEL(DECL)
+        for (int i = 0; i < KH; ++i) {
+#if CP == CG4  // one group: a filter row's taps are KW whole pixels, one run of ints
+            __global const int *xp = (__global const int *)(xr + i * WP * CP);
+            for (int c4 = 0; c4 < KW * CP / 4; ++c4, wb += 32) {
+                const int16 w0 = vload16(0, wb), w1 = vload16(1, wb);
+                EACH_PIXEL(MAC)
+            }
+#else
+            for (int j = 0; j < KW; ++j) {
+                __global const int *xp = (__global const int *)(xr + (i * WP + j) * CP);
+                for (int c4 = 0; c4 < CG4 / 4; ++c4, wb += 32) {
+                    const int16 w0 = vload16(0, wb), w1 = vload16(1, wb);
+                    EACH_PIXEL(MAC)
+                }
+            }
+#endif
+        }
+        const int r0 = cb * 32;
+        const int16 corr0 = vload16(0, corr + r0), corr1 = vload16(1, corr + r0);
+        const float16 scale0 = vload16(0, scale + r0), scale1 = vload16(1, scale + r0);
+        const float16 bias0 = vload16(0, bias + r0), bias1 = vload16(1, bias + r0);
+        EACH_PIXEL(PUT)
+    }
 }
 
 // x: the padded input bytes; C: floats [C][N][OH][OW], or (BYTES_OUT) the consumer's
 // padded pixels; c_row0: this group's first output channel, c0 its first input byte
-// of a pixel. Global size: (N * OH * OW / P, this group's channels / 32).
+// of a pixel; M: this group's channels, in `blocks` blocks of 32 a work-item. Global
+// size: (N * OH * OW / P, M / 32 / blocks).
 __kernel void conv_lanes(__global const int *restrict w, __global const uchar *restrict x,
                          __global const float *restrict bias,
                          __global const float *restrict scale,
                          __global const int *restrict corr, __global OUT_T *restrict C,
-                         const int ldc, const int c_row0, const int c0 OUT_ARG)
+                         const int ldc, const int c_row0, const int c0, const int M,
+                         const int blocks OUT_ARG)
 {
-    lanes_item(get_global_id(0), get_global_id(1), w, x, bias, scale, corr, C, ldc, c_row0, c0
-               OUT_PASS);
+    lanes_item(get_global_id(0), get_global_id(1), w, x, bias, scale, corr, C, ldc, c_row0, c0,
+               M, blocks OUT_PASS);
 }

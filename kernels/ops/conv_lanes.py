@@ -13,6 +13,13 @@ from kernels.blocking import LANE_BLOCK
 I32 = np.int32
 MOST_PIXELS = 14  # 2 x 14 int16 sums, two weight vectors and a broadcast: 31 registers
 FEWEST_PIXELS = 9  # the default takes it from here: fewer sums a broadcast pays less
+# ... and from this K (taps x channels) on: below it the epilogue, sixteen channels of a
+# pixel at a time, weighs more than the panel the implicit GEMM gathers (Fashion-MNIST's
+# conv2, K = 288, ran 1.4-1.7x slower; AlexNet's conv2-conv5 have K = 1600-3456).
+FEWEST_K = 1024
+# A work-item takes blocks of channels until it has this many vpdpbusd to run: PoCL
+# spends about a microsecond starting each (each is a work-group of its own).
+ITEM_DOTS = 8192
 
 
 def lane_pixels(ow: int) -> int:
@@ -23,8 +30,9 @@ def lane_pixels(ow: int) -> int:
 
 def lanes_fit(conv: Any) -> bool:
     """Whether the default takes this path: whole blocks of LANE_BLOCK output channels
-    a group, and rows that split into runs of at least FEWEST_PIXELS."""
-    return conv.mg % LANE_BLOCK == 0 and lane_pixels(conv.ow) >= FEWEST_PIXELS
+    a group, rows that split into runs of at least FEWEST_PIXELS, K of FEWEST_K on."""
+    k = conv.kh * conv.kw * -(-conv.cg // 4) * 4
+    return conv.mg % LANE_BLOCK == 0 and lane_pixels(conv.ow) >= FEWEST_PIXELS and k >= FEWEST_K
 
 
 def lanes_kernel(conv: Any, out_pad: tuple[int, int] | None) -> Any:
@@ -57,11 +65,14 @@ def lanes_conv(conv: Any, n: int, x: Any, y: Any, requant: tuple[Any, ...] = ())
     kernel = conv.kernels(0, requant[0] if requant else None)["lanes"]
     # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
     ldc, qout = (conv.m, requant[1:]) if requant else (n * conv.oh * conv.ow, ())
-    blocks = n * conv.oh * (conv.ow // lane_pixels(conv.ow))
+    pixels = lane_pixels(conv.ow)
+    runs, blocks = n * conv.oh * (conv.ow // pixels), conv.mg // LANE_BLOCK
+    dots = 2 * pixels * conv.kh * conv.kw * conv.cg4 // 4  # a block's, for P pixels
+    each = min(blocks, -(-ITEM_DOTS // dots))
     for g in range(conv.groups):
         conv.device.launch(
             kernel,
-            (blocks, conv.mg // LANE_BLOCK),
+            (runs, -(-blocks // each)),
             (1, 1),
             conv.a[g],
             x,
@@ -72,5 +83,7 @@ def lanes_conv(conv: Any, n: int, x: Any, y: Any, requant: tuple[Any, ...] = ())
             I32(ldc),
             I32(g * conv.mg),
             I32(g * conv.cg4),
+            I32(conv.mg),
+            I32(each),
             *qout,
         )

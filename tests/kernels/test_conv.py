@@ -159,6 +159,7 @@ LANES_CASES = [
     (1, 24, 9, 28, 64, 3, 2, 1, 2, True),  # groups of 32; stride 2: rows of 14
     (2, 8, 7, 17, 32, (3, 1), (1, 2), (1, 0), 1, True),  # a prime row of 17: one pixel a run
     (7, 12, 6, 5, 64, 1, 1, 0, 1, False),  # 1 x 1 filters, rows of 5
+    (1, 128, 9, 9, 96, 3, 1, 1, 1, False),  # two blocks of 32 a work-item, then one
 ]
 
 
@@ -173,26 +174,27 @@ def test_int8_conv_with_channels_in_the_lanes(device, rng, case):
 
 
 @pytest.mark.parametrize(
-    ("shape", "m", "groups", "lanes"),
+    ("shape", "m", "k", "groups", "lanes"),
     [
-        ((64, 27, 27), 192, 1, True),  # AlexNet's conv2: runs of 9
-        ((192, 13, 13), 384, 1, True),  # conv3: runs of 13
-        ((48, 27, 27), 128, 2, True),  # Caffe's conv2: groups of 64
-        ((64, 27, 27), 200, 1, False),  # output channels not in 32s
-        ((64, 7, 7), 64, 1, False),  # runs of 7: too few pixels a broadcast
-        ((64, 17, 17), 64, 1, False),  # a prime row past 14
+        ((64, 27, 27), 192, 5, 1, True),  # AlexNet's conv2: runs of 9, K = 1600
+        ((192, 13, 13), 384, 3, 1, True),  # conv3: runs of 13
+        ((96, 27, 27), 128, 5, 2, True),  # groups of 64
+        ((64, 27, 27), 200, 5, 1, False),  # output channels not in 32s
+        ((128, 7, 7), 64, 3, 1, False),  # runs of 7: too few pixels a broadcast
+        ((128, 17, 17), 64, 3, 1, False),  # a prime row past 14
+        ((32, 13, 13), 192, 3, 1, False),  # K = 288: Fashion-MNIST's conv2, too short
     ],
 )
-def test_channels_in_the_lanes_by_default_where_they_fit(device, rng, shape, m, groups, lanes):
+def test_channels_in_the_lanes_by_default_where_they_fit(device, rng, shape, m, k, groups, lanes):
     skip_unless_dot4(device, True)
-    wt = rng.standard_normal((m, shape[0] // groups, 3, 3), np.float32)
+    wt = rng.standard_normal((m, shape[0] // groups, k, k), np.float32)
     op = ops.Conv2d(
         device,
         shape,
         wt,
         None,
         (1, 1),
-        (1, 1),
+        (k // 2, k // 2),
         groups,
         precision=PRECISIONS["int8"],
         input_range=(-1.0, 1.0),
