@@ -356,7 +356,8 @@ class Tape:
     it does, and that host time competes with the device's worker threads for the
     same cores.
     Each launch gets its own kernel object so that tapes never share argument state.
-    The arguments that are `input` can be rebound per replay (`Device.feed`).
+    The arguments that are `input` can be rebound per replay (`Device.feed`); the
+    buffer bound last stays referenced until the next replay binds another.
     """
 
     def __init__(self, device: Device, launches: list[tuple[Any, ...]], input: Any = None) -> None:

@@ -13,7 +13,7 @@ from kernels.blocking import LANES, PANEL_SPEED, ROW_BLOCK, choose_nv
 from kernels.geometry import conv_out
 from kernels.ops.conv_bytes import ByteLink
 from kernels.ops.conv_direct import direct_conv
-from kernels.ops.conv_lanes import lanes_conv, lanes_fit, lanes_kernel
+from kernels.ops.conv_lanes import choose_lanes, lanes_conv, lanes_kernel
 from kernels.ops.im2col import im2col_conv
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.pad import ConvPad
@@ -40,11 +40,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
     `dot4` (int8, the implicit GEMM or the direct kernel; default: where `device.dot4`,
     but not for a direct layer read from a store): the products run on AVX-512 VNNI's
     byte dot products instead of in float lanes (gemm.cl's DOT4); same sums. The
-    direct kernel then takes four taps of a filter row a step (pad2d_direct).
-
-    `lanes` (int8 on VNNI, the implicit GEMM's input; default: where `lanes_fit`):
-    conv_lanes.cl puts output channels in the lanes and broadcasts the input's bytes,
-    read where they lie, instead of gathering GEMM panels (kernels/ops/conv_lanes.py).
+    direct kernel then takes four taps of a filter row a step (pad2d_direct). `lanes`
+    (DOT4's implicit GEMM turned around, kernels/ops/conv_lanes.py; default: where
+    `lanes_fit`): output channels in the lanes, the input's bytes broadcast, no panels.
 
     `direct` (default on CPUs: stride 1, filters wider than 1 x 1, K <= DIRECT_MAX_K,
     not int16): gemm.cl's conv_direct reads its taps straight from the padded input,
@@ -161,13 +159,8 @@ class Conv2d(Launcher, Tuned, ByteLink):
         if shared and (self.dot4 if not self.taps else not self.implicit):
             held = "DOT4's layout" if self.taps else "the float-lane GEMM's layout"
             raise ValueError(f"{key}: a weight store holds this layer in {held}, not this path's")
-        lanes_ok = self.implicit and self.dot4 and not shared and segments is None
-        if lanes and not (lanes_ok and self.mg % blocking.LANE_BLOCK == 0):
-            raise ValueError(
-                "lanes needs an int8 implicit convolution on VNNI, not a store's or grouped "
-                f"experts', with whole {blocking.LANE_BLOCK}s of output channels a group"
-            )
-        self.lanes = lanes_ok and (lanes_fit(self) if lanes is None else lanes)
+        eligible = self.implicit and self.dot4 and not shared and segments is None
+        self.lanes = choose_lanes(self, lanes, eligible)
         rows = experts * self.m
         bias = np.zeros(rows, np.float32) if bias is None else bias.astype(np.float32).ravel()
         # `weight_scale` (one per output channel): the weights are integers already.
@@ -197,10 +190,8 @@ class Conv2d(Launcher, Tuned, ByteLink):
         # that holds a layer for it: its low plane, int16's alone, in tap order).
         # Grouped experts' rows are laid out expert by expert.
         dot4_layout = self.taps or (self.dot4 and not shared)
-        by_four = partial(blocking.dot4_rows, cg=self.cg, cg4=self.cg4)
-        layout = by_four if dot4_layout else blocking.pack_rows
-        if self.lanes:
-            layout = partial(blocking.lane_rows, cg=self.cg, cg4=self.cg4)
+        by_four = blocking.lane_rows if self.lanes else blocking.dot4_rows  # (conv_lanes)
+        layout = partial(by_four, cg=self.cg, cg4=self.cg4) if dot4_layout else blocking.pack_rows
         self.kj = self.kw  # the direct kernel's steps along a filter row
         if self.direct and self.dot4:  # four taps of a row to an int
             self.kj = -(-self.kw // 4)
@@ -254,9 +245,9 @@ class Conv2d(Launcher, Tuned, ByteLink):
 
     def effective(self, n: int) -> dict[str, Any]:
         """The parameters this layer runs with at batch n (tuned or built-in)."""
-        kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
         if self.lanes:
             return {"algorithm": "lanes"}
+        kind = "direct" if self.direct else "implicit" if self.implicit else "im2col"
         out = {"algorithm": kind, "nv": self.panel_nv(n)}
         if self.implicit:
             out["spread"] = self.tuned(n).get("spread", SPREAD)
@@ -356,8 +347,7 @@ class Conv2d(Launcher, Tuned, ByteLink):
             self.pad(n, x, scratch)
             x = scratch
         if self.lanes:
-            lanes_conv(self, n, x, y, requant)
-            return
+            return lanes_conv(self, n, x, y, requant)
         cols = n * self.oh * self.ow
         nv = self.panel_nv(n)
         panels = -(-cols // (LANES * nv))

@@ -17,8 +17,8 @@ FEWEST_PIXELS = 9  # the default takes it from here: fewer sums a broadcast pays
 # pixel at a time, weighs more than the panel the implicit GEMM gathers (Fashion-MNIST's
 # conv2, K = 288, ran 1.4-1.7x slower; AlexNet's conv2-conv5 have K = 1600-3456).
 FEWEST_K = 1024
-# A work-item takes blocks of channels until it has this many vpdpbusd to run: PoCL
-# spends about a microsecond starting each (each is a work-group of its own).
+# A work-item takes blocks of channels until it has this many vpdpbusd to run, so that
+# starting it (on PoCL a work-group of its own) is paid over enough work.
 ITEM_DOTS = 8192
 
 
@@ -33,6 +33,18 @@ def lanes_fit(conv: Any) -> bool:
     a group, rows that split into runs of at least FEWEST_PIXELS, K of FEWEST_K on."""
     k = conv.kh * conv.kw * -(-conv.cg // 4) * 4
     return conv.mg % LANE_BLOCK == 0 and lane_pixels(conv.ow) >= FEWEST_PIXELS and k >= FEWEST_K
+
+
+def choose_lanes(conv: Any, asked: bool | None, eligible: bool) -> bool:
+    """Whether Conv2d `conv` runs here: as `asked` (None: where `lanes_fit`), if it is
+    `eligible` (int8's implicit GEMM on VNNI, not a store's nor grouped experts'), with
+    whole blocks of LANE_BLOCK output channels a group; else a ValueError if asked."""
+    if asked and not (eligible and conv.mg % LANE_BLOCK == 0):
+        raise ValueError(
+            "lanes needs an int8 implicit convolution on VNNI, not a store's or grouped "
+            f"experts', with whole {LANE_BLOCK}s of output channels a group"
+        )
+    return eligible and (lanes_fit(conv) if asked is None else asked)
 
 
 def lanes_kernel(conv: Any, out_pad: tuple[int, int] | None) -> Any:
@@ -62,7 +74,7 @@ def lanes_conv(conv: Any, n: int, x: Any, y: Any, requant: tuple[Any, ...] = ())
     """Enqueue Conv2d `conv` for n images from its padded input bytes x, group by
     group; `requant` (Conv2d.requantizer): write the next convolution's input bytes
     instead of floats."""
-    kernel = conv.kernels(0, requant[0] if requant else None)["lanes"]
+    kernel = conv.kernels(0, requant[0] if requant else None)["lanes"]  # no panel: nv 0
     # Bytes out: C is the consumer's pixels, ldc their channels (all groups').
     ldc, qout = (conv.m, requant[1:]) if requant else (n * conv.oh * conv.ow, ())
     pixels = lane_pixels(conv.ow)
