@@ -63,7 +63,7 @@ SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
     # rb: images per work-item; kb: bytes of k per block (int8 rows on VNNI).
     "linear": {
         "form": ("rows", "split", "tiled"),
-        "ro": (1, 2, 4, 8),
+        "ro": (1, 2, 4, 6, 8),
         "rb": (1, 2, 4, 8),
         "kb": (0, 512, 1024, 2048),
         "ls": (32, 64, 128, 256),

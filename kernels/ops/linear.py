@@ -19,9 +19,11 @@ I32 = np.int32
 
 SPLIT_ITEMS = 64  # work-items sharing one output row in linear_split (two NVIDIA warps)
 # VNNI rows: past X_IN_L1 bytes of X per work-item (half a 32 KB L1 data cache), k runs
-# in blocks of KB_BLOCK bytes (fc6 at batch 8: 1.3x; docs/benchmark-log.md).
+# in blocks of KB_BLOCK bytes over KB_ROWS rows (linear_dot4.h: three at a time; fc6 at
+# batch 8: 1.3x in blocks, then 1.1x in threes; docs/benchmark-log.md).
 X_IN_L1 = 16384
-KB_BLOCK = 1024
+KB_BLOCK = 512
+KB_ROWS = 6
 
 
 def choose_packing(
@@ -213,7 +215,7 @@ class Linear(Launcher, Tuned):
         big = rb * self.i > X_IN_L1
         kb = t.get("kb", KB_BLOCK if big else 0)
         if self.segments is None:  # RO * RB int16 sums and RB inputs in 32 registers
-            ro = t.get("ro", 8 if kb else 2)
+            ro = t.get("ro", KB_ROWS if kb else 2)
         return form, ro, rb, ls, kb
 
     def _shape(self, n: int, requant: bool, skip: bool) -> tuple[str, int, int, int]:
