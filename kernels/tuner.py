@@ -107,6 +107,10 @@ class Case:
     x: np.ndarray
     want: np.ndarray
     batch_axis: int = 0
+    # Where the network hands the layer's output on as the next layer's bytes (the
+    # integer pipeline): `requant(form)`, the candidate's `launch` argument for that
+    # (() where it cannot), so that it is timed writing what the network has it write.
+    requant: Callable[[Launcher], tuple[Any, ...]] | None = None
 
     @property
     def checked(self) -> int:
@@ -151,11 +155,16 @@ class Bench:
 
     def run(self, form: Launcher, check: bool = False) -> float:
         """One run's device time in ms (the sum of its launches' profiling events), on
-        `batch` images, or (`check`) on the checked ones."""
+        `batch` images as the network runs the layer, or (`check`) on the checked ones,
+        writing floats for the twin."""
         d = self.device
         n, x = (self.case.checked, self.x_check) if check else (self.case.batch, self.x)
+        requant = () if check or self.case.requant is None else self.case.requant(form)
         d.events.clear()
-        form(n, x, self.y, self.scratch)
+        if requant:  # bytes, fewer than the floats `y` holds
+            form.launch(n, x, self.y, self.scratch, requant=requant)
+        else:
+            form(n, x, self.y, self.scratch)
         d.finish()
         ms = sum(e.profile.end - e.profile.start for _, _, e in d.events) / 1e6
         d.events.clear()

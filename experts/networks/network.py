@@ -318,15 +318,28 @@ class Network(Runnable):
             j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
         }
 
-    def _requantizer(self, i: int, n: int, links: dict[int, int], pools: dict[int, int]) -> tuple:
+    def _requantizer(
+        self, i: int, n: int, links: dict[int, int], pools: dict[int, int], op: Any = None
+    ) -> tuple:
         """Step i's epilogue arguments for writing its consumer's input at batch n (none
-        where it is a consumer only)."""
+        where it is a consumer only); `op`: a launcher standing in for step i's (a
+        tuning candidate: none where it cannot write them)."""
         if i not in links:
             return ()
-        op, consumer = (ops.at_batch(self.steps[j].op, n) for j in (i, links[i]))
+        own, consumer = (ops.at_batch(self.steps[j].op, n) for j in (i, links[i]))
+        op = own if op is None else op
+        if op is not own and not (hasattr(op, "feeds") and op.feeds(consumer)):
+            return ()
         if type(op) is ops.Conv2d:
             return op.requantizer(consumer, pooled=any(i < j < links[i] for j in pools))
         return op.requantizer(consumer)
+
+    def requantizer_for(self, i: int, n: int, op: Any) -> tuple:
+        """What `op`, standing in for step i's launcher (a tuning candidate), passes as
+        `requant` at batch n where this network hands its consumer bytes (see
+        `requant_links`); () where it writes floats."""
+        links = self.requant_links(n)
+        return self._requantizer(i, n, links, self._byte_pools(links), op)
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
         check_k(None, k)

@@ -21,21 +21,21 @@ from kernels.tuning import bucket
 CHECK_IMAGES = 8  # images each candidate is checked on against the numpy twin
 
 
-def _layers(network: Runnable) -> Iterator[tuple[Any, Any, Tuned | None, str]]:
-    """Every layer with weights: (its part, its step, the launcher whose parameters are
-    tuning data (a PerBatch's first form), or None with the reason it keeps its
-    built-in kernels)."""
+def _layers(network: Runnable) -> Iterator[tuple[Any, int, Tuned | None, str]]:
+    """Every layer with weights: (its part, its step's index, the launcher whose
+    parameters are tuning data (a PerBatch's first form), or None with the reason it
+    keeps its built-in kernels)."""
     for part in network.parts():
-        for step in part.steps:
+        for i, step in enumerate(part.steps):
             op = step.op.forms[min(step.op.forms)] if isinstance(step.op, PerBatch) else step.op
             if op is None or not op.weight_count:
                 continue
             if not isinstance(op, Tuned):
-                yield part, step, None, "keeps its built-in kernels"
+                yield part, i, None, "keeps its built-in kernels"
             elif part.store is not None and part.store.serves(op.precision):
-                yield part, step, None, "a shared int16/int8 store keeps its built-in kernels"
+                yield part, i, None, "a shared int16/int8 store keeps its built-in kernels"
             else:
-                yield part, step, op, ""
+                yield part, i, op, ""
 
 
 def tuning_cases(
@@ -49,7 +49,8 @@ def tuning_cases(
     cases: list[Case] = []
     left_out: list[str] = []
     seen: set[tuple[Any, ...]] = set()
-    for part, step, op, why in _layers(network):
+    for part, index, op, why in _layers(network):
+        step = part.steps[index]
         label = part.full_name(step.name)
         if op is None:
             left_out.append(f"{label}: {why}")
@@ -91,6 +92,9 @@ def tuning_cases(
             ) -> Launcher:
                 return layer.launcher(replace(build, params=params), shape, w)
 
+            def requant(form: Launcher, part: Any = part, i: int = index, n: int = n) -> tuple:
+                return part.requantizer_for(i, n, form)
+
             cases.append(
                 Case(
                     op.op,
@@ -102,6 +106,7 @@ def tuning_cases(
                     np.ascontiguousarray(np.moveaxis(x, 0, axis)),
                     np.ascontiguousarray(np.moveaxis(want, 0, axis)),
                     axis,
+                    requant,
                 )
             )
     return cases, left_out

@@ -19,6 +19,7 @@ from experts.networks.build import build_network
 from experts.networks.calibrate import calibrate
 from experts.networks.network import Network
 from kernels.ops.launcher import PerBatch
+from kernels.runtime import Device
 from tests.kernels.helpers import skip_unless_dot4
 
 
@@ -126,6 +127,47 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3}
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
+
+
+def test_tuning_times_a_layer_writing_what_the_network_has_it_write(device, tiny_meta, sample):
+    """experts/networks/tune.py's cases: a layer that hands its consumer bytes is timed
+    launching with the consumer's requantiser (a candidate that cannot write them, as
+    floats), the last convolution and the fully connected layer writing floats; the
+    tuner's timings then take that path and still check against the twin in floats."""
+    from experts.networks.tune import tuning_cases
+    from kernels.tuner import Bench, tune
+
+    skip_unless_dot4(device, True)
+    conv = {"op": "conv", "kernel": 3, "padding": 1, "relu": True}
+    meta = dict(
+        tiny_meta,
+        layers=[
+            {"name": "conv1", **conv, "out_channels": 32, "stride": 2},
+            {"name": "conv2", **conv, "out_channels": 32},
+            {"name": "flat", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 3},
+        ],
+    )
+    net, _, (_, weights) = _int8_networks(device, meta, sample, seed=3)
+    cases, _ = tuning_cases(net, weights, [2])
+    by_label = {c.label.split()[0]: c for c in cases}
+    assert set(by_label) == {"conv1", "conv2", "fc"}
+    first = by_label["conv1"]
+    assert first.requant(first.build({})) and first.requant(first.build({"algorithm": "implicit"}))
+    assert first.requant(first.build({"algorithm": "im2col"})) == ()  # floats only
+    assert by_label["conv2"].requant(by_label["conv2"].build({})) == ()
+    profiling = Device(device.info.index, profile=True)
+    profiled, _, _ = _int8_networks(profiling, meta, sample, seed=3)
+    case = next(c for c in tuning_cases(profiled, weights, [2])[0] if c.label.startswith("conv1"))
+    bench = Bench(profiling, case)
+    form, calls = bench.launcher({}), []
+    launch = form.launch
+    form.launch = lambda *args, **kwargs: calls.append(kwargs) or launch(*args, **kwargs)
+    bench.run(form)
+    bench.run(form, check=True)
+    assert calls[0]["requant"] and not calls[1].get("requant")
+    out = tune(profiling, case, budget_s=0.3)
+    assert out.wrong == 0 and out.tried >= 3
 
 
 def test_int8_first_layer_reads_the_images_as_they_come(device, tiny_meta, sample):
