@@ -49,9 +49,9 @@ TILE = {
 SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
     # algorithm: Winograd F(4x4), conv_direct, the implicit GEMM, its int8 form with
     # channels in the lanes (conv_lanes), im2col + GEMM (the register-blocked CPU
-    # kernels), or the tiled GEMM (GPUs); nv: the CPU GEMMs'
-    # panel width (16 * nv columns); spread: work-items per compute unit the implicit
-    # GEMM aims for at small batch (it splits row blocks to get them).
+    # kernels), or the tiled GEMM (GPUs); nv: the CPU GEMMs' panel width (16 * nv
+    # columns); spread: work-items per compute unit the implicit GEMM aims for at small
+    # batch (it splits row blocks to get them).
     "conv": {
         "algorithm": ("winograd", "direct", "implicit", "lanes", "im2col", "tiled"),
         "nv": (1, 2, 3),

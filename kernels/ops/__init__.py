@@ -6,6 +6,7 @@ connected layers take and give [N][features].
 """
 
 from kernels.ops.conv import Conv2d
+from kernels.ops.conv_choice import conv2d
 from kernels.ops.dual import DualLinear, SkipStats
 from kernels.ops.elementwise import (
     Flatten,
@@ -21,7 +22,7 @@ from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
 from kernels.ops.store import PlaneStore
-from kernels.ops.winograd import WinogradConv2d, conv2d
+from kernels.ops.winograd import WinogradConv2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
