@@ -27,6 +27,16 @@ from kernels.precision import get_precision
 from kernels.runtime import Device
 
 
+# The integer pipeline's routes (Network.requant_links): producer, the steps between
+# (max pools of bytes, the flatten), consumer.
+BYTE_ROUTES = (
+    (ops.Linear, ops.Linear),
+    (ops.Conv2d, ops.Conv2d),
+    (ops.Conv2d, ops.Pool2d, ops.Conv2d),
+    (ops.Conv2d, ops.Pool2d, ops.Flatten, ops.Linear),
+)
+
+
 @dataclass
 class Step:
     name: str
@@ -269,6 +279,8 @@ class Network(Runnable):
                 op = ops.at_batch(step.op, n)
                 as_is = {"nchw": True} if i == first and nchw and reads else {}
                 with d.labelled(step.name):
+                    if type(op) is ops.Flatten and i in pools:
+                        continue  # the max pool before it wrote the bytes in its order
                     if i in pools:  # a max pool on the integer pipeline's bytes
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
                         op.launch_bytes(n, cur, spare, *consumer.input_bytes)
@@ -292,28 +304,31 @@ class Network(Runnable):
 
     def requant_links(self, n: int = 1) -> dict[int, int]:
         """Steps whose layer writes a later layer's quantised input itself at batch n,
-        producer -> consumer step index: int8 fully connected layers feeding int8 ones
-        (kernels/requant.py), int8 convolutions on VNNI feeding such convolutions
-        straight or through a max pool that pools their bytes (Conv2d.feeds). Steps
-        without an op between them (dropout) do not break a link."""
+        producer -> consumer step index, along one of BYTE_ROUTES where the producer
+        `feeds` the consumer and every max pool between takes bytes: int8 fully
+        connected layers into int8 ones (kernels/requant.py), int8 convolutions on VNNI
+        into such convolutions, straight or through a max pool, and the last one into
+        the first fully connected layer through its max pool (kernels/ops/conv_bytes.py).
+        Steps without an op between them (dropout) do not break a link."""
         if not self.integer_pipeline:
             return {}
         ran = [(i, ops.at_batch(s.op, n)) for i, s in enumerate(self.steps) if s.op is not None]
+        kinds = [type(op) for _, op in ran]
         links = {}
-        for t, (i, a) in enumerate(ran[:-1]):
-            if type(a) not in (ops.Linear, ops.Conv2d):
-                continue
-            j, b = ran[t + 1]
-            if a.feeds(b):
-                links[i] = j
-            elif type(b) is ops.Pool2d and b.takes_bytes and t + 2 < len(ran):
-                k, c = ran[t + 2]
-                if type(a) is ops.Conv2d and a.feeds(c):
-                    links[i] = k
+        for t, (i, a) in enumerate(ran):
+            for route in BYTE_ROUTES:
+                if tuple(kinds[t : t + len(route)]) != route:
+                    continue
+                between = [op for _, op in ran[t + 1 : t + len(route) - 1]]
+                j, b = ran[t + len(route) - 1]
+                if all(op.takes_bytes for op in between if type(op) is ops.Pool2d) and a.feeds(b):
+                    links[i] = j
+                    break
         return links
 
     def _byte_pools(self, links: dict[int, int]) -> dict[int, int]:
-        """The max pools inside links (on bytes): pool step -> the consumer's step."""
+        """The steps inside links -> the consumer's step: max pools on bytes, and the
+        flatten that a pool writing in its order leaves nothing to do."""
         return {
             j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
         }

@@ -72,19 +72,33 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
 // [N][H][W][C] (C a multiple of 8) -> the next convolution's input [N][OH + 2 * OPH]
 // [OW + 2 * OPW][C], its padding bytes included (kernels/ops/pool.py): `pad`, or
 // (GROUPED: a mixture's experts, expert x owning images [seg[x], seg[x + 1])) pad[x].
+// FLAT: a fully connected layer's input instead, [N][C][OH][OW] (PyTorch's flatten
+// order, no padding), so the flatten between them has nothing left to do.
 // Quantising is monotonic, so the largest byte is the byte of the largest float: the
 // bytes pooling the floats and padding them would give. A work-item takes R rows of
 // the padded output and 16 channels (a vector; the last 8: half one); windows are
 // clipped at the edges, as pool2d's.
-#if GROUPED
+#if FLAT
+#define PAD_ARGS
+#elif GROUPED
 // precision.h has expert_of: which expert an image belongs to.
 #include "precision.h"
-#define PAD_ARGS __global const int *restrict pad, __global const int *restrict seg, \
+#define PAD_ARGS , __global const int *restrict pad, __global const int *restrict seg, \
     const int experts
 #define PAD_OF(b) pad[expert_of((b), seg, experts)]
 #else
-#define PAD_ARGS const int pad
+#define PAD_ARGS , const int pad
 #define PAD_OF(b) pad
+#endif
+#if FLAT  // lane l of a pixel's vector -> channel c0 + l's plane
+#define PUT(V, STORE, m, ox) \
+    { \
+        uchar u[16]; \
+        STORE(m, 0, u); \
+        for (int l = 0; l < (int)sizeof(V); ++l) dst[(size_t)l * OH * OW + (ox)] = u[l]; \
+    }
+#else
+#define PUT(V, STORE, m, ox) STORE(m, 0, dst + (size_t)(OPW + (ox)) * C);
 #endif
 #define POOL_PIXELS(V, LOAD, STORE) \
     for (int ox = 0; ox < OW; ++ox) { \
@@ -92,15 +106,18 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
         V m = (V)(0);  /* bytes are >= 0, and every window holds one */ \
         for (int iy = ys; iy < ye; ++iy) \
             for (int ix = xs; ix < xe; ++ix) m = max(m, LOAD(0, src + ((size_t)iy * W + ix) * C)); \
-        STORE(m, 0, dst + (size_t)(OPW + ox) * C); \
+        PUT(V, STORE, m, ox) \
     }
 __kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *restrict y,
-                           const int C, const int N, const int R, PAD_ARGS)
+                           const int C, const int N, const int R PAD_ARGS)
 {
     const int c0 = get_global_id(1) * 16, r0 = get_global_id(0) * R, narrow = C - c0 < 16;
     const int HP = OH + 2 * OPH, WP = OW + 2 * OPW;
     for (int row = r0; row < min(r0 + R, N * HP); ++row) {  // row = b * HP + OPH + oy
         const int b = row / HP, oy = row % HP - OPH;
+#if FLAT
+        __global uchar *dst = y + ((size_t)b * C + c0) * OH * OW + oy * OW;
+#else
         const uchar16 fill = (uchar16)((uchar)PAD_OF(b));
         __global uchar *dst = y + (size_t)row * WP * C + c0;
         for (int i = 0; i < WP; ++i) {
@@ -109,6 +126,7 @@ __kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *res
             else vstore16(fill, 0, dst + i * C);
         }
         if (oy < 0 || oy >= OH) continue;
+#endif
         const int y0 = oy * SH - PH, ys = max(y0, 0), ye = min(y0 + KH, H);
         __global const uchar *src = x + (size_t)b * H * W * C + c0;
         if (narrow) POOL_PIXELS(uchar8, vload8, vstore8)

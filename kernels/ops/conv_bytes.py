@@ -1,6 +1,7 @@
 """The integer pipeline of convolutions: an int8 convolution on VNNI (DOT4) writes the
 next one's input bytes itself, padded as that one reads them (gemm.cl's BYTES_OUT),
-and a max pool between them pools the bytes (Pool2d.launch_bytes). Conv2d's part of
+and a max pool between them pools the bytes (Pool2d.launch_bytes); the last one's
+bytes go through its max pool to the first fully connected layer. Conv2d's part of
 it, as a mixin; Network.requant_links decides where it applies."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from kernels.ops.linear import Linear
 
 
 class ByteLink:
@@ -28,21 +31,21 @@ class ByteLink:
     _pad_bytes: Any = None
 
     def feeds(self, consumer: Any) -> bool:
-        """Whether this layer can write `consumer`'s input bytes itself, straight or
-        through a max pool: DOT4 into the implicit GEMM's DOT4, grouped alike (a mixture's
-        experts: each expert's images quantised with its own parameters), whole eights
-        of output channels (one store a column), whole fours of channels in the
-        consumer's groups (its pixels hold just its channels, as pad2d_channels's do)."""
-        return (
-            isinstance(consumer, ByteLink)
-            and consumer.implicit
-            and self.dot4
-            and consumer.dot4
-            and self.segments is consumer.segments
-            and self.mg % 8 == 0
-            and consumer.cg % 4 == 0
-            and consumer.c == self.m
-        )
+        """Whether this layer can write `consumer`'s input bytes itself: a convolution's
+        straight or through a max pool, DOT4 into the implicit GEMM's DOT4, whole fours
+        of channels in the consumer's groups (its pixels hold just its channels, as
+        pad2d_channels's do); a fully connected layer's on VNNI (DOT4 rows) through a max
+        pool, which writes them in the flatten's order. Either way grouped alike (a
+        mixture's experts: each expert's images quantised with its own parameters), and
+        whole eights of output channels (one store a column)."""
+        if type(consumer) is Linear:
+            fits = consumer.dot4
+        elif isinstance(consumer, ByteLink):
+            fits = consumer.implicit and consumer.dot4 and consumer.cg % 4 == 0
+            fits = fits and consumer.c == self.m
+        else:
+            return False
+        return fits and self.dot4 and self.segments is consumer.segments and self.mg % 8 == 0
 
     @property
     def input_bytes(self) -> tuple[tuple[int, int], tuple[Any, ...]]:

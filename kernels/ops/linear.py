@@ -265,6 +265,12 @@ class Linear(Launcher, Tuned):
             and consumer.i == self.o
         )
 
+    @property
+    def input_bytes(self) -> tuple[None, tuple[()]]:
+        """This layer's input as the integer pipeline writes it after a convolution (a
+        max pool of its bytes, Pool2d.launch_bytes): unpadded, in the flatten's order."""
+        return None, ()
+
     def requantizer(self, consumer: Linear) -> tuple[Any, ...]:
         """(form, device buffers) of the epilogue that writes `consumer`'s input: form 1
         bytes q + 128 (a consumer on VNNI), 2 floats q - zero; made once per consumer."""

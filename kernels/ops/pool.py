@@ -81,19 +81,21 @@ class Pool2d(Launcher):
         )
 
     def launch_bytes(
-        self, n: int, x: Any, y: Any, padding: tuple[int, int], pad: tuple[Any, ...]
+        self, n: int, x: Any, y: Any, padding: tuple[int, int] | None, pad: tuple[Any, ...]
     ) -> None:
         """Max pooling in the integer pipeline (pool.cl's pool2d_bytes): x holds a DOT4
-        convolution's output bytes [N][H][W][C]; y gets the next convolution's input,
-        padded by `padding` with the byte `pad` (Conv2d.input_bytes: one value, or
-        grouped experts' device table with the segment table and their count)."""
-        grouped = len(pad) > 1
+        convolution's output bytes [N][H][W][C]; y gets the next layer's input as its
+        `input_bytes` say: a convolution's [N][OH][OW][C], padded by `padding` with the
+        byte `pad` (one value, or grouped experts' device table with the segment table
+        and their count), or (`padding` None) a fully connected layer's [N][C*OH*OW]."""
+        flat, grouped = padding is None, len(pad) > 1
         kernel = self._bytes.get((padding, grouped))
         if kernel is None:
-            defines = {**self.geometry, "BYTES": 1, "OPH": padding[0], "OPW": padding[1]}
+            oph, opw = (0, 0) if flat else padding
+            defines = {**self.geometry, "BYTES": 1, "OPH": oph, "OPW": opw, "FLAT": flat}
             kernel = self.device.kernel("pool.cl", "pool2d_bytes", {**defines, "GROUPED": grouped})
             self._bytes[(padding, grouped)] = kernel
-        rows, blocks = n * (self.oh + 2 * padding[0]), -(-self.c // 16)
+        rows, blocks = n * (self.oh + (0 if flat else 2 * padding[0])), -(-self.c // 16)
         each = max(1, rows * blocks // ITEMS)
         grid = (-(-rows // each), blocks)
         self.device.launch(

@@ -105,10 +105,13 @@ def test_a_convolution_writes_the_next_ones_input_bytes(device, rng, case, n):
 
 
 POOLS = [
-    # (c, h, w, kernel, stride, padding, ceil_mode), the consumer's padding
+    # (c, h, w, kernel, stride, padding, ceil_mode), the consumer's padding (None: a
+    # fully connected layer's, [N][C*OH*OW])
     (16, 13, 11, 3, 2, (0, 0), False, (2, 1)),
     (32, 9, 10, 3, 2, (1, 1), True, (1, 1)),  # pool padding, and a ceil-mode overhang
     (40, 5, 5, 2, 2, (0, 0), True, (0, 0)),  # 40 channels: two vectors and a half
+    (40, 13, 11, 3, 2, (0, 0), False, None),
+    (24, 9, 10, 3, 2, (1, 1), True, None),  # a vector and a half; padding, overhang
 ]
 
 
@@ -116,17 +119,23 @@ POOLS = [
 @pytest.mark.parametrize("case", POOLS)
 def test_max_pool_on_bytes(device, rng, case, n):
     """pool2d_bytes against its twin: the max of the bytes, padded for the consumer
-    (the padding byte is an argument: here 77)."""
+    (the padding byte is an argument: here 77), or in the flatten's order."""
     c, h, w, k, s, p, ceil, padding = case
     pool = ops.Pool2d(device, (c, h, w), "max", (k, k), (s, s), p, ceil)
     assert pool.takes_bytes
     x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
     _, oh, ow = pool.out_shape
+    pooled = ref.maxpool2d(x.transpose(0, 3, 1, 2).astype(np.float32), k, s, p, ceil)
+    if padding is None:
+        y = device.alloc(n * c * oh * ow)
+        pool.launch_bytes(n, device.upload(x), y, None, ())
+        got = device.read(y, (n, c * oh * ow), np.uint8)
+        np.testing.assert_array_equal(got, pooled.reshape(n, -1).astype(np.uint8))
+        return
     hp, wp = oh + 2 * padding[0], ow + 2 * padding[1]
     y = device.alloc(n * hp * wp * c)
     pool.launch_bytes(n, device.upload(x), y, padding, (np.int32(77),))
     got = device.read(y, (n, hp, wp, c), np.uint8)
-    pooled = ref.maxpool2d(x.transpose(0, 3, 1, 2).astype(np.float32), k, s, p, ceil)
     want = np.pad(
         pooled, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=77
     )
@@ -168,6 +177,44 @@ def test_grouped_experts_write_the_next_layers_bytes(device, rng, pooled):
         qinv, qzero = qp[expert_of[r]]
         want = _twin_bytes(floats[r : r + 1], qinv, qzero, (1, 1))
         np.testing.assert_array_equal(got[r : r + 1], want)
+
+
+@pytest.mark.parametrize("path,counts", [("implicit", None), ("lanes", None), ("implicit", [2, 0, 3])])
+def test_a_convolution_writes_a_fully_connected_layers_input_bytes(device, rng, path, counts):
+    """The last convolution into the first fully connected layer, through its max pool
+    (Network.requant_links): the convolution writes bytes quantised with the layer's
+    input parameters (grouped: each image's expert's), the pool writes them in the
+    flatten's order, and the layer on them, without its quantising pass, gives what it
+    gives on the floats pooled and flattened, bit for bit."""
+    skip_unless_dot4(device, True)
+    c, h, w, m, o = 16, 13, 13, 32, 20
+    pool = ops.Pool2d(device, (m, h, w), "max", (3, 3), (2, 2))
+    features = m * int(np.prod(pool.out_shape[1:]))
+    if counts is None:
+        a, n, e, seg = _conv(device, rng, c, (h, w), m, 3, 1, (1, 1), path=path), 3, 1, None
+        assert a.lanes == (path == "lanes")
+        ranges = (0.0, 7.0)
+    else:
+        seg, _ = segment_table(device, counts)
+        n, e = sum(counts), len(counts)
+        wa = rng.standard_normal((e, m, c, 3, 3), np.float32)
+        a = ops.Conv2d(device, (c, h, w), wa, None, padding=(1, 1), relu=True, precision=INT8,
+                       input_range=[(-2.5, 3.0)] * e, segments=seg)  # fmt: skip
+        ranges = [(0.0, 7.0), (0.0, 2.0), (0.0, 11.0)]
+    wf = rng.standard_normal((o, features) if seg is None else (e, o, features), np.float32)
+    fc = ops.Linear(device, wf, None, True, INT8, ranges, segments=seg)
+    assert a.feeds(fc) and fc.dot4
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    flat = ref.maxpool2d(run4d(device, a, x, a.scratch_bytes(n)), 3, 2).reshape(n, -1)
+    want = device.alloc(4 * n * o)
+    fc.launch(n, device.upload(flat), want, device.alloc(fc.scratch_bytes(n)))
+    y, pooled = device.alloc(n * h * w * m), device.alloc(n * features)
+    a.launch(n, device.upload(to_cnhw(x)), y, device.alloc(a.scratch_bytes(n)),
+             requant=a.requantizer(fc, pooled=True))  # fmt: skip
+    pool.launch_bytes(n, y, pooled, *fc.input_bytes)
+    got = device.alloc(4 * n * o)
+    fc.launch(n, pooled, got, None, quantised_input=True)
+    np.testing.assert_array_equal(device.read(got, (n, o)), device.read(want, (n, o)))
 
 
 def test_what_the_integer_pipeline_takes(device, rng):

@@ -94,9 +94,10 @@ def _int8_networks(device, meta: dict, sample: np.ndarray, seed: int) -> tuple:
 
 def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, sample):
     """The integer pipeline of convolutions (Conv2d.feeds): on VNNI conv1 writes the
-    bytes that pool1 pools and conv2 reads, and conv2 writes conv3's; the scores are the
-    float hand-offs' bit for bit (the same bytes: quantising is monotonic, so it
-    commutes with the max)."""
+    bytes that pool1 pools and conv2 reads, conv2 writes conv3's, and conv3 the fully
+    connected layer's through pool3 (in the flatten's order: the flatten does not run);
+    the scores are the float hand-offs' bit for bit (the same bytes: quantising is
+    monotonic, so it commutes with the max)."""
     skip_unless_dot4(device, True)
     conv = {"op": "conv", "kernel": 3, "padding": 1, "relu": True}
     pool = {"op": "maxpool", "kernel": 2, "stride": 2}
@@ -115,7 +116,9 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     )
     net, floats, (layers, weights) = _int8_networks(device, meta, sample, seed=2)
     names = {net.steps[i].name: net.steps[j].name for i, j in net.requant_links().items()}
-    assert names == {"conv1": "conv2", "conv2": "conv3"}
+    assert names == {"conv1": "conv2", "conv2": "conv3", "conv3": "fc"}
+    ran = [item[0].function_name for item in net.plan(len(sample)).tape.items]
+    assert ran[0] == "swap_outer" and ran[-2:] == ["pool2d_bytes", "linear"]  # input, pool3, fc
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
     # A layer built per batch size (the tuner's winners differ) links as its form does.
@@ -124,7 +127,7 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     narrow = layers[2].launcher(build, step.in_shape, weights)
     net.steps[2] = replace(step, op=PerBatch({1: step.op, 8: narrow}))
     net._plans.clear()
-    assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3}
+    assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3, 3: 6}
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
 
