@@ -26,7 +26,6 @@ from kernels import ops
 from kernels.precision import get_precision
 from kernels.runtime import Device
 
-
 # The integer pipeline's routes (Network.requant_links): producer, the steps between
 # (max pools of bytes, the flatten), consumer.
 BYTE_ROUTES = (

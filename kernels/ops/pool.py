@@ -92,14 +92,14 @@ class Pool2d(Launcher):
         kernel = self._bytes.get((padding, grouped))
         if kernel is None:
             oph, opw = (0, 0) if flat else padding
-            defines = {**self.geometry, "BYTES": 1, "OPH": oph, "OPW": opw, "FLAT": flat}
-            kernel = self.device.kernel("pool.cl", "pool2d_bytes", {**defines, "GROUPED": grouped})
+            defines = {**self.geometry, "C": self.c, "BYTES": 1, "OPH": oph, "OPW": opw}
+            defines.update(FLAT=flat, GROUPED=grouped)
+            kernel = self.device.kernel("pool.cl", "pool2d_bytes", defines)
             self._bytes[(padding, grouped)] = kernel
-        rows, blocks = n * (self.oh + (0 if flat else 2 * padding[0])), -(-self.c // 16)
-        each = max(1, rows * blocks // ITEMS)
-        grid = (-(-rows // each), blocks)
+        rows = n * (self.oh + (0 if flat else 2 * padding[0]))
+        each = max(1, rows // ITEMS)
         self.device.launch(
-            kernel, grid, self.device.each_alone(2), x, y, I32(self.c), I32(n), I32(each), *pad
+            kernel, (-(-rows // each),), self.device.each_alone(1), x, y, I32(n), I32(each), *pad
         )
 
 

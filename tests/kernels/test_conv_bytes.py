@@ -179,7 +179,9 @@ def test_grouped_experts_write_the_next_layers_bytes(device, rng, pooled):
         np.testing.assert_array_equal(got[r : r + 1], want)
 
 
-@pytest.mark.parametrize("path,counts", [("implicit", None), ("lanes", None), ("implicit", [2, 0, 3])])
+@pytest.mark.parametrize(
+    "path,counts", [("implicit", None), ("lanes", None), ("implicit", [2, 0, 3])]
+)
 def test_a_convolution_writes_a_fully_connected_layers_input_bytes(device, rng, path, counts):
     """The last convolution into the first fully connected layer, through its max pool
     (Network.requant_links): the convolution writes bytes quantised with the layer's
