@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
+from kernels import probes
 from kernels.blocking import DEFINES as BLOCKING
 from kernels.devices import DeviceError, KernelError, describe_cl_error, host_cpu_flags, select
 from kernels.hugepages import MIN_BYTES, huge_page_copy
@@ -27,16 +28,6 @@ from kernels.tuning import load as load_tuning
 # Flags that matter for speed on PoCL: without -cl-mad-enable it emits separate
 # multiplies and adds; -cl-fast-relaxed-math lets it contract and vectorise freely.
 BUILD_OPTIONS = ("-cl-mad-enable", "-cl-fast-relaxed-math", "-cl-std=CL1.2")
-
-
-# One vpdpbusd (16 int lanes, each += four unsigned x signed byte products), called
-# as gemm.cl's DOT4 calls it: from a function compiled for the feature.
-DOT4_PROBE = """
-__attribute__((target("avx512vnni")))
-int16 dot4(int16 u, int16 s) { return __builtin_ia32_vpdpbusd512((int16)(0), u, s); }
-__kernel void probe(__global const int16 *u, __global const int16 *s, __global int16 *out)
-{ out[0] = dot4(u[0], s[0]); }
-"""
 
 
 def read_source(name: str) -> str:
@@ -165,23 +156,21 @@ class Device:
         """Whether int8 convolutions and fully connected layers may run on AVX-512
         VNNI's byte dot products (DOT4 in gemm.cl and linear.cl): a PoCL CPU device on a
         host whose CPU has them, where a probe kernel calling the instruction builds and
-        computes one dot product right. `MOE_INT8_DOT4=0` turns it off (the float-lane
-        int8 path, same results)."""
+        computes one dot product right (kernels/probes.py). `MOE_INT8_DOT4=0` turns it
+        off (the float-lane int8 path, same results)."""
         if os.environ.get("MOE_INT8_DOT4", "1") == "0" or not self.is_cpu:
             return False
         if not self.info.is_pocl or not {"avx512_vnni", "avx512bw"} <= host_cpu_flags():
             return False
-        u = np.arange(64, dtype=np.uint8) * 4  # 0 .. 252
-        s = (np.arange(64) % 7 - 3).astype(np.int8)
-        want = (u.astype(np.int32) * s).reshape(16, 4).sum(axis=1)
-        try:
-            out = self.alloc(64)
-            kernel = cl.Program(self.context, DOT4_PROBE).build().probe
-            kernel(self.queue, (1,), (1,), self.upload(u), self.upload(s), out)
-            got = self.read(out, (16,), np.int32)
-        except cl.Error:
-            return False
-        return bool(np.array_equal(got, want))
+        return probes.vnni_works(self)
+
+    @cached_property
+    def dp4a(self) -> bool:
+        """Whether int8's tiled GEMM (tiled.cl) may add four byte products a step with
+        PTX's dp4a: an NVIDIA device whose OpenCL compiler builds the inline assembly
+        and computes one dot product right with it (kernels/probes.py); else portable
+        C, the same sums."""
+        return "nvidia" in self.info.platform.lower() and probes.dp4a_works(self)
 
     @cached_property
     def _group_limits(self) -> tuple[int, int]:

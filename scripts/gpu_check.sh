@@ -11,8 +11,10 @@
 #   tunes alexnet-moe and the shipped models (fashion-alexnet, fashion-moe) at fp32 and
 #   fp16, batch 1 and 8, into the same database, and benches them tuned.
 #                 bash scripts/gpu_check.sh OUT TUNE_BUDGET_S precisions
-#   the precision issue's figures: alexnet at fp32, fp16 and int8, alexnet-moe (k=1)
-#   beside alexnet, and fashion-moe beside fashion-alexnet, at batch 64 and 256.
+#   the precision issue's figures: alexnet's fp16 and int8 tuned at batch 64 and 256
+#   (int8's tiled GEMM with dp4a is a candidate, not a default), then alexnet at fp32,
+#   fp16 and int8, alexnet-moe (k=1) beside alexnet, and fashion-moe beside
+#   fashion-alexnet, at batch 64 and 256.
 #
 # OUT receives log.txt, tune.json, bench-untuned.json, bench-tuned.json, torch.json and
 # tuning/<device>.json (the database to commit under kernels/tuned/).
@@ -59,6 +61,8 @@ data=()  # real test images where the machine has them (a mixture's routing)
 
 if [ "${3:-}" = "precisions" ]; then
     {
+        time cli tune --model alexnet --random-weights --precision fp16,int8 --batch 64,256 \
+            --budget "$budget" --json >"$out/tune-precisions.json"
         cli bench --model alexnet --random-weights --precision fp32,fp16,int8 --batch 64,256 \
             --iterations 10 --rounds 3 --json >"$out/bench-precisions.json"
         cli bench --model alexnet,alexnet-moe --random-weights --k 1 --batch 64,256 \

@@ -85,7 +85,18 @@ def conv2d(
             )
         if algorithm == "tiled":
             return TiledConv2d(
-                device, in_shape, weight, bias, stride, padding, groups, relu, precision, params
+                device,
+                in_shape,
+                weight,
+                bias,
+                stride,
+                padding,
+                groups,
+                relu,
+                precision,
+                params,
+                input_range,
+                weight_scale,
             )
         direct, implicit, lanes = PATHS.get(algorithm, (False, False, None))  # im2col: none
         return Conv2d(

@@ -9,7 +9,7 @@ import numpy as np
 from kernels import bitgroups
 from kernels.ops.launcher import Launcher, Tuned, quantize_args
 from kernels.ops.store import PlaneStore, upload_weights
-from kernels.ops.tiled import TiledGemm, linear_args
+from kernels.ops.tiled import TiledGemm, byte_rows, linear_args
 from kernels.precision import FP32, Precision, Prepared
 from kernels.requant import requant_params
 from kernels.runtime import Device
@@ -173,15 +173,17 @@ class Linear(Launcher, Tuned):
             raise ValueError("dot4 needs int8 rows of 4n bytes, unsplit, on a device with VNNI")
         self.dot4 = byte_dot and (device.dot4 if dot4 is None else dot4)
         self.defines = {**precision.defines, "DOT4": self.dot4, "GROUPED": segments is not None}
-        if self.dot4:
-            self.corr = device.upload(prepared.byte_offset_correction())
         if precision.quantized:
             self.quantize = device.kernel("linear.cl", "quantize_input", self.defines)
         # by (split, RO, RB, LS, KB, little module's rank, REQUANT form)
         self._kernels: dict[tuple[Any, ...], Any] = {}
-        # The tiled GEMM (GPUs at large batch): plain float rows only.
-        plain = not precision.quantized and packed is None and segments is None
+        # The tiled GEMM (GPUs at large batch): float rows, or int8 rows read as ints
+        # (whole fours of bytes; not a store's planes), which quantises as it stages x.
+        int8 = byte_rows(precision) and self.i % 4 == 0 and not high_plane
+        plain = (int8 or not precision.quantized) and packed is None and segments is None
         self.tiled = TiledGemm(device, precision, conv=False, relu=relu) if plain else None
+        if self.dot4 or (plain and int8):  # inputs as bytes q + 128
+            self.corr = device.upload(prepared.byte_offset_correction())
         self.tuned_init(f"{self.o}x{self.i}" + ("" if segments is None else f"/e{experts}"), params)
 
     @property
@@ -202,8 +204,9 @@ class Linear(Launcher, Tuned):
         """(form, RO, RB, LS, KB): "rows" (linear), "split" (linear_split) or "tiled"
         (tiled.cl), rows and images per work-item (per work-group when split),
         work-items per work-group when split, bytes of k per block (VNNI rows; 0: no
-        blocks). `requant`, `skip`: the launch writes the next layer's quantised input,
-        or runs a little module."""
+        blocks). `requant`, `skip`: the launch is on the integer pipeline (writes the
+        next layer's quantised input, or reads its own from the layer before), or runs
+        a little module."""
         form, ro, rb, ls = self._shape(n, requant, skip)
         t = self.tuned(n)
         if not self.dot4:
@@ -223,7 +226,7 @@ class Linear(Launcher, Tuned):
         t = self.tuned(n)
         asked = form = t.get("form", "split" if self.split else "rows")
         if self.packed is not None or self.dot4 or requant:
-            form = "rows"  # the only form of packed rows, VNNI and the requantiser
+            form = "rows"  # the only form of packed rows, VNNI and the integer pipeline
         if form == "tiled" and (skip or self.tiled is None):
             form = "split" if self.split else "rows"
         if form != asked and self.params is not None:  # the tuner's candidate: refused
@@ -241,7 +244,8 @@ class Linear(Launcher, Tuned):
 
     def _tiled(self, n: int, x: Any, y: Any) -> None:
         """y [n][O] = x [n][I] W^T + b as the tiled GEMM (M = O rows, P = n images)."""
-        args = (self.w, x, self.b, y, *linear_args(self.o))
+        quant = (self.scale, self.corr, *self.qargs) if self.tiled.int8 else ()
+        args = (self.w, x, self.b, y, *linear_args(self.o), *quant)
         self.tiled(self.tuned(n), self.o, n, self.i, *args)
 
     def scratch_bytes(self, n: int) -> int:
@@ -304,7 +308,7 @@ class Linear(Launcher, Tuned):
             raise ValueError("skipping rows needs the layer's ReLU")
         if skip and requant:
             raise ValueError("a layer with a little module writes floats")
-        kind, ro, rb, ls, kb = self._tile(n, bool(requant), bool(skip))
+        kind, ro, rb, ls, kb = self._tile(n, bool(requant) or quantised_input, bool(skip))
         if kind == "tiled":
             self._tiled(n, x, y)
             return

@@ -1,7 +1,8 @@
 """The tiled GEMM family (kernels/cl/tiled.cl): both operands staged in local memory,
 a register block per work-item, every tile size a tuning parameter. The form GPUs
 need (the register-blocked CPU kernels leave a GPU's local memory unused); on PoCL's
-CPU device it runs, tested, and the tuner finds it slower."""
+CPU device it runs, tested, and the tuner finds it slower. Floating-point precisions
+and int8, whose steps add four byte products into int sums (dp4a on NVIDIA)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from kernels.geometry import conv_out
 from kernels.ops.launcher import Launcher, Tuned
-from kernels.precision import FP32, Precision
+from kernels.precision import FP32, Precision, Prepared
 from kernels.runtime import Device
 from kernels.tuning import conv_shape
 
@@ -38,12 +39,15 @@ class TiledGemm:
     checked against the device's limits before it is built."""
 
     def __init__(self, device: Device, precision: Precision, conv: bool, relu: bool) -> None:
-        if precision.quantized:
+        if precision.quantized and not byte_rows(precision):
             raise ValueError(
-                f"the tiled GEMM runs floating-point precisions only, not {precision.name}"
+                f"the tiled GEMM runs floating-point precisions and int8, not {precision.name}"
             )
         self.device, self.conv = device, conv
+        self.int8 = precision.quantized
         self.defines = {**precision.defines, "CONV": conv, "RELU": relu}
+        if self.int8:
+            self.defines["DP4A_PTX"] = device.dp4a
         self._kernels: dict[tuple[int, ...], Any] = {}
 
     def tile(self, params: dict[str, Any]) -> dict[str, int]:
@@ -54,8 +58,8 @@ class TiledGemm:
             raise ValueError(f"tile {t}: mwg must be a multiple of mdimc, nwg of ndimc")
         if any(t["kwg"] % t[v] for v in ("vwm", "vwn", "kwi")):
             raise ValueError(f"tile {t}: vwm, vwn and kwi must divide kwg")
-        if self.conv and t["vwn"] != 1:
-            raise ValueError(f"tile {t}: a convolution gathers B tap by tap (vwn 1)")
+        if (self.conv or self.int8) and t["vwn"] != 1:
+            raise ValueError(f"tile {t}: convolutions and int8 quantise B as they stage it (vwn 1)")
         d = self.device.cl_device
         if t["mdimc"] * t["ndimc"] > d.max_work_group_size:
             raise ValueError(
@@ -69,7 +73,8 @@ class TiledGemm:
         return t
 
     def __call__(self, params: dict[str, Any], m: int, p: int, k: int, *args: Any) -> None:
-        """C[m][p] = A[m][k] B[k][p]: `args` are tiled.cl's from A on."""
+        """C[m][p] = A[m][k] B[k][p]: `args` are tiled.cl's from A on (int8: through
+        qzero; `int8_args`)."""
         t = self.tile(params)
         key = tuple(t.values())
         kernel = self._kernels.get(key)
@@ -81,10 +86,38 @@ class TiledGemm:
         self.device.launch(kernel, groups, (t["mdimc"], t["ndimc"]), I32(m), I32(p), I32(k), *args)
 
 
+def byte_rows(precision: Precision) -> bool:
+    """Whether the tiled GEMM's int8 form takes `precision`'s weights: one signed byte
+    each (int8's, and int8g's plain integers), read four at a time as ints."""
+    return precision.quantized and precision.bits == 8
+
+
+def int8_rows(q: np.ndarray) -> np.ndarray:
+    """[M][K] int8 rows -> [M][ceil(K / 4)] ints of four weights each (little-endian:
+    the first k lowest, as tiled.cl's dot4 pairs them), zero weights padding the row."""
+    m, k = q.shape
+    padded = np.zeros((m, -(-k // 4) * 4), np.int8)
+    padded[:, :k] = q
+    return padded.view(np.int32)
+
+
+def int8_args(device: Device, prepared: Prepared) -> tuple[Any, ...]:
+    """The tiled GEMM's int8 arguments after qzero's place: each row's scale and its
+    correction for inputs held as bytes q + 128, and the input's qinv and qzero."""
+    corr = prepared.byte_offset_correction()
+    return (
+        device.upload(prepared.scale),
+        device.upload(corr.astype(np.int32)),
+        np.float32(prepared.qinv),
+        np.float32(prepared.qzero),
+    )
+
+
 class TiledConv2d(Launcher, Tuned):
     """Convolution as the tiled implicit GEMM, on [C][N][H][W] activations, bias and
-    ReLU fused; ungrouped, floating-point precisions. `params`: the tile (the tuner's
-    candidate) instead of the device's tuning."""
+    ReLU fused; ungrouped, floating-point precisions and int8 (which needs the
+    calibrated `input_range`; `weight_scale`: `weight` holds its integers already).
+    `params`: the tile (the tuner's candidate) instead of the device's tuning."""
 
     op = "conv"
 
@@ -100,6 +133,8 @@ class TiledConv2d(Launcher, Tuned):
         relu: bool = False,
         precision: Precision = FP32,
         params: dict[str, Any] | None = None,
+        input_range: tuple[float, float] | None = None,
+        weight_scale: np.ndarray | None = None,
     ) -> None:
         if groups != 1:
             raise ValueError("the tiled convolution takes ungrouped layers")
@@ -111,12 +146,21 @@ class TiledConv2d(Launcher, Tuned):
         self.stride, self.padding = stride, padding
         self.oh = conv_out(self.h, self.kh, stride[0], padding[0])
         self.ow = conv_out(self.w, self.kw, stride[1], padding[1])
-        rows = precision.store(precision.prepare(weight.reshape(self.m, -1)).weights)
+        prepared = precision.prepare(
+            weight.reshape(self.m, -1), input_range, "conv", scale=weight_scale
+        )
+        if self.gemm.int8:
+            rows = int8_rows(prepared.weights)
+            self.quant = int8_args(device, prepared)
+        else:
+            rows, self.quant = precision.store(prepared.weights), ()
         self.a = device.upload(rows)
         bias = np.zeros(self.m, np.float32) if bias is None else bias.astype(np.float32)
         self.bias = device.upload(bias)
-        self.weight_bytes, self.weight_count = rows.nbytes + bias.nbytes, weight.size
-        self.bits_per_weight = 8 * rows.itemsize
+        quant_bytes = sum(b.size for b in self.quant[:2])  # int8: scales and corrections
+        self.weight_bytes = rows.nbytes + bias.nbytes + quant_bytes
+        self.weight_count = weight.size
+        self.bits_per_weight = 8 * prepared.weights.itemsize
         self.tuned_init(conv_shape(in_shape, weight.shape, stride, padding, groups), params)
         self.gemm.tile(self.tuned(1))  # a tile this device cannot run fails at build time
 
@@ -143,6 +187,7 @@ class TiledConv2d(Launcher, Tuned):
             I32(cols),
             I32(1),
             *(I32(v) for v in geometry),
+            *self.quant,
         )
 
 
