@@ -12,10 +12,14 @@ from kernels.blocking import LANE_BLOCK
 
 I32 = np.int32
 MOST_PIXELS = 14  # 2 x 14 int16 sums, two weight vectors and a broadcast: 31 registers
-FEWEST_PIXELS = 9  # the default takes it from here: fewer sums a broadcast pays less
+# The default takes it from runs of this many pixels on: fewer sums a broadcast pay
+# less (Fashion-MNIST's 6 x 6 conv3-conv5 at batch 1: 1.25-1.32x the implicit GEMM,
+# which gathers 48 columns for 36 pixels; at batch 8 even).
+FEWEST_PIXELS = 6
 # ... and from this K (taps x channels) on: below it the epilogue, sixteen channels of a
 # pixel at a time, weighs more than the panel the implicit GEMM gathers (Fashion-MNIST's
-# conv2, K = 288, ran 1.4-1.7x slower; AlexNet's conv2-conv5 have K = 1600-3456).
+# conv2, K = 288, ran 1.4-1.7x slower; AlexNet's conv2-conv5 have K = 1600-3456,
+# Fashion-MNIST's conv3-conv5 1728-2880).
 FEWEST_K = 1024
 # A work-item takes blocks of channels until it has this many vpdpbusd to run, so that
 # starting it (on PoCL a work-group of its own) is paid over enough work.

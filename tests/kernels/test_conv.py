@@ -180,7 +180,8 @@ def test_int8_conv_with_channels_in_the_lanes(device, rng, case):
         ((192, 13, 13), 384, 3, 1, True),  # conv3: runs of 13
         ((96, 27, 27), 128, 5, 2, True),  # groups of 64
         ((64, 27, 27), 200, 5, 1, False),  # output channels not in 32s
-        ((128, 7, 7), 64, 3, 1, False),  # runs of 7: too few pixels a broadcast
+        ((192, 6, 6), 320, 3, 1, True),  # Fashion-MNIST's conv3: runs of 6
+        ((128, 5, 5), 64, 3, 1, False),  # runs of 5: too few pixels a broadcast
         ((128, 17, 17), 64, 3, 1, False),  # a prime row past 14
         ((32, 13, 13), 192, 3, 1, False),  # K = 288: Fashion-MNIST's conv2, too short
     ],
