@@ -272,15 +272,18 @@ class Network(Runnable):
             links = self.requant_links(n)
             fed = set(links.values())
             pools = self._byte_pools(links)
+            flat = self._flat_writers(pools)
             for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
+                if type(step.op) is ops.Flatten and (i in pools or i in flat.values()):
+                    continue  # the pool before it wrote its output in the flatten's order
                 op = ops.at_batch(step.op, n)
                 as_is = {"nchw": True} if i == first and nchw and reads else {}
                 with d.labelled(step.name):
-                    if type(op) is ops.Flatten and i in pools:
-                        continue  # the max pool before it wrote the bytes in its order
-                    if i in pools:  # a max pool on the integer pipeline's bytes
+                    if i in flat:
+                        op(n, cur, spare, p.scratch, flat=True)
+                    elif i in pools:  # a max pool on the integer pipeline's bytes
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
                         op.launch_bytes(n, cur, spare, *consumer.input_bytes)
                     elif i in links or i in fed:  # the integer pipeline
@@ -330,6 +333,17 @@ class Network(Runnable):
         flatten that a pool writing in its order leaves nothing to do."""
         return {
             j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
+        }
+
+    def _flat_writers(self, pools: dict[int, int]) -> dict[int, int]:
+        """Pools (on floats) followed by a flatten -> the flatten's step: the pool writes
+        its output in the flatten's order, so the flatten does not run."""
+        ran = [(i, s.op) for i, s in enumerate(self.steps) if s.op is not None]
+        kinds = (ops.Pool2d, ops.AdaptiveAvgPool2d)
+        return {
+            i: j
+            for (i, a), (j, b) in zip(ran, ran[1:], strict=False)
+            if type(a) in kinds and type(b) is ops.Flatten and i not in pools
         }
 
     def _requantizer(

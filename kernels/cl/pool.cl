@@ -19,12 +19,18 @@
 #define ADD(acc, v) ((acc) + (v))
 #endif
 
+// FLAT_PLANE(p): the output plane of input plane p (= c * N + n of [C][N][H][W]): the
+// same, or (flat: the flatten after the pool has nothing left to do) plane n * C + c
+// of [N][C][OH][OW], PyTorch's flatten order for the fully connected layers.
+#define FLAT_PLANE(p) (flat ? (p) % N * (int)(get_global_size(1) / N) + (p) / N : (p))
+
 #if defined(KH) && !BYTES
-__kernel void pool2d(__global const float *restrict x, __global float *restrict y)
+__kernel void pool2d(__global const float *restrict x, __global float *restrict y, const int N,
+                     const int flat)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
     __global const float *xp = x + (size_t)p * H * W;
-    __global float *yp = y + ((size_t)p * OH + oy) * OW;
+    __global float *yp = y + ((size_t)FLAT_PLANE(p) * OH + oy) * OW;
     const int y0 = oy * SH - PH;
     float row[W];
 #if INSIDE  // every window lies inside the plane: no bounds, no branches
@@ -144,9 +150,10 @@ __kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *res
 // Adaptive average pooling: output cell i of O over an input of length L averages
 // input rows [floor(i*L/O), ceil((i+1)*L/O)), the torch rule.
 __kernel void adaptive_avgpool2d(__global const float *restrict x, __global float *restrict y,
-                                 const int H, const int W, const int OH, const int OW)
+                                 const int H, const int W, const int OH, const int OW,
+                                 const int N, const int flat)
 {
-    const int oy = get_global_id(0), p = get_global_id(1);
+    const int oy = get_global_id(0), p = get_global_id(1), q = FLAT_PLANE(p);
     __global const float *xp = x + (size_t)p * H * W;
     const int ys = (oy * H) / OH, ye = ((oy + 1) * H + OH - 1) / OH;
     for (int ox = 0; ox < OW; ++ox) {
@@ -154,7 +161,7 @@ __kernel void adaptive_avgpool2d(__global const float *restrict x, __global floa
         float acc = 0.0f;
         for (int iy = ys; iy < ye; ++iy)
             for (int ix = xs; ix < xe; ++ix) acc += xp[iy * W + ix];
-        y[((size_t)p * OH + oy) * OW + ox] = acc / (float)((ye - ys) * (xe - xs));
+        y[((size_t)q * OH + oy) * OW + ox] = acc / (float)((ye - ys) * (xe - xs));
     }
 }
 #endif

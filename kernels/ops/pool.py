@@ -75,10 +75,10 @@ class Pool2d(Launcher):
     def out_shape(self) -> tuple[int, int, int]:
         return (self.c, self.oh, self.ow)
 
-    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
-        self.device.launch(
-            self.kernel, (self.oh, self.c * n), self.device.work_group(self.oh, self.c), x, y
-        )
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False) -> None:
+        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW]."""
+        grid, local = (self.oh, self.c * n), self.device.work_group(self.oh, self.c)
+        self.device.launch(self.kernel, grid, local, x, y, I32(n), I32(flat))
 
     def launch_bytes(
         self, n: int, x: Any, y: Any, padding: tuple[int, int] | None, pad: tuple[Any, ...]
@@ -116,7 +116,8 @@ class AdaptiveAvgPool2d(Launcher):
     def out_shape(self) -> tuple[int, int, int]:
         return (self.c, self.oh, self.ow)
 
-    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None) -> None:
+    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False) -> None:
+        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW]."""
         self.device.launch(
             self.kernel,
             (self.oh, self.c * n),
@@ -127,4 +128,6 @@ class AdaptiveAvgPool2d(Launcher):
             I32(self.w),
             I32(self.oh),
             I32(self.ow),
+            I32(n),
+            I32(flat),
         )

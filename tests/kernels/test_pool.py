@@ -56,3 +56,21 @@ def test_adaptive_avgpool(device, rng, shape, out):
     x = rng.standard_normal(shape, np.float32)
     op = ops.AdaptiveAvgPool2d(device, shape[1:], out)
     assert nmse(run4d(device, op, x), ref.adaptive_avgpool2d(x, out)) < FP32_NMSE
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_pools_write_the_flattens_order(device, rng, n):
+    """`flat`: the pool writes [N][C*OH*OW] (what a flatten after it would give), so
+    the network skips the flatten (Network._flat_writers)."""
+    c, h, w = 6, 13, 11
+    x = rng.standard_normal((n, c, h, w), np.float32)
+    pools = [
+        (ops.Pool2d(device, (c, h, w), "max", (3, 3), (2, 2), (1, 1), True),
+         ref.maxpool2d(x, 3, 2, 1, True)),
+        (ops.AdaptiveAvgPool2d(device, (c, h, w), (2, 3)), ref.adaptive_avgpool2d(x, (2, 3))),
+    ]  # fmt: skip
+    for op, want in pools:
+        y = device.alloc(4 * n * int(np.prod(op.out_shape)))
+        op(n, device.upload(np.ascontiguousarray(x.transpose(1, 0, 2, 3))), y, flat=True)
+        got = device.read(y, (n, int(np.prod(op.out_shape))))
+        np.testing.assert_allclose(got, want.reshape(n, -1), rtol=1e-6, atol=1e-6)
