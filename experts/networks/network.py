@@ -21,19 +21,11 @@ from experts.layers.softmax import Softmax
 from experts.model.mixture import check_k
 from experts.model.model import ModelError
 from experts.model.spec import fuse_relu
+from experts.networks import handoffs
 from experts.networks.base import Output, Pending, Runnable
 from kernels import ops
 from kernels.precision import get_precision
 from kernels.runtime import Device
-
-# The integer pipeline's routes (Network.requant_links): producer, the steps between
-# (max pools of bytes, the flatten), consumer.
-BYTE_ROUTES = (
-    (ops.Linear, ops.Linear),
-    (ops.Conv2d, ops.Conv2d),
-    (ops.Conv2d, ops.Pool2d, ops.Conv2d),
-    (ops.Conv2d, ops.Pool2d, ops.Flatten, ops.Linear),
-)
 
 
 @dataclass
@@ -271,8 +263,8 @@ class Network(Runnable):
                 cur, spare = p.input, p.ping
             links = self.requant_links(n)
             fed = set(links.values())
-            pools = self._byte_pools(links)
-            flat = self._flat_writers(pools)
+            pools = handoffs.inside(self.steps, links)
+            flat = handoffs.flat_writers(self.steps, pools)
             for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
@@ -287,7 +279,7 @@ class Network(Runnable):
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
                         op.launch_bytes(n, cur, spare, *consumer.input_bytes)
                     elif i in links or i in fed:  # the integer pipeline
-                        requant = self._requantizer(i, n, links, pools)
+                        requant = handoffs.requantizer(self.steps, i, n, links)
                         op.launch(
                             n,
                             cur,
@@ -306,68 +298,15 @@ class Network(Runnable):
 
     def requant_links(self, n: int = 1) -> dict[int, int]:
         """Steps whose layer writes a later layer's quantised input itself at batch n,
-        producer -> consumer step index, along one of BYTE_ROUTES where the producer
-        `feeds` the consumer and every max pool between takes bytes: int8 fully
-        connected layers into int8 ones (kernels/requant.py), int8 convolutions on VNNI
-        into such convolutions, straight or through a max pool, and the last one into
-        the first fully connected layer through its max pool (kernels/ops/conv_bytes.py).
-        Steps without an op between them (dropout) do not break a link."""
-        if not self.integer_pipeline:
-            return {}
-        ran = [(i, ops.at_batch(s.op, n)) for i, s in enumerate(self.steps) if s.op is not None]
-        kinds = [type(op) for _, op in ran]
-        links = {}
-        for t, (i, a) in enumerate(ran):
-            for route in BYTE_ROUTES:
-                if tuple(kinds[t : t + len(route)]) != route:
-                    continue
-                between = [op for _, op in ran[t + 1 : t + len(route) - 1]]
-                j, b = ran[t + len(route) - 1]
-                if all(op.takes_bytes for op in between if type(op) is ops.Pool2d) and a.feeds(b):
-                    links[i] = j
-                    break
-        return links
-
-    def _byte_pools(self, links: dict[int, int]) -> dict[int, int]:
-        """The steps inside links -> the consumer's step: max pools on bytes, and the
-        flatten that a pool writing in its order leaves nothing to do."""
-        return {
-            j: k for i, k in links.items() for j in range(i + 1, k) if self.steps[j].op is not None
-        }
-
-    def _flat_writers(self, pools: dict[int, int]) -> dict[int, int]:
-        """Pools (on floats) followed by a flatten -> the flatten's step: the pool writes
-        its output in the flatten's order, so the flatten does not run."""
-        ran = [(i, s.op) for i, s in enumerate(self.steps) if s.op is not None]
-        kinds = (ops.Pool2d, ops.AdaptiveAvgPool2d)
-        return {
-            i: j
-            for (i, a), (j, b) in zip(ran, ran[1:], strict=False)
-            if type(a) in kinds and type(b) is ops.Flatten and i not in pools
-        }
-
-    def _requantizer(
-        self, i: int, n: int, links: dict[int, int], pools: dict[int, int], op: Any = None
-    ) -> tuple:
-        """Step i's epilogue arguments for writing its consumer's input at batch n (none
-        where it is a consumer only); `op`: a launcher standing in for step i's (a
-        tuning candidate: none where it cannot write them)."""
-        if i not in links:
-            return ()
-        own, consumer = (ops.at_batch(self.steps[j].op, n) for j in (i, links[i]))
-        op = own if op is None else op
-        if op is not own and not (hasattr(op, "feeds") and op.feeds(consumer)):
-            return ()
-        if type(op) is ops.Conv2d:
-            return op.requantizer(consumer, pooled=any(i < j < links[i] for j in pools))
-        return op.requantizer(consumer)
+        producer -> consumer step index (experts/networks/handoffs.py); none without
+        the integer pipeline."""
+        return handoffs.byte_links(self.steps, n) if self.integer_pipeline else {}
 
     def requantizer_for(self, i: int, n: int, op: Any) -> tuple:
         """What `op`, standing in for step i's launcher (a tuning candidate), passes as
         `requant` at batch n where this network hands its consumer bytes (see
         `requant_links`); () where it writes floats."""
-        links = self.requant_links(n)
-        return self._requantizer(i, n, links, self._byte_pools(links), op)
+        return handoffs.requantizer(self.steps, i, n, self.requant_links(n), op)
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
         check_k(None, k)

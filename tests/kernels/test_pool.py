@@ -61,7 +61,7 @@ def test_adaptive_avgpool(device, rng, shape, out):
 @pytest.mark.parametrize("n", [1, 5])
 def test_pools_write_the_flattens_order(device, rng, n):
     """`flat`: the pool writes [N][C*OH*OW] (what a flatten after it would give), so
-    the network skips the flatten (Network._flat_writers)."""
+    the network skips the flatten (experts/networks/handoffs.py)."""
     c, h, w = 6, 13, 11
     x = rng.standard_normal((n, c, h, w), np.float32)
     pools = [
