@@ -83,41 +83,22 @@ def conv2d(
             return WinogradConv2d(
                 device, in_shape, weight, bias, padding, relu, tile, precision, segments, params
             )
+        layer = (device, in_shape, weight, bias, stride, padding, groups, relu)
+        quantised = {"input_range": input_range, "weight_scale": weight_scale}
         if algorithm == "tiled":
-            return TiledConv2d(
-                device,
-                in_shape,
-                weight,
-                bias,
-                stride,
-                padding,
-                groups,
-                relu,
-                precision,
-                params,
-                input_range,
-                weight_scale,
-            )
+            return TiledConv2d(*layer, precision=precision, params=params, **quantised)
         direct, implicit, lanes = PATHS.get(algorithm, (False, False, None))  # im2col: none
         return Conv2d(
-            device,
-            in_shape,
-            weight,
-            bias,
-            stride,
-            padding,
-            groups,
-            relu,
+            *layer,
             implicit=implicit,
             precision=precision,
-            input_range=input_range,
             direct=direct,
             store=store,
             key=key,
             segments=segments,
-            weight_scale=weight_scale,
             params=params,
             lanes=lanes,
+            **quantised,
         )
 
     if params is not None:
