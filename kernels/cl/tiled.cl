@@ -18,8 +18,9 @@
 // [M][N][OH][OW] output (ldm = N*OH*OW, ldp = 1), a fully connected layer's [N][M]
 // (ldm = 1, ldp = M).
 // Defines: MWG, NWG, KWG, MDIMC, NDIMC, PADL (local-memory padding per row, 0 or 1),
-// VWM (A's global loads: VWM consecutive k at once), VWN (the same for B; fully
-// connected layers only, a convolution's B is gathered tap by tap), KWI (the K loop
+// VWM (A's global loads: VWM consecutive k at once), VWN (the same for B; float fully
+// connected layers only: a convolution's B is gathered tap by tap, int8's quantised
+// four at a time), KWI (the K loop
 // unrolled by KWI), CONV, RELU, MAD, WEIGHT_HALF and QBITS (precision.h), DP4A_PTX.
 //
 // QBITS 8 (int8, for a GPU's byte dot products): A is the layer's int8 rows, four
