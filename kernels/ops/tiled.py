@@ -73,8 +73,8 @@ class TiledGemm:
         return t
 
     def __call__(self, params: dict[str, Any], m: int, p: int, k: int, *args: Any) -> None:
-        """C[m][p] = A[m][k] B[k][p]: `args` are tiled.cl's from A on (int8: through
-        qzero; `int8_args`)."""
+        """C[m][p] = A[m][k] B[k][p]: `args` are tiled.cl's from A on (int8: its
+        QUANT_ARGS last, `int8_args`)."""
         t = self.tile(params)
         key = tuple(t.values())
         kernel = self._kernels.get(key)
@@ -102,7 +102,7 @@ def int8_rows(q: np.ndarray) -> np.ndarray:
 
 
 def int8_args(device: Device, prepared: Prepared) -> tuple[Any, ...]:
-    """The tiled GEMM's int8 arguments after qzero's place: each row's scale and its
+    """tiled.cl's QUANT_ARGS, the int8 form's last arguments: each row's scale and its
     correction for inputs held as bytes q + 128, and the input's qinv and qzero."""
     corr = prepared.byte_offset_correction()
     return (
