@@ -10,10 +10,10 @@
 //
 // A work-item takes P output pixels along one row and `blocks` blocks of 32 output
 // channels (two vectors of 16) one after the other: 2 * P int16 sums, P <= 14 so that
-// they, the two weight vectors and the broadcast fit AVX-512's 32 registers. Weights: [M/32][K/4][32][4], k over (i, j,
-// channel) as gemm.cl's DOT4 (blocking.lane_rows). The sums are exact and equal
-// gemm.cl's; the epilogue takes off corr, scales, adds the bias and applies the ReLU
-// with the same float operations as its STORE and QBYTES.
+// they, the two weight vectors and the broadcast fit AVX-512's 32 registers. Weights:
+// [M/32][K/4][32][4], k over (i, j, channel) as gemm.cl's DOT4 (blocking.lane_rows).
+// The sums are exact and equal gemm.cl's; the epilogue takes off corr, scales, adds
+// the bias and applies the ReLU with the same float operations as its STORE and QBYTES.
 // Defines: the geometry (OH, OW, HP, WP, SH, SW, KH, KW, CP: bytes a pixel of x, CG4:
 // this group's channels padded to four, P: pixels a work-item, dividing OW), RELU,
 // BYTES_OUT (with OPH, OPW: the consumer's padding) and precision.h's.

@@ -193,9 +193,10 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
 // network's first: no padding bytes within a pixel, CP = C): a work-item takes R padded
 // rows (of all N * HP) and a block of 16 channels, 16 pixels at a time (pixels16)
 // where the reads stay inside x, else gathering a pixel's 16 channels into one vector
-// and storing its 16 bytes at once; the last block of 4, 8 or 12 channels four at a time. Work-items alone (no implicit vectorisation across them): 2-2.6x
-// pad2d_pixels on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on
-// PoCL a work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
+// and storing its 16 bytes at once; the last block of 4, 8 or 12 channels four at a
+// time. Work-items alone (no implicit vectorisation across them): 2-2.6x pad2d_pixels
+// on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on PoCL a
+// work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
 __kernel void pad2d_channels(__global const float *restrict x, __global uchar *restrict y,

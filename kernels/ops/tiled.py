@@ -104,10 +104,9 @@ def int8_rows(q: np.ndarray) -> np.ndarray:
 def int8_args(device: Device, prepared: Prepared) -> tuple[Any, ...]:
     """tiled.cl's QUANT_ARGS, the int8 form's last arguments: each row's scale and its
     correction for inputs held as bytes q + 128, and the input's qinv and qzero."""
-    corr = prepared.byte_offset_correction()
     return (
         device.upload(prepared.scale),
-        device.upload(corr.astype(np.int32)),
+        device.upload(prepared.byte_offset_correction()),
         np.float32(prepared.qinv),
         np.float32(prepared.qzero),
     )
