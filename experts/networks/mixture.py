@@ -318,9 +318,14 @@ class MixtureNetwork(Runnable):
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
             image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
+            # An int8 first layer's pad pass gathers the images itself: one launch, not two.
+            pad = self.grouped.gather_pad(plan)
             with d.labelled("route"), d.record() as before:
                 self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
-                self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=plan.batch)
+                if pad is not None:
+                    pad(n * k, stem, plan.input, gather=(image_buf, n))
+                else:
+                    self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=plan.batch)
             with d.labelled("route"), d.record() as after:
                 self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
             found = self._routes[(n, k)] = (held, d.tape(before), d.tape(after))

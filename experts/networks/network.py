@@ -47,6 +47,7 @@ class Plan:
     scratch: Any
     activation_bytes: int
     source: bool = False  # the input is another network's output buffer
+    padded: bool = False  # the input holds the first layer's padded bytes (`gather_pad`)
     output: Any = None  # the buffer the last step writes
     tape: Any = None  # the recorded launches (kernels.runtime.Tape)
 
@@ -204,7 +205,8 @@ class Network(Runnable):
         act = 4 * n * max(sizes + padded)
         scratch = max((s.op.scratch_bytes(n) for s in self.steps if s.op is not None), default=0)
         d, role = self.device, self._role
-        own_input = 4 * n * sizes[-1] if source is None else 0
+        pad = self._gathering_pad(n) if source is None else None
+        own_input = 0 if source is not None else pad.nbytes(n) if pad else 4 * n * sizes[-1]
         plan = Plan(
             n,
             source if source is not None else d.shared(f"{role}.input", own_input),
@@ -213,6 +215,7 @@ class Network(Runnable):
             d.shared(f"{role}.scratch", scratch),
             2 * act + scratch + own_input,
             source=source is not None,
+            padded=pad is not None,
         )
         with d.record() as launches:
             plan.output = self._enqueue(plan)
@@ -223,6 +226,22 @@ class Network(Runnable):
         while len(self._plans) > self.max_plans:
             self._plans.popitem(last=False)
         return plan
+
+    def _gathering_pad(self, n: int) -> ops.ConvPad | None:
+        """Where a mixture fills this network's input (layout "cnhw") and the first
+        layer is an int8 convolution on VNNI whose pad pass can gather images: that pass,
+        which the mixture then runs in place of its gather (one launch, not two), the
+        plan's input holding the padded bytes."""
+        first = next((s.op for s in self.steps if s.op is not None), None)
+        op = ops.at_batch(first, n) if first is not None else None
+        if self.input_layout != "cnhw" or type(op) is not ops.Conv2d or not op.implicit:
+            return None
+        return op.pad if op.pad is not None and op.pad.channels4 else None
+
+    def gather_pad(self, plan: Plan) -> ops.ConvPad | None:
+        """The pad pass that fills `plan`'s input from a larger batch (`ConvPad`'s
+        `gather`), None where the input holds floats."""
+        return self._gathering_pad(plan.batch) if plan.padded else None
 
     @property
     def _role(self) -> str:
@@ -262,7 +281,7 @@ class Network(Runnable):
             else:
                 cur, spare = p.input, p.ping
             links = self.requant_links(n)
-            fed = set(links.values())
+            fed = set(links.values()) | ({first} if p.padded else set())
             pools = handoffs.inside(self.steps, links)
             flat = handoffs.flat_writers(self.steps, pools)
             for i, step in enumerate(self.steps):

@@ -82,9 +82,8 @@ inline void put_columns(__global uchar *y, const uchar16 r0, const uchar16 r1,
         else put_pixel(y, n0 + t, c, as_uchar8(col[e]), pad, OH, OW, ldc);
     }
 }
-#define QBYTES(r, q) const uchar16 u##r##q = convert_uchar16(clamp(rint(ACT( \
-    convert_float16(c##r##q - corr[m0 + r]) * scale[m0 + r] + bias[m0 + r]) * oqinv) \
-    + oqzero, QLO, QHI) + 128.0f);
+#define QBYTES(r, q) const uchar16 u##r##q = QOUT(ACT( \
+    convert_float16(c##r##q - corr[m0 + r]) * scale[m0 + r] + bias[m0 + r]), 16);
 #define PUT(r, q) put_columns((__global uchar *)C, u0##q, u1##q, u2##q, u3##q, u4##q, u5##q, \
     u6##q, u7##q, LANES * q, lo - n0, hi - n0, pix, n0, c_row0 + m0, pad, OH, OW, ldc);
 #define STORE_BLOCK { ROWS(QBYTES) \

@@ -73,7 +73,7 @@ inline void put16(__global uchar *y, const int b, const int oy, const int ox, co
         for (int xx = x0; xx < x1; ++xx)
             vstore16(yy == oy + OPH && xx == ox + OPW ? u : pad, 0, img + ((size_t)yy * WO + xx) * ldc);
 }
-#define QBYTES16(v) convert_uchar16(clamp(rint((v) * oqinv) + oqzero, QLO, QHI) + 128.0f)
+#define QBYTES16(v) QOUT(v, 16)
 #define PUT(t) { const int ox = ox0 + t; \
     put16(C, b, oy, ox, c_row0 + r0, QBYTES16(ACT(convert_float16(s##t - corr0) * scale0 + bias0)), \
           pad, ldc); \

@@ -41,12 +41,12 @@ inline int L_FN(const int b, const int ex, const int E, const int o0, const int 
     uint xw[(L_IN + 63) / 64 * 16];
     uchar *xb = (uchar *)xw;
     for (int i = 0; i < (I & ~15); i += 16)
-        vstore16(convert_uchar16(QX(vload16(0, x + i)) + qzero + 128.0f), 0, xb + i);
+        vstore16(convert_uchar16(QU(vload16(0, x + i), 16)), 0, xb + i);
     for (int i = I & ~15; i < I; ++i) xb[i] = QBYTE(x[i]);
 #else
     float xq[(L_IN + 15) & ~15];
-    for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i)), 0, xq + i);
-    for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i]);
+    for (int i = 0; i < (I & ~15); i += 16) vstore16(QX(vload16(0, x + i), 16), 0, xq + i);
+    for (int i = I & ~15; i < I; ++i) xq[i] = QX(x[i], );
 #endif
 #else
 #define xq x

@@ -8,7 +8,8 @@
 // Columns past the batch in the last panel are zeroed by im2col_tail.
 // Quantised precisions quantise each value as they copy it (QX, precision.h).
 // Defines: NB (im2col kernels only), QBITS, DOT4 (pad2d_pixels only), GROUPED (pads:
-// each expert's images quantised with its own parameters, precision.h's QARGS).
+// each expert's images quantised with its own parameters, precision.h's QARGS), GATHER
+// (pad2d_channels: the rows' images picked from a larger batch).
 #include "precision.h"
 
 #ifdef NB
@@ -34,7 +35,7 @@ __kernel void im2col_packed(__global const float *restrict x, __global float *re
         __global float *dst = cols + ((size_t)(n / NB) * K + k) * NB + t;
         for (int q = 0; q < run; ++q) {
             const int ix = (ox + q) * SW - PW + j;
-            dst[q] = (row_in && ix >= 0 && ix < W) ? QX(src[ix]) : 0.0f;
+            dst[q] = (row_in && ix >= 0 && ix < W) ? QX(src[ix], ) : 0.0f;
         }
         ox += run;
         n += run;
@@ -71,7 +72,7 @@ __kernel void pad2d(__global const float *restrict x, __global float *restrict y
     }
     __global const float *src = x + ((size_t)p * H + iy) * W;
     for (int i = 0; i < PW; ++i) dst[i] = 0.0f;
-    for (int i = 0; i < W; ++i) dst[PW + i] = QX(src[i]);
+    for (int i = 0; i < W; ++i) dst[PW + i] = QX(src[i], );
     for (int i = PW + W; i < WP; ++i) dst[i] = 0.0f;
 }
 
@@ -109,7 +110,7 @@ __kernel void pad2d_pixels(__global const float *restrict x, __global uchar *res
         for (int i = PW + W; i < (WR); ++i) (dst)[i] = pad; \
         int i = 0; \
         for (; i + 16 <= W; i += 16) \
-            vstore16(convert_uchar16(QU(vload16(0, (src) + i))), 0, (dst) + PW + i); \
+            vstore16(convert_uchar16(QU(vload16(0, (src) + i), 16)), 0, (dst) + PW + i); \
         for (; i < W; ++i) (dst)[PW + i] = QBYTE((src)[i]); } }
 
 // gemm.cl's direct DOT4 input, [C][N][H][W] floats -> zero-padded rows of bytes q + 128:
@@ -171,7 +172,7 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
         uint16 acc = 0;
         for (int k = 0; k < 4; ++k) {
             const float16 v = vload16(0, src + (4 * g + k) * plane);
-            acc |= convert_uint16(convert_uchar16(QU(v))) << (8 * k);
+            acc |= convert_uint16(QU(v, 16)) << (8 * k);
         }
         w[g] = acc;
     }
@@ -197,15 +198,25 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
 // time. Work-items alone (no implicit vectorisation across them): 2-2.6x pad2d_pixels
 // on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on PoCL a
 // work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
+// GATHER (a mixture's grouped experts): row b is image images[b] of the NS images in x
+// (the stem's output), so the routing's gather and this pass are one launch.
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
+#if GATHER
+#define GATHER_ARGS , __global const int *restrict images, const int NS
+#define IMAGE(b) images[b]
+#else
+#define GATHER_ARGS
+#define NS N
+#define IMAGE(b) (b)
+#endif
 __kernel void pad2d_channels(__global const float *restrict x, __global uchar *restrict y,
                              const int H, const int W, const int PH, const int PW,
-                             const int C, const int N, const int R, QARGS)
+                             const int C, const int N, const int R, QARGS GATHER_ARGS)
 {
     const int c0 = get_global_id(1) * 16, n = min(16, C - c0);
     const int HP = H + 2 * PH, WP = W + 2 * PW;
-    const size_t plane = (size_t)N * H * W;
+    const size_t plane = (size_t)NS * H * W;
     const int r0 = get_global_id(0) * R;
     for (int row = r0; row < min(r0 + R, N * HP); ++row) {  // row = b * HP + oy
         const int b = row / HP, iy = row % HP - PH;
@@ -218,11 +229,13 @@ __kernel void pad2d_channels(__global const float *restrict x, __global uchar *r
             for (int t = 0; t < n; ++t) dst[i * C + t] = pad;
         }
         if (!inside) continue;
-        __global const float *src = x + (((size_t)c0 * N + b) * H + iy) * W;
+        const int image = IMAGE(b);
+        __global const float *src = x + (((size_t)c0 * NS + image) * H + iy) * W;
         __global uchar *d = dst + PW * C;
         if (n == 16) {
             // Whole tiles of 16 pixels where the last channel's read stays inside x.
-            const size_t end = plane * C, last = ((size_t)(c0 + 15) * N + b) * H * W + (size_t)iy * W;
+            const size_t end = plane * C,
+                         last = ((size_t)(c0 + 15) * NS + image) * H * W + (size_t)iy * W;
             int i = 0;
             for (; i < W && last + i + 16 <= end; i += 16)
                 pixels16(src + i, plane, qinv, qzero, d + i * C, C, min(16, W - i));
@@ -230,14 +243,14 @@ __kernel void pad2d_channels(__global const float *restrict x, __global uchar *r
                 const float16 v = (float16)(GATHER4(src, i, plane), GATHER4(src + 4 * plane, i, plane),
                                             GATHER4(src + 8 * plane, i, plane),
                                             GATHER4(src + 12 * plane, i, plane));
-                vstore16(convert_uchar16(QU(v)), 0, d + i * C);
+                vstore16(convert_uchar16(QU(v, 16)), 0, d + i * C);
             }
             continue;
         }
         for (int t = 0; t < n; t += 4) {
             for (int i = 0; i < W; ++i) {
                 const float4 v = GATHER4(src + t * plane, i, plane);
-                vstore4(convert_uchar4(QU(v)), 0, d + i * C + t);
+                vstore4(convert_uchar4(QU(v, 4)), 0, d + i * C + t);
             }
         }
     }

@@ -359,7 +359,7 @@ __kernel void linear_packed(const int B, const int I, const int O,
 #define QSTORE(v) QBYTE(v)
 #else
 #define QTYPE float
-#define QSTORE(v) QX(v)
+#define QSTORE(v) QX(v, )
 #endif
 __kernel void quantize_input(__global const float *restrict x, __global QTYPE *restrict y,
                              const int count, const int I, QARGS)

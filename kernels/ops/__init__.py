@@ -20,6 +20,7 @@ from kernels.ops.elementwise import (
 from kernels.ops.launcher import Launcher, at_batch
 from kernels.ops.linear import Linear
 from kernels.ops.lrn import LRN
+from kernels.ops.pad import ConvPad
 from kernels.ops.pool import AdaptiveAvgPool2d, Pool2d
 from kernels.ops.store import PlaneStore
 from kernels.ops.winograd import WinogradConv2d
@@ -27,6 +28,7 @@ from kernels.ops.winograd import WinogradConv2d
 __all__ = [
     "AdaptiveAvgPool2d",
     "Conv2d",
+    "ConvPad",
     "DualLinear",
     "Flatten",
     "GatherImages",

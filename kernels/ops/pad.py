@@ -55,6 +55,8 @@ class ConvPad:
         else:
             name = "pad2d"
         self.kernel = device.kernel("im2col.cl", name, defines)
+        self.defines = defines
+        self._gather: Any = None  # pad2d_channels built with GATHER, once asked for
 
     @property
     def reads_nchw(self) -> bool:
@@ -69,10 +71,23 @@ class ConvPad:
             return n * self.hp * self.wp * self.c // self.cg * self.cg4
         return 4 * self.c * n * self.hp * self.wp
 
-    def __call__(self, n: int, x: Any, out: Any, nchw: bool = False) -> None:
-        """`nchw`: x is the images as they come, [N][C][H][W] (`reads_nchw` only)."""
+    def __call__(
+        self, n: int, x: Any, out: Any, nchw: bool = False, gather: tuple[Any, int] = ()
+    ) -> None:
+        """`nchw`: x is the images as they come, [N][C][H][W] (`reads_nchw` only).
+        `gather` (images, batch): x holds `batch` images [C][batch][H][W] and row b of
+        the output is image images[b] (int32 device buffer; `channels4` only), as a
+        mixture's routed rows are."""
         if nchw and not self.reads_nchw:
             raise ValueError(f"{self.kernel.function_name} reads [C][N][H][W] input only")
+        if gather and not self.channels4:
+            raise ValueError(f"{self.kernel.function_name} cannot gather its rows")
+        kernel = self.kernel
+        if gather:
+            if self._gather is None:
+                defines = {**self.defines, "GATHER": 1}
+                self._gather = self.device.kernel("im2col.cl", "pad2d_channels", defines)
+            kernel, gather = self._gather, (gather[0], I32(gather[1]))
         d, geometry = self.device, (I32(self.h), I32(self.w), I32(self.ph), I32(self.pw))
         if self.channels4:
             rows, blocks = self.hp * n, -(-self.c // 16)
@@ -92,4 +107,4 @@ class ConvPad:
         else:
             grid, local = (self.hp, self.c * n), d.work_group(self.hp, self.c)
             args = (I32(n),)
-        d.launch(self.kernel, grid, local, x, out, *geometry, *args, *self.qargs)
+        d.launch(kernel, grid, local, x, out, *geometry, *args, *self.qargs, *gather)

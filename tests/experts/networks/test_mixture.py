@@ -23,6 +23,14 @@ ONE_BY_ONE = {
     "expert": [{**SMALL["expert"][0], "kernel": 5, "padding": 2}, *SMALL["expert"][1:]],
 }
 
+# Stem features in a multiple of four channels: at int8 on VNNI the grouped experts'
+# first pad pass gathers each image itself (Network.gather_pad), with no gather before.
+FOURS = {
+    **SMALL,
+    "name": "fours",
+    "stem": [{**SMALL["stem"][0], "out_channels": 8}, *SMALL["stem"][1:]],
+}
+
 
 @pytest.fixture(scope="module", params=["grouped", "one-by-one"])
 def small(request, device):
@@ -130,12 +138,13 @@ def test_mixed_experts_run_one_by_one(device):
     )
 
 
-@pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE], ids=["3x3", "5x5"])
+@pytest.mark.parametrize("meta", [SMALL, ONE_BY_ONE, FOURS], ids=["3x3", "5x5", "gathering"])
 @pytest.mark.parametrize("precision", ["int8", "int16"])
 def test_grouped_quantised_experts_answer_as_one_by_one(device, meta, precision):
     """Quantised experts run grouped (any convolution shape: the implicit GEMM), each
     with its own weight scales and input ranges: the same integer sums as each expert
-    run on its own, so the same scores up to the float epilogue's last bit."""
+    run on its own, so the same scores up to the float epilogue's last bit. With four
+    channels a pixel at int8 on VNNI, the first pad pass gathers the routed images."""
     weights = random_weights(meta, seed=6)
     with pytest.warns(UserWarning, match="synthetic images"):
         ranges = default_calibration(meta, weights).ranges
@@ -148,6 +157,8 @@ def test_grouped_quantised_experts_answer_as_one_by_one(device, meta, precision)
         got, want = grouped.run(x, k), alone.run(x, k)
         np.testing.assert_array_equal(got.routing.indices, want.routing.indices)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-7)
+    gathering = meta is FOURS and precision == "int8" and device.dot4
+    assert all(p.padded == gathering for p in grouped.grouped._plans.values())
 
 
 def test_batches_queued_back_to_back_keep_their_own_outputs(small):
