@@ -207,7 +207,7 @@ class MixtureNetwork(Runnable):
 
     def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
         """Per (batch, k): the image of each sorted pair, expert output rows, the sorted
-        row of each pair, gate weights, and the chosen experts."""
+        row of each pair, gate weights, and the grouped routing's report."""
         found = self._scratch.get((n, k))
         if found is None:
             d = self.device
@@ -216,7 +216,7 @@ class MixtureNetwork(Runnable):
                 d.alloc(4 * n * k * self.mixture.features),
                 d.alloc(4 * n * k),
                 d.alloc(4 * n * k),
-                d.alloc(4 * n * k),
+                d.alloc(4 * self.topk.report_size(n, k)),
             )
             self._scratch[(n, k)] = found
         return found
@@ -280,8 +280,8 @@ class MixtureNetwork(Runnable):
     ) -> Pending:
         """The grouped experts route on the device too: the batch is queued to the end
         with no wait, and the returned function reads the scores with the routing."""
-        d, e = self.device, self.mixture.experts
-        _, _, _, gate_buf, index_buf = self._buffers(n, k)
+        d = self.device
+        report = self._buffers(n, k)[4]
         # Rows padded to a power of two: few plans (and launch geometries to build)
         # whatever the batch and k; the grouped kernels leave the padding rows alone.
         plan = self.grouped.plan(1 << (n * k - 1).bit_length())
@@ -291,17 +291,14 @@ class MixtureNetwork(Runnable):
         plan.tape.replay()
         merge.replay()
         head.tape.replay()
-        reads = [
-            d.read_later(logits, (n, e)),
-            d.read_later(index_buf, (n, k), np.int32),
-            d.read_later(gate_buf, (n, k)),
-            d.read_later(head.output, (n, self.mixture.num_classes)),
-        ]
+        # Two reads, not four: each is a command on the queue, with PoCL's wait before it.
+        routing, read_routing = d.read_later(report, (self.topk.report_size(n, k),))
+        scores, read_scores = d.read_later(head.output, (n, self.mixture.num_classes))
 
         def wait() -> Output:
-            for event in (*(event for _, event in reads), *written):
+            for event in (read_routing, read_scores, *written):
                 event.wait()
-            z, indices, gates, scores = (array for array, _ in reads)
+            z, indices, gates = self.topk.split(routing, n, k)
             return Output(scores, Routing(indices, gates, _confidence(z)))
 
         return wait
@@ -317,11 +314,11 @@ class MixtureNetwork(Runnable):
         found = self._routes.get((n, k))
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
-            image_buf, _, row_buf, gate_buf, index_buf = self._buffers(n, k)
+            image_buf, _, row_buf, gate_buf, report = self._buffers(n, k)
             # An int8 first layer's pad pass gathers the images itself: one launch, not two.
             pad = self.grouped.gather_pad(plan)
             with d.labelled("route"), d.record() as before:
-                self.topk(n, k, logits, index_buf, gate_buf, self.segments, image_buf, row_buf)
+                self.topk(n, k, logits, report, gate_buf, self.segments, image_buf, row_buf)
                 if pad is not None:
                     pad(n * k, stem, plan.input, gather=(image_buf, n))
                 else:

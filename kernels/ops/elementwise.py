@@ -113,15 +113,25 @@ class GatherImages:
 class TopKBuckets:
     """Top-k of each row of [N][E] scores and the (row, rank) pairs sorted by bucket,
     on the device (twin: kernels.reference.topk_buckets). Outputs, all int32 but the
-    float32 weights: index and weight [N*k], start [E + 1], src and dst [N*k]."""
+    float32 weights: weight [N*k], start [E + 1], src and dst [N*k]; and the report the
+    host reads in one copy (`report_size` floats; `split` takes it apart)."""
 
     def __init__(self, device: Device, buckets: int) -> None:
-        self.device = device
+        self.device, self.buckets = device, buckets
         self.kernel = device.kernel("elementwise.cl", "topk_buckets", {"BUCKETS": buckets})
 
+    def report_size(self, n: int, k: int) -> int:
+        return n * (self.buckets + 2 * k)
+
+    def split(self, report: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
+        """A report read back -> the scores [N][E], index and weight [N][k]."""
+        e = n * self.buckets
+        index = report[e : e + n * k].view(np.int32).reshape(n, k)
+        return report[:e].reshape(n, -1), index, report[e + n * k :].reshape(n, k)
+
     def __call__(
-        self, n: int, k: int, scores: Any, index: Any, weight: Any, start: Any, src: Any, dst: Any
+        self, n: int, k: int, scores: Any, report: Any, weight: Any, start: Any, src: Any, dst: Any
     ) -> None:
         self.device.launch(
-            self.kernel, (1,), (1,), scores, I32(n), I32(k), index, weight, start, src, dst
+            self.kernel, (1,), (1,), scores, I32(n), I32(k), report, weight, start, src, dst
         )

@@ -71,14 +71,16 @@ def test_topk_buckets(device, rng, n, e, k, ties):
     if ties:  # few distinct values: ties must go to the lower index, as the twin's
         scores = np.round(scores).astype(np.float32)
     op = ops.TopKBuckets(device, e)
-    bufs = [device.alloc(4 * size) for size in (n * k, n * k, e + 1, n * k, n * k)]
+    sizes = (op.report_size(n, k), n * k, e + 1, n * k, n * k)
+    bufs = [device.alloc(4 * size) for size in sizes]
     op(n, k, device.upload(scores), *bufs)
-    shapes = [(n, k), (n, k), (e + 1,), (n * k,), (n * k,)]
-    got = [
-        device.read(b, s, np.float32 if i == 1 else np.int32)
-        for i, (b, s) in enumerate(zip(bufs, shapes, strict=True))
-    ]
+    report = device.read(bufs[0], (sizes[0],))
+    copied, index, weight = op.split(report, n, k)
+    got = [device.read(b, s, np.int32) for b, s in zip(bufs[2:], sizes[2:], strict=True)]
     want = ref.topk_buckets(scores, k)
-    for i in (0, 2, 3, 4):
-        np.testing.assert_array_equal(got[i], want[i])
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(copied, scores)  # the host's copy of the scores
+    np.testing.assert_array_equal(index, want[0])
+    for got_i, want_i in zip(got, want[2:], strict=True):
+        np.testing.assert_array_equal(got_i, want_i)
+    for w in (weight, device.read(bufs[1], (n, k))):  # the host's and the merge's
+        np.testing.assert_allclose(w, want[1], rtol=1e-6, atol=1e-7)
