@@ -256,9 +256,14 @@ class MixtureNetwork(Runnable):
             m = int(start[e + 1] - start[e])
             if m == 0:
                 continue
-            expert = self.experts[e].plan(m)
+            net = self.experts[e]
+            expert = net.plan(m)
+            pad = net.gather_pad(expert)
             with d.labelled("route"):
-                self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
+                if pad is not None:  # as the grouped experts' (`_routing`)
+                    pad(m, stem.output, expert.input, gather=(image_buf, n, int(start[e])))
+                else:
+                    self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
             expert.tape.replay()
             d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
         head = self.head.plan(n)
@@ -320,7 +325,7 @@ class MixtureNetwork(Runnable):
             with d.labelled("route"), d.record() as before:
                 self.topk(n, k, logits, report, gate_buf, self.segments, image_buf, row_buf)
                 if pad is not None:
-                    pad(n * k, stem, plan.input, gather=(image_buf, n))
+                    pad(n * k, stem, plan.input, gather=(image_buf, n, 0))
                 else:
                     self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=plan.batch)
             with d.labelled("route"), d.record() as after:

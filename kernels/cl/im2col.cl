@@ -198,13 +198,13 @@ inline void pixels16(__global const float *src, const size_t plane, const float 
 // time. Work-items alone (no implicit vectorisation across them): 2-2.6x pad2d_pixels
 // on 192-384 channels (docs/benchmark-log.md). R rows each, not one: on PoCL a
 // work-group costs about 0.15 us to start, which one 13-pixel row did not repay.
-// GATHER (a mixture's grouped experts): row b is image images[b] of the NS images in x
+// GATHER (a mixture's experts): row b is image images[first + b] of the NS images in x
 // (the stem's output), so the routing's gather and this pass are one launch.
 #define GATHER4(s, i, p) \
     (float4)((s)[i], (s)[(i) + (p)], (s)[(i) + 2 * (p)], (s)[(i) + 3 * (p)])
 #if GATHER
-#define GATHER_ARGS , __global const int *restrict images, const int NS
-#define IMAGE(b) images[b]
+#define GATHER_ARGS , __global const int *restrict images, const int NS, const int first
+#define IMAGE(b) images[first + (b)]
 #else
 #define GATHER_ARGS
 #define NS N

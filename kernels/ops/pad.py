@@ -72,12 +72,12 @@ class ConvPad:
         return 4 * self.c * n * self.hp * self.wp
 
     def __call__(
-        self, n: int, x: Any, out: Any, nchw: bool = False, gather: tuple[Any, int] = ()
+        self, n: int, x: Any, out: Any, nchw: bool = False, gather: tuple[Any, int, int] = ()
     ) -> None:
         """`nchw`: x is the images as they come, [N][C][H][W] (`reads_nchw` only).
-        `gather` (images, batch): x holds `batch` images [C][batch][H][W] and row b of
-        the output is image images[b] (int32 device buffer; `channels4` only), as a
-        mixture's routed rows are."""
+        `gather` (images, batch, first): x holds `batch` images [C][batch][H][W] and row
+        b of the output is image images[first + b] (int32 device buffer; `channels4`
+        only), as a mixture's routed rows are."""
         if nchw and not self.reads_nchw:
             raise ValueError(f"{self.kernel.function_name} reads [C][N][H][W] input only")
         if gather and not self.channels4:
@@ -87,7 +87,8 @@ class ConvPad:
             if self._gather is None:
                 defines = {**self.defines, "GATHER": 1}
                 self._gather = self.device.kernel("im2col.cl", "pad2d_channels", defines)
-            kernel, gather = self._gather, (gather[0], I32(gather[1]))
+            images, batch, first = gather
+            kernel, gather = self._gather, (images, I32(batch), I32(first))
         d, geometry = self.device, (I32(self.h), I32(self.w), I32(self.ph), I32(self.pw))
         if self.channels4:
             rows, blocks = self.hp * n, -(-self.c // 16)
