@@ -1,6 +1,7 @@
 """How a network's steps hand each other their outputs other than as floats in
 [C][N][H][W]: the integer pipeline's links (a layer writing a later layer's quantised
-input itself), and pools writing the flatten's order. Each takes the network's steps
+input itself), and pools writing the flatten's order (and, before a quantised fully
+connected layer, its quantised input). Each takes the network's steps
 (anything with an `op`, None where the layer's output is its input)."""
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ def flat_writers(steps: Sequence[Any], inside_links: dict[int, int]) -> dict[int
         for (i, a), (j, b) in zip(ran, ran[1:], strict=False)
         if type(a) in FLAT_WRITERS and type(b) is ops.Flatten and i not in inside_links
     }
+
+
+def quantised_readers(
+    steps: Sequence[Any], flat: dict[int, int], fed: set[int], n: int
+) -> dict[int, int]:
+    """Flat writers whose flatten feeds a quantised fully connected layer that no link
+    feeds (`fed`) and that is not grouped (one qinv and qzero) -> that layer's step:
+    the pool writes its quantised input, and it runs no quantising pass."""
+    ran = [i for i, s in enumerate(steps) if s.op is not None]
+    out = {}
+    for i, j in flat.items():
+        k = next((k for k in ran if k > j), None)
+        op = ops.at_batch(steps[k].op, n) if k is not None else None
+        if type(op) is ops.Linear and op.precision.quantized and op.segments is None:
+            if k not in fed:
+                out[i] = k
+    return out
 
 
 def requantizer(

@@ -284,6 +284,12 @@ class Network(Runnable):
             fed = set(links.values()) | ({first} if p.padded else set())
             pools = handoffs.inside(self.steps, links)
             flat = handoffs.flat_writers(self.steps, pools)
+            quantising = (
+                handoffs.quantised_readers(self.steps, flat, fed, n)
+                if self.integer_pipeline
+                else {}
+            )
+            fed |= set(quantising.values())
             for i, step in enumerate(self.steps):
                 if step.op is None or not step.op.runs_at(n):
                     continue
@@ -293,7 +299,9 @@ class Network(Runnable):
                 as_is = {"nchw": True} if i == first and nchw and reads else {}
                 with d.labelled(step.name):
                     if i in flat:
-                        op(n, cur, spare, p.scratch, flat=True)
+                        reader = quantising.get(i)
+                        quantise = ops.at_batch(self.steps[reader].op, n) if reader else None
+                        op(n, cur, spare, p.scratch, flat=True, quantise=quantise)
                     elif i in pools:  # a max pool on the integer pipeline's bytes
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
                         op.launch_bytes(n, cur, spare, *consumer.input_bytes)

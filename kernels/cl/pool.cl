@@ -24,13 +24,32 @@
 // of [N][C][OH][OW], PyTorch's flatten order for the fully connected layers.
 #define FLAT_PLANE(p) (flat ? (p) % N * (int)(get_global_size(1) / N) + (p) / N : (p))
 
+// QUANT_OUT (with flat, the float pools): the fully connected layer after the flatten is
+// quantised, and the pool writes its input as its quantize_input would (QBITS and DOT4
+// are that layer's: bytes q + 128 on VNNI, else offsets q - zero), saving that launch.
+#include "precision.h"
+#if QUANT_OUT
+#if DOT4
+#define OUT_T uchar
+#define OUT(v) QBYTE(v)
+#else
+#define OUT_T float
+#define OUT(v) QX(v, )
+#endif
+#define QOUT_ARGS , const float qinv, const float qzero
+#else
+#define OUT_T float
+#define OUT(v) (v)
+#define QOUT_ARGS
+#endif
+
 #if defined(KH) && !BYTES
-__kernel void pool2d(__global const float *restrict x, __global float *restrict y, const int N,
-                     const int flat)
+__kernel void pool2d(__global const float *restrict x, __global OUT_T *restrict y, const int N,
+                     const int flat QOUT_ARGS)
 {
     const int oy = get_global_id(0), p = get_global_id(1);
     __global const float *xp = x + (size_t)p * H * W;
-    __global float *yp = y + ((size_t)FLAT_PLANE(p) * OH + oy) * OW;
+    __global OUT_T *yp = y + ((size_t)FLAT_PLANE(p) * OH + oy) * OW;
     const int y0 = oy * SH - PH;
     float row[W];
 #if INSIDE  // every window lies inside the plane: no bounds, no branches
@@ -47,7 +66,7 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
 #if MODE == 1
         acc /= (float)(KH * KW);
 #endif
-        yp[ox] = acc;
+        yp[ox] = OUT(acc);
     }
 #else
     const int ys = max(y0, 0), ye = min(y0 + KH, H);
@@ -67,7 +86,7 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
         acc /= (float)((ye - ys) * (xe - xs));
 #endif
 #endif
-        yp[ox] = acc;
+        yp[ox] = OUT(acc);
     }
 #endif
 }
@@ -88,9 +107,7 @@ __kernel void pool2d(__global const float *restrict x, __global float *restrict 
 // edges, as pool2d's. C (channels) is compiled in with the geometry.
 #if FLAT
 #define PAD_ARGS
-#elif GROUPED
-// precision.h has expert_of: which expert an image belongs to.
-#include "precision.h"
+#elif GROUPED  // precision.h's expert_of: which expert an image belongs to
 #define PAD_ARGS , __global const int *restrict pad, __global const int *restrict seg, \
     const int experts
 #define PAD_OF(b) pad[expert_of((b), seg, experts)]
@@ -149,9 +166,9 @@ __kernel void pool2d_bytes(__global const uchar *restrict x, __global uchar *res
 #ifndef KH  // built without the geometry defines, which would clash with its arguments
 // Adaptive average pooling: output cell i of O over an input of length L averages
 // input rows [floor(i*L/O), ceil((i+1)*L/O)), the torch rule.
-__kernel void adaptive_avgpool2d(__global const float *restrict x, __global float *restrict y,
+__kernel void adaptive_avgpool2d(__global const float *restrict x, __global OUT_T *restrict y,
                                  const int H, const int W, const int OH, const int OW,
-                                 const int N, const int flat)
+                                 const int N, const int flat QOUT_ARGS)
 {
     const int oy = get_global_id(0), p = get_global_id(1), q = FLAT_PLANE(p);
     __global const float *xp = x + (size_t)p * H * W;
@@ -161,7 +178,7 @@ __kernel void adaptive_avgpool2d(__global const float *restrict x, __global floa
         float acc = 0.0f;
         for (int iy = ys; iy < ye; ++iy)
             for (int ix = xs; ix < xe; ++ix) acc += xp[iy * W + ix];
-        y[((size_t)q * OH + oy) * OW + ox] = acc / (float)((ye - ys) * (xe - xs));
+        y[((size_t)q * OH + oy) * OW + ox] = OUT(acc / (float)((ye - ys) * (xe - xs)));
     }
 }
 #endif

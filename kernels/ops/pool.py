@@ -14,7 +14,40 @@ from kernels.runtime import Device
 I32 = np.int32
 
 
-class Pool2d(Launcher):
+class FloatPool(Launcher):
+    """What the float pools share: writing the flatten's order, and with it the
+    quantised input of the fully connected layer after the flatten (pool.cl's
+    QUANT_OUT), so that layer runs no quantising pass."""
+
+    device: Device
+    name: str  # the kernel in pool.cl
+    defines: dict[str, Any]
+
+    def _launch(
+        self,
+        grid: tuple[int, ...],
+        local: Any,
+        x: Any,
+        y: Any,
+        args: tuple,
+        flat: bool,
+        quantise: Any,
+    ) -> None:
+        """`quantise`: a quantised Linear (not grouped) reading the output, flat."""
+        kernel, qargs = self.kernel, ()
+        if quantise is not None:
+            if not flat or quantise.segments is not None:
+                raise ValueError("a pool quantises its flat output for one linear layer only")
+            key = (quantise.precision.bits, quantise.dot4)
+            kernel = self._quantising.get(key)
+            if kernel is None:
+                defines = {**self.defines, "QUANT_OUT": 1, "QBITS": key[0], "DOT4": key[1]}
+                kernel = self._quantising[key] = self.device.kernel("pool.cl", self.name, defines)
+            qargs = quantise.qargs
+        self.device.launch(kernel, grid, local, x, y, *args, I32(flat), *qargs)
+
+
+class Pool2d(FloatPool):
     """Pooling over planes: works on [C][N][H][W] and [N][C][H][W] alike."""
 
     def __init__(
@@ -62,9 +95,11 @@ class Pool2d(Launcher):
             "INSIDE": inside,
             **geometry,
         }
+        self.name, self.defines = "pool2d", defines
         self.kernel = device.kernel("pool.cl", "pool2d", defines)
         self.mode, self.geometry = mode, geometry
         self._bytes: dict[tuple[Any, bool], Any] = {}
+        self._quantising: dict[tuple[int, bool], Any] = {}
 
     @property
     def takes_bytes(self) -> bool:
@@ -75,10 +110,13 @@ class Pool2d(Launcher):
     def out_shape(self) -> tuple[int, int, int]:
         return (self.c, self.oh, self.ow)
 
-    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False) -> None:
-        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW]."""
+    def __call__(
+        self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False, quantise: Any = None
+    ) -> None:
+        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW];
+        `quantise`: as the quantised input of that Linear (`FloatPool`)."""
         grid, local = (self.oh, self.c * n), self.device.work_group(self.oh, self.c)
-        self.device.launch(self.kernel, grid, local, x, y, I32(n), I32(flat))
+        self._launch(grid, local, x, y, (I32(n),), flat, quantise)
 
     def launch_bytes(
         self, n: int, x: Any, y: Any, padding: tuple[int, int] | None, pad: tuple[Any, ...]
@@ -103,31 +141,26 @@ class Pool2d(Launcher):
         )
 
 
-class AdaptiveAvgPool2d(Launcher):
+class AdaptiveAvgPool2d(FloatPool):
     def __init__(
         self, device: Device, in_shape: tuple[int, int, int], output_size: tuple[int, int]
     ) -> None:
         self.device = device
         self.c, self.h, self.w = in_shape
         self.oh, self.ow = output_size
-        self.kernel = device.kernel("pool.cl", "adaptive_avgpool2d")
+        self.name, self.defines = "adaptive_avgpool2d", {}
+        self.kernel = device.kernel("pool.cl", self.name)
+        self._quantising: dict[tuple[int, bool], Any] = {}
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
         return (self.c, self.oh, self.ow)
 
-    def __call__(self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False) -> None:
-        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW]."""
-        self.device.launch(
-            self.kernel,
-            (self.oh, self.c * n),
-            self.device.work_group(self.oh, self.c),
-            x,
-            y,
-            I32(self.h),
-            I32(self.w),
-            I32(self.oh),
-            I32(self.ow),
-            I32(n),
-            I32(flat),
-        )
+    def __call__(
+        self, n: int, x: Any, y: Any, scratch: Any = None, flat: bool = False, quantise: Any = None
+    ) -> None:
+        """`flat`: write [N][C*OH*OW], the flatten's order, instead of [C][N][OH][OW];
+        `quantise`: as the quantised input of that Linear (`FloatPool`)."""
+        grid, local = (self.oh, self.c * n), self.device.work_group(self.oh, self.c)
+        geometry = (I32(self.h), I32(self.w), I32(self.oh), I32(self.ow), I32(n))
+        self._launch(grid, local, x, y, geometry, flat, quantise)

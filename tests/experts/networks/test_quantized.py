@@ -2,7 +2,7 @@
 build.py): a per-layer precision override, int8 against the quantised numpy twins
 layer by layer, a quantised layer without a calibrated range refused, and the integer
 pipeline of convolutions against the float hand-offs (a first layer reading the images
-as they come among them)."""
+as they come among them, float pools writing a linear layer's quantised input)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,38 @@ def test_int8_convolutions_write_each_others_input_bytes(device, tiny_meta, samp
     assert net.requant_links(1) == net.requant_links(8) == {0: 2, 2: 3, 3: 6}
     for x in (sample, sample[:1]):
         np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16"])
+@pytest.mark.parametrize("pool", ["adaptive_avgpool", "maxpool"])
+def test_float_pools_write_the_next_linear_layers_quantised_input(
+    device, tiny_meta, sample, precision, pool
+):
+    """A float pool before the flatten (a mixture's gate: its average pool) writes the
+    quantised input of the fully connected layer after it (pool.cl's QUANT_OUT; bytes
+    q + 128 on VNNI), which then runs no quantising pass: the scores are the float
+    hand-offs' bit for bit (the same rounding of the same floats)."""
+    window = {"output_size": 2} if pool == "adaptive_avgpool" else {"kernel": 2, "stride": 2}
+    meta = dict(
+        tiny_meta,
+        layers=[
+            {"name": "conv", "op": "conv", "kernel": 3, "out_channels": 5, "relu": True},
+            {"name": "pool", "op": pool, **window},
+            {"name": "flat", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 3},
+        ],
+    )
+    weights = random_weights(meta, seed=3)
+    ranges = calibrate(meta, weights, [sample]).ranges
+    layers, shape = parse_layers(meta["layers"]), meta["input"]["shape"]
+    kw = {"precision": "fp32", "layer_precisions": {"fc": precision}, "ranges": ranges}
+    net = Network(device, layers, shape, weights, **kw)
+    floats = Network(device, layers, shape, weights, integer_pipeline=False, **kw)
+    for x in (sample, sample[:1]):
+        ran = [item[0].function_name for item in net.plan(len(x)).tape.items]
+        assert "quantize_input" not in ran and ran[-1] == "linear"
+        np.testing.assert_array_equal(net.run(x).scores, floats.run(x).scores)
+    assert "quantize_input" in [i[0].function_name for i in floats.plan(len(sample)).tape.items]
 
 
 def test_tuning_times_a_layer_writing_what_the_network_has_it_write(device, tiny_meta, sample):
