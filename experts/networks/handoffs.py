@@ -74,9 +74,9 @@ def quantised_readers(
     for i, j in flat.items():
         k = next((k for k in ran if k > j), None)
         op = ops.at_batch(steps[k].op, n) if k is not None else None
-        if type(op) is ops.Linear and op.precision.quantized and op.segments is None:
-            if k not in fed:
-                out[i] = k
+        quantised = type(op) is ops.Linear and op.precision.quantized
+        if quantised and op.segments is None and k not in fed:
+            out[i] = k
     return out
 
 

@@ -256,14 +256,9 @@ class MixtureNetwork(Runnable):
             m = int(start[e + 1] - start[e])
             if m == 0:
                 continue
-            net = self.experts[e]
-            expert = net.plan(m)
-            pad = net.gather_pad(expert)
+            expert = self.experts[e].plan(m)
             with d.labelled("route"):
-                if pad is not None:  # as the grouped experts' (`_routing`)
-                    pad(m, stem.output, expert.input, gather=(image_buf, n, int(start[e])))
-                else:
-                    self.gather(n, m, stem.output, image_buf, expert.input, first=int(start[e]))
+                self._fill(self.experts[e], expert, m, stem.output, image_buf, n, int(start[e]))
             expert.tape.replay()
             d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
         head = self.head.plan(n)
@@ -320,18 +315,26 @@ class MixtureNetwork(Runnable):
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
             image_buf, _, row_buf, gate_buf, report = self._buffers(n, k)
-            # An int8 first layer's pad pass gathers the images itself: one launch, not two.
-            pad = self.grouped.gather_pad(plan)
             with d.labelled("route"), d.record() as before:
                 self.topk(n, k, logits, report, gate_buf, self.segments, image_buf, row_buf)
-                if pad is not None:
-                    pad(n * k, stem, plan.input, gather=(image_buf, n, 0))
-                else:
-                    self.gather(n, n * k, stem, image_buf, plan.input, first=0, batch=plan.batch)
+                self._fill(self.grouped, plan, n * k, stem, image_buf, n, 0)
             with d.labelled("route"), d.record() as after:
                 self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
             found = self._routes[(n, k)] = (held, d.tape(before), d.tape(after))
         return found[1], found[2]
+
+    def _fill(
+        self, net: Network, plan: Plan, rows: int, stem: Any, images: Any, n: int, first: int
+    ) -> None:
+        """Fill `plan`'s input with `rows` of the stem's n images, those the int32
+        device buffer `images` names from `first` on: the first layer's pad pass does it
+        where it can gather (an int8 convolution on VNNI: one launch, not two), else
+        the gather."""
+        pad = net.gather_pad(plan)
+        if pad is not None:
+            pad(rows, stem, plan.input, gather=(images, n, first))
+        else:
+            self.gather(n, rows, stem, images, plan.input, first=first, batch=plan.batch)
 
     def batch_sizes(self, max_batch: int) -> list[int]:
         """Every size up to `max_batch`: a padding image would be routed to experts and

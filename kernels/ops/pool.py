@@ -20,8 +20,12 @@ class FloatPool(Launcher):
     QUANT_OUT), so that layer runs no quantising pass."""
 
     device: Device
-    name: str  # the kernel in pool.cl
-    defines: dict[str, Any]
+
+    def _build(self, name: str, defines: dict[str, Any]) -> None:
+        """The pool.cl kernel `name` with `defines`; its quantising forms when asked."""
+        self.name, self.defines = name, defines
+        self.kernel = self.device.kernel("pool.cl", name, defines)
+        self._quantising: dict[tuple[int, bool], Any] = {}
 
     def _launch(
         self,
@@ -95,11 +99,9 @@ class Pool2d(FloatPool):
             "INSIDE": inside,
             **geometry,
         }
-        self.name, self.defines = "pool2d", defines
-        self.kernel = device.kernel("pool.cl", "pool2d", defines)
+        self._build("pool2d", defines)
         self.mode, self.geometry = mode, geometry
         self._bytes: dict[tuple[Any, bool], Any] = {}
-        self._quantising: dict[tuple[int, bool], Any] = {}
 
     @property
     def takes_bytes(self) -> bool:
@@ -148,9 +150,7 @@ class AdaptiveAvgPool2d(FloatPool):
         self.device = device
         self.c, self.h, self.w = in_shape
         self.oh, self.ow = output_size
-        self.name, self.defines = "adaptive_avgpool2d", {}
-        self.kernel = device.kernel("pool.cl", self.name)
-        self._quantising: dict[tuple[int, bool], Any] = {}
+        self._build("adaptive_avgpool2d", {})
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
