@@ -100,6 +100,7 @@ class MixtureNetwork(Runnable):
         self.merge = ops.Merge(device, s.features)
         self.topk = ops.TopKBuckets(device, s.experts)
         self._scratch: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._results: dict[int, Any] = {}  # per batch: the grouped path's one read
         # (n, k) -> (the plans and buffers recorded against, the two routing tapes)
         self._routes: dict[tuple[int, int], tuple[tuple[Any, ...], Tape, Tape]] = {}
 
@@ -207,7 +208,7 @@ class MixtureNetwork(Runnable):
 
     def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
         """Per (batch, k): the image of each sorted pair, expert output rows, the sorted
-        row of each pair, gate weights, and the grouped routing's report."""
+        row of each pair, gate weights, and the chosen experts (one by one)."""
         found = self._scratch.get((n, k))
         if found is None:
             d = self.device
@@ -216,9 +217,18 @@ class MixtureNetwork(Runnable):
                 d.alloc(4 * n * k * self.mixture.features),
                 d.alloc(4 * n * k),
                 d.alloc(4 * n * k),
-                d.alloc(4 * self.topk.report_size(n, k)),
+                d.alloc(4 * n * k),
             )
             self._scratch[(n, k)] = found
+        return found
+
+    def _result(self, n: int) -> Any:
+        """The grouped path's result for batch size n, read back in one copy: the head's
+        scores [n][classes], then the routing's report (`TopKBuckets`, for any k)."""
+        found = self._results.get(n)
+        if found is None:
+            size = n * self.mixture.num_classes + self.topk.report_size(n, self.mixture.experts)
+            found = self._results[n] = self.device.alloc(4 * size)
         return found
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
@@ -280,26 +290,25 @@ class MixtureNetwork(Runnable):
     ) -> Pending:
         """The grouped experts route on the device too: the batch is queued to the end
         with no wait, and the returned function reads the scores with the routing."""
-        d = self.device
-        report = self._buffers(n, k)[4]
         # Rows padded to a power of two: few plans (and launch geometries to build)
         # whatever the batch and k; the grouped kernels leave the padding rows alone.
         plan = self.grouped.plan(1 << (n * k - 1).bit_length())
-        head = self.head.plan(n)
+        result = self._result(n)
+        head = self.head.plan(n, sink=result)
         route, merge = self._routing(n, k, stem, logits, plan, head)
         route.replay()
         plan.tape.replay()
         merge.replay()
         head.tape.replay()
-        # Two reads, not four: each is a command on the queue, with PoCL's wait before it.
-        routing, read_routing = d.read_later(report, (self.topk.report_size(n, k),))
-        scores, read_scores = d.read_later(head.output, (n, self.mixture.num_classes))
+        # One read: each is a command on the queue, with PoCL's wait before it.
+        at = n * self.mixture.num_classes
+        out, read = self.device.read_later(result, (at + self.topk.report_size(n, k),))
 
         def wait() -> Output:
-            for event in (read_routing, read_scores, *written):
+            for event in (read, *written):
                 event.wait()
-            z, indices, gates = self.topk.split(routing, n, k)
-            return Output(scores, Routing(indices, gates, _confidence(z)))
+            z, indices, gates = self.topk.split(out[at:], n, k)
+            return Output(out[:at].reshape(n, -1), Routing(indices, gates, _confidence(z)))
 
         return wait
 
@@ -314,9 +323,11 @@ class MixtureNetwork(Runnable):
         found = self._routes.get((n, k))
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
-            image_buf, _, row_buf, gate_buf, report = self._buffers(n, k)
+            image_buf, _, row_buf, gate_buf, _ = self._buffers(n, k)
+            at = n * self.mixture.num_classes  # the report after the scores (`_result`)
             with d.labelled("route"), d.record() as before:
-                self.topk(n, k, logits, report, gate_buf, self.segments, image_buf, row_buf)
+                args = (gate_buf, self.segments, image_buf, row_buf, at)
+                self.topk(n, k, logits, self._result(n), *args)
                 self._fill(self.grouped, plan, n * k, stem, image_buf, n, 0)
             with d.labelled("route"), d.record() as after:
                 self.merge(n, k, plan.output, row_buf, gate_buf, head.input)

@@ -48,6 +48,7 @@ class Plan:
     activation_bytes: int
     source: bool = False  # the input is another network's output buffer
     padded: bool = False  # the input holds the first layer's padded bytes (`gather_pad`)
+    sink: Any = None  # the buffer the last step writes, where given (else ping or pong)
     output: Any = None  # the buffer the last step writes
     tape: Any = None  # the recorded launches (kernels.runtime.Tape)
 
@@ -184,16 +185,18 @@ class Network(Runnable):
             if isinstance(s.op, ops.DualLinear)
         }
 
-    def plan(self, n: int, source: Any = None) -> Plan:
+    def plan(self, n: int, source: Any = None, sink: Any = None) -> Plan:
         """Buffers and the recorded launches for batch size n, made once and kept (a
         few at a time). `source`: read the input from this buffer (another network's
-        output, as a mixture's gate reads its stem's) instead of a buffer of its own.
+        output, as a mixture's gate reads its stem's) instead of a buffer of its own;
+        `sink`: write the output at the start of this one (a mixture's head: its scores
+        beside the routing, read back together).
 
         The buffers are the device's `shared` ones of this network's part name: every
         batch size, and every network of the same part (other precisions, models, the
         little modules' twin), runs in the same bytes, sized for the largest batch. A
         plan whose buffers a larger batch has since replaced is made again."""
-        key = (n, None if source is None else id(source))  # the plan keeps `source` alive
+        key = (n, *(None if b is None else id(b) for b in (source, sink)))  # kept alive
         plan = self._plans.get(key)
         if plan is not None and self._current(plan):
             self._plans.move_to_end(key)
@@ -216,6 +219,7 @@ class Network(Runnable):
             2 * act + scratch + own_input,
             source=source is not None,
             padded=pad is not None,
+            sink=sink,
         )
         with d.record() as launches:
             plan.output = self._enqueue(plan)
@@ -290,37 +294,44 @@ class Network(Runnable):
                 else {}
             )
             fed |= set(quantising.values())
-            for i, step in enumerate(self.steps):
-                if step.op is None or not step.op.runs_at(n):
-                    continue
-                if type(step.op) is ops.Flatten and (i in pools or i in flat.values()):
-                    continue  # the pool before it wrote its output in the flatten's order
-                op = ops.at_batch(step.op, n)
+            # A flatten after a pool that wrote its order has nothing left to do.
+            runs = [
+                i
+                for i, s in enumerate(self.steps)
+                if s.op is not None
+                and s.op.runs_at(n)
+                and not (type(s.op) is ops.Flatten and (i in pools or i in flat.values()))
+            ]
+            for i in runs:
+                step, op = self.steps[i], ops.at_batch(self.steps[i].op, n)
+                out = p.sink if p.sink is not None and i == runs[-1] else spare
                 as_is = {"nchw": True} if i == first and nchw and reads else {}
                 with d.labelled(step.name):
                     if i in flat:
                         reader = quantising.get(i)
                         quantise = ops.at_batch(self.steps[reader].op, n) if reader else None
-                        op(n, cur, spare, p.scratch, flat=True, quantise=quantise)
+                        op(n, cur, out, p.scratch, flat=True, quantise=quantise)
                     elif i in pools:  # a max pool on the integer pipeline's bytes
                         consumer = ops.at_batch(self.steps[pools[i]].op, n)
-                        op.launch_bytes(n, cur, spare, *consumer.input_bytes)
+                        op.launch_bytes(n, cur, out, *consumer.input_bytes)
                     elif i in links or i in fed:  # the integer pipeline
                         requant = handoffs.requantizer(self.steps, i, n, links)
                         op.launch(
                             n,
                             cur,
-                            spare,
+                            out,
                             p.scratch,
                             requant=requant,
                             quantised_input=i in fed,
                             **as_is,
                         )
                     elif as_is:
-                        op.launch(n, cur, spare, p.scratch, **as_is)
+                        op.launch(n, cur, out, p.scratch, **as_is)
                     else:
-                        step.op(n, cur, spare, p.scratch)
-                cur, spare = spare, (p.pong if spare is p.ping else p.ping)
+                        step.op(n, cur, out, p.scratch)
+                cur, spare = out, (p.pong if spare is p.ping else p.ping)
+        if p.sink is not None and not runs:
+            raise ValueError(f"{self.name or 'network'}: no layer runs to write the sink")
         return cur
 
     def requant_links(self, n: int = 1) -> dict[int, int]:

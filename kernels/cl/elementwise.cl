@@ -62,16 +62,17 @@ __kernel void gather_images(__global const float *restrict x, __global float *re
 // lower index) with softmax weights over the kept scores; then the N*K (row, rank)
 // pairs counting-sorted by bucket, stably: bucket e owns sorted rows
 // [start[e], start[e + 1]), sorted row r comes from row src[r], pair p went to sorted
-// row dst[p]. The report is what the host reads, in one copy: the scores, each pair's
-// bucket (int bits), then the weights. One work-item: N*E is small, and every output
-// depends on all of it.
+// row dst[p]. The report, from `at` floats on (a mixture writes its scores before it,
+// so that the host reads both in one copy): the scores, each pair's bucket (int bits),
+// then the weights. One work-item: N*E is small, and every output depends on all of it.
 // Defines: BUCKETS (E).
 #ifdef BUCKETS
 __kernel void topk_buckets(__global const float *restrict scores, const int N, const int K,
                            __global float *restrict report, __global float *restrict weight,
                            __global int *restrict start, __global int *restrict src,
-                           __global int *restrict dst)
+                           __global int *restrict dst, const int at)
 {
+    report += at;
     for (int i = 0; i < N * BUCKETS; ++i) report[i] = scores[i];
     __global int *index = (__global int *)(report + N * BUCKETS);
     int count[BUCKETS + 1];

@@ -114,7 +114,7 @@ class TopKBuckets:
     """Top-k of each row of [N][E] scores and the (row, rank) pairs sorted by bucket,
     on the device (twin: kernels.reference.topk_buckets). Outputs, all int32 but the
     float32 weights: weight [N*k], start [E + 1], src and dst [N*k]; and the report the
-    host reads in one copy (`report_size` floats; `split` takes it apart)."""
+    host reads in one copy (`report_size` floats from `at` on; `split` takes it apart)."""
 
     def __init__(self, device: Device, buckets: int) -> None:
         self.device, self.buckets = device, buckets
@@ -130,8 +130,16 @@ class TopKBuckets:
         return report[:e].reshape(n, -1), index, report[e + n * k :].reshape(n, k)
 
     def __call__(
-        self, n: int, k: int, scores: Any, report: Any, weight: Any, start: Any, src: Any, dst: Any
+        self,
+        n: int,
+        k: int,
+        scores: Any,
+        report: Any,
+        weight: Any,
+        start: Any,
+        src: Any,
+        dst: Any,
+        at: int = 0,
     ) -> None:
-        self.device.launch(
-            self.kernel, (1,), (1,), scores, I32(n), I32(k), report, weight, start, src, dst
-        )
+        args = (scores, I32(n), I32(k), report, weight, start, src, dst, I32(at))
+        self.device.launch(self.kernel, (1,), (1,), *args)

@@ -71,11 +71,14 @@ def test_topk_buckets(device, rng, n, e, k, ties):
     if ties:  # few distinct values: ties must go to the lower index, as the twin's
         scores = np.round(scores).astype(np.float32)
     op = ops.TopKBuckets(device, e)
-    sizes = (op.report_size(n, k), n * k, e + 1, n * k, n * k)
+    at = 3  # the report after what the caller keeps before it (a mixture: its scores)
+    sizes = (at + op.report_size(n, k), n * k, e + 1, n * k, n * k)
     bufs = [device.alloc(4 * size) for size in sizes]
-    op(n, k, device.upload(scores), *bufs)
+    device.write(bufs[0], np.full(sizes[0], -7.0, np.float32)).wait()
+    op(n, k, device.upload(scores), *bufs, at=at)
     report = device.read(bufs[0], (sizes[0],))
-    copied, index, weight = op.split(report, n, k)
+    np.testing.assert_array_equal(report[:at], -7.0)  # left alone
+    copied, index, weight = op.split(report[at:], n, k)
     got = [device.read(b, s, np.int32) for b, s in zip(bufs[2:], sizes[2:], strict=True)]
     want = ref.topk_buckets(scores, k)
     np.testing.assert_array_equal(copied, scores)  # the host's copy of the scores

@@ -116,6 +116,27 @@ def test_small_network_matches_numpy_twins(device):
         assert ran.count("swap_outer") == (channels > 1)
 
 
+def test_a_plan_writes_its_output_into_a_given_sink(device):
+    """`plan(n, sink=buffer)` (a mixture's head: its scores beside the routing, read
+    in one copy): the last layer writes there, the same scores; a network whose layers
+    all pass their input through has nothing to write it and refuses."""
+    meta = {"input": {"shape": [4, 15, 13]}, "layers": SMALL}
+    weights = random_weights(meta, seed=3)
+    net = Network(device, parse_layers(SMALL), (4, 15, 13), weights)
+    x = np.random.default_rng(2).standard_normal((3, 4, 15, 13), np.float32)
+    classes = net.output_shape[0]
+    sink = device.alloc(4 * (3 * classes + 5))
+    plan = net.plan(3, sink=sink)
+    assert plan.output is sink and plan is not net.plan(3)
+    source, _ = device.feed(plan.input, x)
+    plan.tape.replay(source)
+    got = device.read(sink, (3 * classes + 5,))[: 3 * classes].reshape(3, classes)
+    np.testing.assert_array_equal(got, net.run(x).scores)
+    idle = Network(device, parse_layers([{"name": "f", "op": "flatten"}]), (6,), {})
+    with pytest.raises(ValueError, match="no layer runs to write the sink"):
+        idle.plan(2, sink=device.alloc(48))
+
+
 def test_networks_of_one_part_share_their_buffers(device):
     """Networks with the same part name (here two weight sets, at two precisions) run
     in the device's shared buffers at every batch size: passes of both queued back to
