@@ -208,14 +208,13 @@ class MixtureNetwork(Runnable):
 
     def _buffers(self, n: int, k: int) -> tuple[Any, ...]:
         """Per (batch, k): the image of each sorted pair, expert output rows, the sorted
-        row of each pair, gate weights, and the chosen experts (one by one)."""
+        row of each pair, and gate weights."""
         found = self._scratch.get((n, k))
         if found is None:
             d = self.device
             found = (
                 d.alloc(4 * n * k),
                 d.alloc(4 * n * k * self.mixture.features),
-                d.alloc(4 * n * k),
                 d.alloc(4 * n * k),
                 d.alloc(4 * n * k),
             )
@@ -255,7 +254,7 @@ class MixtureNetwork(Runnable):
         row_of_pair = np.empty(n * k, np.int32)
         row_of_pair[order] = np.arange(n * k, dtype=np.int32)
         images = (order // k).astype(np.int32)
-        image_buf, rows, row_buf, gate_buf, _ = self._buffers(n, k)
+        image_buf, rows, row_buf, gate_buf = self._buffers(n, k)
         written += [
             d.write(image_buf, images),
             d.write(row_buf, row_of_pair),
@@ -323,7 +322,7 @@ class MixtureNetwork(Runnable):
         found = self._routes.get((n, k))
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
-            image_buf, _, row_buf, gate_buf, _ = self._buffers(n, k)
+            image_buf, _, row_buf, gate_buf = self._buffers(n, k)
             at = n * self.mixture.num_classes  # the report after the scores (`_result`)
             with d.labelled("route"), d.record() as before:
                 args = (gate_buf, self.segments, image_buf, row_buf, at)
