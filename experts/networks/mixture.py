@@ -201,7 +201,8 @@ class MixtureNetwork(Runnable):
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""
         stem = self.stem.plan(n)
-        plans = [stem, self.gate.plan(n, source=stem.output), self.head.plan(n)]
+        sink = self._result(n) if self.grouped is not None else None  # the plans served
+        plans = [stem, self.gate.plan(n, source=stem.output), self.head.plan(n, sink=sink)]
         total = sum(p.activation_bytes for p in plans)
         experts = self.experts + ([self.grouped] if self.grouped is not None else [])
         return total + sum(p.planned_bytes() for p in experts)
