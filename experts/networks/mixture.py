@@ -201,7 +201,7 @@ class MixtureNetwork(Runnable):
     def activation_bytes(self, n: int) -> int:
         """Device buffers held for batch size n (the experts' for every sub-batch size)."""
         stem = self.stem.plan(n)
-        sink = self._result(n) if self.grouped is not None else None  # the plans served
+        sink = self._result(n)[0] if self.grouped is not None else None  # the plans served
         plans = [stem, self.gate.plan(n, source=stem.output), self.head.plan(n, sink=sink)]
         total = sum(p.activation_bytes for p in plans)
         experts = self.experts + ([self.grouped] if self.grouped is not None else [])
@@ -222,14 +222,16 @@ class MixtureNetwork(Runnable):
             self._scratch[(n, k)] = found
         return found
 
-    def _result(self, n: int) -> Any:
-        """The grouped path's result for batch size n, read back in one copy: the head's
-        scores [n][classes], then the routing's report (`TopKBuckets`, for any k)."""
+    def _result(self, n: int) -> tuple[Any, int]:
+        """The grouped path's result for batch size n, read back in one copy, and where
+        in it (floats) the routing's report (`TopKBuckets`, for any k) follows the head's
+        scores [n][classes]."""
+        at = n * self.mixture.num_classes
         found = self._results.get(n)
         if found is None:
-            size = n * self.mixture.num_classes + self.topk.report_size(n, self.mixture.experts)
+            size = at + self.topk.report_size(n, self.mixture.experts)
             found = self._results[n] = self.device.alloc(4 * size)
-        return found
+        return found, at
 
     def submit(self, x: np.ndarray, k: int | None = None) -> Pending:
         """Each image goes to its top-k experts (default: the model's own k)."""
@@ -268,7 +270,7 @@ class MixtureNetwork(Runnable):
                 continue
             expert = self.experts[e].plan(m)
             with d.labelled("route"):
-                self._fill(self.experts[e], expert, m, stem.output, image_buf, n, int(start[e]))
+                self._fill(expert, m, stem.output, image_buf, n, int(start[e]))
             expert.tape.replay()
             d.copy(rows, expert.output, m * width, dst_offset=int(start[e]) * width)
         head = self.head.plan(n)
@@ -293,7 +295,7 @@ class MixtureNetwork(Runnable):
         # Rows padded to a power of two: few plans (and launch geometries to build)
         # whatever the batch and k; the grouped kernels leave the padding rows alone.
         plan = self.grouped.plan(1 << (n * k - 1).bit_length())
-        result = self._result(n)
+        result, at = self._result(n)
         head = self.head.plan(n, sink=result)
         route, merge = self._routing(n, k, stem, logits, plan, head)
         route.replay()
@@ -301,7 +303,6 @@ class MixtureNetwork(Runnable):
         merge.replay()
         head.tape.replay()
         # One read: each is a command on the queue, with PoCL's wait before it.
-        at = n * self.mixture.num_classes
         out, read = self.device.read_later(result, (at + self.topk.report_size(n, k),))
 
         def wait() -> Output:
@@ -324,26 +325,23 @@ class MixtureNetwork(Runnable):
         if found is None or any(a is not b for a, b in zip(found[0], held, strict=True)):
             d = self.device
             image_buf, _, row_buf, gate_buf = self._buffers(n, k)
-            at = n * self.mixture.num_classes  # the report after the scores (`_result`)
+            result, at = self._result(n)
             with d.labelled("route"), d.record() as before:
                 args = (gate_buf, self.segments, image_buf, row_buf, at)
-                self.topk(n, k, logits, self._result(n), *args)
-                self._fill(self.grouped, plan, n * k, stem, image_buf, n, 0)
+                self.topk(n, k, logits, result, *args)
+                self._fill(plan, n * k, stem, image_buf, n, 0)
             with d.labelled("route"), d.record() as after:
                 self.merge(n, k, plan.output, row_buf, gate_buf, head.input)
             found = self._routes[(n, k)] = (held, d.tape(before), d.tape(after))
         return found[1], found[2]
 
-    def _fill(
-        self, net: Network, plan: Plan, rows: int, stem: Any, images: Any, n: int, first: int
-    ) -> None:
+    def _fill(self, plan: Plan, rows: int, stem: Any, images: Any, n: int, first: int) -> None:
         """Fill `plan`'s input with `rows` of the stem's n images, those the int32
         device buffer `images` names from `first` on: the first layer's pad pass does it
-        where it can gather (an int8 convolution on VNNI: one launch, not two), else
-        the gather."""
-        pad = net.gather_pad(plan)
-        if pad is not None:
-            pad(rows, stem, plan.input, gather=(images, n, first))
+        where it can gather (`Plan.gather`: an int8 convolution on VNNI, one launch, not
+        two), else the gather."""
+        if plan.gather is not None:
+            plan.gather(rows, stem, plan.input, gather=(images, n, first))
         else:
             self.gather(n, rows, stem, images, plan.input, first=first, batch=plan.batch)
 

@@ -47,7 +47,9 @@ class Plan:
     scratch: Any
     activation_bytes: int
     source: bool = False  # the input is another network's output buffer
-    padded: bool = False  # the input holds the first layer's padded bytes (`gather_pad`)
+    # The first layer's pad pass where it fills the input (padded bytes) from a larger
+    # batch, in place of a mixture's gather (`_gathering_pad`); None: the input holds floats.
+    gather: Any = None
     sink: Any = None  # the buffer the last step writes, where given (else ping or pong)
     output: Any = None  # the buffer the last step writes
     tape: Any = None  # the recorded launches (kernels.runtime.Tape)
@@ -218,7 +220,7 @@ class Network(Runnable):
             d.shared(f"{role}.scratch", scratch),
             2 * act + scratch + own_input,
             source=source is not None,
-            padded=pad is not None,
+            gather=pad,
             sink=sink,
         )
         with d.record() as launches:
@@ -241,11 +243,6 @@ class Network(Runnable):
         if self.input_layout != "cnhw" or type(op) is not ops.Conv2d or not op.implicit:
             return None
         return op.pad if op.pad is not None and op.pad.channels4 else None
-
-    def gather_pad(self, plan: Plan) -> ops.ConvPad | None:
-        """The pad pass that fills `plan`'s input from a larger batch (`ConvPad`'s
-        `gather`), None where the input holds floats."""
-        return self._gathering_pad(plan.batch) if plan.padded else None
 
     @property
     def _role(self) -> str:
@@ -285,7 +282,7 @@ class Network(Runnable):
             else:
                 cur, spare = p.input, p.ping
             links = self.requant_links(n)
-            fed = set(links.values()) | ({first} if p.padded else set())
+            fed = set(links.values()) | ({first} if p.gather is not None else set())
             pools = handoffs.inside(self.steps, links)
             flat = handoffs.flat_writers(self.steps, pools)
             quantising = (
