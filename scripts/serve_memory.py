@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,15 +51,46 @@ def prepare(root: Path, name: str) -> None:
         repo.write_file(name, copy_name(precision), make_copy(model, precision))
 
 
-def status(pid: int) -> dict[str, float]:
+def status(pid: int | str) -> dict[str, float]:
     """VmRSS, VmHWM (peak), RssAnon and RssFile (mapped files: libraries) of a process,
     in MiB."""
+    return parse_status(Path(f"/proc/{pid}/status").read_text())
+
+
+def parse_status(text: str) -> dict[str, float]:
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) / 1024
     return out
+
+
+# What every server holds before any model: its imports, and PoCL (with LLVM) loaded
+# by opening the OpenCL device.
+NO_MODEL = (
+    "import uvicorn, service.commands.main, service.http.app\n"
+    "from kernels.runtime import Device\n"
+    "Device()\n"
+    "print(open('/proc/self/status').read())"
+)
+
+
+def no_model() -> dict[str, float]:
+    """The RSS of a process holding the server's imports and the device, no model."""
+    text = subprocess.run(
+        [sys.executable, "-c", NO_MODEL], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return parse_status(text)
+
+
+def weight_mib(url: str) -> float:
+    """The server's resident weights (/metrics: moe_resident_weight_bytes), in MiB."""
+    import httpx
+
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    total = sum(float(line.split()[-1]) for line in lines if line.startswith("moe_resident_weight"))
+    return total / 2**20
 
 
 def measure(
@@ -77,12 +109,13 @@ def measure(
         os.environ["POCL_CACHE_DIR"] = cache.name
     try:
         start = time.monotonic()
-        proc, _ = start_server(
+        proc, url = start_server(
             ["--models-dir", str(root), "--models", name, "--precisions", precisions], 900
         )
         loaded = time.monotonic() - start
         time.sleep(2)  # settled
         mem = status(proc.pid)
+        weights = weight_mib(url)
         stop_server(proc)
     finally:
         for p in hidden:
@@ -98,6 +131,7 @@ def measure(
         "peak_mib": mem["VmHWM"],
         "anon_mib": mem["RssAnon"],
         "files_mib": mem["RssFile"],
+        "weights_mib": weights,
         "ready_s": loaded,
     }
 
@@ -129,12 +163,21 @@ def main() -> int:
                 print(
                     f"{label:32s} RSS {row['rss_mib']:7.1f} MiB  peak {row['peak_mib']:7.1f} MiB "
                     f"(x{row['peak_mib'] / row['rss_mib']:.2f})  anonymous {row['anon_mib']:.1f}, "
-                    f"files {row['files_mib']:.1f}  ready in {row['ready_s']:.1f} s",
+                    f"files {row['files_mib']:.1f}, weights {row['weights_mib']:.1f}  "
+                    f"ready in {row['ready_s']:.1f} s",
                     flush=True,
                 )
+        base = no_model()["VmRSS"]
         fp32 = rows[0]["rss_mib"]
         for row in rows[1:]:
             print(f"{row['config']}: steady RSS {row['rss_mib'] / fp32:.2f}x fp32's")
+        # The least any server could hold: no model's RSS plus the weights alone.
+        print(f"no model (imports, device open): RSS {base:.1f} MiB, {base / fp32:.2f}x fp32's")
+        for row in rows[1:]:
+            least = base + row["weights_mib"]
+            print(f"{row['config']}: no model + its weights {least:.1f} MiB, {least / fp32:.2f}x")
+        if args.json:
+            print(json.dumps({"config": "no model", "rss_mib": base}))
     return 0
 
 
