@@ -26,6 +26,11 @@ REPEATS = 5  # timed runs per candidate (median)
 GIVE_UP = 200  # random draws in a row that find nothing new end the search
 FINAL_ROUNDS = 5  # alternating rounds of the finalists against the built-in choice
 FINALISTS = 3
+# A kind (the op's first parameter: algorithm or form) whose fixed-set candidate ran this
+# many times slower than the fastest is not sampled further: on a CPU the tiled GEMM
+# (GPUs) lost every layer by far, yet drew a sixth to a third of the random points, each
+# a kernel to compile; on a GPU the CPU kernels are the hopeless ones.
+HOPELESS = 3.0
 KEEP_MARGIN = 0.95  # a winner must be 5% faster than the built-in choice to be kept (identical
 # kernels differ by 2-7% between rounds on these shared machines)
 
@@ -62,13 +67,18 @@ def key(op: str, params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(normalise(op, params).items()))
 
 
-def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:
+def candidates(
+    op: str, rng: random.Random, excluded: set[Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """{} (the built-in choice) first, then one candidate per value of the op's first
     parameter, then random points of the space; each distinct kernel once. The space
     is sampled, not listed (the tiled GEMM's alone holds tens of thousands of points),
-    and runs dry after GIVE_UP draws in a row that were all tried already."""
+    and runs dry after GIVE_UP draws in a row that were all tried already. Values of
+    the first parameter in `excluded` (which the caller may grow between draws) are
+    no longer drawn; with every value excluded the search ends."""
     space = SPACE[op]
     names = list(space)
+    excluded = set() if excluded is None else excluded
     seen: set[tuple[Any, ...]] = set()
 
     def fresh(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,7 +93,11 @@ def candidates(op: str, rng: random.Random) -> Iterator[dict[str, Any]]:
             yield found
     misses = 0
     while misses < GIVE_UP:
-        found = fresh({name: rng.choice(values) for name, values in space.items()})
+        kinds = [v for v in space[names[0]] if v not in excluded]
+        if not kinds:
+            return
+        draw = {name: rng.choice(values) for name, values in space.items()}
+        found = fresh({**draw, names[0]: rng.choice(kinds)})
         misses = 0 if found is not None else misses + 1
         if found is not None:
             yield found
@@ -126,6 +140,7 @@ class Outcome:
     wrong: int = 0  # ran, but differed from the numpy twin: rejected
     failed: int = 0  # refused by the layer, or failed to build or launch: skipped
     errors: list[str] = field(default_factory=list)
+    hopeless: list[Any] = field(default_factory=list)  # kinds not sampled (HOPELESS)
 
 
 class Bench:
@@ -195,30 +210,39 @@ def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
     fixed = 1 + len(SPACE[case.op][first])
     timed: list[tuple[float, dict[str, Any]]] = []
     outcome = Outcome({}, 0.0, 0.0)
-    refused: set[str] = set()  # kinds whose fixed-set candidate the layer refused
+    # Kinds not sampled: the layer refused their fixed-set candidate, or it was hopeless.
+    excluded: set[Any] = set()
+    kind_ms: dict[Any, float] = {}  # each kind's best time in the fixed set
     ran: set[tuple[Any, ...]] = set()  # what the candidates tried so far run as
-    for i, params in enumerate(candidates(case.op, random.Random(seed))):
+    for i, params in enumerate(candidates(case.op, random.Random(seed), excluded)):
+        if i == fixed and kind_ms:
+            fastest = min(kind_ms.values())
+            outcome.hopeless = sorted(k for k, ms in kind_ms.items() if ms > HOPELESS * fastest)
+            excluded.update(outcome.hopeless)
         if i >= fixed and time.monotonic() > deadline:
             break
-        if params.get(first) in refused:
+        if i >= fixed and params.get(first) in excluded:  # drawn before it was excluded
             continue
         counted = False
         try:
-            runs = key(case.op, bench.launcher(params).effective(case.batch))
-            if runs in ran:  # the same kernel as a candidate tried already
+            runs = bench.launcher(params).effective(case.batch)
+            if key(case.op, runs) in ran:  # the same kernel as a candidate tried already
                 continue
-            ran.add(runs)
+            ran.add(key(case.op, runs))
             outcome.tried, counted = outcome.tried + 1, True
             error = bench.check(params)
             if not error <= limit:  # NaN too
                 outcome.wrong += 1
                 outcome.errors.append(f"{params}: differs from the numpy twin by {error:.3g}")
                 continue
-            timed.append((bench.time(params), params))
+            ms = bench.time(params)
+            timed.append((ms, params))
+            if i < fixed:
+                kind_ms[runs[first]] = min(ms, kind_ms.get(runs[first], ms))
         except (ValueError, KernelError) as exc:
             outcome.tried += not counted
             if 0 < i < fixed:
-                refused.add(params[first])
+                excluded.add(params[first])
             outcome.failed += 1
             outcome.errors.append(f"{params}: {' '.join(str(exc).split())[:200]}")
     if not any(p == {} for _, p in timed):

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     "tried": outcome.tried,
                     "rejected": outcome.wrong,
                     "skipped": outcome.failed,
+                    "not_sampled": outcome.hopeless,
                 }
             )
             bar.set_postfix_str(f"{case.label}: {rows[-1]['speedup']}x")
@@ -138,9 +139,10 @@ def _report(rows: list[dict[str, Any]], path: Path, as_json: bool) -> None:
         return
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "built-in"
+        slow = ", ".join(r["not_sampled"])
         print(
             f"{r['layer']:34s} {r['builtin_ms']:9.4f} -> {r['tuned_ms']:9.4f} ms "
             f"({r['speedup']}x) {params}; tried {r['tried']}, rejected {r['rejected']}, "
-            f"skipped {r['skipped']}"
+            f"skipped {r['skipped']}" + (f"; not sampled (3x slower): {slow}" if slow else "")
         )
     print(f"database: {path}")

@@ -338,6 +338,42 @@ def test_candidates_start_with_the_fixed_set_each_kernel_once():
     assert len(rows) == 1 + len(space["ro"]) * len(space["rb"]) * len(space["kb"])
 
 
+def test_excluded_kinds_are_no_longer_drawn():
+    import random
+
+    from kernels.tuner import candidates
+
+    excluded: set = set()
+    drawn = candidates("conv", random.Random(0), excluded)
+    fixed = [next(drawn) for _ in range(7)]  # {} and one per algorithm
+    assert [p.get("algorithm") for p in fixed[1:]][-1] == "tiled"
+    excluded.update({"tiled", "im2col"})  # grown while drawing, as tune does
+    later = list(drawn)  # the rest of the space: a few dozen kernels
+    assert later and not {p["algorithm"] for p in later} & excluded
+    # every kind excluded: the fixed set, then the search ends
+    everything = set(SPACE["conv"]["algorithm"])
+    assert list(candidates("conv", random.Random(0), everything)) == fixed
+
+
+def test_a_kind_far_slower_in_the_fixed_set_is_not_sampled(profiling, rng, monkeypatch):
+    from kernels import tuner
+
+    case = _linear_case(rng, "fp32", 2, 16, 64, profiling)
+    timed: list[dict] = []
+
+    def fake_time(bench, params, repeats=tuner.REPEATS):
+        timed.append(params)
+        form = bench.launcher(params).effective(case.batch)["form"]
+        return 10.0 if form == "split" else 1.0 + 0.01 * len(timed)
+
+    monkeypatch.setattr(tuner.Bench, "time", fake_time)
+    out = tune(profiling, case, budget_s=1.0)
+    assert out.hopeless == ["split"]
+    fixed = 1 + len(SPACE["linear"]["form"])
+    assert sum(p.get("form") == "split" for p in timed[fixed:]) == 0
+    assert len(timed) > fixed + 2  # the other kinds were still sampled
+
+
 def test_the_shipped_databases_parse():
     from importlib import resources
 
