@@ -19,6 +19,10 @@ POOL_CASES = [
     (1, 4, 55, 55, 3, 2, 0, True),
     (2, 3, 28, 28, 2, 2, 0, False),  # every window inside, an even window
     (1, 2, 224, 224, 3, 2, 1, False),  # a wide plane: the kernel keeps a row of W
+    # every window inside: the column values slide along (pool.cl's INSIDE)
+    (8, 32, 28, 28, 3, 2, 0, False),  # fashion's pool1
+    (1, 2, 9, 9, 3, 1, 0, False),  # windows sharing two columns
+    (2, 3, 11, 14, (3, 2), (1, 3), 0, False),  # windows a column apart, rows overlapping
 ]
 
 
