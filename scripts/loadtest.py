@@ -2,7 +2,9 @@
 """A bounded load test of a moe-alexnet server, on the loopback interface only.
 
 N requests (default 2000) post real photos (scikit-image's astronaut, coffee, chelsea,
-rocket, as JPEG) to /v1/classify, then it stops by itself (also after --max-seconds).
+rocket, as JPEG) to /v1/classify, then it stops by itself (also after --max-seconds);
+`--images fashion-mnist` posts Fashion-MNIST test images (28 x 28 PNG) instead, what a
+model of that domain is sent.
 Closed loop (default): C concurrent clients (default 16), each sending its next request
 when its answer arrives. Open loop (`--rate R`): requests arrive at R per second with
 exponential gaps (a Poisson process, as Triton's perf_analyzer does with
@@ -54,6 +56,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+FASHION_IMAGES = 64  # test images sent in turn with --images fashion-mnist
 WINDOW = 500  # requests in the "first" and "last" memory windows
 
 
@@ -67,6 +70,27 @@ def loopback_url(url: str) -> str:
     if not ok:
         raise SystemExit(f"loadtest: {url}: only loopback targets (127.0.0.0/8, ::1, localhost)")
     return url.rstrip("/")
+
+
+def request_images(kind: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """(content type, named encoded images) of `--images`."""
+    if kind == "photos":
+        return "image/jpeg", photos()
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from experts.data.fashion_mnist import DatasetError, load_fashion_mnist
+
+    try:
+        images = load_fashion_mnist("test")[0][:FASHION_IMAGES]
+    except DatasetError as exc:
+        raise SystemExit(f"loadtest: {exc}") from exc
+    out = []
+    for i, pixels in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        out.append((f"fashion-{i}", buf.getvalue()))
+    return "image/png", out
 
 
 def photos() -> list[tuple[str, bytes]]:
@@ -273,7 +297,7 @@ def arrivals(args: argparse.Namespace) -> list[tuple[int, float, float]]:
 
 
 async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
-    images = photos()
+    content_type, images = request_images(args.images)
     schedule = arrivals(args) if args.rate else []
     run = Run(len(schedule) if args.rate else args.requests)
     stop_at = time.monotonic() + args.max_seconds
@@ -297,7 +321,7 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         started = time.perf_counter()
 
         async def worker() -> None:
-            conn = Connection(url, path, "image/jpeg")
+            conn = Connection(url, path, content_type)
             try:
                 for i in next_index:
                     if time.monotonic() > stop_at:
@@ -310,7 +334,7 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         idle: list[Connection] = []  # open loop: keep-alive connections not in use
 
         async def arrive(i: int, at: float, phase: int, at_s: float) -> None:
-            conn = idle.pop() if idle else Connection(url, path, "image/jpeg")
+            conn = idle.pop() if idle else Connection(url, path, content_type)
             await one(conn, images[i % len(images)][1], at, phase, at_s)
             idle.append(conn)
 
@@ -496,6 +520,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrivals")
     p.add_argument("--deadline-ms", type=float, default=None, help="each request's deadline")
+    p.add_argument(
+        "--images",
+        choices=("photos", "fashion-mnist"),
+        default="photos",
+        help="what to post: four photos (JPEG), or Fashion-MNIST test images (PNG)",
+    )
     p.add_argument("--model", default=None, help="model to ask for (default: the server's)")
     p.add_argument("--precision", default=None, help="precision to ask for (default: the server's)")
     p.add_argument("--k", default=None, help="a mixture's k to ask for, or auto")

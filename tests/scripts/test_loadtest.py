@@ -4,15 +4,16 @@ figures, and refuses any address but loopback."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from tests.helpers import script
+from tests.helpers import script, write_split
 from tests.service.servers import server
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
+def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path, monkeypatch):
     """scripts/loadtest.py (its lean keep-alive client): a bounded run on loopback
     counts every answer, errors by status included, and reads the server's figures."""
     pytest.importorskip("skimage.data", reason="scikit-image is not installed (photos)")
@@ -37,6 +38,16 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
         # Two phases (a burst, then light load), the precision asked for explicitly.
         phased = [*argv[:4], "--rate", "60,20", "--duration", "0.5,1", "--precision", "fp32"]
         phases = loadtest.run_report(*loadtest.parse_args([*phased, "--json"]))
+        # In-domain images for a Fashion-MNIST model: the test split's, as PNG.
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+        write_split(tmp_path, "test", images, np.array([0, 1, 2], np.uint8))
+        monkeypatch.setenv("MOE_FASHION_MNIST_DIR", str(tmp_path))
+        fashion = [*argv[:4], "-n", "9", "-c", "3", "--images", "fashion-mnist", "--json"]
+        grey = loadtest.run_report(*loadtest.parse_args(fashion))
+        monkeypatch.setenv("MOE_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+        with pytest.raises(SystemExit, match="Fashion-MNIST directory"):
+            loadtest.run_report(*loadtest.parse_args(fashion))
     assert ok["requests"] == ok["ok"] == 40 and ok["errors"] == 0
     assert 1 <= ok["mean_batch_size"] <= 4 and ok["latency_ms_p50"] > 0
     assert ok["rss_mib_first_500"] > 0 and ok["server_cpu_ms_per_request"] > 0
@@ -51,6 +62,7 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path):
     for phase in (first, second):
         assert phase["answers_by_precision"] == {"fp32": phase["requests"]}
         assert 0 < phase["last_arrival_s_by_precision"]["fp32"] < phase["duration_s"]
+    assert grey["requests"] == grey["ok"] == 9 and grey["errors"] == 0
     k = loadtest.parse_args(["--model", "m", "--k", "auto", "--precision", "auto"])[0]
     assert loadtest.query_path(k) == "/v1/classify?model=m&precision=auto&k=auto"
     with pytest.raises(SystemExit, match="only loopback"):
