@@ -226,9 +226,10 @@ def tune(device: Device, case: Case, budget_s: float, seed: int = 0) -> Outcome:
         counted = False
         try:
             runs = bench.launcher(params).effective(case.batch)
-            if key(case.op, runs) in ran:  # the same kernel as a candidate tried already
+            kernel = key(case.op, runs)
+            if kernel in ran:  # the same kernel as a candidate tried already
                 continue
-            ran.add(key(case.op, runs))
+            ran.add(kernel)
             outcome.tried, counted = outcome.tried + 1, True
             error = bench.check(params)
             if not error <= limit:  # NaN too

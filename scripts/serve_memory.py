@@ -51,7 +51,7 @@ def prepare(root: Path, name: str) -> None:
         repo.write_file(name, copy_name(precision), make_copy(model, precision))
 
 
-def status(pid: int | str) -> dict[str, float]:
+def status(pid: int) -> dict[str, float]:
     """VmRSS, VmHWM (peak), RssAnon and RssFile (mapped files: libraries) of a process,
     in MiB."""
     return parse_status(Path(f"/proc/{pid}/status").read_text())
@@ -89,7 +89,8 @@ def weight_mib(url: str) -> float:
     import httpx
 
     lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
-    total = sum(float(line.split()[-1]) for line in lines if line.startswith("moe_resident_weight"))
+    rows = [line for line in lines if line.startswith("moe_resident_weight_bytes{")]
+    total = sum(float(line.split()[-1]) for line in rows)
     return total / 2**20
 
 
