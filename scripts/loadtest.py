@@ -10,6 +10,8 @@ when its answer arrives. Open loop (`--rate R`): requests arrive at R per second
 exponential gaps (a Poisson process, as Triton's perf_analyzer does with
 `--request-distribution poisson`), whether or not earlier ones are answered, and each
 latency counts from its scheduled arrival, so a server that falls behind shows it.
+At most `--connections` requests (default 256) are in flight; later arrivals wait for a
+free connection, their latency counted from their arrival all the same.
 `--rate R1,R2 --duration S1,S2` runs phases one after another (say an overload, then
 light load) and reports each (with, per precision and k, the arrival of the last request
 answered at it: when the server went back to full precision). `--deadline-ms D` sends
@@ -332,11 +334,16 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
                 await conn.close()
 
         idle: list[Connection] = []  # open loop: keep-alive connections not in use
+        # At most this many requests in flight: past it, arrivals wait for a connection
+        # (their latency still counts from their arrival), so that an overloaded server
+        # does not make the client open connections without end on the cores they share.
+        slots = asyncio.Semaphore(args.connections)
 
         async def arrive(i: int, at: float, phase: int, at_s: float) -> None:
-            conn = idle.pop() if idle else Connection(url, path, content_type)
-            await one(conn, images[i % len(images)][1], at, phase, at_s)
-            idle.append(conn)
+            async with slots:
+                conn = idle.pop() if idle else Connection(url, path, content_type)
+                await one(conn, images[i % len(images)][1], at, phase, at_s)
+                idle.append(conn)
 
         async def open_loop() -> None:
             """Requests at their Poisson arrival times, answered or not."""
@@ -519,6 +526,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "summary per phase",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the open loop's arrivals")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=256,
+        help="open loop: requests in flight at most (later arrivals wait for a connection)",
+    )
     p.add_argument("--deadline-ms", type=float, default=None, help="each request's deadline")
     p.add_argument(
         "--images",
@@ -537,8 +550,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = p.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 2000
-    if (args.requests is not None and args.requests < 1) or args.concurrency < 1:
-        p.error("--requests and --concurrency must be >= 1")
+    if (args.requests is not None and args.requests < 1) or min(
+        args.concurrency, args.connections
+    ) < 1:
+        p.error("--requests, --concurrency and --connections must be >= 1")
     if args.duration is not None and (args.rate is None or len(args.duration) != len(args.rate)):
         p.error("--duration needs --rate, one duration per rate")
     if args.rate is not None and len(args.rate) > 1 and args.duration is None:

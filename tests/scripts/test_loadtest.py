@@ -32,8 +32,9 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path, monk
         ]
         ok = loadtest.run_report(*loadtest.parse_args(argv))
         missing = loadtest.run_report(*loadtest.parse_args([*argv, "--model", "nope", "-n", "6"]))
-        # Open loop: Poisson arrivals at 40/s with a deadline each.
+        # Open loop: Poisson arrivals at 40/s with a deadline each, 2 in flight at most.
         poisson = [*argv[:4], "-n", "60", "--rate", "40", "--deadline-ms", "5000", "--json"]
+        poisson += ["--connections", "2"]
         opened = loadtest.run_report(*loadtest.parse_args(poisson))
         # Two phases (a burst, then light load), the precision asked for explicitly.
         phased = [*argv[:4], "--rate", "60,20", "--duration", "0.5,1", "--precision", "fp32"]
@@ -65,5 +66,7 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path, monk
     assert grey["requests"] == grey["ok"] == 9 and grey["errors"] == 0
     k = loadtest.parse_args(["--model", "m", "--k", "auto", "--precision", "auto"])[0]
     assert loadtest.query_path(k) == "/v1/classify?model=m&precision=auto&k=auto"
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--rate", "10", "--connections", "0"])
     with pytest.raises(SystemExit, match="only loopback"):
         loadtest.run_report(*loadtest.parse_args(["--url", "http://192.0.2.1:8000", "-n", "1"]))
