@@ -58,6 +58,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+EXPIRED = "expired waiting for a connection"  # open loop: its deadline passed unsent
 FASHION_IMAGES = 64  # test images sent in turn with --images fashion-mnist
 WINDOW = 500  # requests in the "first" and "last" memory windows
 
@@ -142,18 +143,19 @@ class Connection:
 
     def __init__(self, url: str, path: str, content_type: str) -> None:
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
-        ).encode()
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, path
+        self.headers = f"Host: {parts.netloc}\r\nContent-Type: {content_type}\r\n".encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, body: bytes) -> tuple[int, bytes]:
+    async def post(self, body: bytes, path: str | None = None) -> tuple[int, bytes]:
+        """POST `body` to `path` (default: the connection's)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(self.head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        line = f"POST {path or self.path} HTTP/1.1\r\n".encode()
+        length = f"Content-Length: {len(body)}\r\n\r\n".encode()
+        self.writer.write(line + self.headers + length + body)
         try:
             header = await self.reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -267,13 +269,14 @@ def summary(answers: list[Answer], deadline_ms: float | None) -> dict:
     }
 
 
-def query_path(args: argparse.Namespace) -> str:
-    """/v1/classify with the run's model, precision, k and deadline."""
+def query_path(args: argparse.Namespace, deadline_ms: float | None = None) -> str:
+    """/v1/classify with the run's model, precision, k and deadline (`deadline_ms`: what
+    is left of it)."""
     params = {
         "model": args.model,
         "precision": args.precision,
         "k": args.k,
-        "deadline_ms": args.deadline_ms,
+        "deadline_ms": args.deadline_ms if deadline_ms is None else round(deadline_ms, 1),
     }
     query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v is not None)
     return "/v1/classify" + (f"?{query}" if query else "")
@@ -337,12 +340,21 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         # At most this many requests in flight: past it, arrivals wait for a connection
         # (their latency still counts from their arrival), so that an overloaded server
         # does not make the client open connections without end on the cores they share.
+        # As a client with a deadline would, a request sends what is left of it, and one
+        # whose deadline passed while it waited is never sent.
         slots = asyncio.Semaphore(args.connections)
 
         async def arrive(i: int, at: float, phase: int, at_s: float) -> None:
             async with slots:
+                waited_ms = (time.perf_counter() - at) * 1e3
+                left = None if args.deadline_ms is None else args.deadline_ms - waited_ms
+                if left is not None and left <= 0:
+                    record(Answer(phase, at_s, EXPIRED, waited_ms / 1e3))
+                    return
                 conn = idle.pop() if idle else Connection(url, path, content_type)
-                await one(conn, images[i % len(images)][1], at, phase, at_s)
+                # A wait of a millisecond or more: the deadline it sends is what is left.
+                late = query_path(args, left) if left is not None and waited_ms >= 1.0 else None
+                await one(conn, images[i % len(images)][1], at, phase, at_s, late)
                 idle.append(conn)
 
         async def open_loop() -> None:
@@ -360,20 +372,30 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
             for conn in idle:
                 await conn.close()
 
-        async def one(conn: Connection, data: bytes, start: float, phase: int, at_s: float) -> None:
+        async def one(
+            conn: Connection,
+            data: bytes,
+            start: float,
+            phase: int,
+            at_s: float,
+            path: str | None = None,
+        ) -> None:
             try:
                 try:
-                    status, content = await asyncio.wait_for(conn.post(data), args.timeout)
+                    status, content = await asyncio.wait_for(conn.post(data, path), args.timeout)
                 except ConnectionError:
                     # A kept-alive connection the server closed while idle: once more,
                     # on a new one (as HTTP clients do).
-                    status, content = await asyncio.wait_for(conn.post(data), args.timeout)
+                    status, content = await asyncio.wait_for(conn.post(data, path), args.timeout)
                 status = str(status)
             except OSError as exc:  # TimeoutError and ConnectionError among them
                 await conn.close()
                 status, content = type(exc).__name__, b""
             used = used_by(content) if status == "200" else ()
-            run.answers.append(Answer(phase, at_s, status, time.perf_counter() - start, used))
+            record(Answer(phase, at_s, status, time.perf_counter() - start, used))
+
+        def record(answer: Answer) -> None:
+            run.answers.append(answer)
             if run.done <= WINDOW or run.done >= run.total - WINDOW or run.done % 50 == 0:
                 sample_rss()
             if args.progress and run.done % 100 == 0:

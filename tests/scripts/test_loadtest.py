@@ -39,6 +39,10 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path, monk
         # Two phases (a burst, then light load), the precision asked for explicitly.
         phased = [*argv[:4], "--rate", "60,20", "--duration", "0.5,1", "--precision", "fp32"]
         phases = loadtest.run_report(*loadtest.parse_args([*phased, "--json"]))
+        # One connection, arrivals far faster than answers, 20 ms deadlines: requests
+        # that waited past theirs for the connection are counted, never sent.
+        queued = [*argv[:4], "-n", "30", "--rate", "1000", "--deadline-ms", "20"]
+        queued = loadtest.run_report(*loadtest.parse_args([*queued, "--connections", "1"]))
         # In-domain images for a Fashion-MNIST model: the test split's, as PNG.
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
@@ -64,6 +68,9 @@ def test_load_test_script_against_a_live_server(shared_tiny_repo, tmp_path, monk
         assert phase["answers_by_precision"] == {"fp32": phase["requests"]}
         assert 0 < phase["last_arrival_s_by_precision"]["fp32"] < phase["duration_s"]
     assert grey["requests"] == grey["ok"] == 9 and grey["errors"] == 0
+    expired = queued["errors_by_status"].get(loadtest.EXPIRED, 0)
+    assert queued["requests"] == 30 and expired >= 1
+    assert queued["ok"] + queued["errors"] == 30 and queued["goodput_share"] < 1
     k = loadtest.parse_args(["--model", "m", "--k", "auto", "--precision", "auto"])[0]
     assert loadtest.query_path(k) == "/v1/classify?model=m&precision=auto&k=auto"
     with pytest.raises(SystemExit):
