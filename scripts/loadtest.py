@@ -348,7 +348,7 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
             async with slots:
                 waited_ms = (time.perf_counter() - at) * 1e3
                 left = None if args.deadline_ms is None else args.deadline_ms - waited_ms
-                if left is not None and left <= 0:
+                if left is not None and round(left, 1) <= 0:  # nothing left to send
                     record(Answer(phase, at_s, EXPIRED, waited_ms / 1e3))
                     return
                 conn = idle.pop() if idle else Connection(url, path, content_type)
