@@ -8,8 +8,8 @@
 // are fixed and unrolled, free of bounds checks, and the KW column values live in
 // registers, each window computing only the SW columns it does not share with the
 // last (AlexNet's 3 x 3 windows at stride 2: 6 loads an output, not 9; at batch 8,
-// fashion's pool1 40 -> 25 us, alexnet's 325 -> 194 us). Otherwise the window's rows are reduced into a private row
-// of W values first, then the window's columns of that row.
+// fashion's pool1 40 -> 25 us, alexnet's 325 -> 194 us). Otherwise the window's rows
+// are reduced into a private row of W values first, then the window's columns of it.
 // Defines: H, W, OH, OW, KH, KW, SH, SW, PH, PW, INSIDE; MODE (0 max, 1 average),
 // COUNT_PAD (average: count the zero padding, but never the ceil-mode overhang, like
 // torch).
