@@ -11,7 +11,9 @@ exponential gaps (a Poisson process, as Triton's perf_analyzer does with
 `--request-distribution poisson`), whether or not earlier ones are answered, and each
 latency counts from its scheduled arrival, so a server that falls behind shows it.
 At most `--connections` requests (default 256) are in flight; later arrivals wait for a
-free connection, their latency counted from their arrival all the same.
+free connection, their latency counted from their arrival all the same, and with a
+deadline each sends what is left of it (one whose deadline passed unsent counts as
+expired).
 `--rate R1,R2 --duration S1,S2` runs phases one after another (say an overload, then
 light load) and reports each (with, per precision and k, the arrival of the last request
 answered at it: when the server went back to full precision). `--deadline-ms D` sends
@@ -81,7 +83,8 @@ def request_images(kind: str) -> tuple[str, list[tuple[str, bytes]]]:
         return "image/jpeg", photos()
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from experts.data.fashion_mnist import DatasetError, load_fashion_mnist
 
     try:
