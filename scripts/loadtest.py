@@ -356,8 +356,9 @@ async def load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
                     return
                 conn = idle.pop() if idle else Connection(url, path, content_type)
                 # A wait of a millisecond or more: the deadline it sends is what is left.
-                late = query_path(args, left) if left is not None and waited_ms >= 1.0 else None
-                await one(conn, images[i % len(images)][1], at, phase, at_s, late)
+                shorter = left is not None and waited_ms >= 1.0
+                path_left = query_path(args, left) if shorter else None
+                await one(conn, images[i % len(images)][1], at, phase, at_s, path_left)
                 idle.append(conn)
 
         async def open_loop() -> None:

@@ -56,8 +56,7 @@ inline int dot4(const int u, const int s, const int acc)
 #define STEP(a, b, acc) dot4((b), (a), (acc))
 // Four inputs (floats) as the bytes q + 128 of one int, the first lowest.
 #define PACK4(v0, v1, v2, v3) \
-    ((int)convert_uchar(QU(v0, )) | (int)convert_uchar(QU(v1, )) << 8 \
-     | (int)convert_uchar(QU(v2, )) << 16 | (int)convert_uchar(QU(v3, )) << 24)
+    ((int)QBYTE(v0) | (int)QBYTE(v1) << 8 | (int)QBYTE(v2) << 16 | (int)QBYTE(v3) << 24)
 #elif QBITS
 #error "tiled.cl: floating-point precisions and int8 only"
 #else
